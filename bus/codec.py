@@ -1,0 +1,118 @@
+"""Events to bytes and back: Avro in the Confluent wire format, JSON at the edges.
+
+Wire format: byte ``0x00``, the schema id as 4 bytes big-endian, then the Avro body written
+with that schema. Any Confluent-compatible consumer can read it given the schemas. JSON is
+accepted where people and foreign systems publish (gateway, file import, ``bus publish``),
+validated against the same models, and converted to Avro once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from typing import Any
+
+import fastavro
+from pydantic import ValidationError
+
+from bus.errors import DecodeError, ValidationFailed
+from bus.schemas.envelope import Envelope
+from bus.schemas.events import model_for, spec_for
+from bus.schemas.registry import LocalSchemaRegistry, SchemaRegistry
+
+MAGIC = 0
+_HEADER = struct.Struct(">bI")
+
+
+def validation_failed(exc: ValidationError) -> ValidationFailed:
+    """Turn pydantic's error into one that names the field, for people and dead letters."""
+    errors = exc.errors(include_url=False)
+    parts = []
+    for err in errors[:3]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc or '(event)'}: {err['msg']}")
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    first = errors[0]["loc"] if errors else ()
+    field = ".".join(str(p) for p in first) or None
+    reason = "schema.uscc" if "unified social credit code" in parts[0] else None
+    return ValidationFailed("; ".join(parts) + more, field=field, reason=reason)
+
+
+class EventCodec:
+    """Encode and decode envelopes; schemas are parsed once, at registry load."""
+
+    def __init__(self, registry: SchemaRegistry | None = None) -> None:
+        self.registry: SchemaRegistry = registry or LocalSchemaRegistry.load()
+
+    def encode(self, event: Envelope) -> bytes:
+        """Avro with Confluent framing, using the schema of the event's type and version."""
+        schema = self.registry.get(event.event_type, event.schema_version)
+        buf = io.BytesIO()
+        buf.write(_HEADER.pack(MAGIC, schema.id))
+        fastavro.schemaless_writer(buf, schema.parsed, event.model_dump())
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> Envelope:
+        """Read Confluent-framed Avro back into the typed envelope, re-validated."""
+        if len(data) < 5 or data[0] != MAGIC:
+            raise DecodeError("not Confluent-framed Avro: missing magic byte 0x00")
+        _, schema_id = _HEADER.unpack_from(data)
+        schema = self.registry.by_id(schema_id)
+        buf = io.BytesIO(data)
+        buf.seek(5)
+        try:
+            record = fastavro.schemaless_reader(buf, schema.parsed, None)
+        except Exception as exc:  # fastavro raises many types for truncated/garbage bodies
+            raise DecodeError(f"Avro body does not match schema id {schema_id}: {exc}") from exc
+        if buf.tell() != len(data):
+            raise DecodeError(
+                f"{len(data) - buf.tell()} trailing bytes after the Avro body "
+                f"(schema id {schema_id})"
+            )
+        if not isinstance(record, dict) or record.get("event_type") != schema.subject:
+            raise ValidationFailed(
+                f"event_type {record.get('event_type')!r} does not match schema id "
+                f"{schema_id} ({schema.subject})",
+                field="event_type",
+            )
+        return self._validate(record, schema.subject, schema.version)
+
+    def from_json(self, data: bytes | str | dict[str, Any]) -> Envelope:
+        """Validate a JSON envelope (bytes, text or already parsed) into the typed envelope."""
+        if isinstance(data, dict):
+            obj: Any = data
+        else:
+            try:
+                obj = json.loads(data)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise DecodeError(f"not valid JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise DecodeError(f"an event must be a JSON object, got {type(obj).__name__}")
+        event_type = obj.get("event_type")
+        if not isinstance(event_type, str):
+            raise ValidationFailed("event_type: field required (a string)", field="event_type")
+        spec_for(event_type)
+        version = obj.get("schema_version", 1)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValidationFailed("schema_version: must be an integer", field="schema_version")
+        return self._validate(obj, event_type, version)
+
+    def decode_any(self, data: bytes) -> Envelope:
+        """Ingress accepts both: Avro when it starts with the magic byte, JSON otherwise."""
+        if data[:1] == b"\x00":
+            return self.decode(data)
+        return self.from_json(data)
+
+    @staticmethod
+    def to_json(event: Envelope) -> str:
+        """The JSON form of an event, for people and HTTP."""
+        return event.model_dump_json()
+
+    @staticmethod
+    def _validate(obj: dict[str, Any], event_type: str, version: int) -> Envelope:
+        model = model_for(event_type, version)
+        try:
+            return model.model_validate(obj)
+        except ValidationError as exc:
+            raise validation_failed(exc) from None

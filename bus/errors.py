@@ -1,0 +1,122 @@
+"""The bus's errors: one root, a few families, each with a machine-readable reason.
+
+    BusError
+    ├── ConfigurationError          settings, catalogue, directory or matter files are wrong
+    ├── SchemaError                 an event cannot be decoded or does not fit its schema
+    │   ├── DecodeError             not JSON / not Avro / bad framing / unknown schema id
+    │   ├── ValidationFailed        decoded, but a field is wrong (names the field)
+    │   ├── UnknownEventType        no schema is registered for ``event_type``
+    │   └── IncompatibleSchema      a schema change would break existing readers
+    ├── AuthorisationError          the source may not publish this event type
+    ├── DuplicateEvent              the ``event_id`` was seen before (not an error for callers)
+    ├── BrokerError                 the Kafka-protocol broker is unreachable or misbehaves
+    └── ConnectorError              a connector failed (``retriable`` says whether to try again)
+
+``reason`` is a stable, dotted code (``schema.validation``, ``auth.event_type`` ...) that ends
+up in dead-letter headers and metric labels, so operators can filter and count by it; ``str()``
+is the human sentence. ``retriable`` follows aiokafka's convention: ``True`` means trying the
+same thing again later may succeed.
+"""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """Root of every error the bus raises on purpose."""
+
+    reason: str = "bus.error"
+    retriable: bool = False
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        """The human sentence, without the reason code."""
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigurationError(BusError):
+    """Settings, catalogue or data files are wrong; the process should not start."""
+
+    reason = "config.invalid"
+
+
+class SchemaError(BusError):
+    """An event cannot be decoded or does not fit its schema."""
+
+    reason = "schema.invalid"
+
+
+class DecodeError(SchemaError):
+    """The bytes are not what they claim to be (JSON, Avro, Confluent framing)."""
+
+    reason = "schema.decode"
+
+
+class ValidationFailed(SchemaError):
+    """A field of a decoded event is wrong; ``field`` names it (dotted path)."""
+
+    reason = "schema.validation"
+
+    def __init__(self, message: str, *, field: str | None = None, reason: str | None = None):
+        super().__init__(message, reason=reason)
+        self.field = field
+
+
+class UnknownEventType(SchemaError):
+    """No schema is registered for the event type (or that version of it)."""
+
+    reason = "schema.unknown_type"
+
+
+class IncompatibleSchema(SchemaError):
+    """A new schema version cannot read data written with an older one."""
+
+    reason = "schema.incompatible"
+
+
+class AuthorisationError(BusError):
+    """The source department is unknown or may not publish this event type."""
+
+    reason = "auth.event_type"
+
+
+class DuplicateEvent(BusError):
+    """The event id was already accepted; re-publishing has no second effect."""
+
+    reason = "duplicate.event_id"
+
+
+class BrokerError(BusError):
+    """The broker is unreachable or answered wrongly."""
+
+    reason = "broker.error"
+    retriable = True
+
+
+class ConnectorError(BusError):
+    """A connector failed; ``retriable`` says whether back-off and retry may help."""
+
+    reason = "connector.error"
+
+    def __init__(self, message: str, *, retriable: bool = False, reason: str | None = None):
+        super().__init__(message, reason=reason)
+        self.retriable = retriable
+
+
+__all__ = [
+    "AuthorisationError",
+    "BrokerError",
+    "BusError",
+    "ConfigurationError",
+    "ConnectorError",
+    "DecodeError",
+    "DuplicateEvent",
+    "IncompatibleSchema",
+    "SchemaError",
+    "UnknownEventType",
+    "ValidationFailed",
+]

@@ -1,0 +1,69 @@
+"""Compliance certificates (合规证明): the request and the signed answer."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+
+from bus.schemas.types import DepartmentCode, Payload, Text
+
+
+class CertificatePurpose(StrEnum):
+    """Why the enterprise needs the certificate; some purposes need longer periods."""
+
+    IPO = "ipo"
+    FINANCING = "financing"
+    BIDDING = "bidding"
+    QUALIFICATION = "qualification"
+    OTHER = "other"
+
+
+class CertificateResult(StrEnum):
+    """The answer: no record in the period, or a record (with the review outcome)."""
+
+    CLEAN = "clean"
+    RECORD_FOUND = "record_found"
+    REFUSED = "refused"
+
+
+class CertificateRequested(Payload):
+    """An enterprise asked, through a department (e.g. the Financial Office), for a certificate."""
+
+    period_start: date
+    period_end: date
+    purpose: CertificatePurpose
+    requested_by: DepartmentCode = Field(description="The department that lodged the request")
+    applicant: Text = Field(description="Name of the person applying for the enterprise")
+
+    @model_validator(mode="after")
+    def _period_in_order(self) -> CertificateRequested:
+        if self.period_end < self.period_start:
+            raise ValueError("period_end must not be before period_start")
+        return self
+
+
+class RecordedPenalty(Payload):
+    """One penalty on the record a certificate was decided on."""
+
+    case_number: str
+    agency: DepartmentCode
+    decided_on: date
+    state: str = Field(description="active, revoked or repaired")
+
+
+class CertificateIssued(Payload):
+    """A signed certificate; ``signature`` covers every other field (Ed25519, base64)."""
+
+    serial: str = Field(min_length=8, max_length=64)
+    request_event_id: str
+    period_start: date
+    period_end: date
+    purpose: CertificatePurpose
+    result: CertificateResult
+    record: list[RecordedPenalty] = Field(default_factory=list)
+    issuing_authority: DepartmentCode
+    issued_at: datetime
+    key_id: str
+    signature: str

@@ -1,0 +1,91 @@
+"""The catalogue of event types: name, versions, payload model, topic family, subject kind.
+
+This is the one place that says which event types exist. Adding a type is adding a line;
+adding a version is adding a model (and exporting its Avro schema, see ``bus schemas``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+from pydantic import create_model
+
+from bus.errors import UnknownEventType
+from bus.schemas.certificate import CertificateIssued, CertificateRequested
+from bus.schemas.enterprise import EnterpriseChanged, EnterpriseDeregistered, EnterpriseRegistered
+from bus.schemas.envelope import Envelope
+from bus.schemas.licence import LicenceGranted, LicenceRevoked
+from bus.schemas.penalty import PenaltyImposed, PenaltyRepaired, PenaltyRevoked
+from bus.schemas.types import Payload, Uscc
+
+SubjectKind = Literal["uscc", "key"]
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """What the bus knows about one event type."""
+
+    event_type: str
+    family: str
+    versions: dict[int, type[Payload]]
+    subject: SubjectKind = "uscc"
+    description: str = ""
+    latest: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "latest", max(self.versions))
+
+
+def _spec(event_type: str, *models: type[Payload], subject: SubjectKind = "uscc") -> EventSpec:
+    family = event_type.split(".", 1)[0]
+    doc = (models[-1].__doc__ or "").strip().splitlines()[0]
+    versions = {i + 1: m for i, m in enumerate(models)}
+    return EventSpec(event_type, family, versions, subject, doc)
+
+
+EVENT_TYPES: dict[str, EventSpec] = {
+    s.event_type: s
+    for s in (
+        _spec("enterprise.registered", EnterpriseRegistered),
+        _spec("enterprise.changed", EnterpriseChanged),
+        _spec("enterprise.deregistered", EnterpriseDeregistered),
+        _spec("penalty.imposed", PenaltyImposed),
+        _spec("penalty.revoked", PenaltyRevoked),
+        _spec("penalty.repaired", PenaltyRepaired),
+        _spec("licence.granted", LicenceGranted),
+        _spec("licence.revoked", LicenceRevoked),
+        _spec("certificate.requested", CertificateRequested),
+        _spec("certificate.issued", CertificateIssued),
+    )
+}
+
+FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(s.family for s in EVENT_TYPES.values()))
+
+
+def spec_for(event_type: str) -> EventSpec:
+    """The spec of ``event_type``; ``UnknownEventType`` names the known ones otherwise."""
+    try:
+        return EVENT_TYPES[event_type]
+    except KeyError:
+        raise UnknownEventType(
+            f"unknown event_type {event_type!r}; known types: {', '.join(sorted(EVENT_TYPES))}"
+        ) from None
+
+
+@cache
+def model_for(event_type: str, version: int | None = None) -> type[Envelope]:
+    """The concrete envelope class of one event type and version (latest by default)."""
+    spec = spec_for(event_type)
+    version = spec.latest if version is None else version
+    if version not in spec.versions:
+        raise UnknownEventType(
+            f"{event_type} has no schema_version {version}; known: {sorted(spec.versions)}",
+            reason="schema.unknown_version",
+        )
+    fields: dict[str, Any] = {"payload": (spec.versions[version], ...)}
+    if spec.subject == "uscc":
+        fields["subject"] = (Uscc, ...)
+    name = "".join(p.title() for p in event_type.replace("_", ".").split(".")) + f"V{version}"
+    return create_model(name, __base__=Envelope, __module__=__name__, **fields)

@@ -1,0 +1,74 @@
+"""One settings object for every process, read from ``BUS_*`` environment variables.
+
+Frozen, so nothing changes under a running worker; secrets are ``SecretStr`` and
+``Settings.dump()`` masks them, so a settings dump is safe to log or paste in an issue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a bus process can be told; each field is ``BUS_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="BUS_", frozen=True, extra="ignore")
+
+    broker: str = Field(
+        default="kafka://127.0.0.1:9092",
+        description="Kafka bootstrap servers as a Faust URL; ';' separates several brokers",
+    )
+    app_id: str = Field(default="bus", description="Faust app id: consumer group and state")
+    topic_prefix: str = Field(default="bus", pattern=r"^[a-zA-Z0-9._-]+$")
+    partitions: int = Field(default=6, ge=1, description="Partitions of every subject-keyed topic")
+    replication_factor: int = Field(default=1, ge=1)
+    max_event_bytes: int = Field(default=512 * 1024, ge=1024, description="Larger is rejected")
+    batch_size: int = Field(default=500, ge=1, description="Events an agent handles at once")
+    batch_wait: float = Field(default=0.05, gt=0, description="Seconds to fill a batch")
+    data_dir: Path = Field(default=Path("var"), description="Worker state (tables) and broker")
+    departments_file: Path | None = Field(
+        default=None, description="Department directory YAML; the shipped one when unset"
+    )
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    log_level: str = "INFO"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    # Faust settings that tests and the demo tune for the embedded brokers (docs/broker.md).
+    producer_max_batch_size: int = 16384
+    producer_linger_ms: int = 5
+    recovery_consistency_check: bool = True
+    session_timeout: float = 10.0
+    heartbeat_interval: float = 3.0
+    rebalance_timeout: float = 60.0
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if "://" not in value:
+            value = f"kafka://{value}"
+        if not value.startswith("kafka://"):
+            raise ValueError("broker must look like kafka://host:port (or host:port)")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` strings for plain Kafka clients (admin, producer, consumer)."""
+        return [s.strip() for s in self.broker.removeprefix("kafka://").split(";") if s.strip()]
+
+    def topic(self, name: str) -> str:
+        """The full topic name for a catalogue entry (``<prefix>.<name>``)."""
+        return f"{self.topic_prefix}.{name}"
+
+    def dump(self) -> dict[str, Any]:
+        """The settings with secrets masked, for logs and ``bus settings``."""
+        out = self.model_dump(mode="json")
+        for key, value in out.items():
+            if isinstance(getattr(self, key), SecretStr) and value is not None:
+                out[key] = "**********"
+        return out
