@@ -1,0 +1,299 @@
+"""The ``bus`` command: one entry point for people and scripts.
+
+Every command reads its settings from ``BUS_*`` environment variables (``bus settings``
+shows them); options on a command override them for that run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bus.errors import BusError
+from bus.settings import Settings
+
+app = typer.Typer(
+    help="The inter-departmental collaboration bus: publish, route and correlate events "
+    "between department systems over Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+topics_app = typer.Typer(help="Create and list the bus's topics.", no_args_is_help=True)
+schemas_app = typer.Typer(help="Inspect and export the Avro schemas.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+
+out = Console()
+err = Console(stderr=True)
+
+BrokerOpt = Annotated[
+    str | None, typer.Option("--broker", "-b", help="Kafka bootstrap, overrides BUS_BROKER.")
+]
+
+
+def _settings(broker: str | None = None, **overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if broker:
+        values["broker"] = broker
+    try:
+        return Settings(**values)
+    except ValueError as exc:
+        err.print(f"[red]invalid settings:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: BaseException, hint: str = "") -> typer.Exit:
+    err.print(f"[red]error:[/] {exc}")
+    if hint:
+        err.print(hint)
+    return typer.Exit(1)
+
+
+@app.command()
+def settings() -> None:
+    """Show the effective settings (secrets masked)."""
+    out.print_json(json.dumps(_settings().dump()))
+
+
+@app.command()
+def broker(
+    engine: Annotated[
+        str, typer.Option(help="noida (persistent, single consumer per group) or tansu.")
+    ] = "noida",
+    port: Annotated[int, typer.Option(help="Loopback port; 0 picks a free one.")] = 9092,
+    data_dir: Annotated[Path, typer.Option(help="Where noida keeps its data.")] = Path(
+        "var/broker"
+    ),
+) -> None:
+    """Run an embedded Kafka-protocol broker on 127.0.0.1 until Ctrl-C (development only)."""
+    from bus.brokers import EmbeddedBroker
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    b = EmbeddedBroker(engine, port=port or None, data_dir=data_dir)  # type: ignore[arg-type]
+    try:
+        b.start()
+    except BusError as exc:
+        raise _fail(exc, "Is the port taken? Try --port 0 for a free one.") from None
+    out.print(f"{engine} broker listening; use [bold]BUS_BROKER={b.url}[/]")
+    stop = asyncio.Event()
+
+    async def wait() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+    try:
+        asyncio.run(wait())
+    finally:
+        b.stop()
+        out.print("broker stopped")
+
+
+@topics_app.command("create")
+def topics_create(broker: BrokerOpt = None) -> None:
+    """Create every topic of the catalogue that does not exist yet (idempotent)."""
+    from bus.topics import create_topics
+
+    s = _settings(broker)
+    try:
+        created = asyncio.run(create_topics(s))
+    except Exception as exc:
+        raise _fail(exc, f"Is a broker running at {s.broker}? (bus broker starts one)") from None
+    for name in created:
+        out.print(f"created {name}")
+    out.print(f"{len(created)} created, topics up to date ({s.partitions} partitions)")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """Show the catalogue: names, roles, retention, compaction."""
+    from bus.topics import CATALOGUE
+
+    s = _settings()
+    t = Table("topic", "role", "retention", "description")
+    for spec in CATALOGUE:
+        days = "forever" if spec.retention_ms < 0 else f"{spec.retention_ms // 86_400_000} days"
+        t.add_row(s.topic(spec.name), spec.role, days, spec.description)
+    out.print(t)
+
+
+@app.command()
+def worker(
+    broker: BrokerOpt = None,
+    loglevel: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Run a worker: the Faust app with every agent. Start more to scale out."""
+    from faust import Worker
+
+    from bus.app import create_app
+
+    s = _settings(broker)
+    fapp, _ = create_app(s)
+    Worker(fapp, loglevel=loglevel, redirect_stdouts=False).execute_from_commandline()
+
+
+def _read_events(source: str | None, event: str | None) -> Iterator[tuple[int, bytes]]:
+    if event is not None:
+        yield 1, event.encode()
+        return
+    stream = sys.stdin if source in (None, "-") else open(source, encoding="utf-8")  # noqa: SIM115
+    with stream:
+        text = stream.read()
+    stripped = text.strip()
+    if stripped.startswith("{") and "\n{" not in stripped:  # one (possibly pretty) JSON object
+        yield 1, stripped.encode()
+        return
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            yield n, line.strip().encode()
+
+
+@app.command()
+def publish(
+    file: Annotated[
+        str | None, typer.Argument(help="JSON event or JSON-lines file; '-' or none: stdin.")
+    ] = None,
+    event: Annotated[str | None, typer.Option("--event", "-e", help="One JSON event.")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the verdicts; 0: don't.")] = 15,
+    broker: BrokerOpt = None,
+) -> None:
+    """Publish events to the ingress topic and show which the bus accepted and why not.
+
+    Events without an event_id get one. Exit status: 0 all accepted, 1 some rejected or no
+    verdict in time.
+    """
+    from bus.publish import publish_and_wait
+
+    s = _settings(broker)
+    lines = list(_read_events(file, event))
+    try:
+        results = asyncio.run(publish_and_wait(s, lines, wait))
+    except BusError as exc:
+        raise _fail(exc) from None
+    t = Table("line", "event_id", "event_type", "verdict")
+    bad = 0
+    for r in results:
+        if r.accepted:
+            verdict = f"[green]accepted[/] → {r.topic}"
+        elif r.reason:
+            bad += 1
+            verdict = f"[red]rejected[/] {r.reason}: {r.error}"
+        else:
+            bad += wait > 0
+            verdict = "published" if wait == 0 else "[yellow]no verdict yet[/] (is a worker up?)"
+        t.add_row(str(r.line), r.event_id or "-", r.event_type or "-", verdict)
+    out.print(t)
+    out.print(f"{len(results)} published, {sum(r.accepted for r in results)} accepted")
+    raise typer.Exit(1 if bad else 0)
+
+
+@app.command()
+def deadletters(
+    reason: Annotated[str | None, typer.Option(help="Only this reason (prefix match).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest last.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines for scripts.")] = False,
+    broker: BrokerOpt = None,
+) -> None:
+    """List dead letters with their reasons."""
+    from bus.publish import list_deadletters
+
+    s = _settings(broker)
+    rows = asyncio.run(list_deadletters(s))
+    if reason:
+        rows = [r for r in rows if r.headers.get("bus.reason", "").startswith(reason)]
+    rows = rows[-limit:]
+    if as_json:
+        for r in rows:
+            out.print_json(json.dumps({
+                "origin": r.headers.get("bus.origin"), "reason": r.headers.get("bus.reason"),
+                "error": r.headers.get("bus.error"), "field": r.headers.get("bus.field"),
+                "value": (r.value or b"").decode(errors="replace"),
+            }))  # fmt: skip
+        return
+    t = Table("origin", "reason", "field", "error")
+    for r in rows:
+        h = r.headers
+        t.add_row(h.get("bus.origin", "?"), h.get("bus.reason", "?"), h.get("bus.field", ""),
+                  h.get("bus.error", ""))  # fmt: skip
+    out.print(t)
+    out.print(f"{len(rows)} dead letters shown")
+
+
+@schemas_app.command("list")
+def schemas_list() -> None:
+    """Show every event type, version and schema id."""
+    from bus.schemas.events import EVENT_TYPES
+    from bus.schemas.registry import LocalSchemaRegistry
+
+    reg = LocalSchemaRegistry.load()
+    t = Table("id", "event type", "version", "description")
+    for s in reg.all():
+        t.add_row(str(s.id), s.subject, str(s.version), EVENT_TYPES[s.subject].description)
+    out.print(t)
+
+
+@schemas_app.command("check")
+def schemas_check() -> None:
+    """Fail when a model and its shipped Avro schema disagree."""
+    from bus.schemas.export import drift
+    from bus.schemas.registry import LocalSchemaRegistry
+
+    problems = drift(LocalSchemaRegistry.load())
+    for p in problems:
+        err.print(f"[red]{p}[/]")
+    if problems:
+        raise typer.Exit(1)
+    out.print("models and shipped schemas agree")
+
+
+@schemas_app.command("export")
+def schemas_export(
+    directory: Annotated[Path, typer.Option(help="Where the shipped schemas live.")] = Path(
+        "bus/schemas/avro"
+    ),
+) -> None:
+    """Write schemas for new model versions (checked BACKWARD compatible, new ids)."""
+    from bus.schemas.export import export
+
+    try:
+        added = export(directory)
+    except BusError as exc:
+        raise _fail(exc) from None
+    for a in added:
+        out.print(f"added {a}")
+    out.print(f"{len(added)} schemas added")
+
+
+@app.command()
+def demo(
+    keep_running: Annotated[
+        bool, typer.Option(help="Keep broker and worker up after the scenarios.")
+    ] = False,
+    engine: Annotated[str, typer.Option(help="Embedded broker engine.")] = "noida",
+) -> None:
+    """Start an embedded broker and a worker, play the reference scenarios, show what happened."""
+    from bus.demo import run_demo
+
+    try:
+        code = run_demo(out, engine=engine, keep_running=keep_running)
+    except BusError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

@@ -1,0 +1,181 @@
+"""A small Kafka client for department systems, scripts and operators.
+
+``BusClient.publish`` puts events on the ingress topic (the bus decides whether they are
+accepted); ``read_topic`` reads records back, e.g. dead letters or a canonical topic. Both
+speak only the Kafka protocol, so they work against any Kafka-compatible broker.
+
+Example::
+
+    async with BusClient(Settings()) as bus:
+        receipt = await bus.publish(event)   # an Envelope, a dict or JSON bytes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bus.codec import EventCodec
+from bus.schemas.envelope import Envelope
+from bus.settings import Settings
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Where the broker put a published record."""
+
+    event_id: str | None
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record read from a topic, headers decoded to text where they are text."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+
+def _prepare(
+    event: Envelope | dict[str, Any] | bytes, codec: EventCodec
+) -> tuple[bytes, Headers, str | None, bytes | None]:
+    """Bytes, headers, event id and key for one event; JSON gets an event_id if it lacks one."""
+    if isinstance(event, Envelope):
+        return (
+            codec.encode(event),
+            event.kafka_headers(),
+            str(event.event_id),
+            event.subject.encode(),
+        )
+    if isinstance(event, dict):
+        event = {"event_id": str(uuid.uuid4()), **event}
+        data = json.dumps(event, ensure_ascii=False, default=str).encode()
+        subject = event.get("subject")
+        headers = [
+            (k, str(event[k]).encode()) for k in ("event_type", "event_id", "source") if k in event
+        ]
+        return data, headers, event["event_id"], str(subject).encode() if subject else None
+    return event, [], None, None
+
+
+class BusClient:
+    """Publish to the ingress topic; an async context manager."""
+
+    def __init__(self, settings: Settings | None = None, codec: EventCodec | None = None) -> None:
+        self.settings = settings or Settings()
+        self.codec = codec or EventCodec()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_servers, linger_ms=5, acks="all"
+        )
+
+    async def __aenter__(self) -> BusClient:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._producer.stop()
+
+    async def publish(self, event: Envelope | dict[str, Any] | bytes) -> Receipt:
+        """Publish one event to ingress and wait until the broker has it."""
+        return (await self.publish_many([event]))[0]
+
+    async def publish_many(
+        self, events: Iterable[Envelope | dict[str, Any] | bytes]
+    ) -> list[Receipt]:
+        """Publish many events, pipelined; receipts in the same order."""
+        topic = self.settings.topic("ingress")
+        pending = []
+        for event in events:
+            value, headers, event_id, key = _prepare(event, self.codec)
+            fut = await self._producer.send(topic, value, key=key, headers=headers)
+            pending.append((event_id, fut))
+        receipts = []
+        for event_id, fut in pending:
+            md = await fut
+            receipts.append(Receipt(event_id, md.topic, md.partition, md.offset))
+        return receipts
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.hex()
+
+
+async def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    idle: float = 1.0,
+    max_seconds: float = 30.0,
+    until: int | None = None,
+) -> AsyncIterator[Record]:
+    """Read a topic from the beginning until it has been quiet for ``idle`` seconds.
+
+    Stops early after ``until`` records. Counts records rather than trusting end offsets,
+    which some Kafka-compatible brokers report wrongly (see docs/broker.md).
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        partitions = None
+        for _ in range(50):  # a topic created a moment ago may not be in the metadata yet
+            if topic in await consumer.topics():
+                partitions = consumer.partitions_for_topic(topic)
+                break
+            await asyncio.sleep(0.1)
+        if not partitions:
+            return
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        await consumer.seek_to_beginning()
+        deadline = time.monotonic() + max_seconds
+        quiet_since = time.monotonic()
+        count = 0
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200, max_records=1000)
+            if not batches:
+                if time.monotonic() - quiet_since >= idle:
+                    return
+                continue
+            quiet_since = time.monotonic()
+            for records in batches.values():
+                for r in records:
+                    yield Record(
+                        r.topic,
+                        r.partition,
+                        r.offset,
+                        r.timestamp,
+                        r.key,
+                        r.value,
+                        {k: _text(v) for k, v in (r.headers or ())},
+                    )
+                    count += 1
+                    if until is not None and count >= until:
+                        return
+    finally:
+        await consumer.stop()
