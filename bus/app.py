@@ -30,12 +30,14 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
 
     settings = settings or Settings()
     ctx = Context(settings, EventCodec(), Directory.load(settings.departments_file))
+    datadir = settings.data_dir / "worker" / settings.app_id
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=settings.broker,
         autodiscover=False,
         store="memory://",
-        datadir=str(settings.data_dir / "worker" / settings.app_id),
+        datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
@@ -55,7 +57,8 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         web_in_thread=False,
         broker_credentials=_credentials(settings),
     )
-    ingest.register(app, ctx)
+    for agent in (ingest.IngestAgent(ctx),):
+        app.service(agent)  # type: ignore[arg-type]  # started by the worker after recovery
     return app, ctx
 
 

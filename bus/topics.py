@@ -48,13 +48,25 @@ DEADLETTER = TopicSpec(
     90 * DAY_MS,
 )
 
+INGEST_SEEN = TopicSpec(
+    "state.ingest-seen",
+    "state",
+    "event ids the ingest agent accepted, per partition; retention is the de-duplication window",
+    30 * DAY_MS,
+)
+
 
 def canonical(family: str) -> TopicSpec:
     """The canonical topic of one event family (validated, authorised, de-duplicated)."""
     return TopicSpec(f"events.{family}", "canonical", f"validated {family}.* events")
 
 
-CATALOGUE: tuple[TopicSpec, ...] = (INGRESS, *(canonical(f) for f in FAMILIES), DEADLETTER)
+CATALOGUE: tuple[TopicSpec, ...] = (
+    INGRESS,
+    *(canonical(f) for f in FAMILIES),
+    DEADLETTER,
+    INGEST_SEEN,
+)
 
 
 def canonical_topic(settings: Settings, event_type: str) -> str:

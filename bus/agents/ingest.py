@@ -7,25 +7,24 @@ family's canonical topic, keyed by subject, as Avro; everything else goes to dea
 with the original bytes and a machine-readable reason. Nothing stops the agent and nothing
 is dropped: an unexpected exception dead-letters the record with reason ``ingest.crash``.
 
-Work is done in batches (``Settings.batch_size``): sends are not awaited one by one; Faust
-flushes the producer before it commits the batch's offsets, so at-least-once holds.
+It is a batch agent (``bus.agents.runtime``): a whole fetch is checked at once, outputs and the
+de-duplication changelog are acknowledged before offsets are committed. Duplicates are found
+per ingress partition: publishers key events by subject (``BusClient`` does), so every copy
+of an event lands on the same partition.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import faust
-from faust.types import EventT
-
-from bus.agents._faust import current as _current
+from bus.agents.runtime import BatchAgent, Out, Record, SeenStore
 from bus.errors import BusError, DecodeError, DuplicateEvent
 from bus.schemas.envelope import Envelope
-from bus.topics import canonical_topic
+from bus.schemas.events import EVENT_TYPES
+from bus.topics import DEADLETTER, INGEST_SEEN, INGRESS, canonical_topic
 
 if TYPE_CHECKING:
     from bus.app import Context
@@ -85,60 +84,49 @@ def deadletter_headers(exc: BaseException, message: Any, stage: str = "ingest") 
     return headers
 
 
-def register(app: faust.App, ctx: Context) -> None:
-    """Add the ingest agent and its de-duplication table to ``app``."""
-    settings = ctx.settings
-    ingress = app.topic(
-        settings.topic("ingress"),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    deadletter = settings.topic("deadletter")
-    seen = app.Table(
-        "ingest-seen",
-        key_type=str,
-        value_type=int,
-        partitions=settings.partitions,
-        help="event_id -> when it was first accepted (epoch ms); the idempotency memory",
-    )
-    ingestor = Ingestor(ctx)
-    producer = app.producer
+class IngestAgent(BatchAgent):
+    """The ingest agent: ingress -> canonical topics | dead letters, de-duplicated."""
 
-    async def handle(events: Sequence[EventT]) -> None:
-        batch_ids: set[str] = set()
-        for ev in events:
-            message = ev.message
+    name = "ingest"
+
+    def __init__(self, ctx: Context) -> None:
+        settings = ctx.settings
+        self.seen = SeenStore(settings.topic(INGEST_SEEN.name))
+        super().__init__(ctx, [settings.topic(INGRESS.name)], stores=[self.seen])
+        self.ingestor = Ingestor(ctx)
+        self.deadletter = settings.topic(DEADLETTER.name)
+        self.canonical = {t: canonical_topic(settings, t) for t in EVENT_TYPES}
+
+    async def process(self, records: list[Record]) -> list[Out]:
+        """Check every record; one output per record, plus one changelog record per partition."""
+        outs: list[Out] = []
+        accepted: dict[int, list[bytes]] = {}
+        for r in records:
             try:
-                accepted = ingestor.check(message.value)
-                event_id = str(accepted.event.event_id)
-                if event_id in batch_ids or event_id in seen:
-                    raise DuplicateEvent(f"event_id {event_id} was already accepted")
-                batch_ids.add(event_id)
-                with _current(ev):
-                    seen[event_id] = int(time.time() * 1000)
-                await producer.send(
-                    canonical_topic(settings, accepted.event.event_type),
-                    accepted.event.subject.encode(),
-                    accepted.value,
-                    None,
-                    None,
-                    accepted.event.kafka_headers(),
+                ok = self.ingestor.check(r.value)
+                key = ok.event.event_id.bytes
+                batch = accepted.setdefault(r.partition, [])
+                if self.seen.seen(r.partition, key) or key in batch:
+                    raise DuplicateEvent(f"event_id {ok.event.event_id} was already accepted")
+                batch.append(key)
+                outs.append(
+                    Out(
+                        self.canonical[ok.event.event_type],
+                        ok.value,
+                        key=ok.event.subject.encode(),
+                        headers=ok.event.kafka_headers(),
+                    )
                 )
             except Exception as exc:  # every failure becomes a dead letter, never a crash
                 if not isinstance(exc, BusError):
-                    log.exception("ingest failed unexpectedly at %s", message.tp)
-                await producer.send(
-                    deadletter,
-                    message.key,
-                    message.value or b"",
-                    None,
-                    None,
-                    deadletter_headers(exc, message),
+                    log.exception("ingest: unexpected failure at %s/%s", r.partition, r.offset)
+                outs.append(
+                    Out(
+                        self.deadletter,
+                        r.value or b"",
+                        key=r.key,
+                        headers=deadletter_headers(exc, r),
+                    )
                 )
-
-    @app.agent(ingress, name="ingest")
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(settings.batch_size, settings.batch_wait):
-            await handle(events)
+        outs.extend(self.seen.record(p, keys) for p, keys in accepted.items() if keys)
+        return outs

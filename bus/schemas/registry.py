@@ -145,4 +145,4 @@ class LocalSchemaRegistry:
 
 
 def _parse(schema: dict[str, Any]) -> Any:
-    return fastavro.parse_schema(schema, _write_hint=False)
+    return fastavro.parse_schema(schema)

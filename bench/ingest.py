@@ -1,0 +1,210 @@
+"""Ingest agent vs the raw-client limit, side by side on the same broker, in one run.
+
+Both pipelines run as their own process (``bench/raw_loop.py`` and ``bus worker``), read the
+same Avro penalty events from a topic with 3 partitions, and write them to another.
+
+* throughput: N events are waiting before the pipeline starts; events/s is measured from
+  the first to the last output record's timestamp (start-up excluded, the same for both);
+* latency: with the pipeline idle, events are published at a fixed rate; p50/p99 is from
+  publish to arrival at a consumer of the output topic.
+
+    python bench/ingest.py --events 50000            # embedded noida broker
+    python bench/ingest.py --engine tansu            # embedded tansu broker
+    python bench/ingest.py --broker 127.0.0.1:9092   # any Kafka
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bus.brokers import EmbeddedBroker
+from bus.codec import EventCodec
+from bus.samples import penalties
+from bus.settings import Settings
+from bus.topics import create_topics
+
+Msg = tuple[bytes, bytes, list[tuple[str, bytes]], str]  # key, value, headers, event_id
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def encode(count: int, seed: int) -> list[Msg]:
+    """Avro-encoded penalty events with their keys and headers."""
+    codec = EventCodec()
+    return [
+        (e.subject.encode(), codec.encode(e), e.kafka_headers(), str(e.event_id))
+        for e in penalties(count, seed=seed)
+    ]
+
+
+async def produce(bootstrap: str, topic: str, msgs: list[Msg], rate: float = 0) -> dict[str, float]:
+    """Publish ``msgs``; at ``rate`` per second if given. Returns event_id -> send time."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1 if rate else 5)
+    await producer.start()
+    sent: dict[str, float] = {}
+    try:
+        start = time.perf_counter()
+        futures = []
+        for i, (key, value, headers, event_id) in enumerate(msgs):
+            if rate:
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            sent[event_id] = time.time()
+            futures.append(await producer.send(topic, value, key=key, headers=headers))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def drain(
+    bootstrap: str,
+    topic: str,
+    n: int,
+    max_seconds: float,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> list[tuple[str, int, float]]:
+    """Read ``n`` records from the start: (event_id, record timestamp ms, arrival time)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+        fetch_max_wait_ms=5, max_poll_records=5000,
+    )  # fmt: skip
+    await consumer.start()
+    out: list[tuple[str, int, float]] = []
+    try:
+        deadline = time.monotonic() + max_seconds
+        while len(out) < n and time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the pipeline exited with {proc.returncode}; see its log")
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                now = time.time()
+                for r in records:
+                    eid = dict(r.headers).get("event_id", b"").decode()
+                    out.append((eid, r.timestamp, now))
+    finally:
+        await consumer.stop()
+    if len(out) < n:
+        raise RuntimeError(f"only {len(out)} of {n} events arrived on {topic} in {max_seconds}s")
+    return out
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL: Faust can wait a long time for empty streams."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def measure(
+    name: str,
+    bootstrap: str,
+    source: str,
+    sink: str,
+    start: Callable[[], subprocess.Popen[bytes]],
+    backlog: list[Msg],
+    paced: list[Msg],
+    rate: float,
+) -> dict[str, float]:
+    """Throughput over a backlog, then latency at a fixed rate, for one pipeline."""
+    await produce(bootstrap, source, backlog)
+    proc = start()
+    try:
+        got = await drain(bootstrap, sink, len(backlog), 600, proc)
+        stamps = sorted(ts for _, ts, _ in got)
+        span = (stamps[-1] - stamps[0]) / 1000
+        eps = (len(stamps) - 1) / span if span > 0 else float("inf")
+        arriving = asyncio.create_task(
+            drain(bootstrap, sink, len(backlog) + len(paced), 120, proc)
+        )
+        sent = await produce(bootstrap, source, paced, rate)
+        arrived = await arriving
+        lat = sorted(
+            (now - sent[eid]) * 1000 for eid, _, now in arrived[len(backlog) :] if eid in sent
+        )
+    finally:
+        stop(proc)
+    result = {
+        "events_per_s": eps,
+        "p50_ms": statistics.median(lat),
+        "p99_ms": lat[int(len(lat) * 0.99) - 1],
+    }
+    print(f"{name:>8}: {eps:9.0f} events/s   p50 {result['p50_ms']:6.1f} ms   "
+          f"p99 {result['p99_ms']:6.1f} ms", flush=True)  # fmt: skip
+    return result
+
+
+async def main(args: argparse.Namespace) -> None:
+    """Run both pipelines and print the ratio."""
+    tmp = Path(tempfile.mkdtemp(prefix="bus-bench-"))
+    broker = None
+    bootstrap = args.broker
+    if bootstrap is None:
+        broker = EmbeddedBroker(args.engine, data_dir=tmp / "broker")
+        broker.start()
+        bootstrap = broker.bootstrap
+    try:
+        print(f"encoding {args.events} + {args.paced} events ...", flush=True)
+        backlog, paced = encode(args.events, 1), encode(args.paced, 2)
+        run = f"b{int(time.time())}"
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        await admin.create_topics(
+            [NewTopic(f"{run}.raw.{t}", args.partitions, 1) for t in ("in", "out")]
+        )
+        await admin.close()
+        raw = await measure(
+            "raw", bootstrap, f"{run}.raw.in", f"{run}.raw.out",
+            lambda: subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "raw_loop.py"), bootstrap,
+                 f"{run}.raw.in", f"{run}.raw.out", f"{run}-raw"],
+                stdout=open(tmp / "raw.log", "wb"), stderr=subprocess.STDOUT,
+            ),
+            backlog, paced, args.rate,
+        )  # fmt: skip
+        settings = Settings(
+            broker=bootstrap, app_id=f"{run}-bus", topic_prefix=run, partitions=args.partitions,
+            data_dir=tmp / "var", web_port=0,
+        )  # fmt: skip
+        await create_topics(settings)
+        env = {**os.environ, "BUS_BROKER": bootstrap, "BUS_APP_ID": settings.app_id,
+               "BUS_TOPIC_PREFIX": run, "BUS_PARTITIONS": str(args.partitions),
+               "BUS_DATA_DIR": str(tmp / "var"), "BUS_WEB_PORT": "0"}  # fmt: skip
+        bus = await measure(
+            "ingest", bootstrap, settings.topic("ingress"), settings.topic("events.penalty"),
+            lambda: subprocess.Popen(
+                [sys.executable, "-m", "bus.cli", "worker", "--loglevel", "warning"], env=env,
+                stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT,
+            ),
+            backlog, paced, args.rate,
+        )  # fmt: skip
+        print(f"   ratio: ingest / raw = {bus['events_per_s'] / raw['events_per_s']:.2f} "
+              f"({args.events} events, {args.partitions} partitions, logs in {tmp})")  # fmt: skip
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--events", type=int, default=50_000, help="backlog for throughput")
+    p.add_argument("--paced", type=int, default=3_000, help="events for the latency run")
+    p.add_argument("--rate", type=float, default=1_000, help="events/s in the latency run")
+    p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--broker", help="bootstrap host:port; default: an embedded broker")
+    p.add_argument("--engine", default="noida", choices=["noida", "tansu"], help="embedded broker")
+    asyncio.run(main(p.parse_args()))

@@ -1,0 +1,261 @@
+"""Batch agents: the bus's hot path, run inside the Faust worker.
+
+Faust's stream iteration costs tens of microseconds per event before any work is done: on
+this project's reference machine a Faust agent that only counts events peaks at ~6 000
+events/s where a plain aiokafka loop that also decodes every event reaches ~16 000
+(docs/benchmarks.md). So the agents that see every event are *batch agents*: a
+``mode.Service`` started by the Faust worker (same process, lifecycle, logging, health) that
+reads its topics with a plain aiokafka consumer in its own consumer group, handles whole
+fetches at once, and commits offsets only after everything it produced is acknowledged.
+
+Guarantees (at-least-once, effects idempotent by ``event_id``):
+
+* outputs of a batch are acknowledged by the broker before the batch's offsets are
+  committed, so a crash re-delivers, never loses;
+* state (``SeenStore``) is written to a changelog topic *in the same batch* as the outputs
+  and restored before a partition is consumed again, so a re-delivered event is recognised.
+
+Scale-out is Kafka's: every worker runs the same agents in the same consumer groups and the
+broker splits partitions between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+from mode import Service
+
+if TYPE_CHECKING:
+    from bus.app import Context
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+Record = ConsumerRecord  # type: ignore[type-arg]
+
+
+@dataclass(slots=True)
+class Out:
+    """One record an agent wants produced."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    headers: Headers = field(default_factory=list)
+    partition: int | None = None
+
+
+class SeenStore:
+    """Which ids each partition has accepted, kept in a time-retained changelog topic.
+
+    One changelog record per batch and partition (the ids concatenated), written to the
+    same partition number as the input, so the store co-partitions with its source. The
+    topic's retention is the de-duplication window: ids older than it are forgotten.
+    """
+
+    ID_BYTES = 16
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._ids: dict[int, set[bytes]] = {}
+
+    def seen(self, partition: int, key: bytes) -> bool:
+        """True when ``key`` was accepted on ``partition`` within the window."""
+        return key in self._ids.get(partition, ())
+
+    def record(self, partition: int, keys: Sequence[bytes]) -> Out:
+        """Remember ``keys`` and return the changelog record that makes it durable."""
+        self._ids.setdefault(partition, set()).update(keys)
+        return Out(self.topic, b"".join(keys), partition=partition)
+
+    def size(self) -> int:
+        """Ids held in memory across all partitions."""
+        return sum(len(s) for s in self._ids.values())
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget partitions this worker no longer owns."""
+        for p in partitions:
+            self._ids.pop(p, None)
+
+    async def restore(self, bootstrap: list[str], partitions: Iterable[int]) -> int:
+        """Read the changelog of ``partitions`` from the start; returns ids restored."""
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        if not tps:
+            return 0
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        )
+        await consumer.start()
+        restored = 0
+        try:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            todo = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+            while todo:
+                batches = await consumer.getmany(*todo, timeout_ms=500, max_records=5000)
+                for tp, records in batches.items():
+                    ids = self._ids.setdefault(tp.partition, set())
+                    for r in records:
+                        v = r.value or b""
+                        n = self.ID_BYTES
+                        ids.update(v[i : i + n] for i in range(0, len(v), n))
+                        restored += len(v) // n
+                for tp in list(todo):
+                    if await consumer.position(tp) >= ends[tp]:
+                        todo.discard(tp)
+        finally:
+            await consumer.stop()
+        for tp in tps:
+            self._ids.setdefault(tp.partition, set())
+        return restored
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, agent: BatchAgent) -> None:
+        self.agent = agent
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.agent.lock:  # let the batch in flight finish and commit
+            for store in self.agent.stores:
+                store.drop(tp.partition for tp in revoked)
+        log.info("%s: partitions revoked %s", self.agent.name, _fmt(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        t0 = time.monotonic()
+        partitions = {tp.partition for tp in assigned}
+        restored = 0
+        for store in self.agent.stores:
+            restored += await store.restore(self.agent.bootstrap, partitions)
+        self.agent.assignment = set(assigned)
+        log.info(
+            "%s: partitions assigned %s (%d ids restored in %.2fs)",
+            self.agent.name, _fmt(assigned), restored, time.monotonic() - t0,
+        )  # fmt: skip
+
+
+def _fmt(tps: Iterable[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(tps)) or "none"
+
+
+class BatchAgent(Service):
+    """Consume ``topics`` in batches, produce what ``process`` returns, then commit.
+
+    Subclasses implement ``process``; it must not raise for bad input (turn it into a dead
+    letter). An exception from ``process`` is a bug: the batch is not committed, the agent
+    logs it and retries the same batch after a pause, so nothing is skipped.
+    """
+
+    name: str = "agent"
+
+    def __init__(
+        self, ctx: Context, topics: Sequence[str], *, stores: Sequence[SeenStore] = ()
+    ) -> None:
+        super().__init__()
+        self.ctx = ctx
+        s = ctx.settings
+        self.topics = list(topics)
+        self.stores = list(stores)
+        self.bootstrap = s.bootstrap_servers
+        self.group = f"{s.app_id}.{self.name}"
+        self.lock = asyncio.Lock()
+        self.assignment: set[TopicPartition] = set()
+        self.processed = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    async def process(self, records: list[Record]) -> list[Out]:
+        """Turn one batch of input records into output records."""
+        raise NotImplementedError
+
+    async def on_start(self) -> None:
+        """Connect the producer and join the consumer group."""
+        s = self.ctx.settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            linger_ms=s.producer_linger_ms,
+            max_batch_size=s.producer_max_batch_size,
+            client_id=f"{self.group}-producer",
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            client_id=f"{self.group}-consumer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.batch_size,
+            fetch_max_wait_ms=int(s.batch_wait * 1000),
+            session_timeout_ms=int(s.session_timeout * 1000),
+            heartbeat_interval_ms=int(s.heartbeat_interval * 1000),
+            rebalance_timeout_ms=int(s.rebalance_timeout * 1000),
+        )
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
+        await self._consumer.start()
+
+    async def on_stop(self) -> None:
+        """Finish the batch in flight, then leave the group cleanly."""
+        async with self.lock:
+            if self._consumer is not None:
+                await self._consumer.stop()
+            if self._producer is not None:
+                await self._producer.stop()
+
+    @Service.task
+    async def _consume(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        while not self.should_stop:
+            batches = await consumer.getmany(
+                timeout_ms=int(self.ctx.settings.batch_wait * 1000),
+                max_records=self.ctx.settings.batch_size,
+            )
+            if not batches:
+                continue
+            async with self.lock:
+                records = [r for tp in sorted(batches) for r in batches[tp]]
+                try:
+                    await self._handle(records)
+                except (KafkaError, OSError) as exc:
+                    log.warning("%s: broker trouble, batch will be re-read: %r", self.name, exc)
+                    await self._rewind(batches)
+                    await self.sleep(1.0)
+                except Exception:
+                    log.exception("%s: batch failed; it will be retried", self.name)
+                    await self._rewind(batches)
+                    await self.sleep(1.0)
+
+    async def _handle(self, records: list[Record]) -> None:
+        assert self._producer is not None
+        assert self._consumer is not None
+        outs = await self.process(records)
+        futures = [
+            await self._producer.send(o.topic, o.value, key=o.key, headers=o.headers,
+                                      partition=o.partition)
+            for o in outs
+        ]  # fmt: skip
+        if futures:
+            await asyncio.gather(*futures)
+        offsets: dict[TopicPartition, int] = {}
+        for r in records:
+            offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError as exc:  # partitions moved on; their new owner re-reads
+            log.warning("%s: commit failed after rebalance: %s", self.name, exc)
+        self.processed += len(records)
+
+    async def _rewind(self, batches: dict[TopicPartition, list[Record]]) -> None:
+        assert self._consumer is not None
+        for tp, records in batches.items():
+            if tp in self._consumer.assignment() and records:
+                self._consumer.seek(tp, records[0].offset)
