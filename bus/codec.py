@@ -31,7 +31,8 @@ def validation_failed(exc: ValidationError) -> ValidationFailed:
     parts = []
     for err in errors[:3]:
         loc = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{loc or '(event)'}: {err['msg']}")
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc or '(event)'}: {msg}")
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
     first = errors[0]["loc"] if errors else ()
     field = ".".join(str(p) for p in first) or None

@@ -88,7 +88,10 @@ async def _collect(
     settings: Settings, start: dict[TopicPartition, int], verdicts: list[Verdict], wait: float
 ) -> None:
     by_origin = {v.origin: v for v in verdicts}
-    by_id = {v.event_id: v for v in verdicts if v.event_id}
+    by_id: dict[str, list[Verdict]] = {}
+    for v in sorted(verdicts, key=lambda v: int(v.origin.rsplit("/", 1)[1])):
+        if v.event_id:  # a re-published id: the earliest copy is the one accepted
+            by_id.setdefault(v.event_id, []).append(v)
     open_ = len(verdicts)
     deadletter = settings.topic("deadletter")
     consumer = AIOKafkaConsumer(
@@ -111,8 +114,9 @@ async def _collect(
                             continue
                         v.reason, v.error = headers.get("bus.reason"), headers.get("bus.error")
                     else:
-                        v = by_id.get(headers.get("event_id", ""))
-                        if v is None or v.accepted:
+                        candidates = by_id.get(headers.get("event_id", ""), [])
+                        v = next((c for c in candidates if not (c.accepted or c.reason)), None)
+                        if v is None:
                             continue
                         v.accepted, v.topic = True, r.topic
                     open_ -= 1
