@@ -220,11 +220,11 @@ def deadletters(
     rows = rows[-limit:]
     if as_json:
         for r in rows:
-            out.print_json(json.dumps({
+            typer.echo(json.dumps({
                 "origin": r.headers.get("bus.origin"), "reason": r.headers.get("bus.reason"),
                 "error": r.headers.get("bus.error"), "field": r.headers.get("bus.field"),
                 "value": (r.value or b"").decode(errors="replace"),
-            }))  # fmt: skip
+            }, ensure_ascii=False))  # fmt: skip
         return
     t = Table("origin", "reason", "field", "error")
     for r in rows:

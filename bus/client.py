@@ -56,23 +56,42 @@ class Record:
 def _prepare(
     event: Envelope | dict[str, Any] | bytes, codec: EventCodec
 ) -> tuple[bytes, Headers, str | None, bytes | None]:
-    """Bytes, headers, event id and key for one event; JSON gets an event_id if it lacks one."""
+    """Bytes, headers, event id and key (the subject) for one event.
+
+    The key matters: every copy of an event must land on the same ingress partition for
+    the bus to recognise duplicates, so JSON (dict or bytes) is keyed by its ``subject``.
+    A dict without an ``event_id`` gets one; bytes are sent exactly as given.
+    """
     if isinstance(event, Envelope):
-        return (
-            codec.encode(event),
-            event.kafka_headers(),
-            str(event.event_id),
-            event.subject.encode(),
-        )
-    if isinstance(event, dict):
+        key = event.subject.encode()
+        return codec.encode(event), event.kafka_headers(), str(event.event_id), key
+    data: bytes | None = None
+    if isinstance(event, bytes):
+        data = event
+        try:
+            parsed = json.loads(event)
+        except ValueError:
+            return event, [], None, None
+        if not isinstance(parsed, dict):
+            return event, [], None, None
+        event = parsed
+    else:
         event = {"event_id": str(uuid.uuid4()), **event}
+    assert isinstance(event, dict)
+    if data is None:
         data = json.dumps(event, ensure_ascii=False, default=str).encode()
-        subject = event.get("subject")
-        headers = [
-            (k, str(event[k]).encode()) for k in ("event_type", "event_id", "source") if k in event
-        ]
-        return data, headers, event["event_id"], str(subject).encode() if subject else None
-    return event, [], None, None
+    subject = event.get("subject")
+    headers = [(k, str(event[k]).encode()) for k in _HEADER_FIELDS if isinstance(event.get(k), str)]
+    event_id = event.get("event_id")
+    return (
+        data,
+        headers,
+        str(event_id) if event_id is not None else None,
+        subject.encode() if isinstance(subject, str) else None,
+    )
+
+
+_HEADER_FIELDS = ("event_type", "event_id", "correlation_id", "source")
 
 
 class BusClient:

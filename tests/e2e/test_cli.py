@@ -1,0 +1,101 @@
+"""The ``bus`` command as people and scripts use it: real processes, real broker.
+
+Each test runs the installed ``bus`` entry point (through ``python -m bus.cli``) with the
+settings in ``BUS_*`` variables, and checks what it prints and its exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus.codec import EventCodec
+from bus.processes import WorkerProcess, settings_env
+from bus.samples import penalties
+from bus.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+
+def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    env = {**os.environ, "COLUMNS": "200", **(settings_env(settings) if settings else {})}
+    return subprocess.run(
+        [sys.executable, "-m", "bus.cli", *args],
+        env=env, input=stdin, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["broker"], ["demo"],
+     ["schemas", "check"], ["settings"]],
+)  # fmt: skip
+def test_every_command_has_help(command: list[str]) -> None:
+    result = bus(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+def test_topics_create_is_idempotent(settings: Settings) -> None:
+    # the fixture created them already
+    result = bus("topics", "create", settings=settings)
+    assert result.returncode == 0, result.stderr
+    assert "0 created" in result.stdout
+
+
+def test_topics_create_says_what_to_do_without_a_broker(tmp_path: Path) -> None:
+    s = Settings(broker="127.0.0.1:1", data_dir=tmp_path)
+    result = bus("topics", "create", settings=s, timeout=120)
+    assert result.returncode == 1
+    assert "bus broker" in result.stderr
+
+
+def test_publish_reports_verdicts_and_exit_status(settings: Settings, tmp_path: Path) -> None:
+    codec = EventCodec()
+    good, other = penalties(2, seed=21)
+    bad = json.loads(codec.to_json(other))
+    del bad["payload"]["amount"]
+    lines = "\n".join([codec.to_json(good), json.dumps(bad), "{oops"]) + "\n"
+    (tmp_path / "events.jsonl").write_text(lines)
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        result = bus("publish", str(tmp_path / "events.jsonl"), settings=settings)
+        ok = bus("publish", "-", settings=settings,
+                 stdin=codec.to_json(penalties(1, seed=22)[0]))  # fmt: skip
+        dead = bus("deadletters", "--json", settings=settings)
+        only = bus("deadletters", "--reason", "schema.decode", settings=settings)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "accepted" in result.stdout
+    assert "schema.validation" in result.stdout
+    assert "payload.amount" in result.stdout
+    assert "schema.decode" in result.stdout
+    assert "3 published, 1 accepted" in result.stdout
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    rows = [json.loads(line) for line in dead.stdout.splitlines() if line.strip()]
+    assert sorted(r["reason"] for r in rows) == ["schema.decode", "schema.validation"]
+    assert next(r for r in rows if r["reason"] == "schema.validation")["field"] == "payload.amount"
+    assert "schema.decode" in only.stdout
+    assert "schema.validation" not in only.stdout
+
+
+def test_schemas_check_passes_on_the_shipped_contract() -> None:
+    result = bus("schemas", "check")
+    assert result.returncode == 0, result.stderr
+    assert "agree" in result.stdout
+
+
+def test_demo_plays_the_scenarios_and_exits_zero() -> None:
+    result = bus("demo", timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "all events ended where they should" in out
+    for reason in ("duplicate.event_id", "schema.uscc", "auth.event_type", "schema.validation",
+                   "schema.decode", "schema.unknown_type"):  # fmt: skip
+        assert reason in out
+    assert "events.penalty" in out
+    assert "events.enterprise" in out
