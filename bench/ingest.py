@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bus.brokers import EmbeddedBroker
 from bus.codec import EventCodec
+from bus.processes import WorkerProcess
 from bus.samples import penalties
 from bus.settings import Settings
 from bus.topics import create_topics
@@ -100,8 +100,14 @@ async def drain(
     return out
 
 
+def spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a pipeline process with its output in ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL: Faust can wait a long time for empty streams."""
+    """SIGTERM, then SIGKILL after 15 s."""
     proc.terminate()
     try:
         proc.wait(15)
@@ -115,7 +121,7 @@ async def measure(
     bootstrap: str,
     source: str,
     sink: str,
-    start: Callable[[], subprocess.Popen[bytes]],
+    start: Callable[[], subprocess.Popen[bytes] | None],
     backlog: list[Msg],
     paced: list[Msg],
     rate: float,
@@ -123,14 +129,13 @@ async def measure(
     """Throughput over a backlog, then latency at a fixed rate, for one pipeline."""
     await produce(bootstrap, source, backlog)
     proc = start()
+    assert proc is not None
     try:
         got = await drain(bootstrap, sink, len(backlog), 600, proc)
         stamps = sorted(ts for _, ts, _ in got)
         span = (stamps[-1] - stamps[0]) / 1000
         eps = (len(stamps) - 1) / span if span > 0 else float("inf")
-        arriving = asyncio.create_task(
-            drain(bootstrap, sink, len(backlog) + len(paced), 120, proc)
-        )
+        arriving = asyncio.create_task(drain(bootstrap, sink, len(backlog) + len(paced), 120, proc))
         sent = await produce(bootstrap, source, paced, rate)
         arrived = await arriving
         lat = sorted(
@@ -169,10 +174,10 @@ async def main(args: argparse.Namespace) -> None:
         await admin.close()
         raw = await measure(
             "raw", bootstrap, f"{run}.raw.in", f"{run}.raw.out",
-            lambda: subprocess.Popen(
+            lambda: spawn(
                 [sys.executable, str(ROOT / "bench" / "raw_loop.py"), bootstrap,
                  f"{run}.raw.in", f"{run}.raw.out", f"{run}-raw"],
-                stdout=open(tmp / "raw.log", "wb"), stderr=subprocess.STDOUT,
+                tmp / "raw.log",
             ),
             backlog, paced, args.rate,
         )  # fmt: skip
@@ -181,15 +186,9 @@ async def main(args: argparse.Namespace) -> None:
             data_dir=tmp / "var", web_port=0,
         )  # fmt: skip
         await create_topics(settings)
-        env = {**os.environ, "BUS_BROKER": bootstrap, "BUS_APP_ID": settings.app_id,
-               "BUS_TOPIC_PREFIX": run, "BUS_PARTITIONS": str(args.partitions),
-               "BUS_DATA_DIR": str(tmp / "var"), "BUS_WEB_PORT": "0"}  # fmt: skip
         bus = await measure(
             "ingest", bootstrap, settings.topic("ingress"), settings.topic("events.penalty"),
-            lambda: subprocess.Popen(
-                [sys.executable, "-m", "bus.cli", "worker", "--loglevel", "warning"], env=env,
-                stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT,
-            ),
+            lambda: WorkerProcess(settings, tmp / "worker.log").start(wait=False).proc,
             backlog, paced, args.rate,
         )  # fmt: skip
         print(f"   ratio: ingest / raw = {bus['events_per_s'] / raw['events_per_s']:.2f} "

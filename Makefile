@@ -1,0 +1,30 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## set up, then play the reference scenarios on an embedded broker
+	$(BIN)/bus demo
+
+test: $(STAMP)  ## set up, then run the whole test suite (unit, integration, end to end)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)  ## ingest agent vs the raw-client limit, on both embedded brokers
+	$(BIN)/python bench/ingest.py --engine tansu
+	$(BIN)/python bench/ingest.py --engine noida
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

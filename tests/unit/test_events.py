@@ -1,0 +1,337 @@
+"""Event models: every catalogued type builds from realistic data, and a wrong event is
+refused with an error that names the field by its full path (``subject``, ``payload.amount``).
+Also the envelope's rules: UTC instants, correlation defaults, follow-up events, the catalogue's
+unknown type/version errors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from bus.errors import UnknownEventType
+from bus.schemas.certificate import CertificateIssued
+from bus.schemas.envelope import Envelope
+from bus.schemas.events import EVENT_TYPES, FAMILIES, model_for, spec_for
+from tests.unit.eventdata import PAYLOADS, SUBJECT, build, fields
+
+CST = timezone(timedelta(hours=8), "CST")
+
+
+def locs(exc: ValidationError) -> list[str]:
+    return [".".join(str(p) for p in e["loc"]) for e in exc.errors()]
+
+
+def test_test_data_covers_the_whole_catalogue() -> None:
+    assert set(PAYLOADS) == set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_TYPES))
+def test_every_event_type_builds_from_realistic_data(event_type: str) -> None:
+    event = build(event_type)
+    spec = EVENT_TYPES[event_type]
+    assert isinstance(event, Envelope)
+    assert event.event_type == event_type
+    assert event.schema_version == spec.latest == 1
+    assert isinstance(event.payload, spec.versions[1])
+    assert event.subject == SUBJECT
+    assert isinstance(event.event_id, uuid.UUID)
+
+
+def test_catalogue_families_and_specs() -> None:
+    assert FAMILIES == ("enterprise", "penalty", "licence", "certificate")
+    spec = spec_for("penalty.imposed")
+    assert spec.family == "penalty"
+    assert spec.subject == "uscc"
+    assert spec.description == "A penalty decision: what every compliance check has to look at."
+
+
+def test_model_for_names_its_class_after_type_and_version() -> None:
+    assert model_for("penalty.imposed").__name__ == "PenaltyImposedV1"
+    assert model_for("certificate.issued", 1).__name__ == "CertificateIssuedV1"
+    assert model_for("penalty.imposed") is not model_for("penalty.revoked")
+
+
+def test_model_for_returns_one_class_per_type_and_version() -> None:
+    """However the version is spelled, (penalty.imposed, v1) is one class: otherwise an event
+    built with ``model_for(t)`` is neither an instance of nor equal to the same event decoded
+    by the codec, which asks for ``model_for(t, version)``."""
+    spellings = {
+        "model_for(t, 1)": model_for("penalty.imposed", 1),
+        "model_for(t, None)": model_for("penalty.imposed", None),
+        "model_for(t, version=1)": model_for("penalty.imposed", version=1),
+        "model_for(event_type=t)": model_for(event_type="penalty.imposed"),
+    }
+    default = model_for("penalty.imposed")
+    assert {k: v is default for k, v in spellings.items()} == dict.fromkeys(spellings, True)
+
+
+def test_a_concrete_class_refuses_another_event_type() -> None:
+    """PenaltyImposedV1 narrows the payload to PenaltyImposed: it cannot be penalty.revoked."""
+    data = {**fields("penalty.imposed"), "event_type": "penalty.revoked"}
+    with pytest.raises(ValidationError) as info:
+        model_for("penalty.imposed")(**data)
+    assert locs(info.value) == ["event_type"]
+
+
+def test_payload_is_typed_not_a_dict() -> None:
+    event = build("penalty.imposed")
+    assert event.payload.amount == Decimal("20000.00")
+    assert event.payload.kind == "fine"
+    assert event.payload.decided_on == date(2026, 2, 10)
+
+
+# --- the subject --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("subject", "problem"),
+    [
+        ("91330100799655058C", "check character is 'C'"),
+        ("9133010079965505", "must be 18 characters long"),
+        ("91330100799655058b", "lower case is not allowed"),
+    ],
+)
+def test_bad_uscc_in_subject_is_refused_naming_subject(subject: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        build("penalty.imposed", subject=subject)
+    assert locs(info.value) == ["subject"]
+    text = str(info.value)
+    assert "subject" in text
+    assert "not a valid unified social credit code" in text
+    assert problem in text
+
+
+def test_every_uscc_typed_event_checks_its_subject() -> None:
+    for event_type, spec in EVENT_TYPES.items():
+        assert spec.subject == "uscc"
+        with pytest.raises(ValidationError) as info:
+            build(event_type, subject="91330100799655058C")
+        assert locs(info.value) == ["subject"], event_type
+
+
+# --- payload errors name the full path ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event_type", "field", "value"),
+    [
+        ("penalty.imposed", "amount", Decimal("-1")),
+        ("penalty.imposed", "amount", Decimal("12.345")),
+        ("penalty.imposed", "kind", "public_shaming"),
+        ("penalty.imposed", "agency", "Huaqiao Enforcement"),
+        ("enterprise.registered", "industry_code", "3971"),
+        ("enterprise.registered", "legal_representative_id", "32058319800101123"),
+        ("enterprise.registered", "name", "   "),
+        ("licence.granted", "valid_from", "next tuesday"),
+        ("certificate.requested", "purpose", "curiosity"),
+    ],
+)
+def test_payload_errors_name_the_full_path(event_type: str, field: str, value: Any) -> None:
+    data = fields(event_type)
+    data["payload"][field] = value
+    with pytest.raises(ValidationError) as info:
+        model_for(event_type)(**data)
+    assert locs(info.value) == [f"payload.{field}"]
+
+
+def test_missing_payload_field_names_the_full_path() -> None:
+    data = fields("penalty.imposed")
+    del data["payload"]["amount"]
+    with pytest.raises(ValidationError) as info:
+        model_for("penalty.imposed")(**data)
+    assert locs(info.value) == ["payload.amount"]
+    assert info.value.errors()[0]["type"] == "missing"
+
+
+def test_nested_record_error_names_its_index() -> None:
+    data = fields("certificate.issued")
+    data["payload"]["record"] = [{**PAYLOADS["certificate.issued"][1]["record"][0], "agency": "X"}]
+    with pytest.raises(ValidationError) as info:
+        model_for("certificate.issued")(**data)
+    assert locs(info.value) == ["payload.record.0.agency"]
+
+
+# --- unknown fields -----------------------------------------------------------------------
+
+
+def test_unknown_envelope_field_is_rejected() -> None:
+    with pytest.raises(ValidationError) as info:
+        build("penalty.imposed", priority="high")
+    assert locs(info.value) == ["priority"]
+    assert info.value.errors()[0]["type"] == "extra_forbidden"
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_TYPES))
+def test_unknown_payload_field_is_rejected(event_type: str) -> None:
+    data = fields(event_type)
+    data["payload"]["remark"] = "extra"
+    with pytest.raises(ValidationError) as info:
+        model_for(event_type)(**data)
+    assert locs(info.value) == ["payload.remark"]
+    assert info.value.errors()[0]["type"] == "extra_forbidden"
+
+
+def test_events_are_immutable() -> None:
+    event = build("penalty.imposed")
+    with pytest.raises(ValidationError):
+        event.subject = "914403001922038216"  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        event.payload.amount = Decimal(0)
+
+
+# --- instants ------------------------------------------------------------------------------
+
+
+def test_aware_occurred_at_is_normalised_to_utc() -> None:
+    event = build("penalty.imposed", occurred_at=datetime(2026, 3, 2, 9, 30, tzinfo=CST))
+    assert event.occurred_at == datetime(2026, 3, 2, 1, 30, tzinfo=UTC)
+    assert event.occurred_at.utcoffset() == timedelta(0)
+    assert event.occurred_at.hour == 1
+
+
+def test_default_occurred_at_is_now_in_utc() -> None:
+    data = fields("penalty.imposed")
+    del data["occurred_at"]
+    before = datetime.now(UTC)
+    event = model_for("penalty.imposed")(**data)
+    assert before <= event.occurred_at <= datetime.now(UTC)
+    assert event.occurred_at.utcoffset() == timedelta(0)
+
+
+def test_iso_string_with_offset_is_normalised_to_utc() -> None:
+    event = build("penalty.imposed", occurred_at="2026-03-02T09:30:00+08:00")
+    assert event.occurred_at == datetime(2026, 3, 2, 1, 30, tzinfo=UTC)
+    assert event.occurred_at.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "naive", [datetime(2026, 3, 2, 9, 30), "2026-03-02T09:30:00"], ids=["datetime", "iso"]
+)
+def test_naive_occurred_at_is_rejected(naive: Any) -> None:
+    """A naive time has no instant: 09:30 in Kunshan is 01:30 UTC, the model cannot know."""
+    with pytest.raises(ValidationError) as info:
+        build("penalty.imposed", occurred_at=naive)
+    assert locs(info.value) == ["occurred_at"]
+
+
+def test_naive_issued_at_of_a_certificate_is_rejected() -> None:
+    data = fields("certificate.issued")
+    data["payload"]["issued_at"] = datetime(2026, 3, 2, 10, 0)
+    with pytest.raises(ValidationError) as info:
+        model_for("certificate.issued")(**data)
+    assert locs(info.value) == ["payload.issued_at"]
+
+
+def test_aware_issued_at_of_a_certificate_is_normalised_to_utc() -> None:
+    data = fields("certificate.issued")
+    data["payload"]["issued_at"] = datetime(2026, 3, 2, 10, 0, tzinfo=CST)
+    event = model_for("certificate.issued")(**data)
+    assert event.payload.issued_at == datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+    assert event.payload.issued_at.utcoffset() == timedelta(0)
+    assert event.payload.issued_at.tzinfo is UTC
+
+
+# --- correlation and causation -------------------------------------------------------------
+
+
+def test_correlation_id_defaults_to_the_event_id() -> None:
+    event = build("penalty.imposed")
+    assert event.correlation_id == str(event.event_id)
+    assert event.causation_id is None
+
+
+def test_given_correlation_id_is_kept() -> None:
+    event = build("penalty.imposed", correlation_id="case-2026-0123")
+    assert event.correlation_id == "case-2026-0123"
+
+
+def test_two_events_get_different_ids_and_correlations() -> None:
+    a, b = build("penalty.imposed"), build("penalty.imposed")
+    assert a.event_id != b.event_id
+    assert a.correlation_id != b.correlation_id
+
+
+def test_caused_keeps_subject_and_correlation_and_sets_causation() -> None:
+    request = build("certificate.requested", correlation_id="cert-req-0001")
+    issued = request.caused(
+        "certificate.issued", PAYLOADS["certificate.issued"][1], source="ks.bus"
+    )
+    assert type(issued).__name__ == "CertificateIssuedV1"
+    assert isinstance(issued.payload, CertificateIssued)
+    assert issued.event_type == "certificate.issued"
+    assert issued.source == "ks.bus"
+    assert issued.subject == request.subject
+    assert issued.correlation_id == "cert-req-0001"
+    assert issued.causation_id == request.event_id
+    assert issued.event_id != request.event_id
+
+
+def test_caused_from_an_original_event_correlates_with_its_id() -> None:
+    imposed = build("penalty.imposed")
+    revoked = imposed.caused(
+        "penalty.revoked", PAYLOADS["penalty.revoked"][1], source="ks.enforcement.huaqiao"
+    )
+    assert revoked.correlation_id == str(imposed.event_id)
+    assert revoked.causation_id == imposed.event_id
+
+
+def test_caused_validates_the_follow_up() -> None:
+    imposed = build("penalty.imposed")
+    with pytest.raises(ValidationError) as info:
+        imposed.caused("penalty.revoked", {"reason": "复议撤销"}, source="ks.enforcement.huaqiao")
+    assert set(locs(info.value)) == {"payload.case_number", "payload.revoked_on"}
+
+
+# --- model rules --------------------------------------------------------------------------
+
+
+def test_certificate_period_end_before_start_is_rejected() -> None:
+    data = fields("certificate.requested")
+    data["payload"]["period_start"] = date(2025, 12, 31)
+    data["payload"]["period_end"] = date(2023, 1, 1)
+    with pytest.raises(ValidationError) as info:
+        model_for("certificate.requested")(**data)
+    assert locs(info.value) == ["payload"]
+    assert "period_end must not be before period_start" in str(info.value)
+
+
+def test_certificate_period_of_one_day_is_allowed() -> None:
+    data = fields("certificate.requested")
+    data["payload"]["period_start"] = data["payload"]["period_end"] = date(2025, 12, 31)
+    assert model_for("certificate.requested")(**data).payload.period_end == date(2025, 12, 31)
+
+
+def test_event_type_of_the_wrong_shape_is_rejected() -> None:
+    with pytest.raises(ValidationError) as info:
+        model_for("penalty.imposed")(**{**fields("penalty.imposed"), "event_type": "Penalty"})
+    assert locs(info.value) == ["event_type"]
+
+
+def test_source_must_be_a_department_code() -> None:
+    with pytest.raises(ValidationError) as info:
+        build("penalty.imposed", source="Huaqiao")
+    assert locs(info.value) == ["source"]
+
+
+# --- the catalogue's errors ----------------------------------------------------------------
+
+
+def test_model_for_unknown_type_names_the_known_ones() -> None:
+    with pytest.raises(UnknownEventType) as info:
+        model_for("penalty.forgiven")
+    assert info.value.reason == "schema.unknown_type"
+    assert "unknown event_type 'penalty.forgiven'" in str(info.value)
+    assert "penalty.imposed" in str(info.value)
+
+
+def test_model_for_unknown_version_names_the_known_ones() -> None:
+    with pytest.raises(UnknownEventType) as info:
+        model_for("penalty.imposed", 2)
+    assert info.value.reason == "schema.unknown_version"
+    assert str(info.value) == "penalty.imposed has no schema_version 2; known: [1]"

@@ -1,0 +1,225 @@
+"""The ingest checks, without Kafka: what the front door accepts (Avro forwarded byte for
+byte, JSON converted to Avro) and the reason code each hostile record is dead-lettered with,
+plus the dead-letter headers that explain a rejection.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord
+
+from bus.agents.ingest import Ingestor, deadletter_headers
+from bus.app import Context
+from bus.codec import EventCodec
+from bus.departments import Directory
+from bus.errors import BusError, DecodeError, ValidationFailed
+from bus.schemas.events import EVENT_TYPES
+from bus.settings import Settings
+from tests.unit.eventdata import build
+
+
+def make_ingestor(**settings: Any) -> Ingestor:
+    return Ingestor(Context(Settings(**settings), EventCodec(), Directory.load()))
+
+
+@pytest.fixture(scope="module")
+def ingestor() -> Ingestor:
+    return make_ingestor()
+
+
+@pytest.fixture(scope="module")
+def codec() -> EventCodec:
+    return EventCodec()
+
+
+def json_bytes(codec: EventCodec, of: str = "penalty.imposed", **changes: Any) -> bytes:
+    """A realistic event of type ``of`` as JSON, with top-level fields changed."""
+    obj = json.loads(codec.to_json(build(of)))
+    obj.update(changes)
+    return json.dumps(obj, ensure_ascii=False).encode()
+
+
+def reason_of(ingestor: Ingestor, value: bytes | None) -> BusError:
+    with pytest.raises(BusError) as info:
+        ingestor.check(value)
+    return info.value
+
+
+# --- accepted -------------------------------------------------------------------------------
+
+
+def test_avro_is_accepted_and_forwarded_unchanged(ingestor: Ingestor, codec: EventCodec) -> None:
+    event = build("penalty.imposed")
+    data = codec.encode(event)
+    accepted = ingestor.check(data)
+    assert accepted.value == data
+    assert accepted.event.model_dump() == event.model_dump()
+
+
+def test_json_is_accepted_and_converted_to_avro(ingestor: Ingestor, codec: EventCodec) -> None:
+    event = build("enterprise.registered")
+    accepted = ingestor.check(codec.to_json(event).encode())
+    assert accepted.value[:5] == b"\x00\x00\x00\x00\x01"  # Confluent header, schema id 1
+    assert accepted.value == codec.encode(accepted.event)
+    assert codec.decode(accepted.value).model_dump() == event.model_dump()
+
+
+def test_every_owner_gets_through(ingestor: Ingestor, codec: EventCodec) -> None:
+    for event_type in EVENT_TYPES:
+        assert ingestor.check(codec.encode(build(event_type))).event.event_type == event_type
+
+
+def test_event_of_exactly_the_limit_is_accepted(codec: EventCodec) -> None:
+    small = make_ingestor(max_event_bytes=1024)
+    data = json_bytes(codec, "penalty.revoked")
+    padded = data + b" " * (1024 - len(data))
+    assert len(padded) == 1024
+    assert small.check(padded).event.event_type == "penalty.revoked"
+
+
+# --- rejected, with the reason code -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [b"", None])
+def test_empty(ingestor: Ingestor, value: bytes | None) -> None:
+    exc = reason_of(ingestor, value)
+    assert isinstance(exc, DecodeError)
+    assert exc.reason == "schema.empty"
+
+
+def test_oversized(codec: EventCodec) -> None:
+    small = make_ingestor(max_event_bytes=1024)
+    data = json_bytes(codec, "penalty.imposed", padding="x" * 2000)
+    exc = reason_of(small, data)
+    assert exc.reason == "size.too_large"
+    assert f"event is {len(data)} bytes; the limit is 1024" in str(exc)
+
+
+def test_oversized_is_checked_before_decoding() -> None:
+    exc = reason_of(make_ingestor(max_event_bytes=1024), b"\x00" * 1025)
+    assert exc.reason == "size.too_large"
+
+
+@pytest.mark.parametrize("value", [b"{not json", b"\xff\xfe\xfd", b"GET / HTTP/1.1\r\n"])
+def test_not_json(ingestor: Ingestor, value: bytes) -> None:
+    assert reason_of(ingestor, value).reason == "schema.decode"
+
+
+def test_bad_framing(ingestor: Ingestor, codec: EventCodec) -> None:
+    data = codec.encode(build("penalty.imposed"))
+    assert reason_of(ingestor, data[:-2]).reason == "schema.decode"
+    assert reason_of(ingestor, data[:1] + b"\x00\x00\x03\xe7" + data[5:]).reason == (
+        "schema.unknown_id"
+    )
+
+
+def test_bad_uscc(ingestor: Ingestor, codec: EventCodec) -> None:
+    exc = reason_of(ingestor, json_bytes(codec, subject="91330100799655058C"))
+    assert isinstance(exc, ValidationFailed)
+    assert exc.reason == "schema.uscc"
+    assert exc.field == "subject"
+
+
+def test_missing_field(ingestor: Ingestor, codec: EventCodec) -> None:
+    obj = json.loads(codec.to_json(build("penalty.imposed")))
+    del obj["payload"]["case_number"]
+    exc = reason_of(ingestor, json.dumps(obj).encode())
+    assert isinstance(exc, ValidationFailed)
+    assert exc.reason == "schema.validation"
+    assert exc.field == "payload.case_number"
+
+
+def test_missing_source(ingestor: Ingestor, codec: EventCodec) -> None:
+    obj = json.loads(codec.to_json(build("penalty.imposed")))
+    del obj["source"]
+    exc = reason_of(ingestor, json.dumps(obj).encode())
+    assert exc.reason == "schema.validation"
+    assert getattr(exc, "field", None) == "source"
+
+
+def test_unknown_type(ingestor: Ingestor, codec: EventCodec) -> None:
+    exc = reason_of(ingestor, json_bytes(codec, event_type="penalty.forgiven"))
+    assert exc.reason == "schema.unknown_type"
+
+
+def test_unknown_version(ingestor: Ingestor, codec: EventCodec) -> None:
+    exc = reason_of(ingestor, json_bytes(codec, schema_version=9))
+    assert exc.reason == "schema.unknown_version"
+
+
+def test_unauthorised_source(ingestor: Ingestor, codec: EventCodec) -> None:
+    # Market regulation may not impose penalties: that is the towns' enforcement bureaus.
+    exc = reason_of(ingestor, codec.encode(build("penalty.imposed", source="ks.amr")))
+    assert exc.reason == "auth.event_type"
+    exc = reason_of(ingestor, json_bytes(codec, source="ks.amr"))
+    assert exc.reason == "auth.event_type"
+
+
+def test_unknown_source(ingestor: Ingestor, codec: EventCodec) -> None:
+    exc = reason_of(ingestor, json_bytes(codec, source="ks.enforcement.shanghai"))
+    assert exc.reason == "auth.unknown_source"
+
+
+# --- dead-letter headers --------------------------------------------------------------------
+
+
+def consumer_record(value: bytes, headers: list[tuple[str, bytes]]) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        topic="bus.ingress",
+        partition=3,
+        offset=1207,
+        timestamp=1_772_400_000_000,
+        timestamp_type=0,
+        key=b"91330100799655058C",
+        value=value,
+        checksum=None,
+        serialized_key_size=18,
+        serialized_value_size=len(value),
+        headers=headers,
+    )
+
+
+def test_deadletter_headers_explain_the_rejection(ingestor: Ingestor, codec: EventCodec) -> None:
+    value = json_bytes(codec, subject="91330100799655058C")
+    record = consumer_record(
+        value,
+        [("traceparent", b"00-abc-def-01"), ("bus.reason", b"forged"), ("origin", b"gateway")],
+    )
+    with pytest.raises(BusError) as info:
+        ingestor.check(value)
+    headers = deadletter_headers(info.value, record)
+    by_key = dict(headers)
+
+    assert by_key["bus.reason"] == b"schema.uscc"
+    assert by_key["bus.field"] == b"subject"
+    assert by_key["bus.origin"] == b"bus.ingress/3/1207"
+    assert by_key["bus.stage"] == b"ingest"
+    assert "not a valid unified social credit code" in by_key["bus.error"].decode()
+    assert int(by_key["bus.rejected_at"]) > 1_700_000_000_000
+    # The publisher's own headers are kept, in order; its bus.* headers cannot forge ours.
+    assert headers[:2] == [("traceparent", b"00-abc-def-01"), ("origin", b"gateway")]
+    assert [k for k, _ in headers].count("bus.reason") == 1
+
+
+def test_deadletter_headers_without_field_or_headers() -> None:
+    record = consumer_record(b"", [])
+    headers = dict(deadletter_headers(DecodeError("empty", reason="schema.empty"), record))
+    assert headers["bus.reason"] == b"schema.empty"
+    assert headers["bus.error"] == b"empty"
+    assert "bus.field" not in headers
+
+
+def test_deadletter_headers_for_an_unexpected_crash() -> None:
+    record = consumer_record(b"{}", [])
+    headers = dict(deadletter_headers(KeyError("payload"), record, stage="ingest"))
+    assert headers["bus.reason"] == b"ingest.crash"
+    assert headers["bus.error"] == b"KeyError: 'payload'"
+
+
+def test_deadletter_error_text_is_bounded() -> None:
+    record = consumer_record(b"x", [])
+    headers = dict(deadletter_headers(DecodeError("x" * 10_000), record))
+    assert len(headers["bus.error"]) == 2000
