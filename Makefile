@@ -21,6 +21,7 @@ test: $(STAMP)  ## set up, then run the whole test suite (unit, integration, end
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy bus
 
 bench: $(STAMP)  ## ingest agent vs the raw-client limit, on both embedded brokers
 	$(BIN)/python bench/ingest.py --engine tansu

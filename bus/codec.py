@@ -71,10 +71,10 @@ class EventCodec:
                 f"{len(data) - buf.tell()} trailing bytes after the Avro body "
                 f"(schema id {schema_id})"
             )
-        if not isinstance(record, dict) or record.get("event_type") != schema.subject:
+        found = record.get("event_type") if isinstance(record, dict) else None
+        if not isinstance(record, dict) or found != schema.subject:
             raise ValidationFailed(
-                f"event_type {record.get('event_type')!r} does not match schema id "
-                f"{schema_id} ({schema.subject})",
+                f"event_type {found!r} does not match schema id {schema_id} ({schema.subject})",
                 field="event_type",
             )
         return self._validate(record, schema.subject, schema.version)

@@ -109,16 +109,17 @@ async def _collect(
                 for r in records:
                     headers = {k: v.decode(errors="replace") for k, v in (r.headers or ())}
                     if r.topic == deadletter:
-                        v = by_origin.get(headers.get("bus.origin", ""))
-                        if v is None or v.reason:
+                        rejected = by_origin.get(headers.get("bus.origin", ""))
+                        if rejected is None or rejected.reason:
                             continue
-                        v.reason, v.error = headers.get("bus.reason"), headers.get("bus.error")
+                        rejected.reason = headers.get("bus.reason")
+                        rejected.error = headers.get("bus.error")
                     else:
                         candidates = by_id.get(headers.get("event_id", ""), [])
-                        v = next((c for c in candidates if not (c.accepted or c.reason)), None)
-                        if v is None:
+                        taken = next((c for c in candidates if not (c.accepted or c.reason)), None)
+                        if taken is None:
                             continue
-                        v.accepted, v.topic = True, r.topic
+                        taken.accepted, taken.topic = True, r.topic
                     open_ -= 1
     finally:
         await consumer.stop()

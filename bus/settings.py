@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> list[str]:
         """``host:port`` strings for plain Kafka clients (admin, producer, consumer)."""
-        return [s.strip() for s in self.broker.removeprefix("kafka://").split(";") if s.strip()]
+        hosts = (h.strip().removeprefix("kafka://") for h in self.broker.split(";"))
+        return [h for h in hosts if h]
 
     def topic(self, name: str) -> str:
         """The full topic name for a catalogue entry (``<prefix>.<name>``)."""

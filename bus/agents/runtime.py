@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
-Record = ConsumerRecord  # type: ignore[type-arg]
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 @dataclass(slots=True)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from bus.schemas.types import DepartmentCode, Payload, Text
+from bus.schemas.types import DepartmentCode, Payload, Text, UtcDatetime
 
 
 class CertificatePurpose(StrEnum):
@@ -64,6 +64,6 @@ class CertificateIssued(Payload):
     result: CertificateResult
     record: list[RecordedPenalty] = Field(default_factory=list)
     issuing_authority: DepartmentCode
-    issued_at: datetime
+    issued_at: UtcDatetime
     key_id: str
     signature: str

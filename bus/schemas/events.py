@@ -74,9 +74,12 @@ def spec_for(event_type: str) -> EventSpec:
         ) from None
 
 
-@cache
 def model_for(event_type: str, version: int | None = None) -> type[Envelope]:
-    """The concrete envelope class of one event type and version (latest by default)."""
+    """The concrete envelope class of one event type and version (latest by default).
+
+    One class per (type, version), so ``isinstance`` and equality work across call sites.
+    ``event_type`` and ``schema_version`` are fixed by the class and may be left out.
+    """
     spec = spec_for(event_type)
     version = spec.latest if version is None else version
     if version not in spec.versions:
@@ -84,7 +87,17 @@ def model_for(event_type: str, version: int | None = None) -> type[Envelope]:
             f"{event_type} has no schema_version {version}; known: {sorted(spec.versions)}",
             reason="schema.unknown_version",
         )
-    fields: dict[str, Any] = {"payload": (spec.versions[version], ...)}
+    return _model(event_type, version)
+
+
+@cache
+def _model(event_type: str, version: int) -> type[Envelope]:
+    spec = EVENT_TYPES[event_type]
+    fields: dict[str, Any] = {
+        "event_type": (Literal[event_type], event_type),
+        "schema_version": (Literal[version], version),
+        "payload": (spec.versions[version], ...),
+    }
     if spec.subject == "uscc":
         fields["subject"] = (Uscc, ...)
     name = "".join(p.title() for p in event_type.replace("_", ".").split(".")) + f"V{version}"

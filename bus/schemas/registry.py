@@ -72,11 +72,13 @@ class LocalSchemaRegistry:
             raise ConfigurationError(f"cannot read schema manifest in {base}: {exc}") from exc
         schemas = []
         for entry in manifest["schemas"]:
-            schema = json.loads((base / entry["file"]).read_text())
+            try:
+                schema = json.loads((base / entry["file"]).read_text())
+                parsed = _parse(schema)
+            except Exception as exc:  # missing file, bad JSON, not an Avro schema
+                raise ConfigurationError(f"schema {base / entry['file']}: {exc}") from exc
             schemas.append(
-                RegisteredSchema(
-                    entry["id"], entry["subject"], entry["version"], schema, _parse(schema)
-                )
+                RegisteredSchema(entry["id"], entry["subject"], entry["version"], schema, parsed)
             )
         return cls(schemas)
 

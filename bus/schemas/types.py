@@ -19,6 +19,8 @@ def _check_uscc(value: str) -> str:
 
 
 def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("must be timezone-aware (e.g. 2026-03-02T09:30:00+08:00)")
     return value.astimezone(UTC)
 
 
