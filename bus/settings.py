@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     sasl_password: SecretStr | None = None
 
     # Faust settings that tests and the demo tune for the embedded brokers (docs/broker.md).
-    producer_max_batch_size: int = 16384
+    producer_max_batch_size: int = Field(default=900 * 1024, description="Bytes per record batch")
     producer_linger_ms: int = 5
     recovery_consistency_check: bool = True
     session_timeout: float = 10.0

@@ -31,7 +31,10 @@ from typing import TYPE_CHECKING, TypeAlias
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
+
+from bus.errors import BusError
 
 if TYPE_CHECKING:
     from bus.app import Context
@@ -171,6 +174,8 @@ class BatchAgent(Service):
         self.processed = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[str, list[int]] = {}
+        self._partitioner = DefaultPartitioner()
 
     async def process(self, records: list[Record]) -> list[Out]:
         """Turn one batch of input records into output records."""
@@ -235,16 +240,8 @@ class BatchAgent(Service):
                     await self.sleep(1.0)
 
     async def _handle(self, records: list[Record]) -> None:
-        assert self._producer is not None
         assert self._consumer is not None
-        outs = await self.process(records)
-        futures = [
-            await self._producer.send(o.topic, o.value, key=o.key, headers=o.headers,
-                                      partition=o.partition)
-            for o in outs
-        ]  # fmt: skip
-        if futures:
-            await asyncio.gather(*futures)
+        await self._send(await self.process(records))
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
@@ -253,6 +250,44 @@ class BatchAgent(Service):
         except CommitFailedError as exc:  # partitions moved on; their new owner re-reads
             log.warning("%s: commit failed after rebalance: %s", self.name, exc)
         self.processed += len(records)
+
+    async def _send(self, outs: list[Out]) -> None:
+        """Produce ``outs`` as one record batch per partition and wait for the acks.
+
+        Per-record ``send`` costs a future and an accumulator lookup each (a fifth of the
+        ingest agent's time); building the batches here costs neither. Partitions are chosen
+        as Kafka's default partitioner does (murmur2 of the key), so keyed records land
+        where any other Kafka producer would put them.
+        """
+        assert self._producer is not None
+        producer = self._producer
+        groups: dict[tuple[str, int], list[Out]] = {}
+        for o in outs:
+            p = o.partition
+            if p is None:
+                parts = self._partitions.get(o.topic)
+                if parts is None:
+                    parts = sorted(await producer.partitions_for(o.topic))
+                    self._partitions[o.topic] = parts
+                p = (
+                    self._partitioner(o.key, parts, parts)
+                    if o.key is not None
+                    else parts[self.processed % len(parts)]
+                )
+            groups.setdefault((o.topic, p), []).append(o)
+        futures = []
+        for (topic, partition), items in groups.items():
+            batch = producer.create_batch()
+            for o in items:
+                if batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers):
+                    continue
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                if not batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers):
+                    raise BusError(f"record for {topic} larger than the producer's batch size")
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        if futures:
+            await asyncio.gather(*futures)
 
     async def _rewind(self, batches: dict[TopicPartition, list[Record]]) -> None:
         assert self._consumer is not None

@@ -10,6 +10,7 @@ code is always caught, which is why the bus can use the USCC as its correlation 
 from __future__ import annotations
 
 import random
+from functools import lru_cache
 
 ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}
@@ -30,6 +31,11 @@ def uscc_problem(code: object) -> str | None:
     """
     if not isinstance(code, str):
         return f"must be a string of {LENGTH} characters, got {type(code).__name__}"
+    return _problem(code)
+
+
+@lru_cache(maxsize=65536)  # the same enterprises recur; checking is 10x a dict lookup
+def _problem(code: str) -> str | None:
     if len(code) != LENGTH:
         return f"must be {LENGTH} characters long, got {len(code)}"
     for i, c in enumerate(code):
