@@ -98,7 +98,7 @@ class IngestAgent(BatchAgent):
         self.canonical = {t: canonical_topic(settings, t) for t in EVENT_TYPES}
 
     async def process(self, records: list[Record]) -> list[Out]:
-        """Check every record; one output per record, plus one changelog record per partition."""
+        """Check every record: one output each; accepted ids go to the seen-store."""
         outs: list[Out] = []
         accepted: dict[int, list[bytes]] = {}
         for r in records:
@@ -128,5 +128,6 @@ class IngestAgent(BatchAgent):
                         headers=deadletter_headers(exc, r),
                     )
                 )
-        outs.extend(self.seen.record(p, keys) for p, keys in accepted.items() if keys)
+        for p, keys in accepted.items():
+            self.seen.add(p, keys)
         return outs

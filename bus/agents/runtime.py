@@ -56,6 +56,17 @@ class Out:
     partition: int | None = None
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A batch whose outputs are on their way: what to wait for, then write, then commit."""
+
+    acks: list[asyncio.Future[object]]
+    changelog: list[Out]
+    first: dict[TopicPartition, int]
+    commit: dict[TopicPartition, int]
+    size: int
+
+
 class SeenStore:
     """Which ids each partition has accepted, kept in a time-retained changelog topic.
 
@@ -69,24 +80,32 @@ class SeenStore:
     def __init__(self, topic: str) -> None:
         self.topic = topic
         self._ids: dict[int, set[bytes]] = {}
+        self._pending: dict[int, list[bytes]] = {}
 
     def seen(self, partition: int, key: bytes) -> bool:
         """True when ``key`` was accepted on ``partition`` within the window."""
         return key in self._ids.get(partition, ())
 
-    def record(self, partition: int, keys: Sequence[bytes]) -> Out:
-        """Remember ``keys`` and return the changelog record that makes it durable."""
+    def add(self, partition: int, keys: Sequence[bytes]) -> None:
+        """Remember ``keys`` now; they become durable with the batch's changelog record."""
         self._ids.setdefault(partition, set()).update(keys)
-        return Out(self.topic, b"".join(keys), partition=partition)
+        self._pending.setdefault(partition, []).extend(keys)
+
+    def take_pending(self) -> list[Out]:
+        """The changelog records for everything added since the last call."""
+        outs = [Out(self.topic, b"".join(k), partition=p) for p, k in self._pending.items() if k]
+        self._pending = {}
+        return outs
 
     def size(self) -> int:
         """Ids held in memory across all partitions."""
         return sum(len(s) for s in self._ids.values())
 
     def drop(self, partitions: Iterable[int]) -> None:
-        """Forget partitions this worker no longer owns."""
+        """Forget partitions (no longer owned, or to be re-read after a failed batch)."""
         for p in partitions:
             self._ids.pop(p, None)
+            self._pending.pop(p, None)
 
     async def restore(self, bootstrap: list[str], partitions: Iterable[int]) -> int:
         """Read the changelog of ``partitions`` from the start; returns ids restored."""
@@ -128,6 +147,7 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.agent.lock:  # let the batch in flight finish and commit
+            await self.agent.settle()
             for store in self.agent.stores:
                 store.drop(tp.partition for tp in revoked)
         log.info("%s: partitions revoked %s", self.agent.name, _fmt(revoked))
@@ -175,6 +195,7 @@ class BatchAgent(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
+        self._inflight: _Batch | None = None
         self._partitioner = DefaultPartitioner()
 
     async def process(self, records: list[Record]) -> list[Out]:
@@ -210,49 +231,94 @@ class BatchAgent(Service):
     async def on_stop(self) -> None:
         """Finish the batch in flight, then leave the group cleanly."""
         async with self.lock:
-            if self._consumer is not None:
-                await self._consumer.stop()
-            if self._producer is not None:
-                await self._producer.stop()
+            try:
+                await self.settle()
+            finally:
+                if self._consumer is not None:
+                    await self._consumer.stop()
+                if self._producer is not None:
+                    await self._producer.stop()
 
     @Service.task
     async def _consume(self) -> None:
+        """Fetch, process and send batch N+1 while batch N's acknowledgements come in.
+
+        Order per batch: outputs acknowledged -> changelog records written and acknowledged
+        -> offsets committed. A changelog record therefore never names an event whose output
+        was lost, and a committed offset never skips an event whose memory was not kept.
+        """
         assert self._consumer is not None
         consumer = self._consumer
         while not self.should_stop:
-            batches = await consumer.getmany(
+            fetched = await consumer.getmany(
                 timeout_ms=int(self.ctx.settings.batch_wait * 1000),
                 max_records=self.ctx.settings.batch_size,
             )
-            if not batches:
-                continue
             async with self.lock:
-                records = [r for tp in sorted(batches) for r in batches[tp]]
+                current: _Batch | None = None
                 try:
-                    await self._handle(records)
-                except (KafkaError, OSError) as exc:
-                    log.warning("%s: broker trouble, batch will be re-read: %r", self.name, exc)
-                    await self._rewind(batches)
-                    await self.sleep(1.0)
-                except Exception:
-                    log.exception("%s: batch failed; it will be retried", self.name)
-                    await self._rewind(batches)
+                    if fetched:
+                        current = await self._start(fetched)
+                    await self.settle()
+                    self._inflight = current
+                except Exception as exc:
+                    failed = [b for b in (self._inflight, current) if b is not None]
+                    self._inflight = None
+                    if isinstance(exc, (KafkaError, OSError)):
+                        log.warning("%s: broker trouble, re-reading: %r", self.name, exc)
+                    else:
+                        log.exception("%s: batch failed; it will be re-read", self.name)
+                    await self._recover(failed)
                     await self.sleep(1.0)
 
-    async def _handle(self, records: list[Record]) -> None:
+    async def _start(self, fetched: dict[TopicPartition, list[Record]]) -> _Batch:
+        records = [r for tp in sorted(fetched) for r in fetched[tp]]
+        outs = await self.process(records)
+        changelog = [o for store in self.stores for o in store.take_pending()]
+        return _Batch(
+            acks=await self._send(outs),
+            changelog=changelog,
+            first={tp: rs[0].offset for tp, rs in fetched.items()},
+            commit={tp: rs[-1].offset + 1 for tp, rs in fetched.items()},
+            size=len(records),
+        )
+
+    async def settle(self) -> None:
+        """Complete the batch in flight: wait for its outputs, write its state, commit."""
+        batch, self._inflight = self._inflight, None
+        if batch is None:
+            return
         assert self._consumer is not None
-        await self._send(await self.process(records))
-        offsets: dict[TopicPartition, int] = {}
-        for r in records:
-            offsets[TopicPartition(r.topic, r.partition)] = r.offset + 1
         try:
-            await self._consumer.commit(offsets)
+            await asyncio.gather(*batch.acks)
+            if batch.changelog:
+                await asyncio.gather(*await self._send(batch.changelog))
+            await self._consumer.commit(batch.commit)
         except CommitFailedError as exc:  # partitions moved on; their new owner re-reads
             log.warning("%s: commit failed after rebalance: %s", self.name, exc)
-        self.processed += len(records)
+        except BaseException:
+            self._inflight = batch  # the caller recovers it
+            raise
+        self.processed += batch.size
 
-    async def _send(self, outs: list[Out]) -> None:
-        """Produce ``outs`` as one record batch per partition and wait for the acks.
+    async def _recover(self, failed: list[_Batch]) -> None:
+        """Re-read failed batches from their first offsets, with state as last made durable."""
+        assert self._consumer is not None
+        first: dict[TopicPartition, int] = {}
+        for b in failed:
+            for tp, offset in b.first.items():
+                first[tp] = min(offset, first.get(tp, offset))
+        owned = {tp.partition for tp in self._consumer.assignment()}
+        partitions = {tp.partition for tp in first} & owned
+        for store in self.stores:
+            store.drop(partitions)
+            await store.restore(self.bootstrap, partitions)
+        for tp, offset in first.items():
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, offset)
+
+    async def _send(self, outs: list[Out]) -> list[asyncio.Future[object]]:
+        """Produce ``outs`` as one record batch per partition; returns the ack futures.
 
         Per-record ``send`` costs a future and an accumulator lookup each (a fifth of the
         ingest agent's time); building the batches here costs neither. Partitions are chosen
@@ -286,11 +352,4 @@ class BatchAgent(Service):
                 if not batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers):
                     raise BusError(f"record for {topic} larger than the producer's batch size")
             futures.append(await producer.send_batch(batch, topic, partition=partition))
-        if futures:
-            await asyncio.gather(*futures)
-
-    async def _rewind(self, batches: dict[TopicPartition, list[Record]]) -> None:
-        assert self._consumer is not None
-        for tp, records in batches.items():
-            if tp in self._consumer.assignment() and records:
-                self._consumer.seek(tp, records[0].offset)
+        return futures
