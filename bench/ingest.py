@@ -8,7 +8,7 @@ same Avro penalty events from a topic with 3 partitions, and write them to anoth
 * latency: with the pipeline idle, events are published at a fixed rate; p50/p99 is from
   publish to arrival at a consumer of the output topic.
 
-    python bench/ingest.py --events 50000            # embedded noida broker
+    python bench/ingest.py --events 50000 --repeat 3 # embedded noida broker, median of 3
     python bench/ingest.py --engine tansu            # embedded tansu broker
     python bench/ingest.py --broker 127.0.0.1:9092   # any Kafka
 """
@@ -153,6 +153,39 @@ async def measure(
     return result
 
 
+async def one_round(
+    args: argparse.Namespace, bootstrap: str, tmp: Path, backlog: list[Msg], paced: list[Msg]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Raw loop, then ingest agent, each on fresh topics; the same events for both."""
+    run = f"b{time.time_ns()}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics(
+        [NewTopic(f"{run}.raw.{t}", args.partitions, 1) for t in ("in", "out")]
+    )
+    await admin.close()
+    raw = await measure(
+        "raw", bootstrap, f"{run}.raw.in", f"{run}.raw.out",
+        lambda: spawn(
+            [sys.executable, str(ROOT / "bench" / "raw_loop.py"), bootstrap,
+             f"{run}.raw.in", f"{run}.raw.out", f"{run}-raw"],
+            tmp / "raw.log",
+        ),
+        backlog, paced, args.rate,
+    )  # fmt: skip
+    settings = Settings(
+        broker=bootstrap, app_id=f"{run}-bus", topic_prefix=run, partitions=args.partitions,
+        data_dir=tmp / "var", web_port=0,
+    )  # fmt: skip
+    await create_topics(settings)
+    bus = await measure(
+        "ingest", bootstrap, settings.topic("ingress"), settings.topic("events.penalty"),
+        lambda: WorkerProcess(settings, tmp / "worker.log").start(wait=False).proc,
+        backlog, paced, args.rate,
+    )  # fmt: skip
+    return raw, bus
+
+
 async def main(args: argparse.Namespace) -> None:
     """Run both pipelines and print the ratio."""
     tmp = Path(tempfile.mkdtemp(prefix="bus-bench-"))
@@ -165,34 +198,17 @@ async def main(args: argparse.Namespace) -> None:
     try:
         print(f"encoding {args.events} + {args.paced} events ...", flush=True)
         backlog, paced = encode(args.events, 1), encode(args.paced, 2)
-        run = f"b{int(time.time())}"
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        await admin.create_topics(
-            [NewTopic(f"{run}.raw.{t}", args.partitions, 1) for t in ("in", "out")]
-        )
-        await admin.close()
-        raw = await measure(
-            "raw", bootstrap, f"{run}.raw.in", f"{run}.raw.out",
-            lambda: spawn(
-                [sys.executable, str(ROOT / "bench" / "raw_loop.py"), bootstrap,
-                 f"{run}.raw.in", f"{run}.raw.out", f"{run}-raw"],
-                tmp / "raw.log",
-            ),
-            backlog, paced, args.rate,
-        )  # fmt: skip
-        settings = Settings(
-            broker=bootstrap, app_id=f"{run}-bus", topic_prefix=run, partitions=args.partitions,
-            data_dir=tmp / "var", web_port=0,
-        )  # fmt: skip
-        await create_topics(settings)
-        bus = await measure(
-            "ingest", bootstrap, settings.topic("ingress"), settings.topic("events.penalty"),
-            lambda: WorkerProcess(settings, tmp / "worker.log").start(wait=False).proc,
-            backlog, paced, args.rate,
-        )  # fmt: skip
-        print(f"   ratio: ingest / raw = {bus['events_per_s'] / raw['events_per_s']:.2f} "
-              f"({args.events} events, {args.partitions} partitions, logs in {tmp})")  # fmt: skip
+        ratios = []
+        for rep in range(1, args.repeat + 1):
+            print(f"run {rep} of {args.repeat}", flush=True)
+            (tmp / f"run{rep}").mkdir()
+            raw, bus = await one_round(args, bootstrap, tmp / f"run{rep}", backlog, paced)
+            ratios.append(bus["events_per_s"] / raw["events_per_s"])
+            print(f"   ratio: ingest / raw = {ratios[-1]:.2f}", flush=True)
+        print(f"median ratio {statistics.median(ratios):.2f} over {args.repeat} runs "
+              f"(min {min(ratios):.2f}, max {max(ratios):.2f}); {args.events} events, "
+              f"{args.partitions} partitions, {args.engine if broker else bootstrap}; "
+              f"logs in {tmp}")  # fmt: skip
     finally:
         if broker is not None:
             broker.stop()
@@ -204,6 +220,7 @@ if __name__ == "__main__":
     p.add_argument("--paced", type=int, default=3_000, help="events for the latency run")
     p.add_argument("--rate", type=float, default=1_000, help="events/s in the latency run")
     p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=3, help="rounds; the median ratio is reported")
     p.add_argument("--broker", help="bootstrap host:port; default: an embedded broker")
     p.add_argument("--engine", default="noida", choices=["noida", "tansu"], help="embedded broker")
     asyncio.run(main(p.parse_args()))

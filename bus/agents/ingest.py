@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bus.agents.runtime import BatchAgent, Out, Record, SeenStore
+from bus.agents.out import Out
+from bus.agents.runtime import BatchAgent, Record
+from bus.agents.stores import SeenStore
 from bus.errors import BusError, DecodeError, DuplicateEvent
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import EVENT_TYPES

@@ -12,8 +12,9 @@ Guarantees (at-least-once, effects idempotent by ``event_id``):
 
 * outputs of a batch are acknowledged by the broker before the batch's offsets are
   committed, so a crash re-delivers, never loses;
-* state (``SeenStore``) is written to a changelog topic *in the same batch* as the outputs
-  and restored before a partition is consumed again, so a re-delivered event is recognised.
+* state (``bus.agents.stores``) is written to a changelog topic after the batch's outputs
+  are acknowledged and before its offsets are committed, and restored before a partition is
+  consumed again, so a re-delivered event is recognised.
 
 Scale-out is Kafka's: every worker runs the same agents in the same consumer groups and the
 broker splits partitions between them.
@@ -25,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -34,6 +35,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
 
+from bus.agents.out import Out
+from bus.agents.stores import Store
 from bus.errors import BusError
 
 if TYPE_CHECKING:
@@ -41,19 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[str, bytes]]
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-
-
-@dataclass(slots=True)
-class Out:
-    """One record an agent wants produced."""
-
-    topic: str
-    value: bytes | None
-    key: bytes | None = None
-    headers: Headers = field(default_factory=list)
-    partition: int | None = None
 
 
 @dataclass(slots=True)
@@ -65,80 +56,6 @@ class _Batch:
     first: dict[TopicPartition, int]
     commit: dict[TopicPartition, int]
     size: int
-
-
-class SeenStore:
-    """Which ids each partition has accepted, kept in a time-retained changelog topic.
-
-    One changelog record per batch and partition (the ids concatenated), written to the
-    same partition number as the input, so the store co-partitions with its source. The
-    topic's retention is the de-duplication window: ids older than it are forgotten.
-    """
-
-    ID_BYTES = 16
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self._ids: dict[int, set[bytes]] = {}
-        self._pending: dict[int, list[bytes]] = {}
-
-    def seen(self, partition: int, key: bytes) -> bool:
-        """True when ``key`` was accepted on ``partition`` within the window."""
-        return key in self._ids.get(partition, ())
-
-    def add(self, partition: int, keys: Sequence[bytes]) -> None:
-        """Remember ``keys`` now; they become durable with the batch's changelog record."""
-        self._ids.setdefault(partition, set()).update(keys)
-        self._pending.setdefault(partition, []).extend(keys)
-
-    def take_pending(self) -> list[Out]:
-        """The changelog records for everything added since the last call."""
-        outs = [Out(self.topic, b"".join(k), partition=p) for p, k in self._pending.items() if k]
-        self._pending = {}
-        return outs
-
-    def size(self) -> int:
-        """Ids held in memory across all partitions."""
-        return sum(len(s) for s in self._ids.values())
-
-    def drop(self, partitions: Iterable[int]) -> None:
-        """Forget partitions (no longer owned, or to be re-read after a failed batch)."""
-        for p in partitions:
-            self._ids.pop(p, None)
-            self._pending.pop(p, None)
-
-    async def restore(self, bootstrap: list[str], partitions: Iterable[int]) -> int:
-        """Read the changelog of ``partitions`` from the start; returns ids restored."""
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        if not tps:
-            return 0
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-        )
-        await consumer.start()
-        restored = 0
-        try:
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            todo = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
-            while todo:
-                batches = await consumer.getmany(*todo, timeout_ms=500, max_records=5000)
-                for tp, records in batches.items():
-                    ids = self._ids.setdefault(tp.partition, set())
-                    for r in records:
-                        v = r.value or b""
-                        n = self.ID_BYTES
-                        ids.update(v[i : i + n] for i in range(0, len(v), n))
-                        restored += len(v) // n
-                for tp in list(todo):
-                    if await consumer.position(tp) >= ends[tp]:
-                        todo.discard(tp)
-        finally:
-            await consumer.stop()
-        for tp in tps:
-            self._ids.setdefault(tp.partition, set())
-        return restored
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -180,7 +97,7 @@ class BatchAgent(Service):
     name: str = "agent"
 
     def __init__(
-        self, ctx: Context, topics: Sequence[str], *, stores: Sequence[SeenStore] = ()
+        self, ctx: Context, topics: Sequence[str], *, stores: Sequence[Store] = ()
     ) -> None:
         super().__init__()
         self.ctx = ctx

@@ -18,6 +18,14 @@ from bus.schemas.enterprise import EnterpriseChanged, EnterpriseDeregistered, En
 from bus.schemas.envelope import Envelope
 from bus.schemas.licence import LicenceGranted, LicenceRevoked
 from bus.schemas.penalty import PenaltyImposed, PenaltyRepaired, PenaltyRevoked
+from bus.schemas.task import (
+    TaskAccepted,
+    TaskCompleted,
+    TaskCreated,
+    TaskEscalated,
+    TaskOverdue,
+    TaskRejected,
+)
 from bus.schemas.types import Payload, Uscc
 
 SubjectKind = Literal["uscc", "key"]
@@ -58,6 +66,12 @@ EVENT_TYPES: dict[str, EventSpec] = {
         _spec("licence.revoked", LicenceRevoked),
         _spec("certificate.requested", CertificateRequested),
         _spec("certificate.issued", CertificateIssued),
+        _spec("task.created", TaskCreated),
+        _spec("task.accepted", TaskAccepted),
+        _spec("task.completed", TaskCompleted),
+        _spec("task.rejected", TaskRejected),
+        _spec("task.overdue", TaskOverdue),
+        _spec("task.escalated", TaskEscalated),
     )
 }
 

@@ -133,6 +133,44 @@ PAYLOADS: dict[str, tuple[str, dict[str, Any]]] = {
             "signature": "bm90IGEgcmVhbCBzaWduYXR1cmU=",
         },
     ),
+    "task.created": (
+        "ks.bus",
+        {
+            "task_id": "task-6f1c1d2e8a4b4c7e",
+            "matter": "compliance-certificate",
+            "title": "Review penalty 昆花综执罚决字〔2024〕第0012号 for a compliance certificate",
+            "assignee": "ks.enforcement.huaqiao",
+            "due_at": datetime(2026, 3, 9, 1, 30, tzinfo=UTC),
+            "working_days": 5,
+            "supervisor": "ks.finance",
+            "evidence": ["昆花综执罚决字〔2024〕第0012号"],
+        },
+    ),
+    "task.accepted": ("ks.enforcement.huaqiao", {"task_id": "task-6f1c1d2e8a4b4c7e"}),
+    "task.completed": (
+        "ks.enforcement.huaqiao",
+        {"task_id": "task-6f1c1d2e8a4b4c7e", "outcome": "cleared", "note": "已整改完毕"},
+    ),
+    "task.rejected": (
+        "ks.enforcement.zhoushi",
+        {"task_id": "task-6f1c1d2e8a4b4c7e", "reason": "not a case of this bureau"},
+    ),
+    "task.overdue": (
+        "ks.bus",
+        {
+            "task_id": "task-6f1c1d2e8a4b4c7e",
+            "assignee": "ks.enforcement.huaqiao",
+            "due_at": datetime(2026, 3, 9, 1, 30, tzinfo=UTC),
+        },
+    ),
+    "task.escalated": (
+        "ks.bus",
+        {
+            "task_id": "task-6f1c1d2e8a4b4c7e",
+            "escalated_to": "ks.finance",
+            "reason": "review not completed within 5 working days",
+        },
+    ),
 }
 
 

@@ -17,16 +17,17 @@ TOWNS = ("huaqiao", "zhoushi", "lujia", "bacheng", "qiandeng", "dianshanhu", "zh
          "jinxi", "zhangpu")  # fmt: skip
 
 # Who publishes what, as the shipped directory says today.
+ANSWERS = {"task.accepted", "task.completed", "task.rejected"}  # any assignee may answer
 OWNERS: dict[str, set[str]] = {
-    "ks.amr": {"enterprise.registered", "enterprise.changed", "enterprise.deregistered"},
+    "ks.amr": {"enterprise.registered", "enterprise.changed", "enterprise.deregistered", *ANSWERS},
     "ks.finance": {"certificate.requested"},
-    "ks.approval": {"licence.granted", "licence.revoked"},
+    "ks.approval": {"licence.granted", "licence.revoked", *ANSWERS},
     "ks.credit": {"penalty.repaired"},
-    "ks.bus": {"certificate.issued"},
-    "ks.tax": set(),
-    "ks.hrss": set(),
-    "ks.housingfund": set(),
-    **{f"ks.enforcement.{t}": {"penalty.imposed", "penalty.revoked"} for t in TOWNS},
+    "ks.bus": {"certificate.issued", "task.created", "task.overdue", "task.escalated"},
+    "ks.tax": ANSWERS,
+    "ks.hrss": ANSWERS,
+    "ks.housingfund": ANSWERS,
+    **{f"ks.enforcement.{t}": {"penalty.imposed", "penalty.revoked", *ANSWERS} for t in TOWNS},
 }
 
 

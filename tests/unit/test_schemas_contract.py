@@ -37,6 +37,12 @@ RELEASED_IDS = {
     ("licence.revoked", 1): 8,
     ("certificate.requested", 1): 9,
     ("certificate.issued", 1): 10,
+    ("task.created", 1): 11,
+    ("task.accepted", 1): 12,
+    ("task.completed", 1): 13,
+    ("task.rejected", 1): 14,
+    ("task.overdue", 1): 15,
+    ("task.escalated", 1): 16,
 }
 
 
@@ -124,9 +130,9 @@ def test_register_compatible_new_version_gets_the_next_id() -> None:
     registry = LocalSchemaRegistry.load()
     v1 = registry.get("penalty.imposed", 1)
     v2 = registry.register("penalty.imposed", with_field(v1.schema, _DEFAULTED))
-    assert (v2.id, v2.subject, v2.version) == (11, "penalty.imposed", 2)
+    assert (v2.id, v2.subject, v2.version) == (17, "penalty.imposed", 2)
     assert registry.get("penalty.imposed", 2) is v2
-    assert registry.by_id(11) is v2
+    assert registry.by_id(17) is v2
     assert registry.get("penalty.imposed", 1).id == 4  # the old version keeps its id
 
 
@@ -163,7 +169,7 @@ def test_register_a_new_subject_starts_at_version_1() -> None:
     registry = LocalSchemaRegistry.load()
     schema = {"type": "record", "name": "Opened", "namespace": "gov.ks.bus.case", "fields": []}
     new = registry.register("case.opened", schema)
-    assert (new.id, new.version) == (11, 1)
+    assert (new.id, new.version) == (17, 1)
 
 
 def test_registry_refuses_a_duplicate_id() -> None:
@@ -193,7 +199,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         (s.id, s.subject, s.version, s.schema) for s in registry.all()
     ]
     assert (tmp_path / "out" / "penalty.imposed.v2.avsc").exists()
-    assert loaded.get("penalty.imposed", 2).id == 11
+    assert loaded.get("penalty.imposed", 2).id == 17
 
 
 def test_save_of_the_shipped_registry_reproduces_the_shipped_files(tmp_path: Path) -> None:
@@ -242,10 +248,10 @@ def test_export_adds_a_missing_version_with_a_new_id(shipped_copy: Path) -> None
     (shipped_copy / "registry.json").write_text(json.dumps(m))
     (shipped_copy / "enterprise.registered.v1.avsc").unlink()
 
-    assert export(shipped_copy) == ["enterprise.registered v1 -> id 11"]
+    assert export(shipped_copy) == ["enterprise.registered v1 -> id 17"]
 
     registry = LocalSchemaRegistry.load(shipped_copy)
-    assert registry.get("enterprise.registered", 1).id == 11
+    assert registry.get("enterprise.registered", 1).id == 17
     assert registry.get("enterprise.registered", 1).schema == derive_schema(
         "enterprise.registered", 1
     )

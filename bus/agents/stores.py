@@ -1,0 +1,204 @@
+"""Agent state that survives restarts and moves with its partitions.
+
+Each store keeps, per input partition, what an agent needs to remember, and writes it to a
+changelog topic with the same partition count, into the same partition number: when a
+partition moves to another worker, that worker reads the partition's changelog and has the
+state. The batch runtime (``bus.agents.runtime``) decides *when* changelog records are
+written (after the batch's outputs are acknowledged); the stores decide *what* they say.
+
+* ``SeenStore`` — ids already handled (de-duplication); one record per batch, time-retained.
+* ``KeyValueStore`` — the latest value per key (an enterprise's record, say); one record
+  per changed key per batch, compacted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Generic, Protocol, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from bus.agents.out import Out
+
+V = TypeVar("V")
+Apply = Callable[["ConsumerRecord[bytes, bytes]"], None]
+
+
+class Store(Protocol):
+    """What the runtime needs from a store."""
+
+    topic: str
+
+    def take_pending(self) -> list[Out]:
+        """Changelog records for every change since the last call."""
+        ...
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget partitions (moved away, or to be re-read after a failed batch)."""
+        ...
+
+    async def restore(self, bootstrap: list[str], partitions: Iterable[int]) -> int:
+        """Rebuild partitions from the changelog; returns how many records were applied."""
+        ...
+
+
+async def read_changelog(
+    bootstrap: list[str], topic: str, partitions: Iterable[int], apply: Apply
+) -> int:
+    """Apply every record of ``topic``'s ``partitions``, oldest first, up to the end offsets."""
+    tps = [TopicPartition(topic, p) for p in partitions]
+    if not tps:
+        return 0
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    applied = 0
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        todo = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+        while todo:
+            batches = await consumer.getmany(*todo, timeout_ms=500, max_records=5000)
+            for records in batches.values():
+                for r in records:
+                    apply(r)
+                applied += sum(len(rs) for rs in batches.values())
+            for tp in list(todo):
+                if await consumer.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+    finally:
+        await consumer.stop()
+    return applied
+
+
+class SeenStore:
+    """Which ids each partition has handled, kept in a time-retained changelog topic.
+
+    One changelog record per batch and partition (the 16-byte ids concatenated). The topic's
+    retention is the de-duplication window: ids older than it are forgotten on restore.
+    """
+
+    ID_BYTES = 16
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._ids: dict[int, set[bytes]] = {}
+        self._pending: dict[int, list[bytes]] = {}
+
+    def seen(self, partition: int, key: bytes) -> bool:
+        """True when ``key`` was handled on ``partition`` within the window."""
+        return key in self._ids.get(partition, ())
+
+    def add(self, partition: int, keys: Sequence[bytes]) -> None:
+        """Remember ``keys`` now; they become durable with the batch's changelog record."""
+        self._ids.setdefault(partition, set()).update(keys)
+        self._pending.setdefault(partition, []).extend(keys)
+
+    def take_pending(self) -> list[Out]:
+        """The changelog records for everything added since the last call."""
+        outs = [Out(self.topic, b"".join(k), partition=p) for p, k in self._pending.items() if k]
+        self._pending = {}
+        return outs
+
+    def size(self) -> int:
+        """Ids held in memory across all partitions."""
+        return sum(len(s) for s in self._ids.values())
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget partitions."""
+        for p in partitions:
+            self._ids.pop(p, None)
+            self._pending.pop(p, None)
+
+    async def restore(self, bootstrap: list[str], partitions: Iterable[int]) -> int:
+        """Read the ids of ``partitions`` back from the changelog."""
+        n = self.ID_BYTES
+
+        def apply(r: ConsumerRecord[bytes, bytes]) -> None:
+            v = r.value or b""
+            self._ids.setdefault(r.partition, set()).update(
+                v[i : i + n] for i in range(0, len(v), n)
+            )
+
+        parts = list(partitions)
+        for p in parts:
+            self._ids.setdefault(p, set())
+        await read_changelog(bootstrap, self.topic, parts, apply)
+        return sum(len(self._ids[p]) for p in parts)
+
+
+class KeyValueStore(Generic[V]):
+    """The latest value per key, per partition, in a compacted changelog topic.
+
+    Values are encoded by the caller's functions (JSON of a pydantic model, typically). A
+    key changed several times in one batch is written once, with its last value.
+    """
+
+    def __init__(
+        self, topic: str, encode: Callable[[V], bytes], decode: Callable[[bytes], V]
+    ) -> None:
+        self.topic = topic
+        self._encode = encode
+        self._decode = decode
+        self._data: dict[int, dict[str, V]] = {}
+        self._dirty: dict[int, set[str]] = {}
+
+    def get(self, partition: int, key: str) -> V | None:
+        """The value of ``key`` in ``partition``, if any."""
+        return self._data.get(partition, {}).get(key)
+
+    def put(self, partition: int, key: str, value: V) -> None:
+        """Set ``key``; durable with the batch's changelog."""
+        self._data.setdefault(partition, {})[key] = value
+        self._dirty.setdefault(partition, set()).add(key)
+
+    def delete(self, partition: int, key: str) -> None:
+        """Remove ``key`` (a tombstone in the changelog)."""
+        self._data.get(partition, {}).pop(key, None)
+        self._dirty.setdefault(partition, set()).add(key)
+
+    def items(self, partition: int | None = None) -> Iterator[tuple[int, str, V]]:
+        """(partition, key, value) for one partition or all held here."""
+        parts = [partition] if partition is not None else list(self._data)
+        for p in parts:
+            for k, v in list(self._data.get(p, {}).items()):
+                yield p, k, v
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._data.values())
+
+    def take_pending(self) -> list[Out]:
+        """One changelog record per changed key: its last value, or a tombstone."""
+        outs = []
+        for p, keys in self._dirty.items():
+            data = self._data.get(p, {})
+            for k in keys:
+                value = data.get(k)
+                encoded = None if value is None else self._encode(value)
+                outs.append(Out(self.topic, encoded, key=k.encode(), partition=p))
+        self._dirty = {}
+        return outs
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget partitions."""
+        for p in partitions:
+            self._data.pop(p, None)
+            self._dirty.pop(p, None)
+
+    async def restore(self, bootstrap: list[str], partitions: Iterable[int]) -> int:
+        """Rebuild ``partitions`` from the changelog (last value per key wins)."""
+
+        def apply(r: ConsumerRecord[bytes, bytes]) -> None:
+            data = self._data.setdefault(r.partition, {})
+            key = (r.key or b"").decode()
+            if r.value is None:
+                data.pop(key, None)
+            else:
+                data[key] = self._decode(r.value)
+
+        parts = list(partitions)
+        for p in parts:
+            self._data.setdefault(p, {})
+        return await read_changelog(bootstrap, self.topic, parts, apply)
