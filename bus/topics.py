@@ -55,6 +55,19 @@ INGEST_SEEN = TopicSpec(
     30 * DAY_MS,
 )
 
+CORRELATE_RECORDS = TopicSpec(
+    "state.correlate-records",
+    "state",
+    "one record per enterprise (profile, penalties, licences, open cases); compacted",
+    compacted=True,
+)
+CORRELATE_SEEN = TopicSpec(
+    "state.correlate-seen",
+    "state",
+    "event ids the correlate agent handled; retention is its de-duplication window",
+    30 * DAY_MS,
+)
+
 
 def canonical(family: str) -> TopicSpec:
     """The canonical topic of one event family (validated, authorised, de-duplicated)."""
@@ -66,6 +79,8 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     *(canonical(f) for f in FAMILIES),
     DEADLETTER,
     INGEST_SEEN,
+    CORRELATE_RECORDS,
+    CORRELATE_SEEN,
 )
 
 

@@ -23,6 +23,7 @@ broker splits partitions between them.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
@@ -56,6 +58,10 @@ class _Batch:
     first: dict[TopicPartition, int]
     commit: dict[TopicPartition, int]
     size: int
+
+
+def _timestamp(record: Record) -> int:
+    return int(record.timestamp)
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -141,6 +147,9 @@ class BatchAgent(Service):
             session_timeout_ms=int(s.session_timeout * 1000),
             heartbeat_interval_ms=int(s.heartbeat_interval * 1000),
             rebalance_timeout_ms=int(s.rebalance_timeout * 1000),
+            # Range assignment gives a member the same partition numbers of every topic with
+            # the same partition count: state keyed by subject stays with its events.
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         await self._consumer.start()
@@ -189,7 +198,9 @@ class BatchAgent(Service):
                     await self.sleep(1.0)
 
     async def _start(self, fetched: dict[TopicPartition, list[Record]]) -> _Batch:
-        records = [r for tp in sorted(fetched) for r in fetched[tp]]
+        # Across partitions and topics, oldest first (each partition's order is kept):
+        # a penalty published before a certificate request is folded in before it.
+        records = list(heapq.merge(*(fetched[tp] for tp in sorted(fetched)), key=_timestamp))
         outs = await self.process(records)
         changelog = [o for store in self.stores for o in store.take_pending()]
         return _Batch(

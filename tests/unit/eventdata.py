@@ -115,6 +115,7 @@ PAYLOADS: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "serial": "KS-HG-2026-000123",
             "request_event_id": "6f1c1d2e-8a4b-4c7e-9f00-1234567890ab",
+            "enterprise_name": "昆山花桥精密科技有限公司",
             "period_start": date(2023, 1, 1),
             "period_end": date(2025, 12, 31),
             "purpose": "ipo",

@@ -1,0 +1,200 @@
+"""Correlate: one record per enterprise, and the matters that decide on it.
+
+Reads every subject-keyed canonical topic in one consumer group. Because all of them have
+the same partition count and are keyed by USCC, the range assignor gives a worker the same
+partition numbers of every topic: everything about one enterprise reaches one worker, and
+its record (``bus.record.EnterpriseRecord``) lives in a key-value store beside it.
+
+Matters (``bus/matters/*.yaml``) run when their trigger arrives. The compliance certificate:
+a clean record for the requested period gives a signed ``certificate.issued`` at once;
+otherwise a ``task.created`` review for each bureau whose penalties are on the record.
+A request for an enterprise the bus has not seen registered is parked, never decided on
+missing data, and decided when the registration arrives.
+
+Effects are idempotent: the certificate's event id and serial and each task's id are
+derived from the request's event id, so re-processing a request reproduces the same events
+(consumers de-duplicate by event id), and events already handled are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from bus.agents.out import Out
+from bus.agents.runtime import BatchAgent, Record
+from bus.agents.stores import KeyValueStore, SeenStore
+from bus.certificates import Signer, new_serial
+from bus.matters import Matter, load_matters
+from bus.record import EnterpriseRecord, decode, encode
+from bus.schemas.envelope import Envelope
+from bus.schemas.events import FAMILIES, model_for
+from bus.topics import CORRELATE_RECORDS, CORRELATE_SEEN, canonical_topic
+from bus.workdays import CHINA_TZ, WorkingCalendar
+
+if TYPE_CHECKING:
+    from bus.app import Context
+
+log = logging.getLogger(__name__)
+
+BUS = "ks.bus"
+_IDS = uuid.UUID("0b5e7c1e-6a1d-4c55-9d0e-4b7573000001")  # namespace of derived ids
+
+
+def derived_id(*parts: str) -> uuid.UUID:
+    """A stable event id for an effect: the same cause always gives the same id."""
+    return uuid.uuid5(_IDS, "/".join(parts))
+
+
+class CorrelateAgent(BatchAgent):
+    """Enterprise records and the matters that decide on them."""
+
+    name = "correlate"
+
+    def __init__(
+        self, ctx: Context, signer: Signer, calendar: WorkingCalendar | None = None
+    ) -> None:
+        s = ctx.settings
+        self.records: KeyValueStore[EnterpriseRecord] = KeyValueStore(
+            s.topic(CORRELATE_RECORDS.name), encode, decode
+        )
+        self.seen = SeenStore(s.topic(CORRELATE_SEEN.name))
+        topics = [s.topic(f"events.{f}") for f in FAMILIES]
+        super().__init__(ctx, topics, stores=[self.records, self.seen])
+        self.signer = signer
+        self.calendar = calendar or WorkingCalendar.load(None)
+        self.matters: dict[str, Matter] = load_matters()
+        self.codec = ctx.codec
+        self.decided = 0  # certificates issued + review cases opened, for tests and metrics
+
+    async def process(self, records: list[Record]) -> list[Out]:
+        """Fold each event into its enterprise's record; run matters it triggers."""
+        outs: list[Out] = []
+        for r in records:
+            event = self.codec.decode(r.value or b"")
+            key = event.event_id.bytes
+            if self.seen.seen(r.partition, key):
+                continue  # a re-delivered copy: its effects were produced already
+            self.seen.add(r.partition, [key])
+            if event.source == BUS and event.event_type.startswith(("certificate.", "task.")):
+                continue  # the bus's own decisions: nothing to correlate yet
+            record = self.records.get(r.partition, event.subject) or EnterpriseRecord(
+                uscc=event.subject
+            )
+            changed = record.apply(event)
+            matter = self.matters.get(event.event_type)
+            if matter is not None:
+                outs.extend(self._trigger(matter, record, event.model_dump(mode="json")))
+                changed = True
+            if event.event_type == "enterprise.registered" and record.waiting:
+                parked, record.waiting = record.waiting, []
+                for request in parked:
+                    outs.extend(self._trigger(self.matters[request["event_type"]], record, request))
+            if changed:
+                self.records.put(r.partition, event.subject, record)
+        return outs
+
+    def _trigger(
+        self, matter: Matter, record: EnterpriseRecord, request: dict[str, Any]
+    ) -> list[Out]:
+        if record.status == "unknown":
+            record.waiting.append(request)  # decided when the registration arrives
+            log.info("%s %s waits for the registration of %s", matter.name,
+                     request["event_id"], record.uscc)  # fmt: skip
+            return []
+        event = model_for(request["event_type"]).model_validate(request)
+        p = event.payload
+        on_record = record.penalties_between(p.period_start, p.period_end)
+        action = matter.decision.otherwise if on_record else matter.decision.when_clean
+        self.decided += 1
+        if action == "issue_certificate":
+            return [self._certificate(event, record, on_record)]
+        return self._review_tasks(matter, event, record, on_record)
+
+    def _certificate(
+        self, request: Envelope, record: EnterpriseRecord, on_record: list[Any]
+    ) -> Out:
+        p = request.payload
+        issued_at = datetime.now(UTC)
+        payload = {
+            "serial": new_serial(str(request.event_id)),
+            "request_event_id": str(request.event_id),
+            "enterprise_name": record.name or "",
+            "period_start": p.period_start,
+            "period_end": p.period_end,
+            "purpose": p.purpose,
+            "result": "clean" if not on_record else "record_found",
+            "record": [
+                {"case_number": e.case_number, "agency": e.agency or "", "state": e.state,
+                 "decided_on": e.decided_on} for e in on_record
+            ],  # fmt: skip
+            "issuing_authority": BUS,
+            "issued_at": issued_at,
+        }
+        signed = self.signer.sign_payload(request.subject, payload)
+        issued = model_for("certificate.issued")(
+            event_id=derived_id("certificate", str(request.event_id)),
+            source=BUS,
+            occurred_at=issued_at,
+            subject=request.subject,
+            correlation_id=request.correlation_id,
+            causation_id=request.event_id,
+            payload=signed,
+        )
+        return self._out(issued)
+
+    def _review_tasks(
+        self, matter: Matter, request: Envelope, record: EnterpriseRecord, on_record: list[Any]
+    ) -> list[Out]:
+        template = matter.task("review")
+        by_agency: dict[str, list[str]] = {}
+        for entry in on_record:
+            by_agency.setdefault(entry.agency or "unknown", []).append(entry.case_number)
+        now = datetime.now(CHINA_TZ)
+        due = self.calendar.add_working_days(now, template.working_days)
+        supervisor = (
+            request.payload.requested_by if template.supervisor == "requester"
+            else template.supervisor
+        )  # fmt: skip
+        outs = []
+        tasks = {}
+        for agency, cases in sorted(by_agency.items()):
+            task_id = f"task-{derived_id('review', str(request.event_id), agency).hex[:16]}"
+            tasks[task_id] = {"assignee": agency, "cases": cases, "state": "open"}
+            created = model_for("task.created")(
+                event_id=derived_id("task.created", task_id),
+                source=BUS,
+                occurred_at=now,
+                subject=request.subject,
+                correlation_id=request.correlation_id,
+                causation_id=request.event_id,
+                payload={
+                    "task_id": task_id,
+                    "matter": matter.name,
+                    "title": template.title.format(
+                        cases=", ".join(cases), enterprise=record.name or record.uscc
+                    ),
+                    "assignee": agency,
+                    "due_at": due,
+                    "working_days": template.working_days,
+                    "supervisor": supervisor,
+                    "evidence": cases,
+                },
+            )
+            outs.append(self._out(created))
+        record.reviews[str(request.event_id)] = {
+            "matter": matter.name, "opened_at": time.time(), "tasks": tasks,
+            "request": request.model_dump(mode="json"),
+        }  # fmt: skip
+        return outs
+
+    def _out(self, event: Envelope) -> Out:
+        return Out(
+            canonical_topic(self.ctx.settings, event.event_type),
+            self.codec.encode(event),
+            key=event.subject.encode(),
+            headers=event.kafka_headers(),
+        )

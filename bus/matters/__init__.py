@@ -1,0 +1,103 @@
+"""Matters (一件事): cross-agency processes declared as data, reviewed like code.
+
+Each ``*.yaml`` file in this folder declares one matter: what triggers it, how its cases are
+correlated, who takes part, which decision rule applies, which tasks it creates (assignee,
+deadline in working days) and what happens when they are late. ``load_matters`` validates
+every file at start-up and names the file and field of any mistake. The rule and assignee
+vocabularies below are what the correlate agent knows how to run.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bus.errors import ConfigurationError
+from bus.schemas.events import EVENT_TYPES
+
+Rule = Literal["clean_record"]
+Action = Literal["issue_certificate", "review_tasks"]
+Assignee = Literal["penalty_agency", "licence_department", "requester"]
+
+
+class TaskTemplate(BaseModel):
+    """A task a matter creates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    assignee: Assignee
+    title: str = Field(min_length=1, max_length=300)
+    working_days: int = Field(ge=1, le=60)
+    supervisor: Literal["requester"] | str | None = None
+    evidence: Literal["penalty_cases", "licences", "none"] = "none"
+
+
+class Decision(BaseModel):
+    """How a case is decided, and what follows each outcome."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: Rule
+    when_clean: Action
+    otherwise: Action
+
+
+class Matter(BaseModel):
+    """One matter, as declared in its YAML file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    title: str
+    trigger: str
+    correlation: Literal["subject"] = "subject"
+    lead: str
+    participants: tuple[str, ...] = ()
+    decision: Decision
+    tasks: tuple[TaskTemplate, ...] = ()
+    late: Literal["escalate_to_supervisor", "notify_lead"] = "escalate_to_supervisor"
+
+    @field_validator("trigger")
+    @classmethod
+    def _known_trigger(cls, value: str) -> str:
+        if value not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {value!r}")
+        return value
+
+    def task(self, name: str) -> TaskTemplate:
+        """The task template called ``name``."""
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+def load_matters(directory: Path | None = None) -> dict[str, Matter]:
+    """Every matter in ``directory`` (the shipped ones by default), by trigger event type."""
+    base = directory or Path(str(resources.files("bus") / "matters"))
+    matters: dict[str, Matter] = {}
+    for path in sorted(base.glob("*.yaml")):
+        try:
+            matter = Matter.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(f"matter {path.name}: not valid YAML: {exc}") from exc
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "(file)"
+            raise ConfigurationError(f"matter {path.name}: {loc}: {err['msg']}") from exc
+        if "review_tasks" in (matter.decision.when_clean, matter.decision.otherwise) and not any(
+            t.name == "review" for t in matter.tasks
+        ):
+            raise ConfigurationError(f"matter {path.name}: review_tasks needs a task 'review'")
+        if matter.trigger in matters:
+            raise ConfigurationError(
+                f"matter {path.name}: {matter.trigger} already triggers "
+                f"{matters[matter.trigger].name}"
+            )
+        matters[matter.trigger] = matter
+    return matters

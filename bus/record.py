@@ -1,0 +1,155 @@
+"""What the bus knows about one enterprise: its profile, penalties and licences.
+
+The correlate agent keeps one ``EnterpriseRecord`` per USCC, built only from canonical
+events, and answers compliance questions from it: *was this enterprise penalised between
+A and B, by whom, and is it still on the public record?*
+
+Penalty states: ``active`` (on the public record), ``revoked`` (the decision was annulled:
+as if it never happened), ``repaired`` (credit repair after the publicity period: the
+decision stands but it is off the public record). A compliance check counts only active
+penalties. Events may arrive out of order (a revocation before the decision it revokes, a
+penalty before the registration): every event is kept, and a state once revoked or repaired
+is never set back to active by a late original.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bus.schemas.envelope import Envelope
+
+PenaltyState = Literal["active", "revoked", "repaired"]
+_RANK = {"active": 0, "repaired": 1, "revoked": 2}  # a later state never goes back
+
+
+class PenaltyEntry(BaseModel):
+    """One penalty as the record holds it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    case_number: str
+    agency: str | None = None
+    kind: str | None = None
+    amount: Decimal | None = None
+    violation: str | None = None
+    decided_on: date | None = None
+    publicity_until: date | None = None
+    state: PenaltyState = "active"
+    events: list[str] = Field(default_factory=list, description="event ids, in order seen")
+
+
+class LicenceEntry(BaseModel):
+    """One licence the enterprise holds (or held)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    licence_number: str
+    licence_type: str | None = None
+    issuing_department: str | None = None
+    valid_from: date | None = None
+    valid_until: date | None = None
+    state: Literal["active", "revoked"] = "active"
+
+
+class EnterpriseRecord(BaseModel):
+    """The bus's record of one enterprise, keyed by USCC."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uscc: str
+    status: Literal["unknown", "registered", "deregistered"] = "unknown"
+    profile: dict[str, Any] = Field(default_factory=dict)
+    penalties: dict[str, PenaltyEntry] = Field(default_factory=dict)
+    licences: dict[str, LicenceEntry] = Field(default_factory=dict)
+    waiting: list[dict[str, Any]] = Field(
+        default_factory=list, description="requests parked until the registration arrives"
+    )
+    reviews: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="open review cases by request event id"
+    )
+
+    @property
+    def name(self) -> str | None:
+        """The registered name, when the registration has arrived."""
+        name = self.profile.get("name")
+        return str(name) if name is not None else None
+
+    def penalties_between(
+        self, start: date, end: date, *, states: tuple[PenaltyState, ...] = ("active",)
+    ) -> list[PenaltyEntry]:
+        """Penalties decided in [start, end] whose state is one of ``states``, oldest first."""
+        found = [
+            p
+            for p in self.penalties.values()
+            if p.decided_on is not None and start <= p.decided_on <= end and p.state in states
+        ]
+        return sorted(found, key=lambda p: (p.decided_on or date.min, p.case_number))
+
+    def apply(self, event: Envelope) -> bool:
+        """Fold one canonical event into the record; False when it says nothing to it."""
+        p = event.payload
+        kind = event.event_type
+        if kind == "enterprise.registered":
+            self.status = "registered"
+            self.profile = {**p.model_dump(mode="json"), **self.profile_changes()}
+        elif kind == "enterprise.changed":
+            changes = p.model_dump(mode="json", exclude_none=True)
+            changes.pop("effective_on", None)
+            self.profile.update(changes)
+            self.profile.setdefault("_changes", []).append(changes)
+        elif kind == "enterprise.deregistered":
+            self.status = "deregistered"
+        elif kind == "penalty.imposed":
+            entry = self._penalty(p.case_number)
+            entry.agency, entry.kind, entry.amount = p.agency, str(p.kind), p.amount
+            entry.violation, entry.decided_on = p.violation, p.decided_on
+            entry.publicity_until = p.publicity_until
+            entry.events.append(str(event.event_id))
+        elif kind in ("penalty.revoked", "penalty.repaired"):
+            entry = self._penalty(p.case_number)
+            new: PenaltyState = "revoked" if kind == "penalty.revoked" else "repaired"
+            if _RANK[new] > _RANK[entry.state]:
+                entry.state = new
+            entry.events.append(str(event.event_id))
+        elif kind == "licence.granted":
+            self.licences[p.licence_number] = LicenceEntry(
+                licence_number=p.licence_number, licence_type=p.licence_type,
+                issuing_department=p.issuing_department, valid_from=p.valid_from,
+                valid_until=p.valid_until,
+                state=self.licences.get(p.licence_number, LicenceEntry(
+                    licence_number=p.licence_number)).state,
+            )  # fmt: skip
+        elif kind == "licence.revoked":
+            lic = self.licences.setdefault(
+                p.licence_number, LicenceEntry(licence_number=p.licence_number)
+            )
+            lic.state = "revoked"
+        else:
+            return False
+        return True
+
+    def profile_changes(self) -> dict[str, Any]:
+        """Changes that arrived before the registration they change (kept on top)."""
+        merged: dict[str, Any] = {}
+        for change in self.profile.get("_changes", []):
+            merged.update(change)
+        if merged:
+            merged["_changes"] = self.profile["_changes"]
+        return merged
+
+    def _penalty(self, case_number: str) -> PenaltyEntry:
+        return self.penalties.setdefault(case_number, PenaltyEntry(case_number=case_number))
+
+
+def encode(record: EnterpriseRecord) -> bytes:
+    """Changelog form of a record."""
+    return record.model_dump_json().encode()
+
+
+def decode(data: bytes) -> EnterpriseRecord:
+    """A record back from its changelog form."""
+    return EnterpriseRecord.model_validate_json(data)
