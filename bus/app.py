@@ -6,13 +6,21 @@ run a worker against their own broker, topic prefix and state directory.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 import faust
 
+from bus.certificates import Signer
 from bus.codec import EventCodec
 from bus.departments import Directory
 from bus.settings import Settings
+
+log = logging.getLogger(__name__)
+
+READY = "bus worker ready"
+"""Logged once every agent has its partitions; what process supervisors wait for."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +34,7 @@ class Context:
 
 def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     """Build the Faust app with every agent registered."""
-    from bus.agents import ingest
+    from bus.agents import correlate, ingest
 
     settings = settings or Settings()
     ctx = Context(settings, EventCodec(), Directory.load(settings.departments_file))
@@ -57,9 +65,35 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         web_in_thread=False,
         broker_credentials=_credentials(settings),
     )
-    for agent in (ingest.IngestAgent(ctx),):
+    agents = [ingest.IngestAgent(ctx), correlate.CorrelateAgent(ctx, load_signer(settings))]
+    for agent in agents:
         app.service(agent)  # type: ignore[arg-type]  # started by the worker after recovery
+
+    @app.task
+    async def announce_ready() -> None:
+        await asyncio.gather(*(a.ready.wait() for a in agents))
+        log.info("%s: %s", READY, ", ".join(a.name for a in agents))
+
     return app, ctx
+
+
+def load_signer(settings: Settings) -> Signer:
+    """The certificate signing key: the configured file, or one kept in the data dir.
+
+    Without ``BUS_SIGNING_KEY_FILE`` a key is made on first start and kept (with its public
+    key beside it) so certificates stay verifiable across restarts; production sets the file.
+    """
+    if settings.signing_key_file is not None:
+        return Signer.from_file(settings.signing_key_file, settings.signing_key_id)
+    path = settings.data_dir / "keys" / f"{settings.signing_key_id}.pem"
+    if path.exists():
+        return Signer.from_file(path, settings.signing_key_id)
+    signer = Signer.generate(settings.signing_key_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    signer.save(path)
+    signer.save_public_key(path.with_suffix(".pub"))
+    log.warning("made a certificate signing key %s; public key %s", path, path.with_suffix(".pub"))
+    return signer
 
 
 def _credentials(settings: Settings) -> faust.SASLCredentials | None:

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bus.cli_certificate import certificate_app
 from bus.errors import BusError
 from bus.settings import Settings
 
@@ -32,6 +33,7 @@ app = typer.Typer(
 topics_app = typer.Typer(help="Create and list the bus's topics.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Inspect and export the Avro schemas.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+app.add_typer(certificate_app, name="certificate")
 app.add_typer(schemas_app, name="schemas")
 
 out = Console()

@@ -16,10 +16,9 @@ from types import TracebackType
 
 from pydantic import SecretStr
 
+from bus.app import READY as READY_MARK
 from bus.errors import BusError
 from bus.settings import Settings
-
-READY_MARK = "partitions assigned"
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

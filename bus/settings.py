@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
     log_level: str = "INFO"
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) for certificates; unset: <data_dir>/keys/<id>.pem, "
+        "made on first start",
+    )
+    signing_key_id: str = Field(default="ks-bus-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from bus.agents.out import Out
 from bus.agents.runtime import BatchAgent, Record
 from bus.agents.stores import KeyValueStore, SeenStore
-from bus.certificates import Signer, new_serial
+from bus.certificates import Signer, UnsignedCertificate, new_serial
 from bus.matters import Matter, load_matters
 from bus.record import EnterpriseRecord, decode, encode
 from bus.schemas.envelope import Envelope
@@ -119,23 +119,30 @@ class CorrelateAgent(BatchAgent):
     ) -> Out:
         p = request.payload
         issued_at = datetime.now(UTC)
-        payload = {
-            "serial": new_serial(str(request.event_id)),
-            "request_event_id": str(request.event_id),
-            "enterprise_name": record.name or "",
-            "period_start": p.period_start,
-            "period_end": p.period_end,
-            "purpose": p.purpose,
-            "result": "clean" if not on_record else "record_found",
-            "record": [
-                {"case_number": e.case_number, "agency": e.agency or "", "state": e.state,
-                 "decided_on": e.decided_on} for e in on_record
-            ],  # fmt: skip
-            "issuing_authority": BUS,
-            "issued_at": issued_at,
-        }
-        signed = self.signer.sign_payload(request.subject, payload)
+        draft = UnsignedCertificate(
+            uscc=request.subject,
+            serial=new_serial(BUS, str(request.event_id), requested_at=request.occurred_at),
+            request_event_id=str(request.event_id),
+            enterprise_name=record.name or record.uscc,
+            period_start=p.period_start,
+            period_end=p.period_end,
+            purpose=p.purpose,
+            result="clean" if not on_record else "record_found",
+            record=[
+                {
+                    "case_number": e.case_number,
+                    "agency": e.agency or "unknown.agency",
+                    "state": e.state,
+                    "decided_on": e.decided_on,
+                }
+                for e in on_record
+            ],
+            issuing_authority=BUS,
+            issued_at=issued_at,
+        )
+        signed = self.signer.sign(draft).to_payload()
         issued = model_for("certificate.issued")(
+            event_type="certificate.issued",
             event_id=derived_id("certificate", str(request.event_id)),
             source=BUS,
             occurred_at=issued_at,
@@ -165,6 +172,7 @@ class CorrelateAgent(BatchAgent):
             task_id = f"task-{derived_id('review', str(request.event_id), agency).hex[:16]}"
             tasks[task_id] = {"assignee": agency, "cases": cases, "state": "open"}
             created = model_for("task.created")(
+                event_type="task.created",
                 event_id=derived_id("task.created", task_id),
                 source=BUS,
                 occurred_at=now,

@@ -82,6 +82,7 @@ class _Listener(ConsumerRebalanceListener):
         for store in self.agent.stores:
             restored += await store.restore(self.agent.bootstrap, partitions)
         self.agent.assignment = set(assigned)
+        self.agent.ready.set()
         log.info(
             "%s: partitions assigned %s (%d ids restored in %.2fs)",
             self.agent.name, _fmt(assigned), restored, time.monotonic() - t0,
@@ -113,6 +114,7 @@ class BatchAgent(Service):
         self.bootstrap = s.bootstrap_servers
         self.group = f"{s.app_id}.{self.name}"
         self.lock = asyncio.Lock()
+        self.ready = asyncio.Event()  # set once the group gave this member its partitions
         self.assignment: set[TopicPartition] = set()
         self.processed = 0
         self._consumer: AIOKafkaConsumer | None = None

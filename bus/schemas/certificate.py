@@ -58,7 +58,9 @@ class CertificateIssued(Payload):
 
     serial: str = Field(min_length=8, max_length=64)
     request_event_id: str
-    enterprise_name: str = Field(max_length=200, description="As registered when decided")
+    enterprise_name: str = Field(
+        min_length=1, max_length=200, description="As registered when decided"
+    )
     period_start: date
     period_end: date
     purpose: CertificatePurpose

@@ -1,0 +1,165 @@
+"""The compliance certificate, end to end through a real broker and ``bus worker``.
+
+Department events go in through ingress; what comes out on the canonical topics is checked:
+a clean enterprise gets a certificate that verifies with the worker's public key; one with
+an active penalty in the period gets a review task for the bureau instead; revoked and
+repaired penalties and penalties outside the period do not count; a request that arrives
+before the registration waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from contextlib import aclosing
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from bus.certificates import SignedCertificate, Verifier
+from bus.client import BusClient, read_topic
+from bus.codec import EventCodec
+from bus.processes import WorkerProcess
+from bus.samples import Enterprise, enterprise, penalty, registered
+from bus.schemas.envelope import Envelope
+from bus.schemas.events import model_for
+from bus.settings import Settings
+
+pytestmark = pytest.mark.integration
+codec = EventCodec()
+
+
+def publish(settings: Settings, events: list[Envelope]) -> float:
+    async def go() -> None:
+        async with BusClient(settings) as client:
+            await client.publish_many(events)
+
+    asyncio.run(go())
+    return time.time()
+
+
+def outputs(settings: Settings, family: str, event_type: str, n: int) -> list[Envelope]:
+    """Wait for ``n`` events of ``event_type`` on a canonical topic (or time out with fewer)."""
+
+    async def go() -> list[Envelope]:
+        found = []
+        topic = settings.topic(f"events.{family}")
+        async with aclosing(read_topic(settings, topic, idle=3, max_seconds=30)) as records:
+            async for r in records:
+                if r.headers.get("event_type") == event_type:
+                    found.append(codec.decode(r.value or b""))
+                    if len(found) >= n:
+                        break
+        return found
+
+    return asyncio.run(go())
+
+
+def request(
+    firm: Enterprise, start: date = date(2025, 1, 1), end: date = date(2026, 12, 31)
+) -> Envelope:
+    return model_for("certificate.requested")(
+        event_type="certificate.requested", source="ks.finance", subject=firm.uscc,
+        payload={"period_start": start, "period_end": end, "purpose": "ipo",
+                 "requested_by": "ks.finance", "applicant": "张伟"},
+    )  # fmt: skip
+
+
+def change(event: Envelope, event_type: str, source: str, payload: dict) -> Envelope:
+    return model_for(event_type)(
+        event_type=event_type, source=source, subject=event.subject, payload=payload
+    )
+
+
+@pytest.fixture
+def firm() -> Enterprise:
+    return enterprise(random.Random(41))
+
+
+def test_clean_enterprise_gets_a_verifiable_certificate_in_under_a_second(
+    settings: Settings, tmp_path: Path, firm: Enterprise
+) -> None:
+    rng = random.Random(42)
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        publish(settings, [registered(firm, rng)])
+        assert outputs(settings, "enterprise", "enterprise.registered", 1)
+        req = request(firm)
+        sent = publish(settings, [req])
+        [issued] = outputs(settings, "certificate", "certificate.issued", 1)
+    assert issued.causation_id == req.event_id
+    assert issued.correlation_id == req.correlation_id
+    assert issued.source == "ks.bus"
+    assert (issued.occurred_at.timestamp() - sent) < 1.0
+    cert = SignedCertificate.from_payload(issued.payload, uscc=firm.uscc)
+    Verifier.from_paths([settings.data_dir / "keys" / f"{settings.signing_key_id}.pub"]).verify(
+        cert
+    )
+    assert cert.result == "clean"
+    assert cert.enterprise_name == firm.name
+    assert cert.record == []
+    assert (cert.period_start, cert.period_end) == (date(2025, 1, 1), date(2026, 12, 31))
+
+
+def test_active_penalty_in_the_period_opens_a_review_task_for_the_bureau(
+    settings: Settings, tmp_path: Path, firm: Enterprise
+) -> None:
+    rng = random.Random(43)
+    fine = penalty(firm, rng, decided_on=date(2026, 4, 1))
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        publish(settings, [registered(firm, rng), fine])
+        assert outputs(settings, "penalty", "penalty.imposed", 1)
+        time.sleep(0.5)  # the penalty is folded in before the request is published
+        req = request(firm)
+        publish(settings, [req])
+        [task] = outputs(settings, "task", "task.created", 1)
+        issued = outputs(settings, "certificate", "certificate.issued", 1)
+    assert issued == []
+    assert task.payload.assignee == fine.payload.agency
+    assert task.payload.evidence == [fine.payload.case_number]
+    assert task.payload.matter == "compliance-certificate"
+    assert task.payload.supervisor == "ks.finance"
+    assert task.payload.working_days == 5
+    assert task.payload.due_at > task.occurred_at
+    assert task.causation_id == req.event_id
+
+
+@pytest.mark.parametrize("what", ["revoked", "repaired", "outside"])
+def test_revoked_repaired_or_out_of_period_penalties_do_not_count(
+    settings: Settings, tmp_path: Path, firm: Enterprise, what: str
+) -> None:
+    rng = random.Random(44)
+    decided = date(2024, 6, 1) if what == "outside" else date(2026, 4, 1)
+    fine = penalty(firm, rng, decided_on=decided)
+    events = [registered(firm, rng), fine]
+    if what == "revoked":
+        events.append(change(fine, "penalty.revoked", fine.source, {
+            "case_number": fine.payload.case_number, "reason": "复议撤销",
+            "revoked_on": date(2026, 5, 1)}))  # fmt: skip
+    elif what == "repaired":
+        events.append(change(fine, "penalty.repaired", "ks.credit", {
+            "case_number": fine.payload.case_number, "repaired_on": date(2026, 6, 1),
+            "decision_number": "昆信修复〔2026〕12号"}))  # fmt: skip
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        publish(settings, events)
+        assert outputs(settings, "penalty", events[-1].event_type, 1)
+        time.sleep(0.5)
+        publish(settings, [request(firm)])
+        [issued] = outputs(settings, "certificate", "certificate.issued", 1)
+    assert issued.payload.result == "clean"
+
+
+def test_request_before_registration_waits_for_it(
+    settings: Settings, tmp_path: Path, firm: Enterprise
+) -> None:
+    rng = random.Random(45)
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        publish(settings, [request(firm)])
+        assert outputs(settings, "certificate", "certificate.requested", 1)
+        assert (
+            outputs(settings, "certificate", "certificate.issued", 1) == []
+        )  # not on missing data
+        publish(settings, [registered(firm, rng)])
+        [issued] = outputs(settings, "certificate", "certificate.issued", 1)
+    assert issued.payload.enterprise_name == firm.name
