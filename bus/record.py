@@ -14,7 +14,7 @@ is never set back to active by a late original.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -55,6 +55,28 @@ class LicenceEntry(BaseModel):
     state: Literal["active", "revoked"] = "active"
 
 
+class TaskEntry(BaseModel):
+    """A task the bus created, as it stands; kept until its case is closed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str
+    matter: str
+    case: str = Field(description="the event id that opened the case (the request)")
+    assignee: str
+    supervisor: str | None = None
+    due_at: datetime
+    state: Literal["open", "accepted", "completed", "rejected"] = "open"
+    outcome: str | None = None
+    overdue: bool = False
+    escalated: bool = False
+
+    @property
+    def closed(self) -> bool:
+        """Completed or rejected: nothing more is expected from the assignee."""
+        return self.state in ("completed", "rejected")
+
+
 class EnterpriseRecord(BaseModel):
     """The bus's record of one enterprise, keyed by USCC."""
 
@@ -71,6 +93,11 @@ class EnterpriseRecord(BaseModel):
     reviews: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="open review cases by request event id"
     )
+    tasks: dict[str, TaskEntry] = Field(default_factory=dict, description="by task id")
+
+    def open_tasks(self) -> list[TaskEntry]:
+        """Tasks still waiting for their assignee."""
+        return [t for t in self.tasks.values() if not t.closed]
 
     @property
     def name(self) -> str | None:

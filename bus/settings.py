@@ -33,6 +33,17 @@ class Settings(BaseSettings):
     departments_file: Path | None = Field(
         default=None, description="Department directory YAML; the shipped one when unset"
     )
+    calendar_dir: Path | None = Field(
+        default=None, description="Operator holiday files (YYYY.yaml), see docs/calendar-data.md"
+    )
+    task_check_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between checks for overdue tasks"
+    )
+    clock_skew: float = Field(
+        default=0.0,
+        description="Seconds added to the clock when judging deadlines: for drills and tests "
+        "only; keep 0 in production",
+    )
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
     log_level: str = "INFO"

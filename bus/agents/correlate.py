@@ -21,18 +21,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bus.agents.out import Out
+from bus.agents.out import Out, deadletter
 from bus.agents.runtime import BatchAgent, Record
 from bus.agents.stores import KeyValueStore, SeenStore
 from bus.certificates import Signer, UnsignedCertificate, new_serial
+from bus.errors import BusError
 from bus.matters import Matter, load_matters
-from bus.record import EnterpriseRecord, decode, encode
+from bus.record import EnterpriseRecord, TaskEntry, decode, encode
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import FAMILIES, model_for
-from bus.topics import CORRELATE_RECORDS, CORRELATE_SEEN, canonical_topic
+from bus.topics import CORRELATE_RECORDS, CORRELATE_SEEN, DEADLETTER, canonical_topic
 from bus.workdays import CHINA_TZ, WorkingCalendar
 
 if TYPE_CHECKING:
@@ -41,7 +42,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUS = "ks.bus"
+ANSWERS = ("task.accepted", "task.completed", "task.rejected")
 _IDS = uuid.UUID("0b5e7c1e-6a1d-4c55-9d0e-4b7573000001")  # namespace of derived ids
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def derived_id(*parts: str) -> uuid.UUID:
@@ -65,9 +75,13 @@ class CorrelateAgent(BatchAgent):
         topics = [s.topic(f"events.{f}") for f in FAMILIES]
         super().__init__(ctx, topics, stores=[self.records, self.seen])
         self.signer = signer
-        self.calendar = calendar or WorkingCalendar.load(None)
+        self.calendar = calendar or WorkingCalendar.load(s.calendar_dir)
         self.matters: dict[str, Matter] = load_matters()
         self.codec = ctx.codec
+        self._matters_by_name = {m.name: m for m in self.matters.values()}
+        self.deadletter = s.topic(DEADLETTER.name)
+        self.tick_interval = s.task_check_interval
+        self._with_tasks: set[str] = set()  # enterprises with open tasks (checked by tick)
         self.decided = 0  # certificates issued + review cases opened, for tests and metrics
 
     async def process(self, records: list[Record]) -> list[Out]:
@@ -80,10 +94,18 @@ class CorrelateAgent(BatchAgent):
                 continue  # a re-delivered copy: its effects were produced already
             self.seen.add(r.partition, [key])
             if event.source == BUS and event.event_type.startswith(("certificate.", "task.")):
-                continue  # the bus's own decisions: nothing to correlate yet
+                continue  # the bus's own decisions: already in the record
             record = self.records.get(r.partition, event.subject) or EnterpriseRecord(
                 uscc=event.subject
             )
+            if event.event_type in ANSWERS:
+                try:
+                    outs.extend(self._answer(r.partition, record, event))
+                except BusError as exc:
+                    outs.append(deadletter(self.deadletter, r, exc, self.name))
+                    continue
+                self.records.put(r.partition, event.subject, record)
+                continue
             changed = record.apply(event)
             matter = self.matters.get(event.event_type)
             if matter is not None:
@@ -115,7 +137,12 @@ class CorrelateAgent(BatchAgent):
         return self._review_tasks(matter, event, record, on_record)
 
     def _certificate(
-        self, request: Envelope, record: EnterpriseRecord, on_record: list[Any]
+        self,
+        request: Envelope,
+        record: EnterpriseRecord,
+        on_record: list[Any],
+        *,
+        result: str | None = None,
     ) -> Out:
         p = request.payload
         issued_at = datetime.now(UTC)
@@ -127,7 +154,7 @@ class CorrelateAgent(BatchAgent):
             period_start=p.period_start,
             period_end=p.period_end,
             purpose=p.purpose,
-            result="clean" if not on_record else "record_found",
+            result=result or ("clean" if not on_record else "record_found"),
             record=[
                 {
                     "case_number": e.case_number,
@@ -170,7 +197,11 @@ class CorrelateAgent(BatchAgent):
         tasks = {}
         for agency, cases in sorted(by_agency.items()):
             task_id = f"task-{derived_id('review', str(request.event_id), agency).hex[:16]}"
-            tasks[task_id] = {"assignee": agency, "cases": cases, "state": "open"}
+            tasks[task_id] = cases
+            record.tasks[task_id] = TaskEntry(
+                task_id=task_id, matter=matter.name, case=str(request.event_id),
+                assignee=agency, supervisor=supervisor, due_at=due,
+            )  # fmt: skip
             created = model_for("task.created")(
                 event_type="task.created",
                 event_id=derived_id("task.created", task_id),
@@ -197,7 +228,115 @@ class CorrelateAgent(BatchAgent):
             "matter": matter.name, "opened_at": time.time(), "tasks": tasks,
             "request": request.model_dump(mode="json"),
         }  # fmt: skip
+        self._with_tasks.add(record.uscc)
         return outs
+
+    def _answer(self, partition: int, record: EnterpriseRecord, event: Envelope) -> list[Out]:
+        """A department accepts, completes or rejects a task: only its assignee may."""
+        p = event.payload
+        task = record.tasks.get(p.task_id)
+        if task is None:
+            raise BusError(f"no task {p.task_id} for {record.uscc}", reason="task.unknown")
+        if event.source != task.assignee:
+            raise BusError(
+                f"{event.source} may not answer task {task.task_id}: it is assigned to "
+                f"{task.assignee}",
+                reason="task.not_assignee",
+            )
+        if task.closed:
+            raise BusError(f"task {task.task_id} is already {task.state}", reason="task.closed")
+        if event.event_type == "task.accepted":
+            task.state = "accepted"
+            return []
+        if event.event_type == "task.completed":
+            task.state, task.outcome = "completed", p.outcome
+        else:
+            task.state, task.outcome = "rejected", "rejected"
+        return self._close_case_if_done(record, task.case)
+
+    def _close_case_if_done(self, record: EnterpriseRecord, case: str) -> list[Out]:
+        review = record.reviews.get(case)
+        if review is None:
+            return []
+        tasks = [record.tasks[t] for t in review["tasks"] if t in record.tasks]
+        if not all(t.closed for t in tasks):
+            return []
+        outcomes = {t.outcome for t in tasks}
+        if "rejected" in outcomes or "refused" in outcomes:
+            result = "refused"
+        elif "confirmed" in outcomes:
+            result = "record_found"
+        else:
+            result = "clean"
+        request = model_for("certificate.requested").model_validate(review["request"])
+        p = request.payload
+        on_record = record.penalties_between(
+            p.period_start, p.period_end, states=("active", "revoked", "repaired")
+        )
+        on_record = [
+            e for e in on_record if any(e.case_number in c for c in review["tasks"].values())
+        ]
+        del record.reviews[case]
+        for t in tasks:
+            del record.tasks[t.task_id]
+        if not record.tasks:
+            self._with_tasks.discard(record.uscc)
+        return [self._certificate(request, record, on_record, result=result)]
+
+    async def tick(self) -> list[Out]:
+        """Tasks past their deadline: ``task.overdue`` once, then ``task.escalated`` once."""
+        now = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.clock_skew)
+        outs: list[Out] = []
+        for partition, uscc, record in list(self.records.items()):
+            if uscc not in self._with_tasks:
+                continue
+            changed = False
+            for task in record.open_tasks():
+                if task.due_at > now:
+                    continue
+                matter = self._matters_by_name.get(task.matter)
+                if not task.overdue:
+                    task.overdue = changed = True
+                    overdue = {"task_id": task.task_id, "assignee": task.assignee,
+                               "due_at": task.due_at}  # fmt: skip
+                    outs.append(self._task_event(record, task, "task.overdue", overdue))
+                if (
+                    not task.escalated
+                    and task.supervisor
+                    and matter is not None
+                    and matter.late == "escalate_to_supervisor"
+                ):
+                    task.escalated = changed = True
+                    late = f"not completed by {task.due_at:%Y-%m-%d %H:%M} UTC"
+                    escalated = {"task_id": task.task_id, "escalated_to": task.supervisor,
+                                 "reason": late}  # fmt: skip
+                    outs.append(self._task_event(record, task, "task.escalated", escalated))
+            if changed:
+                self.records.put(partition, uscc, record)
+        return outs
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """Re-index the enterprises with open tasks among the restored partitions."""
+        for p in partitions:
+            for _, uscc, record in self.records.items(p):
+                if record.tasks:
+                    self._with_tasks.add(uscc)
+
+    def _task_event(
+        self, record: EnterpriseRecord, task: TaskEntry, event_type: str, payload: dict[str, Any]
+    ) -> Out:
+        review = record.reviews.get(task.case, {})
+        request = review.get("request", {})
+        event = model_for(event_type)(
+            event_type=event_type,
+            event_id=derived_id(event_type, task.task_id),
+            source=BUS,
+            subject=record.uscc,
+            correlation_id=request.get("correlation_id") or task.case,
+            causation_id=uuid.UUID(task.case) if _is_uuid(task.case) else None,
+            payload=payload,
+        )
+        return self._out(event)
 
     def _out(self, event: Envelope) -> Out:
         return Out(

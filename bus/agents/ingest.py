@@ -16,11 +16,10 @@ of an event lands on the same partition.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from bus.agents.out import Out
+from bus.agents.out import Out, deadletter_headers
 from bus.agents.runtime import BatchAgent, Record
 from bus.agents.stores import SeenStore
 from bus.errors import BusError, DecodeError, DuplicateEvent
@@ -66,24 +65,6 @@ class Ingestor:
         # Avro that validated is already canonical: forward it byte for byte.
         out = value if value[:1] == b"\x00" else self.codec.encode(event)
         return Accepted(event, out)
-
-
-def deadletter_headers(exc: BaseException, message: Any, stage: str = "ingest") -> Headers:
-    """Headers that explain a rejection: reason code, sentence, field, where it came from."""
-    reason = exc.reason if isinstance(exc, BusError) else f"{stage}.crash"
-    text = str(exc) if isinstance(exc, BusError) else f"{type(exc).__name__}: {exc}"
-    headers: Headers = [(k, v) for k, v in (message.headers or ()) if not k.startswith("bus.")]
-    headers += [
-        ("bus.reason", reason.encode()),
-        ("bus.error", text[:2000].encode()),
-        ("bus.stage", stage.encode()),
-        ("bus.origin", f"{message.topic}/{message.partition}/{message.offset}".encode()),
-        ("bus.rejected_at", str(int(time.time() * 1000)).encode()),
-    ]
-    field = getattr(exc, "field", None)
-    if field:
-        headers.append(("bus.field", field.encode()))
-    return headers
 
 
 class IngestAgent(BatchAgent):

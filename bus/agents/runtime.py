@@ -82,6 +82,7 @@ class _Listener(ConsumerRebalanceListener):
         for store in self.agent.stores:
             restored += await store.restore(self.agent.bootstrap, partitions)
         self.agent.assignment = set(assigned)
+        await self.agent.on_assigned(partitions)
         self.agent.ready.set()
         log.info(
             "%s: partitions assigned %s (%d ids restored in %.2fs)",
@@ -102,6 +103,7 @@ class BatchAgent(Service):
     """
 
     name: str = "agent"
+    tick_interval: float | None = None
 
     def __init__(
         self, ctx: Context, topics: Sequence[str], *, stores: Sequence[Store] = ()
@@ -121,6 +123,7 @@ class BatchAgent(Service):
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
         self._inflight: _Batch | None = None
+        self._last_tick = 0.0
         self._partitioner = DefaultPartitioner()
 
     async def process(self, records: list[Record]) -> list[Out]:
@@ -189,6 +192,9 @@ class BatchAgent(Service):
                         current = await self._start(fetched)
                     await self.settle()
                     self._inflight = current
+                    if self._tick_due():
+                        await self.settle()
+                        self._inflight = await self._tick_batch()
                 except Exception as exc:
                     failed = [b for b in (self._inflight, current) if b is not None]
                     self._inflight = None
@@ -213,6 +219,33 @@ class BatchAgent(Service):
             size=len(records),
         )
 
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """Called after the stores of newly assigned partitions are restored."""
+
+    async def tick(self) -> list[Out]:
+        """Work that time, not an event, starts (deadlines); every ``tick_interval`` seconds.
+
+        Runs between batches, under the same lock, and its outputs and state changes go
+        through the same acknowledge-then-write path as a batch's.
+        """
+        return []
+
+    def _tick_due(self) -> bool:
+        if self.tick_interval is None:
+            return False
+        now = time.monotonic()
+        if now - self._last_tick < self.tick_interval:
+            return False
+        self._last_tick = now
+        return True
+
+    async def _tick_batch(self) -> _Batch | None:
+        outs = await self.tick()
+        changelog = [o for store in self.stores for o in store.take_pending()]
+        if not outs and not changelog:
+            return None
+        return _Batch(await self._send(outs), changelog, {}, {}, 0)
+
     async def settle(self) -> None:
         """Complete the batch in flight: wait for its outputs, write its state, commit."""
         batch, self._inflight = self._inflight, None
@@ -223,7 +256,8 @@ class BatchAgent(Service):
             await asyncio.gather(*batch.acks)
             if batch.changelog:
                 await asyncio.gather(*await self._send(batch.changelog))
-            await self._consumer.commit(batch.commit)
+            if batch.commit:
+                await self._consumer.commit(batch.commit)
         except CommitFailedError as exc:  # partitions moved on; their new owner re-reads
             log.warning("%s: commit failed after rebalance: %s", self.name, exc)
         except BaseException:

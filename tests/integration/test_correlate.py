@@ -163,3 +163,75 @@ def test_request_before_registration_waits_for_it(
         publish(settings, [registered(firm, rng)])
         [issued] = outputs(settings, "certificate", "certificate.issued", 1)
     assert issued.payload.enterprise_name == firm.name
+
+
+def answer(task: Envelope, event_type: str, source: str, **payload: object) -> Envelope:
+    return model_for(event_type)(
+        event_type=event_type, source=source, subject=task.subject,
+        correlation_id=task.correlation_id, causation_id=task.event_id,
+        payload={"task_id": task.payload.task_id, **payload},
+    )  # fmt: skip
+
+
+def penalised(settings: Settings, firm: Enterprise, seed: int) -> tuple[Envelope, Envelope]:
+    """Register ``firm``, fine it, request a certificate; returns (penalty, review task)."""
+    rng = random.Random(seed)
+    fine = penalty(firm, rng, decided_on=date(2026, 4, 1))
+    publish(settings, [registered(firm, rng), fine])
+    assert outputs(settings, "penalty", "penalty.imposed", 1)
+    time.sleep(0.5)
+    publish(settings, [request(firm)])
+    [task] = outputs(settings, "task", "task.created", 1)
+    return fine, task
+
+
+def test_review_completed_by_the_bureau_issues_the_certificate(
+    settings: Settings, tmp_path: Path, firm: Enterprise
+) -> None:
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        fine, task = penalised(settings, firm, 46)
+        intruder = answer(task, "task.completed", "ks.enforcement.zhangpu"
+                          if fine.source != "ks.enforcement.zhangpu" else "ks.enforcement.jinxi",
+                          outcome="cleared")  # fmt: skip
+        publish(settings, [intruder])
+        publish(settings, [answer(task, "task.accepted", fine.source)])
+        publish(settings, [answer(task, "task.completed", fine.source, outcome="confirmed",
+                                  note="处罚决定有效")])  # fmt: skip
+        [issued] = outputs(settings, "certificate", "certificate.issued", 1)
+        dead = asyncio.run(_deadletters(settings))
+    cert = SignedCertificate.from_payload(issued.payload, uscc=firm.uscc)
+    Verifier.from_paths([settings.data_dir / "keys" / f"{settings.signing_key_id}.pub"]).verify(
+        cert
+    )
+    assert cert.result == "record_found"
+    assert [e.case_number for e in cert.record] == [fine.payload.case_number]
+    assert [(d.headers["bus.reason"], d.headers["bus.stage"]) for d in dead] == [
+        ("task.not_assignee", "correlate")
+    ]
+
+
+async def _deadletters(settings: Settings) -> list:
+    from bus.publish import list_deadletters
+
+    return await list_deadletters(settings)
+
+
+def test_late_task_is_escalated_once_even_across_a_restart(
+    settings: Settings, tmp_path: Path, firm: Enterprise
+) -> None:
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        _, task = penalised(settings, firm, 47)
+    # A week later (as the worker sees it): five working days have passed.
+    late = settings.model_copy(update={"clock_skew": 8 * 86400.0, "task_check_interval": 0.2})
+    with WorkerProcess(late, tmp_path / "worker.log"):
+        [overdue] = outputs(late, "task", "task.overdue", 1)
+        [escalated] = outputs(late, "task", "task.escalated", 1)
+    with WorkerProcess(late, tmp_path / "worker.log"):  # restarted: the deadline is remembered
+        time.sleep(2)
+        overdue_after = outputs(late, "task", "task.overdue", 2)
+        escalated_after = outputs(late, "task", "task.escalated", 2)
+    assert overdue.payload.task_id == task.payload.task_id
+    assert overdue.payload.due_at == task.payload.due_at
+    assert escalated.payload.escalated_to == "ks.finance"
+    assert len(overdue_after) == 1
+    assert len(escalated_after) == 1

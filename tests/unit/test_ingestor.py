@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 
-from bus.agents.ingest import Ingestor, deadletter_headers
+from bus.agents.ingest import Ingestor
+from bus.agents.out import deadletter_headers
 from bus.app import Context
 from bus.codec import EventCodec
 from bus.departments import Directory
