@@ -29,7 +29,7 @@ from bus.agents.runtime import BatchAgent, Record
 from bus.agents.stores import KeyValueStore, SeenStore
 from bus.certificates import Signer, UnsignedCertificate, new_serial
 from bus.errors import BusError
-from bus.matters import Matter, load_matters
+from bus.matters import Matter, TaskTemplate, load_matters
 from bus.record import EnterpriseRecord, TaskEntry, decode, encode
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import FAMILIES, model_for
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 BUS = "ks.bus"
 ANSWERS = ("task.accepted", "task.completed", "task.rejected")
+BUS_FAMILIES = ("certificate.", "task.", "approval.decided")
 _IDS = uuid.UUID("0b5e7c1e-6a1d-4c55-9d0e-4b7573000001")  # namespace of derived ids
 
 
@@ -93,14 +94,14 @@ class CorrelateAgent(BatchAgent):
             if self.seen.seen(r.partition, key):
                 continue  # a re-delivered copy: its effects were produced already
             self.seen.add(r.partition, [key])
-            if event.source == BUS and event.event_type.startswith(("certificate.", "task.")):
+            if event.source == BUS and event.event_type.startswith(BUS_FAMILIES):
                 continue  # the bus's own decisions: already in the record
             record = self.records.get(r.partition, event.subject) or EnterpriseRecord(
                 uscc=event.subject
             )
-            if event.event_type in ANSWERS:
+            if event.event_type in ANSWERS or event.event_type == "approval.opinion":
                 try:
-                    outs.extend(self._answer(r.partition, record, event))
+                    outs.extend(self._answer(record, event))
                 except BusError as exc:
                     outs.append(deadletter(self.deadletter, r, exc, self.name))
                     continue
@@ -120,21 +121,52 @@ class CorrelateAgent(BatchAgent):
         return outs
 
     def _trigger(
-        self, matter: Matter, record: EnterpriseRecord, request: dict[str, Any]
+        self, matter: Matter, record: EnterpriseRecord, trigger: dict[str, Any]
     ) -> list[Out]:
-        if record.status == "unknown":
-            record.waiting.append(request)  # decided when the registration arrives
+        """Run ``matter`` for its trigger event (as JSON, so parked triggers replay alike)."""
+        if matter.requires_registration and record.status == "unknown":
+            record.waiting.append(trigger)  # decided when the registration arrives
             log.info("%s %s waits for the registration of %s", matter.name,
-                     request["event_id"], record.uscc)  # fmt: skip
+                     trigger["event_id"], record.uscc)  # fmt: skip
             return []
-        event = model_for(request["event_type"]).model_validate(request)
-        p = event.payload
-        on_record = record.penalties_between(p.period_start, p.period_end)
-        action = matter.decision.otherwise if on_record else matter.decision.when_clean
-        self.decided += 1
-        if action == "issue_certificate":
-            return [self._certificate(event, record, on_record)]
-        return self._review_tasks(matter, event, record, on_record)
+        event = model_for(trigger["event_type"]).model_validate(trigger)
+        rule = matter.decision.rule
+        if rule == "clean_record":
+            p = event.payload
+            on_record = record.penalties_between(p.period_start, p.period_end)
+            action = matter.decision.otherwise if on_record else matter.decision.when_clean
+            self.decided += 1
+            if action == "issue_certificate":
+                return [self._certificate(event, record, on_record)]
+            by_agency: dict[str, list[str]] = {}
+            for entry in on_record:
+                by_agency.setdefault(entry.agency or "unknown", []).append(entry.case_number)
+            return self._open_case(matter, event, record, {"review": by_agency})
+        if rule == "holds_licences":
+            licences = [lic for lic in record.licences.values() if lic.state == "active"]
+            if not licences:
+                return []
+            by_department: dict[str, list[str]] = {}
+            for lic in licences:
+                dept = lic.issuing_department or matter.lead
+                by_department.setdefault(dept, []).append(lic.licence_number)
+            return self._open_case(matter, event, record, {t.name: by_department
+                                                           for t in matter.tasks})  # fmt: skip
+        # "always" and "all_opinions": every task template, assignees resolved
+        return self._open_case(matter, event, record, {
+            t.name: self._assignees(t, event, record) for t in matter.tasks})  # fmt: skip
+
+    def _assignees(
+        self, template: TaskTemplate, event: Envelope, record: EnterpriseRecord
+    ) -> dict[str, list[str]]:
+        """Assignee -> evidence for one task template."""
+        if template.assignee == "requested_departments":
+            return {d: [event.payload.application_number] for d in event.payload.departments}
+        if template.assignee == "town_of_enterprise":
+            town = str(record.profile.get("town", "")).lower()
+            code = f"ks.town.{town}"
+            return {code if self.ctx.directory.get(code) else "ks.amr": []}
+        return {template.assignee: []}
 
     def _certificate(
         self,
@@ -180,63 +212,76 @@ class CorrelateAgent(BatchAgent):
         )
         return self._out(issued)
 
-    def _review_tasks(
-        self, matter: Matter, request: Envelope, record: EnterpriseRecord, on_record: list[Any]
+    def _open_case(
+        self,
+        matter: Matter,
+        trigger: Envelope,
+        record: EnterpriseRecord,
+        plan: dict[str, dict[str, list[str]]],
     ) -> list[Out]:
-        template = matter.task("review")
-        by_agency: dict[str, list[str]] = {}
-        for entry in on_record:
-            by_agency.setdefault(entry.agency or "unknown", []).append(entry.case_number)
+        """Create the tasks of a case: ``plan`` is template name -> assignee -> evidence."""
         now = datetime.now(CHINA_TZ)
-        due = self.calendar.add_working_days(now, template.working_days)
-        supervisor = (
-            request.payload.requested_by if template.supervisor == "requester"
-            else template.supervisor
-        )  # fmt: skip
-        outs = []
-        tasks = {}
-        for agency, cases in sorted(by_agency.items()):
-            task_id = f"task-{derived_id('review', str(request.event_id), agency).hex[:16]}"
-            tasks[task_id] = cases
-            record.tasks[task_id] = TaskEntry(
-                task_id=task_id, matter=matter.name, case=str(request.event_id),
-                assignee=agency, supervisor=supervisor, due_at=due,
-            )  # fmt: skip
-            created = model_for("task.created")(
-                event_type="task.created",
-                event_id=derived_id("task.created", task_id),
-                source=BUS,
-                occurred_at=now,
-                subject=request.subject,
-                correlation_id=request.correlation_id,
-                causation_id=request.event_id,
-                payload={
-                    "task_id": task_id,
-                    "matter": matter.name,
-                    "title": template.title.format(
-                        cases=", ".join(cases), enterprise=record.name or record.uscc
-                    ),
-                    "assignee": agency,
-                    "due_at": due,
-                    "working_days": template.working_days,
-                    "supervisor": supervisor,
-                    "evidence": cases,
-                },
-            )
-            outs.append(self._out(created))
-        record.reviews[str(request.event_id)] = {
-            "matter": matter.name, "opened_at": time.time(), "tasks": tasks,
-            "request": request.model_dump(mode="json"),
-        }  # fmt: skip
-        self._with_tasks.add(record.uscc)
+        case = str(trigger.event_id)
+        outs: list[Out] = []
+        tasks: dict[str, list[str]] = {}
+        for name, assignees in plan.items():
+            template = matter.task(name)
+            due = self.calendar.add_working_days(now, template.working_days)
+            supervisor = {
+                "requester": getattr(trigger.payload, "requested_by", None) or matter.lead,
+                "lead": matter.lead,
+            }.get(template.supervisor or "", template.supervisor)
+            for assignee, evidence in sorted(assignees.items()):
+                task_id = f"task-{derived_id(name, case, assignee).hex[:16]}"
+                tasks[task_id] = evidence
+                record.tasks[task_id] = TaskEntry(
+                    task_id=task_id, matter=matter.name, case=case, assignee=assignee,
+                    supervisor=supervisor, due_at=due,
+                )  # fmt: skip
+                title = template.title.format(
+                    enterprise=record.name or record.uscc,
+                    cases=", ".join(evidence),
+                    licences=", ".join(evidence),
+                    application=getattr(trigger.payload, "application_number", ""),
+                    title=getattr(trigger.payload, "title", ""),
+                )
+                created = model_for("task.created")(
+                    event_type="task.created",
+                    event_id=derived_id("task.created", task_id),
+                    source=BUS,
+                    occurred_at=now,
+                    subject=trigger.subject,
+                    correlation_id=trigger.correlation_id,
+                    causation_id=trigger.event_id,
+                    payload={
+                        "task_id": task_id, "matter": matter.name, "title": title[:500],
+                        "assignee": assignee, "due_at": due,
+                        "working_days": template.working_days, "supervisor": supervisor,
+                        "evidence": evidence,
+                    },
+                )  # fmt: skip
+                outs.append(self._out(created))
+        if tasks:
+            record.reviews[case] = {
+                "matter": matter.name, "opened_at": time.time(), "tasks": tasks,
+                "request": trigger.model_dump(mode="json"),
+            }  # fmt: skip
+            self._with_tasks.add(record.uscc)
         return outs
 
-    def _answer(self, partition: int, record: EnterpriseRecord, event: Envelope) -> list[Out]:
-        """A department accepts, completes or rejects a task: only its assignee may."""
+    def _answer(self, record: EnterpriseRecord, event: Envelope) -> list[Out]:
+        """A department accepts, completes or rejects a task (or gives an opinion).
+
+        Only the task's assignee may answer it; anything else is a dead letter.
+        """
         p = event.payload
-        task = record.tasks.get(p.task_id)
+        if event.event_type == "approval.opinion":
+            task = self._opinion_task(record, event)
+        else:
+            task = record.tasks.get(p.task_id)
         if task is None:
-            raise BusError(f"no task {p.task_id} for {record.uscc}", reason="task.unknown")
+            key = getattr(p, "task_id", None) or getattr(p, "application_number", "?")
+            raise BusError(f"no open task {key} for {record.uscc}", reason="task.unknown")
         if event.source != task.assignee:
             raise BusError(
                 f"{event.source} may not answer task {task.task_id}: it is assigned to "
@@ -248,11 +293,31 @@ class CorrelateAgent(BatchAgent):
         if event.event_type == "task.accepted":
             task.state = "accepted"
             return []
-        if event.event_type == "task.completed":
+        if event.event_type == "approval.opinion":
+            task.state, task.outcome = "completed", str(p.opinion)
+            task_notes = record.reviews.get(task.case, {}).setdefault("notes", {})
+            task_notes[task.assignee] = p.note
+        elif event.event_type == "task.completed":
             task.state, task.outcome = "completed", p.outcome
         else:
             task.state, task.outcome = "rejected", "rejected"
         return self._close_case_if_done(record, task.case)
+
+    def _opinion_task(self, record: EnterpriseRecord, event: Envelope) -> TaskEntry | None:
+        number = event.payload.application_number
+        for case, review in record.reviews.items():
+            if review["request"]["payload"].get("application_number") != number:
+                continue
+            for task_id in review["tasks"]:
+                task = record.tasks.get(task_id)
+                if task is not None and task.case == case and task.assignee == event.source:
+                    return task
+            # the application exists but this department was not asked
+            raise BusError(
+                f"{event.source} was not asked for an opinion on {number}",
+                reason="task.not_assignee",
+            )
+        return None
 
     def _close_case_if_done(self, record: EnterpriseRecord, case: str) -> list[Out]:
         review = record.reviews.get(case)
@@ -261,6 +326,48 @@ class CorrelateAgent(BatchAgent):
         tasks = [record.tasks[t] for t in review["tasks"] if t in record.tasks]
         if not all(t.closed for t in tasks):
             return []
+        matter = self._matters_by_name[review["matter"]]
+        closing: list[Out] = []
+        if matter.decision.rule == "all_opinions":
+            closing.append(self._approval_decided(record, review, tasks))
+        elif matter.decision.rule == "clean_record":
+            closing.append(self._certificate_after_review(record, review, tasks))
+        del record.reviews[case]
+        for t in tasks:
+            del record.tasks[t.task_id]
+        if not record.tasks:
+            self._with_tasks.discard(record.uscc)
+        return closing
+
+    def _approval_decided(
+        self, record: EnterpriseRecord, review: dict[str, Any], tasks: list[TaskEntry]
+    ) -> Out:
+        trigger = model_for("approval.requested").model_validate(review["request"])
+        notes = review.get("notes", {})
+        refused = any(t.outcome != "approve" for t in tasks)
+        decided = model_for("approval.decided")(
+            event_type="approval.decided",
+            event_id=derived_id("approval.decided", str(trigger.event_id)),
+            source=BUS,
+            subject=record.uscc,
+            correlation_id=trigger.correlation_id,
+            causation_id=trigger.event_id,
+            payload={
+                "application_number": trigger.payload.application_number,
+                "decision": "refuse" if refused else "approve",
+                "opinions": [
+                    {"department": t.assignee,
+                     "opinion": t.outcome if t.outcome in ("approve", "refuse") else "refuse",
+                     "note": notes.get(t.assignee)}
+                    for t in sorted(tasks, key=lambda t: t.assignee)
+                ],
+            },
+        )  # fmt: skip
+        return self._out(decided)
+
+    def _certificate_after_review(
+        self, record: EnterpriseRecord, review: dict[str, Any], tasks: list[TaskEntry]
+    ) -> Out:
         outcomes = {t.outcome for t in tasks}
         if "rejected" in outcomes or "refused" in outcomes:
             result = "refused"
@@ -270,18 +377,15 @@ class CorrelateAgent(BatchAgent):
             result = "clean"
         request = model_for("certificate.requested").model_validate(review["request"])
         p = request.payload
-        on_record = record.penalties_between(
-            p.period_start, p.period_end, states=("active", "revoked", "repaired")
-        )
+        reviewed = {case for cases in review["tasks"].values() for case in cases}
         on_record = [
-            e for e in on_record if any(e.case_number in c for c in review["tasks"].values())
+            e
+            for e in record.penalties_between(
+                p.period_start, p.period_end, states=("active", "revoked", "repaired")
+            )
+            if e.case_number in reviewed
         ]
-        del record.reviews[case]
-        for t in tasks:
-            del record.tasks[t.task_id]
-        if not record.tasks:
-            self._with_tasks.discard(record.uscc)
-        return [self._certificate(request, record, on_record, result=result)]
+        return self._certificate(request, record, on_record, result=result)
 
     async def tick(self) -> list[Out]:
         """Tasks past their deadline: ``task.overdue`` once, then ``task.escalated`` once."""

@@ -9,6 +9,7 @@ vocabularies below are what the correlate agent knows how to run.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -19,9 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bus.errors import ConfigurationError
 from bus.schemas.events import EVENT_TYPES
 
-Rule = Literal["clean_record"]
+Rule = Literal["clean_record", "always", "holds_licences", "all_opinions"]
 Action = Literal["issue_certificate", "review_tasks"]
-Assignee = Literal["penalty_agency", "licence_department", "requester"]
+RESOLVERS = (
+    "penalty_agency",  # one task per bureau whose penalties are on the record
+    "licence_department",  # one task per department whose active licences the enterprise holds
+    "requested_departments",  # one task per department named in the trigger's payload
+    "town_of_enterprise",  # the government of the town where the enterprise sits
+)
+DEPARTMENT = r"^[a-z][a-z0-9]*(\.[a-z0-9][a-z0-9_-]*)+$"
 
 
 class TaskTemplate(BaseModel):
@@ -30,11 +37,24 @@ class TaskTemplate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
-    assignee: Assignee
+    assignee: str = Field(description=f"a department code or one of {', '.join(RESOLVERS)}")
     title: str = Field(min_length=1, max_length=300)
     working_days: int = Field(ge=1, le=60)
-    supervisor: Literal["requester"] | str | None = None
-    evidence: Literal["penalty_cases", "licences", "none"] = "none"
+    supervisor: str | None = Field(default=None, description="requester, lead or a code")
+
+    @field_validator("assignee")
+    @classmethod
+    def _assignee(cls, value: str) -> str:
+        if value not in RESOLVERS and not re.match(DEPARTMENT, value):
+            raise ValueError(f"{value!r} is neither a department code nor one of {RESOLVERS}")
+        return value
+
+    @field_validator("supervisor")
+    @classmethod
+    def _supervisor(cls, value: str | None) -> str | None:
+        if value not in (None, "requester", "lead") and not re.match(DEPARTMENT, value or ""):
+            raise ValueError(f"{value!r} is not requester, lead or a department code")
+        return value
 
 
 class Decision(BaseModel):
@@ -43,8 +63,8 @@ class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     rule: Rule
-    when_clean: Action
-    otherwise: Action
+    when_clean: Action | None = None
+    otherwise: Action | None = None
 
 
 class Matter(BaseModel):
@@ -58,9 +78,12 @@ class Matter(BaseModel):
     correlation: Literal["subject"] = "subject"
     lead: str
     participants: tuple[str, ...] = ()
+    requires_registration: bool = Field(
+        default=False, description="park triggers until the enterprise's registration arrives"
+    )
     decision: Decision
     tasks: tuple[TaskTemplate, ...] = ()
-    late: Literal["escalate_to_supervisor", "notify_lead"] = "escalate_to_supervisor"
+    late: Literal["escalate_to_supervisor", "overdue_only"] = "escalate_to_supervisor"
 
     @field_validator("trigger")
     @classmethod
@@ -94,6 +117,8 @@ def load_matters(directory: Path | None = None) -> dict[str, Matter]:
             t.name == "review" for t in matter.tasks
         ):
             raise ConfigurationError(f"matter {path.name}: review_tasks needs a task 'review'")
+        if matter.decision.rule != "clean_record" and not matter.tasks:
+            raise ConfigurationError(f"matter {path.name}: {matter.decision.rule} needs tasks")
         if matter.trigger in matters:
             raise ConfigurationError(
                 f"matter {path.name}: {matter.trigger} already triggers "

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import create_model
 
 from bus.errors import UnknownEventType
+from bus.schemas.approval import ApprovalDecided, ApprovalOpinion, ApprovalRequested
 from bus.schemas.certificate import CertificateIssued, CertificateRequested
 from bus.schemas.enterprise import EnterpriseChanged, EnterpriseDeregistered, EnterpriseRegistered
 from bus.schemas.envelope import Envelope
@@ -66,6 +67,9 @@ EVENT_TYPES: dict[str, EventSpec] = {
         _spec("licence.revoked", LicenceRevoked),
         _spec("certificate.requested", CertificateRequested),
         _spec("certificate.issued", CertificateIssued),
+        _spec("approval.requested", ApprovalRequested),
+        _spec("approval.opinion", ApprovalOpinion),
+        _spec("approval.decided", ApprovalDecided),
         _spec("task.created", TaskCreated),
         _spec("task.accepted", TaskAccepted),
         _spec("task.completed", TaskCompleted),

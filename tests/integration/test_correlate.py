@@ -29,6 +29,7 @@ from bus.settings import Settings
 
 pytestmark = pytest.mark.integration
 codec = EventCodec()
+CERTIFICATE = "compliance-certificate"
 
 
 def publish(settings: Settings, events: list[Envelope]) -> float:
@@ -40,8 +41,13 @@ def publish(settings: Settings, events: list[Envelope]) -> float:
     return time.time()
 
 
-def outputs(settings: Settings, family: str, event_type: str, n: int) -> list[Envelope]:
-    """Wait for ``n`` events of ``event_type`` on a canonical topic (or time out with fewer)."""
+def outputs(
+    settings: Settings, family: str, event_type: str, n: int, matter: str | None = None
+) -> list[Envelope]:
+    """Wait for ``n`` events of ``event_type`` on a canonical topic (or time out with fewer).
+
+    ``matter`` keeps only tasks of that matter (a registration also opens other cases).
+    """
 
     async def go() -> list[Envelope]:
         found = []
@@ -49,7 +55,10 @@ def outputs(settings: Settings, family: str, event_type: str, n: int) -> list[En
         async with aclosing(read_topic(settings, topic, idle=3, max_seconds=30)) as records:
             async for r in records:
                 if r.headers.get("event_type") == event_type:
-                    found.append(codec.decode(r.value or b""))
+                    event = codec.decode(r.value or b"")
+                    if matter is not None and getattr(event.payload, "matter", None) != matter:
+                        continue
+                    found.append(event)
                     if len(found) >= n:
                         break
         return found
@@ -113,7 +122,7 @@ def test_active_penalty_in_the_period_opens_a_review_task_for_the_bureau(
         time.sleep(0.5)  # the penalty is folded in before the request is published
         req = request(firm)
         publish(settings, [req])
-        [task] = outputs(settings, "task", "task.created", 1)
+        [task] = outputs(settings, "task", "task.created", 1, CERTIFICATE)
         issued = outputs(settings, "certificate", "certificate.issued", 1)
     assert issued == []
     assert task.payload.assignee == fine.payload.agency
@@ -181,7 +190,7 @@ def penalised(settings: Settings, firm: Enterprise, seed: int) -> tuple[Envelope
     assert outputs(settings, "penalty", "penalty.imposed", 1)
     time.sleep(0.5)
     publish(settings, [request(firm)])
-    [task] = outputs(settings, "task", "task.created", 1)
+    [task] = outputs(settings, "task", "task.created", 1, CERTIFICATE)
     return fine, task
 
 
@@ -216,22 +225,28 @@ async def _deadletters(settings: Settings) -> list:
     return await list_deadletters(settings)
 
 
-def test_late_task_is_escalated_once_even_across_a_restart(
+def test_late_tasks_are_escalated_once_even_across_a_restart(
     settings: Settings, tmp_path: Path, firm: Enterprise
 ) -> None:
     with WorkerProcess(settings, tmp_path / "worker.log"):
         _, task = penalised(settings, firm, 47)
-    # A week later (as the worker sees it): five working days have passed.
+        opened = outputs(settings, "task", "task.created", 10)  # review + opening a business
+    # A week later (as the worker sees it): every deadline (1 to 5 working days) has passed.
     late = settings.model_copy(update={"clock_skew": 8 * 86400.0, "task_check_interval": 0.2})
     with WorkerProcess(late, tmp_path / "worker.log"):
-        [overdue] = outputs(late, "task", "task.overdue", 1)
-        [escalated] = outputs(late, "task", "task.escalated", 1)
-    with WorkerProcess(late, tmp_path / "worker.log"):  # restarted: the deadline is remembered
+        overdue = outputs(late, "task", "task.overdue", len(opened))
+        escalated = outputs(late, "task", "task.escalated", len(opened))
+    with WorkerProcess(late, tmp_path / "worker.log"):  # restarted: what was sent is remembered
         time.sleep(2)
-        overdue_after = outputs(late, "task", "task.overdue", 2)
-        escalated_after = outputs(late, "task", "task.escalated", 2)
-    assert overdue.payload.task_id == task.payload.task_id
-    assert overdue.payload.due_at == task.payload.due_at
-    assert escalated.payload.escalated_to == "ks.finance"
-    assert len(overdue_after) == 1
-    assert len(escalated_after) == 1
+        overdue_after = outputs(late, "task", "task.overdue", 2 * len(opened))
+        escalated_after = outputs(late, "task", "task.escalated", 2 * len(opened))
+    assert len(opened) == 5
+    assert sorted(e.payload.task_id for e in overdue) == sorted(t.payload.task_id for t in opened)
+    review = next(e for e in overdue if e.payload.task_id == task.payload.task_id)
+    assert review.payload.due_at == task.payload.due_at
+    assert {e.payload.task_id: e.payload.escalated_to for e in escalated}[task.payload.task_id] == (
+        "ks.finance"
+    )
+    assert len(escalated) == len(opened)
+    assert len(overdue_after) == len(overdue)
+    assert len(escalated_after) == len(escalated)

@@ -1,0 +1,53 @@
+"""Parallel approval (并联审批): one application, opinions from several departments at once."""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+
+from pydantic import Field
+
+from bus.schemas.types import DepartmentCode, Payload, Text
+
+ApplicationNumber = Field(min_length=4, max_length=64, description="e.g. KS-SP-2026-000123")
+
+
+class Opinion(StrEnum):
+    """A department's answer; any refusal refuses the application."""
+
+    APPROVE = "approve"
+    REFUSE = "refuse"
+
+
+class ApprovalRequested(Payload):
+    """The approval bureau asks the named departments for their opinions, in parallel."""
+
+    application_number: str = ApplicationNumber
+    title: Text = Field(description="e.g. 建设工程施工许可 (construction permit)")
+    departments: list[DepartmentCode] = Field(min_length=1, max_length=20)
+    applicant: Text
+    submitted_on: date
+
+
+class ApprovalOpinion(Payload):
+    """One department's opinion on an application."""
+
+    application_number: str = ApplicationNumber
+    opinion: Opinion
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class DepartmentOpinion(Payload):
+    """An opinion as the decision records it."""
+
+    department: DepartmentCode
+    opinion: Opinion
+    note: str | None = None
+
+
+class ApprovalDecided(Payload):
+    """The decision once every opinion is in: approved only if all approve."""
+
+    application_number: str = ApplicationNumber
+    decision: Opinion
+    opinions: list[DepartmentOpinion]
