@@ -1,0 +1,122 @@
+"""The other three matters through a real broker and worker: tell-us-once fan-out, joint
+discipline of licence holders, and parallel approval decided when every opinion is in."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from bus.processes import WorkerProcess
+from bus.samples import enterprise, penalty, registered
+from bus.schemas.envelope import Envelope
+from bus.schemas.events import model_for
+from bus.settings import Settings
+from tests.integration.test_correlate import _deadletters, outputs, publish
+
+pytestmark = pytest.mark.integration
+
+
+def event(event_type: str, source: str, subject: str, **payload: object) -> Envelope:
+    return model_for(event_type)(
+        event_type=event_type, source=source, subject=subject, payload=payload
+    )
+
+
+def test_registration_fans_out_to_every_office_once(settings: Settings, tmp_path: Path) -> None:
+    rng = random.Random(51)
+    firm = enterprise(rng)
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        publish(settings, [registered(firm, rng)])
+        tasks = outputs(settings, "task", "task.created", 5, "opening-a-business")
+    assert sorted(t.payload.assignee for t in tasks) == sorted(
+        ["ks.tax", "ks.hrss", "ks.housingfund", f"ks.town.{firm.town.lower()}"]
+    )
+    assert {t.payload.supervisor for t in tasks} == {"ks.amr"}
+    assert all(firm.name in t.payload.title for t in tasks)
+
+
+def test_penalty_on_a_licence_holder_opens_a_licence_review(
+    settings: Settings, tmp_path: Path
+) -> None:
+    rng = random.Random(52)
+    holder, other = enterprise(rng), enterprise(rng)
+    licence = event(
+        "licence.granted", "ks.approval", holder.uscc, licence_number="JY13205830012345",
+        licence_type="食品经营许可证", issuing_department="ks.approval", scope="预包装食品销售",
+        valid_from=date(2026, 1, 5),
+    )  # fmt: skip
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        publish(settings, [registered(holder, rng), registered(other, rng), licence])
+        assert outputs(settings, "licence", "licence.granted", 1)
+        fine = penalty(holder, rng)
+        publish(settings, [fine, penalty(other, rng)])
+        reviews = outputs(settings, "task", "task.created", 2, "joint-discipline")
+    assert len(reviews) == 1  # the enterprise without a licence has nothing to review
+    [review] = reviews
+    assert review.subject == holder.uscc
+    assert review.payload.assignee == "ks.approval"
+    assert review.payload.evidence == ["JY13205830012345"]
+    assert review.payload.supervisor == "ks.credit"
+    assert review.causation_id == fine.event_id
+
+
+@pytest.mark.parametrize(("opinions", "decision"), [
+    (["approve", "approve", "approve"], "approve"),
+    (["approve", "refuse", "approve"], "refuse"),
+])  # fmt: skip
+def test_parallel_approval_is_decided_when_every_opinion_is_in(
+    settings: Settings, tmp_path: Path, opinions: list[str], decision: str
+) -> None:
+    rng = random.Random(53)
+    firm = enterprise(rng)
+    asked = ["ks.hrss", "ks.tax", f"ks.town.{firm.town.lower()}"]
+    application = event(
+        "approval.requested", "ks.approval", firm.uscc, application_number="KS-SP-2026-000123",
+        title="建设工程施工许可", departments=asked, applicant="王芳",
+        submitted_on=date(2026, 11, 2),
+    )  # fmt: skip
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        publish(settings, [registered(firm, rng), application])
+        tasks = outputs(settings, "task", "task.created", 3, "parallel-approval")
+        publish(
+            settings,
+            [
+                event(
+                    "approval.opinion",
+                    "ks.housingfund",
+                    firm.uscc,
+                    application_number="KS-SP-2026-000123",
+                    opinion="approve",
+                )
+            ],
+        )
+        for dept, opinion in zip(asked[:-1], opinions[:-1], strict=True):
+            publish(
+                settings,
+                [
+                    event(
+                        "approval.opinion",
+                        dept,
+                        firm.uscc,
+                        application_number="KS-SP-2026-000123",
+                        opinion=opinion,
+                    )
+                ],
+            )
+        assert outputs(settings, "approval", "approval.decided", 1) == []  # one still missing
+        publish(settings, [event("approval.opinion", asked[-1], firm.uscc,
+                                 application_number="KS-SP-2026-000123", opinion=opinions[-1],
+                                 note="同意")])  # fmt: skip
+        [decided] = outputs(settings, "approval", "approval.decided", 1)
+        dead = asyncio.run(_deadletters(settings))
+    assert sorted(t.payload.assignee for t in tasks) == sorted(asked)
+    assert decided.payload.decision == decision
+    assert {o.department: o.opinion for o in decided.payload.opinions} == dict(
+        zip(asked, opinions, strict=True)
+    )
+    assert decided.causation_id == application.event_id
+    assert [d.headers["bus.reason"] for d in dead] == ["task.not_assignee"]
