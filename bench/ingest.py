@@ -135,18 +135,22 @@ async def measure(
         stamps = sorted(ts for _, ts, _ in got)
         span = (stamps[-1] - stamps[0]) / 1000
         eps = (len(stamps) - 1) / span if span > 0 else float("inf")
-        arriving = asyncio.create_task(drain(bootstrap, sink, len(backlog) + len(paced), 120, proc))
-        sent = await produce(bootstrap, source, paced, rate)
-        arrived = await arriving
-        lat = sorted(
-            (now - sent[eid]) * 1000 for eid, _, now in arrived[len(backlog) :] if eid in sent
-        )
+        lat = [float("nan")]
+        if paced:
+            arriving = asyncio.create_task(
+                drain(bootstrap, sink, len(backlog) + len(paced), 120, proc)
+            )
+            sent = await produce(bootstrap, source, paced, rate)
+            arrived = await arriving
+            lat = sorted(
+                (now - sent[eid]) * 1000 for eid, _, now in arrived[len(backlog) :] if eid in sent
+            )
     finally:
         stop(proc)
     result = {
         "events_per_s": eps,
         "p50_ms": statistics.median(lat),
-        "p99_ms": lat[int(len(lat) * 0.99) - 1],
+        "p99_ms": lat[max(int(len(lat) * 0.99) - 1, 0)],
     }
     print(f"{name:>8}: {eps:9.0f} events/s   p50 {result['p50_ms']:6.1f} ms   "
           f"p99 {result['p99_ms']:6.1f} ms", flush=True)  # fmt: skip
@@ -175,7 +179,7 @@ async def one_round(
     )  # fmt: skip
     settings = Settings(
         broker=bootstrap, app_id=f"{run}-bus", topic_prefix=run, partitions=args.partitions,
-        data_dir=tmp / "var", web_port=0,
+        data_dir=tmp / "var", web_port=0, agents=["ingest"],
     )  # fmt: skip
     await create_topics(settings)
     bus = await measure(

@@ -65,7 +65,11 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         web_in_thread=False,
         broker_credentials=_credentials(settings),
     )
-    agents = [ingest.IngestAgent(ctx), correlate.CorrelateAgent(ctx, load_signer(settings))]
+    makers = {
+        "ingest": lambda: ingest.IngestAgent(ctx),
+        "correlate": lambda: correlate.CorrelateAgent(ctx, load_signer(settings)),
+    }
+    agents = [makers[name]() for name in settings.agents]
     for agent in agents:
         app.service(agent)  # type: ignore[arg-type]  # started by the worker after recovery
 

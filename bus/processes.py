@@ -30,6 +30,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = ",".join(value)
         env[f"BUS_{name.upper()}"] = str(value)
     return env
 

@@ -116,10 +116,15 @@ class EnterpriseRecord(BaseModel):
         ]
         return sorted(found, key=lambda p: (p.decided_on or date.min, p.case_number))
 
-    def apply(self, event: Envelope) -> bool:
-        """Fold one canonical event into the record; False when it says nothing to it."""
+    def apply(self, event: Envelope) -> list[str]:
+        """Fold one canonical event into the record; returns the parts it changed.
+
+        Parts (``profile``, ``penalty:<case>``, ``licence:<number>``, ``task:<id>``) are what
+        the changelog writes, so one new penalty costs one small record, not the whole file.
+        """
         p = event.payload
         kind = event.event_type
+        part = "profile"
         if kind == "enterprise.registered":
             self.status = "registered"
             self.profile = {**p.model_dump(mode="json"), **self.profile_changes()}
@@ -131,18 +136,21 @@ class EnterpriseRecord(BaseModel):
         elif kind == "enterprise.deregistered":
             self.status = "deregistered"
         elif kind == "penalty.imposed":
+            part = f"penalty:{p.case_number}"
             entry = self._penalty(p.case_number)
             entry.agency, entry.kind, entry.amount = p.agency, str(p.kind), p.amount
             entry.violation, entry.decided_on = p.violation, p.decided_on
             entry.publicity_until = p.publicity_until
             entry.events.append(str(event.event_id))
         elif kind in ("penalty.revoked", "penalty.repaired"):
+            part = f"penalty:{p.case_number}"
             entry = self._penalty(p.case_number)
             new: PenaltyState = "revoked" if kind == "penalty.revoked" else "repaired"
             if _RANK[new] > _RANK[entry.state]:
                 entry.state = new
             entry.events.append(str(event.event_id))
         elif kind == "licence.granted":
+            part = f"licence:{p.licence_number}"
             self.licences[p.licence_number] = LicenceEntry(
                 licence_number=p.licence_number, licence_type=p.licence_type,
                 issuing_department=p.issuing_department, valid_from=p.valid_from,
@@ -151,13 +159,14 @@ class EnterpriseRecord(BaseModel):
                     licence_number=p.licence_number)).state,
             )  # fmt: skip
         elif kind == "licence.revoked":
+            part = f"licence:{p.licence_number}"
             lic = self.licences.setdefault(
                 p.licence_number, LicenceEntry(licence_number=p.licence_number)
             )
             lic.state = "revoked"
         else:
-            return False
-        return True
+            return []
+        return [part]
 
     def profile_changes(self) -> dict[str, Any]:
         """Changes that arrived before the registration they change (kept on top)."""
@@ -172,11 +181,33 @@ class EnterpriseRecord(BaseModel):
         return self.penalties.setdefault(case_number, PenaltyEntry(case_number=case_number))
 
 
-def encode(record: EnterpriseRecord) -> bytes:
-    """Changelog form of a record."""
-    return record.model_dump_json().encode()
+_PROFILE_FIELDS = {"uscc", "status", "profile", "waiting", "reviews"}
+_PART_FIELDS = {"penalty": "penalties", "licence": "licences", "task": "tasks"}
+_PART_MODELS: dict[str, type[BaseModel]] = {
+    "penalty": PenaltyEntry, "licence": LicenceEntry, "task": TaskEntry,
+}  # fmt: skip
 
 
-def decode(data: bytes) -> EnterpriseRecord:
-    """A record back from its changelog form."""
-    return EnterpriseRecord.model_validate_json(data)
+def encode_part(record: EnterpriseRecord, part: str) -> bytes | None:
+    """The changelog value of one part of a record; None when the part is gone."""
+    if part == "profile":
+        return record.model_dump_json(include=_PROFILE_FIELDS).encode()
+    kind, _, key = part.partition(":")
+    entry = getattr(record, _PART_FIELDS[kind]).get(key)
+    return None if entry is None else entry.model_dump_json().encode()
+
+
+def apply_part(record: EnterpriseRecord, part: str, value: bytes | None) -> None:
+    """Fold one changelog record back into ``record`` (restore)."""
+    if part == "profile":
+        if value is not None:
+            loaded = EnterpriseRecord.model_validate_json(value)
+            for name in _PROFILE_FIELDS:
+                setattr(record, name, getattr(loaded, name))
+        return
+    kind, _, key = part.partition(":")
+    entries = getattr(record, _PART_FIELDS[kind])
+    if value is None:
+        entries.pop(key, None)
+    else:
+        entries[key] = _PART_MODELS[kind].model_validate_json(value)

@@ -7,10 +7,10 @@ Frozen, so nothing changes under a running worker; secrets are ``SecretStr`` and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(default="bus", pattern=r"^[a-zA-Z0-9._-]+$")
     partitions: int = Field(default=6, ge=1, description="Partitions of every subject-keyed topic")
     replication_factor: int = Field(default=1, ge=1)
+    agents: Annotated[list[str], NoDecode] = Field(
+        default=["ingest", "correlate"],
+        description="Which agents this worker runs (comma-separated); all by default",
+    )
     max_event_bytes: int = Field(default=512 * 1024, ge=1024, description="Larger is rejected")
     batch_size: int = Field(default=500, ge=1, description="Events an agent handles at once")
     batch_wait: float = Field(default=0.05, gt=0, description="Seconds to fill a batch")
@@ -63,6 +67,16 @@ class Settings(BaseSettings):
     session_timeout: float = 10.0
     heartbeat_interval: float = 3.0
     rebalance_timeout: float = 60.0
+
+    @field_validator("agents", mode="before")
+    @classmethod
+    def _agents(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [a.strip() for a in value.split(",") if a.strip()]
+        known = {"ingest", "correlate"}
+        if isinstance(value, list) and (unknown := set(value) - known):
+            raise ValueError(f"unknown agents {sorted(unknown)}; known: {sorted(known)}")
+        return value
 
     @field_validator("broker")
     @classmethod

@@ -21,16 +21,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from bus.agents.out import Out, deadletter
 from bus.agents.runtime import BatchAgent, Record
-from bus.agents.stores import KeyValueStore, SeenStore
+from bus.agents.stores import PartedStore, SeenStore
 from bus.certificates import Signer, UnsignedCertificate, new_serial
 from bus.errors import BusError
 from bus.matters import Matter, TaskTemplate, load_matters
-from bus.record import EnterpriseRecord, TaskEntry, decode, encode
+from bus.record import EnterpriseRecord, TaskEntry, apply_part, encode_part
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import FAMILIES, model_for
 from bus.topics import CORRELATE_RECORDS, CORRELATE_SEEN, DEADLETTER, canonical_topic
@@ -45,6 +46,12 @@ BUS = "ks.bus"
 ANSWERS = ("task.accepted", "task.completed", "task.rejected")
 BUS_FAMILIES = ("certificate.", "task.", "approval.decided")
 _IDS = uuid.UUID("0b5e7c1e-6a1d-4c55-9d0e-4b7573000001")  # namespace of derived ids
+
+
+def _task_parts(before: Mapping[str, str], record: EnterpriseRecord) -> set[str]:
+    """Changelog parts of tasks created, answered or removed since ``before``."""
+    after = {k: v.state for k, v in record.tasks.items()}
+    return {f"task:{k}" for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
 def _is_uuid(text: str) -> bool:
@@ -69,8 +76,11 @@ class CorrelateAgent(BatchAgent):
         self, ctx: Context, signer: Signer, calendar: WorkingCalendar | None = None
     ) -> None:
         s = ctx.settings
-        self.records: KeyValueStore[EnterpriseRecord] = KeyValueStore(
-            s.topic(CORRELATE_RECORDS.name), encode, decode
+        self.records: PartedStore[EnterpriseRecord] = PartedStore(
+            s.topic(CORRELATE_RECORDS.name),
+            lambda uscc: EnterpriseRecord(uscc=uscc),
+            encode_part,
+            apply_part,
         )
         self.seen = SeenStore(s.topic(CORRELATE_SEEN.name))
         topics = [s.topic(f"events.{f}") for f in FAMILIES]
@@ -99,25 +109,28 @@ class CorrelateAgent(BatchAgent):
             record = self.records.get(r.partition, event.subject) or EnterpriseRecord(
                 uscc=event.subject
             )
+            tasks_before = {k: v.state for k, v in record.tasks.items()}
             if event.event_type in ANSWERS or event.event_type == "approval.opinion":
                 try:
                     outs.extend(self._answer(record, event))
                 except BusError as exc:
                     outs.append(deadletter(self.deadletter, r, exc, self.name))
                     continue
-                self.records.put(r.partition, event.subject, record)
-                continue
-            changed = record.apply(event)
-            matter = self.matters.get(event.event_type)
-            if matter is not None:
-                outs.extend(self._trigger(matter, record, event.model_dump(mode="json")))
-                changed = True
-            if event.event_type == "enterprise.registered" and record.waiting:
-                parked, record.waiting = record.waiting, []
-                for request in parked:
-                    outs.extend(self._trigger(self.matters[request["event_type"]], record, request))
-            if changed:
-                self.records.put(r.partition, event.subject, record)
+                parts = {"profile"}
+            else:
+                parts = set(record.apply(event))
+                matter = self.matters.get(event.event_type)
+                if matter is not None:
+                    outs.extend(self._trigger(matter, record, event.model_dump(mode="json")))
+                    parts.add("profile")
+                if event.event_type == "enterprise.registered" and record.waiting:
+                    parked, record.waiting = record.waiting, []
+                    for trigger in parked:
+                        matter = self.matters[trigger["event_type"]]
+                        outs.extend(self._trigger(matter, record, trigger))
+            parts |= _task_parts(tasks_before, record)
+            if parts:
+                self.records.put(r.partition, event.subject, record, parts)
         return outs
 
     def _trigger(
@@ -394,13 +407,14 @@ class CorrelateAgent(BatchAgent):
         for partition, uscc, record in list(self.records.items()):
             if uscc not in self._with_tasks:
                 continue
-            changed = False
+            changed: set[str] = set()
             for task in record.open_tasks():
                 if task.due_at > now:
                     continue
                 matter = self._matters_by_name.get(task.matter)
                 if not task.overdue:
-                    task.overdue = changed = True
+                    task.overdue = True
+                    changed.add(f"task:{task.task_id}")
                     overdue = {"task_id": task.task_id, "assignee": task.assignee,
                                "due_at": task.due_at}  # fmt: skip
                     outs.append(self._task_event(record, task, "task.overdue", overdue))
@@ -410,13 +424,14 @@ class CorrelateAgent(BatchAgent):
                     and matter is not None
                     and matter.late == "escalate_to_supervisor"
                 ):
-                    task.escalated = changed = True
+                    task.escalated = True
+                    changed.add(f"task:{task.task_id}")
                     late = f"not completed by {task.due_at:%Y-%m-%d %H:%M} UTC"
                     escalated = {"task_id": task.task_id, "escalated_to": task.supervisor,
                                  "reason": late}  # fmt: skip
                     outs.append(self._task_event(record, task, "task.escalated", escalated))
             if changed:
-                self.records.put(partition, uscc, record)
+                self.records.put(partition, uscc, record, changed)
         return outs
 
     async def on_assigned(self, partitions: set[int]) -> None:

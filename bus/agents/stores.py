@@ -202,3 +202,84 @@ class KeyValueStore(Generic[V]):
         for p in parts:
             self._data.setdefault(p, {})
         return await read_changelog(bootstrap, self.topic, parts, apply)
+
+
+class PartedStore(Generic[V]):
+    """One object per key, written to a compacted changelog part by part.
+
+    An enterprise's record grows with its history; rewriting all of it whenever a penalty is
+    added would write megabytes per batch. Here the caller says which parts changed
+    (``put(partition, key, value, parts)``), and only those parts are written, each as its
+    own changelog key ``<key> US <part>`` (compaction keeps the last of each).
+    """
+
+    SEP = "\x1f"
+
+    def __init__(
+        self,
+        topic: str,
+        new: Callable[[str], V],
+        encode_part: Callable[[V, str], bytes | None],
+        apply_part: Callable[[V, str, bytes | None], None],
+    ) -> None:
+        self.topic = topic
+        self._new = new
+        self._encode_part = encode_part
+        self._apply_part = apply_part
+        self._data: dict[int, dict[str, V]] = {}
+        self._dirty: dict[int, dict[str, set[str]]] = {}
+
+    def get(self, partition: int, key: str) -> V | None:
+        """The object of ``key`` in ``partition``, if any."""
+        return self._data.get(partition, {}).get(key)
+
+    def put(self, partition: int, key: str, value: V, parts: Iterable[str]) -> None:
+        """Hold ``value``; ``parts`` of it are written with the batch's changelog."""
+        self._data.setdefault(partition, {})[key] = value
+        self._dirty.setdefault(partition, {}).setdefault(key, set()).update(parts)
+
+    def items(self, partition: int | None = None) -> Iterator[tuple[int, str, V]]:
+        """(partition, key, object) for one partition or all held here."""
+        parts = [partition] if partition is not None else list(self._data)
+        for p in parts:
+            for k, v in list(self._data.get(p, {}).items()):
+                yield p, k, v
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._data.values())
+
+    def take_pending(self) -> list[Out]:
+        """One changelog record per changed part (a tombstone for a removed one)."""
+        outs = []
+        for p, keys in self._dirty.items():
+            data = self._data.get(p, {})
+            for key, parts in keys.items():
+                value = data.get(key)
+                for part in sorted(parts):
+                    encoded = None if value is None else self._encode_part(value, part)
+                    changelog_key = f"{key}{self.SEP}{part}".encode()
+                    outs.append(Out(self.topic, encoded, key=changelog_key, partition=p))
+        self._dirty = {}
+        return outs
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget partitions."""
+        for p in partitions:
+            self._data.pop(p, None)
+            self._dirty.pop(p, None)
+
+    async def restore(self, bootstrap: list[str], partitions: Iterable[int]) -> int:
+        """Rebuild ``partitions`` from their changelog, part by part."""
+
+        def apply(r: ConsumerRecord[bytes, bytes]) -> None:
+            key, _, part = (r.key or b"").decode().partition(self.SEP)
+            data = self._data.setdefault(r.partition, {})
+            obj = data.get(key)
+            if obj is None:
+                obj = data[key] = self._new(key)
+            self._apply_part(obj, part, r.value)
+
+        parts = list(partitions)
+        for p in parts:
+            self._data.setdefault(p, {})
+        return await read_changelog(bootstrap, self.topic, parts, apply)

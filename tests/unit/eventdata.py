@@ -134,6 +134,31 @@ PAYLOADS: dict[str, tuple[str, dict[str, Any]]] = {
             "signature": "bm90IGEgcmVhbCBzaWduYXR1cmU=",
         },
     ),
+    "approval.requested": (
+        "ks.approval",
+        {
+            "application_number": "KS-SP-2026-000123",
+            "title": "建设工程施工许可",
+            "departments": ["ks.hrss", "ks.town.huaqiao"],
+            "applicant": "王芳",
+            "submitted_on": date(2026, 11, 2),
+        },
+    ),
+    "approval.opinion": (
+        "ks.hrss",
+        {"application_number": "KS-SP-2026-000123", "opinion": "approve", "note": "同意"},
+    ),
+    "approval.decided": (
+        "ks.bus",
+        {
+            "application_number": "KS-SP-2026-000123",
+            "decision": "approve",
+            "opinions": [
+                {"department": "ks.hrss", "opinion": "approve", "note": "同意"},
+                {"department": "ks.town.huaqiao", "opinion": "approve"},
+            ],
+        },
+    ),
     "task.created": (
         "ks.bus",
         {

@@ -17,17 +17,25 @@ TOWNS = ("huaqiao", "zhoushi", "lujia", "bacheng", "qiandeng", "dianshanhu", "zh
          "jinxi", "zhangpu")  # fmt: skip
 
 # Who publishes what, as the shipped directory says today.
-ANSWERS = {"task.accepted", "task.completed", "task.rejected"}  # any assignee may answer
+TASKS = {"task.accepted", "task.completed", "task.rejected"}  # any assignee may answer
+ANSWERS = {*TASKS, "approval.opinion"}  # ... and give an opinion when asked
 OWNERS: dict[str, set[str]] = {
     "ks.amr": {"enterprise.registered", "enterprise.changed", "enterprise.deregistered", *ANSWERS},
     "ks.finance": {"certificate.requested"},
-    "ks.approval": {"licence.granted", "licence.revoked", *ANSWERS},
-    "ks.credit": {"penalty.repaired"},
-    "ks.bus": {"certificate.issued", "task.created", "task.overdue", "task.escalated"},
+    "ks.approval": {"licence.granted", "licence.revoked", "approval.requested", *ANSWERS},
+    "ks.credit": {"penalty.repaired", *TASKS},
+    "ks.bus": {
+        "certificate.issued",
+        "approval.decided",
+        "task.created",
+        "task.overdue",
+        "task.escalated",
+    },
     "ks.tax": ANSWERS,
     "ks.hrss": ANSWERS,
     "ks.housingfund": ANSWERS,
     **{f"ks.enforcement.{t}": {"penalty.imposed", "penalty.revoked", *ANSWERS} for t in TOWNS},
+    **{f"ks.town.{t}": ANSWERS for t in TOWNS},
 }
 
 
