@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -148,7 +148,7 @@ async def read_topic(
     idle: float = 1.0,
     max_seconds: float = 30.0,
     until: int | None = None,
-) -> AsyncIterator[Record]:
+) -> AsyncGenerator[Record, None]:
     """Read a topic from the beginning until it has been quiet for ``idle`` seconds.
 
     Stops early after ``until`` records. Counts records rather than trusting end offsets,

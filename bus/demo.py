@@ -15,18 +15,21 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from bus.brokers import EmbeddedBroker
+from bus.client import BusClient, read_topic
 from bus.codec import EventCodec
 from bus.processes import WorkerProcess
 from bus.publish import Verdict, list_deadletters, publish_and_wait
-from bus.samples import TOWN_NAMES, TOWNS, enterprise, penalty, registered
+from bus.samples import TOWN_NAMES, TOWNS, Enterprise, enterprise, penalty, registered
+from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
 from bus.settings import Settings
 from bus.topics import create_topics
@@ -41,15 +44,18 @@ class Scenario:
     expect: str  # "accepted" or the dead-letter reason
 
 
+def _firms(rng: random.Random) -> list[Enterprise]:
+    """One enterprise in each town (the same ones for the same seed)."""
+    firms = [enterprise(rng) for _ in range(len(TOWNS))]
+    return [Enterprise(f.uscc, f.name, town, f.legal_representative, f.legal_representative_id)
+            for f, town in zip(firms, TOWNS, strict=True)]  # fmt: skip
+
+
 def scenarios(seed: int = 2026) -> list[Scenario]:
     """The reference data set: registrations, penalties, a licence, a request, and bad input."""
     rng = random.Random(seed)
     codec = EventCodec()
-    firms = [enterprise(rng) for _ in range(len(TOWNS))]
-    firms = [
-        type(f)(f.uscc, f.name, town, f.legal_representative, f.legal_representative_id)
-        for f, town in zip(firms, TOWNS, strict=True)
-    ]  # fmt: skip  (one per town)
+    firms = _firms(rng)
     out: list[Scenario] = []
 
     def add(title: str, event: object, expect: str = "accepted") -> None:
@@ -77,6 +83,16 @@ def scenarios(seed: int = 2026) -> list[Scenario]:
                  "purpose": "ipo", "requested_by": "ks.finance", "applicant": "张伟"},
     )  # fmt: skip
     add(f"Financial Office requests a compliance certificate for {firms[6].name}", request)
+    fined_holder = penalty(firms[5], rng, n=5)
+    add(f"{TOWN_NAMES[firms[5].town]} bureau fines licence holder {firms[5].name}", fined_holder)
+    application = model_for("approval.requested")(
+        event_type="approval.requested", source="ks.approval", subject=firms[7].uscc,
+        payload={"application_number": "KS-SP-2026-000123", "title": "建设工程施工许可",
+                 "departments": ["ks.tax", "ks.hrss", f"ks.town.{firms[7].town.lower()}"],
+                 "applicant": "王芳", "submitted_on": date(2026, 11, 2)},
+    )  # fmt: skip
+    add(f"approval bureau asks three offices about {firms[7].name}'s construction permit",
+        application)  # fmt: skip
 
     # What goes wrong in real life, and must end in dead letters with a reason.
     assert first_penalty is not None
@@ -135,9 +151,12 @@ def run_demo(
         )
         console.print(f"[bold]4.[/] {len(plays)} events published by departments")
         ok = _show(console, plays, verdicts)
+        names = {json.loads(p.data)["subject"]: json.loads(p.data)["payload"]["name"]
+                 for p in plays if b'"enterprise.registered"' in p.data}  # fmt: skip
+        ok &= asyncio.run(_play_matters(console, settings, names))
         dead = asyncio.run(list_deadletters(settings))
         reasons = Counter(r.headers.get("bus.reason", "?") for r in dead)
-        console.print("[bold]5.[/] dead letters by reason: "
+        console.print("[bold]6.[/] dead letters by reason: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))  # fmt: skip
         if keep_running:
             console.print(f"\nKeeping it running: BUS_BROKER={broker.url} BUS_TOPIC_PREFIX=demo "
@@ -148,7 +167,7 @@ def run_demo(
             except KeyboardInterrupt:
                 pass
         verdict = "[green]all events ended where they should[/]" if ok else "[red]unexpected[/]"
-        console.print(f"[bold]6.[/] {verdict}; stopping")
+        console.print(f"[bold]7.[/] {verdict}; stopping")
         code = 0 if ok else 1
         return code
     finally:
@@ -159,6 +178,114 @@ def run_demo(
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             console.print(f"logs kept in {workdir}")
+
+
+async def _collect(settings: Settings, family: str, wanted: int) -> list[Envelope]:
+    """The bus's own decisions on one canonical topic, up to ``wanted``.
+
+    Every event read on the way is remembered, so a decision can be timed from its trigger.
+    """
+    codec = EventCodec()
+    found: list[Envelope] = []
+    topic = settings.topic(f"events.{family}")
+    async with aclosing(read_topic(settings, topic, idle=2, max_seconds=20)) as records:
+        async for r in records:
+            event = codec.decode(r.value or b"")
+            _SEEN[str(event.event_id)] = event.occurred_at
+            if event.source == "ks.bus":
+                found.append(event)
+                if len(found) >= wanted:
+                    break
+    if family in ("enterprise", "penalty"):
+        return []
+    return found
+
+
+def fined_request(seed: int = 2026) -> Envelope:
+    """A certificate request for the first enterprise the scenarios fined."""
+    firm = _firms(random.Random(seed))[0]
+    return model_for("certificate.requested")(
+        event_type="certificate.requested", source="ks.finance", subject=firm.uscc,
+        payload={"period_start": date(2025, 1, 1), "period_end": date(2026, 12, 31),
+                 "purpose": "financing", "requested_by": "ks.finance", "applicant": "李娜"},
+    )  # fmt: skip
+
+
+async def _play_matters(console: Console, settings: Settings, names: dict[str, str]) -> bool:
+    """The departments answer their tasks; show every case and how long it took.
+
+    The certificate request for a fined enterprise comes now, after its penalty is on the
+    record: the bus decides on what it holds when the request arrives.
+    """
+    async with BusClient(settings) as client:
+        await client.publish(fined_request())
+    for family in ("enterprise", "penalty"):  # the triggers, to time the cases from
+        await _collect(settings, family, 10_000)
+    tasks = [t for t in await _collect(settings, "task", 41) if t.event_type == "task.created"]
+    by_matter = Counter(t.payload.matter for t in tasks)
+    console.print("[bold]5.[/] cases opened: " + ", ".join(
+        f"{m} {n} task(s)" for m, n in sorted(by_matter.items())))  # fmt: skip
+    answers = []
+    for t in tasks:
+        if t.payload.matter == "compliance-certificate":
+            answers.append(_reply(t, "task.completed", outcome="confirmed",
+                                  note="处罚决定有效，已履行"))  # fmt: skip
+        elif t.payload.matter == "parallel-approval":
+            answers.append(_reply(t, "approval.opinion", opinion="approve",
+                                  application_number=t.payload.evidence[0]))  # fmt: skip
+    async with BusClient(settings) as client:
+        await client.publish_many(answers)
+    certificates = await _collect(settings, "certificate", 2)
+    decisions = await _collect(settings, "approval", 1)
+    table = Table("matter", "enterprise", "what the bus did", "request → decision",
+                  title="Cases")  # fmt: skip
+    for c in certificates:
+        took = (c.occurred_at - _trigger_time(c)).total_seconds() * 1000
+        record = ", ".join(e.case_number for e in c.payload.record) or "no penalty"
+        table.add_row("compliance certificate", c.payload.enterprise_name,
+                      f"certificate {c.payload.serial} signed: {c.payload.result} ({record})",
+                      f"{took:.0f} ms")  # fmt: skip
+    for d in decisions:
+        took = (d.occurred_at - _trigger_time(d)).total_seconds() * 1000
+        table.add_row("parallel approval", names.get(d.subject, d.subject),
+                      f"{d.payload.application_number}: {d.payload.decision} "
+                      f"({len(d.payload.opinions)} opinions)", f"{took:.0f} ms")  # fmt: skip
+    for m in ("opening-a-business", "joint-discipline"):
+        cases: dict[str, list[Envelope]] = {}
+        for t in tasks:
+            if t.payload.matter == m:
+                cases.setdefault(t.subject, []).append(t)
+        for subject, opened in cases.items():
+            took = (opened[-1].occurred_at - _trigger_time(opened[-1])).total_seconds() * 1000
+            who = ", ".join(f"{t.payload.assignee} by {t.payload.due_at:%m-%d}" for t in opened)
+            what = f"{len(opened)} task(s): {who}"
+            table.add_row(m.replace("-", " "), names.get(subject, subject), what,
+                          f"{took:.0f} ms (tasks open)")  # fmt: skip
+    console.print(table)
+    results = sorted(c.payload.result for c in certificates)
+    return (
+        results == ["clean", "record_found"]
+        and [d.payload.decision for d in decisions] == ["approve"]
+        and by_matter == {"opening-a-business": 36, "joint-discipline": 1,
+                          "compliance-certificate": 1, "parallel-approval": 3}
+    )  # fmt: skip
+
+
+_SEEN: dict[str, datetime] = {}
+
+
+def _trigger_time(decision: Envelope) -> datetime:
+    return _SEEN.get(str(decision.causation_id), decision.occurred_at)
+
+
+def _reply(task: Envelope, event_type: str, **payload: object) -> Envelope:
+    body = {"task_id": task.payload.task_id, **payload}
+    if event_type == "approval.opinion":
+        del body["task_id"]
+    return model_for(event_type)(
+        event_type=event_type, source=task.payload.assignee, subject=task.subject,
+        correlation_id=task.correlation_id, causation_id=task.event_id, payload=body,
+    )  # fmt: skip
 
 
 def _show(console: Console, plays: list[Scenario], verdicts: list[Verdict]) -> bool:
