@@ -26,6 +26,8 @@ from bus.samples import Enterprise, enterprise, penalty, registered
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
 from bus.settings import Settings
+from tests.conftest import TestBroker
+from tests.integration.test_ingest import PacedPublisher
 
 pytestmark = pytest.mark.integration
 codec = EventCodec()
@@ -250,3 +252,41 @@ def test_late_tasks_are_escalated_once_even_across_a_restart(
     assert len(escalated) == len(opened)
     assert len(overdue_after) == len(overdue)
     assert len(escalated_after) == len(escalated)
+
+
+def test_worker_killed_mid_stream_finishes_every_case_once(
+    settings: Settings, broker: TestBroker, tmp_path: Path
+) -> None:
+    rng = random.Random(48)
+    firms = [enterprise(rng) for _ in range(60)]
+    fined = firms[0]
+    requests = [request(f) for f in firms[1:]]
+    publisher = PacedPublisher(settings, requests, seconds=6)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        publish(settings, [registered(f, rng) for f in firms])
+        publish(settings, [penalty(fined, rng, decided_on=date(2026, 4, 1))])
+        publisher.start()
+        outputs(settings, "certificate", "certificate.issued", 10)
+        worker.kill()  # SIGKILL mid-stream
+        killed_at = publisher.published
+        publisher.join()
+        broker.restart()  # noida keeps a killed member in the group until it restarts
+        worker.start()
+        issued = outputs(settings, "certificate", "certificate.issued", 10 * len(requests))
+        # The record survived the crash: the fined enterprise still needs a review.
+        publish(settings, [request(fined)])
+        [review] = outputs(settings, "task", "task.created", 1, CERTIFICATE)
+        created = outputs(settings, "task", "task.created", 10 * len(firms))
+    finally:
+        worker.stop()
+    assert killed_at < len(requests), "publishing finished before the worker was killed"
+    by_request: dict[str, set[str]] = {}
+    for cert in issued:
+        by_request.setdefault(cert.payload.request_event_id, set()).add(str(cert.event_id))
+    assert set(by_request) == {str(r.event_id) for r in requests}  # every case finished
+    assert all(len(ids) == 1 for ids in by_request.values())  # ... with one certificate each
+    assert review.subject == fined.uscc
+    opened = {(t.causation_id, t.payload.assignee): str(t.event_id) for t in created}
+    assert len({str(t.event_id) for t in created}) == len(opened)  # no second task for a case
+    assert len([k for k in opened if k[1] == "ks.tax"]) == len(firms)  # every registration
