@@ -36,7 +36,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(certificate_app, name="certificate")
 app.add_typer(schemas_app, name="schemas")
 
-out = Console()
+out = console = Console()
 err = Console(stderr=True)
 
 BrokerOpt = Annotated[
@@ -235,6 +235,53 @@ def deadletters(
                   h.get("bus.error", ""))  # fmt: skip
     out.print(t)
     out.print(f"{len(rows)} dead letters shown")
+
+
+async def _issued(s: Settings) -> list[Any]:
+    """Every ``certificate.issued`` event on the canonical topic, oldest first."""
+    from bus.client import read_topic
+    from bus.codec import EventCodec
+
+    codec = EventCodec()
+    return [
+        codec.decode(r.value or b"")
+        async for r in read_topic(s, s.topic("events.certificate"), idle=1.0)
+        if r.headers.get("event_type") == "certificate.issued"
+    ]
+
+
+@certificate_app.command("list")
+def certificate_list(
+    uscc: Annotated[str | None, typer.Option(help="Only this enterprise.")] = None,
+    broker: BrokerOpt = None,
+) -> None:
+    """List issued certificates: serial, enterprise, result, when."""
+    s = _settings(broker)
+    t = Table("serial", "uscc", "enterprise", "result", "issued at")
+    for e in asyncio.run(_issued(s)):
+        if uscc is None or e.subject == uscc:
+            p = e.payload
+            t.add_row(p.serial, e.subject, p.enterprise_name, str(p.result),
+                      f"{p.issued_at:%Y-%m-%d %H:%M:%S}Z")  # fmt: skip
+    console.print(t)
+
+
+@certificate_app.command("export")
+def certificate_export(
+    serial: Annotated[str, typer.Argument(help="The certificate's serial, e.g. KS-2026-...")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (JSON).")],
+    broker: BrokerOpt = None,
+) -> None:
+    """Write an issued certificate, as signed, to a file anyone can verify."""
+    from bus.certificates import SignedCertificate
+
+    s = _settings(broker)
+    found = [e for e in asyncio.run(_issued(s)) if e.payload.serial == serial]
+    if not found:
+        raise _fail(BusError(f"no certificate with serial {serial}"), "`bus certificate list`")
+    cert = SignedCertificate.from_payload(found[0].payload, uscc=found[0].subject)
+    cert.write(out)
+    console.print(f"wrote {out.resolve()} ({cert.enterprise_name}, {cert.result})")
 
 
 @schemas_app.command("list")

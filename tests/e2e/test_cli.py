@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
 @pytest.mark.parametrize(
     "command",
     [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["broker"], ["demo"],
-     ["schemas", "check"], ["settings"]],
+     ["schemas", "check"], ["settings"], ["certificate", "verify"], ["certificate", "export"],
+     ["certificate", "list"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     result = bus(*command, "--help")
@@ -99,3 +101,51 @@ def test_demo_plays_the_scenarios_and_exits_zero() -> None:
         assert reason in out
     assert "events.penalty" in out
     assert "events.enterprise" in out
+
+
+def test_a_certificate_is_exported_and_verified_from_the_command_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import random
+    from datetime import date
+
+    from bus.samples import enterprise, registered
+    from bus.schemas.events import model_for
+
+    rng = random.Random(71)
+    firm = enterprise(rng)
+    codec = EventCodec()
+    req = model_for("certificate.requested")(
+        event_type="certificate.requested", source="ks.finance", subject=firm.uscc,
+        payload={"period_start": date(2025, 1, 1), "period_end": date(2025, 12, 31),
+                 "purpose": "bidding", "requested_by": "ks.finance", "applicant": "赵敏"},
+    )  # fmt: skip
+    events = tmp_path / "events.jsonl"
+    events.write_text(codec.to_json(registered(firm, rng)) + "\n" + codec.to_json(req) + "\n")
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        assert bus("publish", str(events), settings=settings).returncode == 0
+        serial = None
+        for _ in range(30):
+            listing = bus("certificate", "list", "--uscc", firm.uscc, settings=settings)
+            assert listing.returncode == 0, listing.stderr
+            found = [w for w in listing.stdout.split() if w.startswith("KS-2")]
+            if found:
+                serial = found[0]
+                break
+            time.sleep(0.5)
+        assert serial is not None
+        exported = bus("certificate", "export", serial, "--out", str(tmp_path / "c.json"),
+                       settings=settings)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    public = settings.data_dir / "keys" / f"{settings.signing_key_id}.pub"
+    ok = bus("certificate", "verify", str(tmp_path / "c.json"), "--public-key", str(public))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert firm.uscc in ok.stdout
+    doc = json.loads((tmp_path / "c.json").read_text())
+    doc["result"] = "clean" if doc["result"] != "clean" else "record_found"
+    (tmp_path / "forged.json").write_text(json.dumps(doc, ensure_ascii=False))
+    forged = bus(
+        "certificate", "verify", str(tmp_path / "forged.json"), "--public-key", str(public)
+    )
+    assert forged.returncode == 1
+    assert "certificate.bad_signature" in forged.stderr
