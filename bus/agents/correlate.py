@@ -121,28 +121,30 @@ class CorrelateAgent(BatchAgent):
                 parts = set(record.apply(event))
                 matter = self.matters.get(event.event_type)
                 if matter is not None:
-                    outs.extend(self._trigger(matter, record, event.model_dump(mode="json")))
-                    parts.add("profile")
+                    cases = (len(record.reviews), len(record.waiting))
+                    outs.extend(self._trigger(matter, record, event))
+                    if (len(record.reviews), len(record.waiting)) != cases:
+                        parts.add("profile")
                 if event.event_type == "enterprise.registered" and record.waiting:
                     parked, record.waiting = record.waiting, []
                     for trigger in parked:
                         matter = self.matters[trigger["event_type"]]
-                        outs.extend(self._trigger(matter, record, trigger))
+                        replayed = model_for(trigger["event_type"]).model_validate(trigger)
+                        outs.extend(self._trigger(matter, record, replayed))
             parts |= _task_parts(tasks_before, record)
             if parts:
                 self.records.put(r.partition, event.subject, record, parts)
         return outs
 
-    def _trigger(
-        self, matter: Matter, record: EnterpriseRecord, trigger: dict[str, Any]
-    ) -> list[Out]:
-        """Run ``matter`` for its trigger event (as JSON, so parked triggers replay alike)."""
+    def _trigger(self, matter: Matter, record: EnterpriseRecord, event: Envelope) -> list[Out]:
+        """Run ``matter`` for its trigger event."""
         if matter.requires_registration and record.status == "unknown":
-            record.waiting.append(trigger)  # decided when the registration arrives
+            record.waiting.append(
+                event.model_dump(mode="json", warnings=False)
+            )  # see decode_trusted
             log.info("%s %s waits for the registration of %s", matter.name,
-                     trigger["event_id"], record.uscc)  # fmt: skip
+                     event.event_id, record.uscc)  # fmt: skip
             return []
-        event = model_for(trigger["event_type"]).model_validate(trigger)
         rule = matter.decision.rule
         if rule == "clean_record":
             p = event.payload
