@@ -7,8 +7,8 @@ state. The batch runtime (``bus.agents.runtime``) decides *when* changelog recor
 written (after the batch's outputs are acknowledged); the stores decide *what* they say.
 
 * ``SeenStore`` — ids already handled (de-duplication); one record per batch, time-retained.
-* ``KeyValueStore`` — the latest value per key (an enterprise's record, say); one record
-  per changed key per batch, compacted.
+* ``PartedStore`` — one object per key (an enterprise's record), written part by part
+  (one changelog record per changed part per batch), compacted.
 """
 
 from __future__ import annotations
@@ -127,81 +127,6 @@ class SeenStore:
             self._ids.setdefault(p, set())
         await read_changelog(bootstrap, self.topic, parts, apply)
         return sum(len(self._ids[p]) for p in parts)
-
-
-class KeyValueStore(Generic[V]):
-    """The latest value per key, per partition, in a compacted changelog topic.
-
-    Values are encoded by the caller's functions (JSON of a pydantic model, typically). A
-    key changed several times in one batch is written once, with its last value.
-    """
-
-    def __init__(
-        self, topic: str, encode: Callable[[V], bytes], decode: Callable[[bytes], V]
-    ) -> None:
-        self.topic = topic
-        self._encode = encode
-        self._decode = decode
-        self._data: dict[int, dict[str, V]] = {}
-        self._dirty: dict[int, set[str]] = {}
-
-    def get(self, partition: int, key: str) -> V | None:
-        """The value of ``key`` in ``partition``, if any."""
-        return self._data.get(partition, {}).get(key)
-
-    def put(self, partition: int, key: str, value: V) -> None:
-        """Set ``key``; durable with the batch's changelog."""
-        self._data.setdefault(partition, {})[key] = value
-        self._dirty.setdefault(partition, set()).add(key)
-
-    def delete(self, partition: int, key: str) -> None:
-        """Remove ``key`` (a tombstone in the changelog)."""
-        self._data.get(partition, {}).pop(key, None)
-        self._dirty.setdefault(partition, set()).add(key)
-
-    def items(self, partition: int | None = None) -> Iterator[tuple[int, str, V]]:
-        """(partition, key, value) for one partition or all held here."""
-        parts = [partition] if partition is not None else list(self._data)
-        for p in parts:
-            for k, v in list(self._data.get(p, {}).items()):
-                yield p, k, v
-
-    def __len__(self) -> int:
-        return sum(len(d) for d in self._data.values())
-
-    def take_pending(self) -> list[Out]:
-        """One changelog record per changed key: its last value, or a tombstone."""
-        outs = []
-        for p, keys in self._dirty.items():
-            data = self._data.get(p, {})
-            for k in keys:
-                value = data.get(k)
-                encoded = None if value is None else self._encode(value)
-                outs.append(Out(self.topic, encoded, key=k.encode(), partition=p))
-        self._dirty = {}
-        return outs
-
-    def drop(self, partitions: Iterable[int]) -> None:
-        """Forget partitions."""
-        for p in partitions:
-            self._data.pop(p, None)
-            self._dirty.pop(p, None)
-
-    async def restore(self, bootstrap: list[str], partitions: Iterable[int]) -> int:
-        """Rebuild ``partitions`` from the changelog (last value per key wins)."""
-
-        def apply(r: ConsumerRecord[bytes, bytes]) -> None:
-            data = self._data.setdefault(r.partition, {})
-            key = (r.key or b"").decode()
-            if r.value is None:
-                data.pop(key, None)
-            else:
-                data[key] = self._decode(r.value)
-
-        parts = list(partitions)
-        for p in parts:
-            self._data.setdefault(p, {})
-        return await read_changelog(bootstrap, self.topic, parts, apply)
 
 
 class PartedStore(Generic[V]):
