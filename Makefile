@@ -23,9 +23,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy bus
 
-bench: $(STAMP)  ## ingest agent vs the raw-client limit, on both embedded brokers
+bench: $(STAMP)  ## ingest vs the raw-client limit on both embedded brokers; the whole pipeline
 	$(BIN)/python bench/ingest.py --engine tansu
 	$(BIN)/python bench/ingest.py --engine noida
+	$(BIN)/python -m bench.pipeline --engine noida
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -104,5 +104,7 @@ def _credentials(settings: Settings) -> faust.SASLCredentials | None:
     if settings.sasl_username is None or settings.sasl_password is None:
         return None
     return faust.SASLCredentials(
-        username=settings.sasl_username, password=settings.sasl_password.get_secret_value()
+        username=settings.sasl_username,
+        password=settings.sasl_password.get_secret_value(),
+        mechanism=settings.sasl_mechanism,
     )

@@ -100,9 +100,7 @@ class BusClient:
     def __init__(self, settings: Settings | None = None, codec: EventCodec | None = None) -> None:
         self.settings = settings or Settings()
         self.codec = codec or EventCodec()
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers, linger_ms=5, acks="all"
-        )
+        self._producer = AIOKafkaProducer(**self.settings.kafka(), linger_ms=5, acks="all")
 
     async def __aenter__(self) -> BusClient:
         await self._producer.start()
@@ -155,7 +153,7 @@ async def read_topic(
     which some Kafka-compatible brokers report wrongly (see docs/broker.md).
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.kafka(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         group_id=None,

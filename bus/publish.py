@@ -48,7 +48,7 @@ def _prepare(raw: bytes) -> tuple[bytes, str | None, str | None]:
 
 
 async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
+    consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None)
     await consumer.start()
     try:
         tps = [
@@ -94,9 +94,7 @@ async def _collect(
             by_id.setdefault(v.event_id, []).append(v)
     open_ = len(verdicts)
     deadletter = settings.topic("deadletter")
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(list(start))

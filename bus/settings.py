@@ -7,7 +7,7 @@ Frozen, so nothing changes under a running worker; secrets are ``SecretStr`` and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     signing_key_id: str = Field(default="ks-bus-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
+        default=None, description="Unset: SASL_PLAINTEXT when a SASL user is set, else PLAINTEXT"
+    )
 
     # Faust settings that tests and the demo tune for the embedded brokers (docs/broker.md).
     producer_max_batch_size: int = Field(default=900 * 1024, description="Bytes per record batch")
@@ -92,6 +96,24 @@ class Settings(BaseSettings):
         """``host:port`` strings for plain Kafka clients (admin, producer, consumer)."""
         hosts = (h.strip().removeprefix("kafka://") for h in self.broker.split(";"))
         return [h for h in hosts if h]
+
+    def kafka(self) -> dict[str, Any]:
+        """Connection options for every aiokafka client (servers and, when set, SASL)."""
+        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
+        protocol = self.security_protocol or (
+            "SASL_PLAINTEXT" if self.sasl_username else "PLAINTEXT"
+        )
+        options["security_protocol"] = protocol
+        if protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            password = self.sasl_password.get_secret_value() if self.sasl_password else None
+            options["sasl_plain_password"] = password
+        if protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context()
+        return options
 
     def topic(self, name: str) -> str:
         """The full topic name for a catalogue entry (``<prefix>.<name>``)."""

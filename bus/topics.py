@@ -94,7 +94,7 @@ async def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATAL
 
     Idempotent: existing topics are left alone (their partition count is checked by Faust).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**settings.kafka())
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -80,7 +80,7 @@ class _Listener(ConsumerRebalanceListener):
         partitions = {tp.partition for tp in assigned}
         restored = 0
         for store in self.agent.stores:
-            restored += await store.restore(self.agent.bootstrap, partitions)
+            restored += await store.restore(self.agent.kafka, partitions)
         self.agent.assignment = set(assigned)
         await self.agent.on_assigned(partitions)
         self.agent.ready.set()
@@ -113,7 +113,7 @@ class BatchAgent(Service):
         s = ctx.settings
         self.topics = list(topics)
         self.stores = list(stores)
-        self.bootstrap = s.bootstrap_servers
+        self.kafka = s.kafka()
         self.group = f"{s.app_id}.{self.name}"
         self.lock = asyncio.Lock()
         self.ready = asyncio.Event()  # set once the group gave this member its partitions
@@ -134,7 +134,7 @@ class BatchAgent(Service):
         """Connect the producer and join the consumer group."""
         s = self.ctx.settings
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **s.kafka(),
             acks="all",
             linger_ms=s.producer_linger_ms,
             max_batch_size=s.producer_max_batch_size,
@@ -142,7 +142,7 @@ class BatchAgent(Service):
         )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **s.kafka(),
             group_id=self.group,
             client_id=f"{self.group}-consumer",
             enable_auto_commit=False,
@@ -276,7 +276,7 @@ class BatchAgent(Service):
         partitions = {tp.partition for tp in first} & owned
         for store in self.stores:
             store.drop(partitions)
-            await store.restore(self.bootstrap, partitions)
+            await store.restore(self.kafka, partitions)
         for tp, offset in first.items():
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, offset)

@@ -151,3 +151,22 @@ def test_settings_are_frozen() -> None:
         s.broker = "kafka://elsewhere:9092"  # type: ignore[misc]
     assert s.partitions == 6
     assert s.broker == "kafka://127.0.0.1:9092"
+
+
+def test_kafka_options_carry_sasl_only_when_a_user_is_set() -> None:
+    plain = Settings(broker="k1:9092;k2:9092").kafka()
+    assert plain == {"bootstrap_servers": ["k1:9092", "k2:9092"], "security_protocol": "PLAINTEXT"}
+    sasl = Settings(broker="k1:9092", sasl_username="ks.finance", sasl_password="s3cret").kafka()
+    assert sasl["security_protocol"] == "SASL_PLAINTEXT"
+    assert sasl["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (sasl["sasl_plain_username"], sasl["sasl_plain_password"]) == ("ks.finance", "s3cret")
+    tls = Settings(sasl_username="u", sasl_password="p", security_protocol="SASL_SSL").kafka()
+    assert tls["ssl_context"] is not None
+
+
+def test_agents_are_chosen_from_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUS_AGENTS", "correlate")
+    assert Settings().agents == ["correlate"]
+    monkeypatch.setenv("BUS_AGENTS", "ingest, translate")
+    with pytest.raises(ValueError, match="translate"):
+        Settings()
