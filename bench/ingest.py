@@ -179,7 +179,7 @@ async def one_round(
     )  # fmt: skip
     settings = Settings(
         broker=bootstrap, app_id=f"{run}-bus", topic_prefix=run, partitions=args.partitions,
-        data_dir=tmp / "var", web_port=0, agents=["ingest"],
+        data_dir=tmp / "var", web_port=0, metrics_port=0, agents=["ingest"],
     )  # fmt: skip
     await create_topics(settings)
     bus = await measure(

@@ -122,7 +122,7 @@ async def main(args: argparse.Namespace) -> None:
     try:
         run = f"p{time.time_ns()}"
         settings = Settings(broker=bootstrap, app_id=run, topic_prefix=run, partitions=3,
-                            data_dir=tmp / "var", web_port=0)  # fmt: skip
+                            data_dir=tmp / "var", web_port=0, metrics_port=0)  # fmt: skip
         await create_topics(settings)
         with WorkerProcess(settings, tmp / "worker.log"):
             lat = await certificate_latency(settings, args.requests, args.rate)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faust
 
 from bus.certificates import Signer
 from bus.codec import EventCodec
 from bus.departments import Directory
+from bus.metrics import Metrics, MetricsServer
 from bus.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class Context:
     settings: Settings
     codec: EventCodec
     directory: Directory
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
@@ -72,6 +74,9 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     agents = [makers[name]() for name in settings.agents]
     for agent in agents:
         app.service(agent)  # type: ignore[arg-type]  # started by the worker after recovery
+
+    if settings.metrics_port:
+        app.service(MetricsServer(ctx.metrics, settings.web_host, settings.metrics_port))  # type: ignore[arg-type]
 
     @app.task
     async def announce_ready() -> None:

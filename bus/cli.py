@@ -21,6 +21,7 @@ from rich.table import Table
 
 from bus.cli_certificate import certificate_app
 from bus.errors import BusError
+from bus.gateway.cli import gateway_app
 from bus.settings import Settings
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ topics_app = typer.Typer(help="Create and list the bus's topics.", no_args_is_he
 schemas_app = typer.Typer(help="Inspect and export the Avro schemas.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(certificate_app, name="certificate")
+app.add_typer(gateway_app, name="gateway")
 app.add_typer(schemas_app, name="schemas")
 
 out = console = Console()

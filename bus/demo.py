@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bus.brokers import EmbeddedBroker
+from bus.brokers import EmbeddedBroker, free_port
 from bus.client import BusClient, read_topic
 from bus.codec import EventCodec
 from bus.processes import WorkerProcess
@@ -136,7 +136,7 @@ def run_demo(
         console.print(f"[bold]1.[/] {engine} broker on {broker.bootstrap}")
         settings = Settings(
             broker=broker.bootstrap, app_id="demo", topic_prefix="demo", partitions=3,
-            data_dir=workdir / "var", web_port=0,
+            data_dir=workdir / "var", web_port=0, metrics_port=free_port(),
         )  # fmt: skip
         created = asyncio.run(create_topics(settings))
         console.print(
@@ -144,7 +144,8 @@ def run_demo(
         )
         worker = WorkerProcess(settings, workdir / "worker.log").start()
         console.print(f"[bold]3.[/] worker ready in {time.monotonic() - t0:.1f}s "
-                      f"(log: {worker.log_file})")  # fmt: skip
+                      f"(log: {worker.log_file}; metrics: http://127.0.0.1:"
+                      f"{settings.metrics_port}/metrics)")  # fmt: skip
         plays = scenarios(seed)
         verdicts = asyncio.run(
             publish_and_wait(settings, [(i, s.data) for i, s in enumerate(plays, 1)], wait=20)

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         description="Seconds added to the clock when judging deadlines: for drills and tests "
         "only; keep 0 in production",
     )
+    metrics_port: int = Field(
+        default=9464, ge=0, le=65535, description="Prometheus /metrics on web_host; 0: off"
+    )
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
     log_level: str = "INFO"

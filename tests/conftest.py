@@ -67,6 +67,7 @@ def settings(broker: TestBroker, tmp_path: Path) -> Settings:
         partitions=3,
         data_dir=tmp_path / "var",
         web_port=0,
+        metrics_port=0,
         batch_wait=0.02,
     )
     asyncio.run(create_topics(s))

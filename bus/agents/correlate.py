@@ -93,6 +93,7 @@ class CorrelateAgent(BatchAgent):
         self.deadletter = s.topic(DEADLETTER.name)
         self.tick_interval = s.task_check_interval
         self._with_tasks: set[str] = set()  # enterprises with open tasks (checked by tick)
+        self._task_series: set[tuple[str, str]] = set()
         self.decided = 0  # certificates issued + review cases opened, for tests and metrics
 
     async def process(self, records: list[Record]) -> list[Out]:
@@ -215,6 +216,9 @@ class CorrelateAgent(BatchAgent):
             issued_at=issued_at,
         )
         signed = self.signer.sign(draft).to_payload()
+        self.ctx.metrics.decision_seconds.labels("compliance-certificate").observe(
+            max((issued_at - request.occurred_at).total_seconds(), 0.0)
+        )
         issued = model_for("certificate.issued")(
             event_type="certificate.issued",
             event_id=derived_id("certificate", str(request.event_id)),
@@ -378,6 +382,9 @@ class CorrelateAgent(BatchAgent):
                 ],
             },
         )  # fmt: skip
+        self.ctx.metrics.decision_seconds.labels(review["matter"]).observe(
+            max((decided.occurred_at - trigger.occurred_at).total_seconds(), 0.0)
+        )
         return self._out(decided)
 
     def _certificate_after_review(
@@ -406,9 +413,13 @@ class CorrelateAgent(BatchAgent):
         """Tasks past their deadline: ``task.overdue`` once, then ``task.escalated`` once."""
         now = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.clock_skew)
         outs: list[Out] = []
+        counts: dict[tuple[str, str], int] = {}
         for partition, uscc, record in list(self.records.items()):
             if uscc not in self._with_tasks:
                 continue
+            for t in record.tasks.values():
+                key = (t.matter, "overdue" if t.overdue and not t.closed else t.state)
+                counts[key] = counts.get(key, 0) + 1
             changed: set[str] = set()
             for task in record.open_tasks():
                 if task.due_at > now:
@@ -434,7 +445,18 @@ class CorrelateAgent(BatchAgent):
                     outs.append(self._task_event(record, task, "task.escalated", escalated))
             if changed:
                 self.records.put(partition, uscc, record, changed)
+        self._export_task_counts(counts)
+        self.ctx.metrics.calendar_fallback_years.set(len(self.calendar.fallback_years))
         return outs
+
+    def _export_task_counts(self, counts: dict[tuple[str, str], int]) -> None:
+        """Set the task gauges; combinations that emptied go back to zero."""
+        gauge = self.ctx.metrics.tasks
+        for key in self._task_series - counts.keys():
+            gauge.labels(*key).set(0)
+        for key, n in counts.items():
+            gauge.labels(*key).set(n)
+        self._task_series |= counts.keys()
 
     async def on_assigned(self, partitions: set[int]) -> None:
         """Re-index the enterprises with open tasks among the restored partitions."""

@@ -60,6 +60,9 @@ class _Batch:
     size: int
 
 
+LAG_INTERVAL = 5.0  # seconds between consumer-lag updates
+
+
 def _timestamp(record: Record) -> int:
     return int(record.timestamp)
 
@@ -123,7 +126,9 @@ class BatchAgent(Service):
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
         self._inflight: _Batch | None = None
+        self._deadletter_topic = s.topic("deadletter")
         self._last_tick = 0.0
+        self._last_lag = 0.0
         self._partitioner = DefaultPartitioner()
 
     async def process(self, records: list[Record]) -> list[Out]:
@@ -185,6 +190,9 @@ class BatchAgent(Service):
                 timeout_ms=int(self.ctx.settings.batch_wait * 1000),
                 max_records=self.ctx.settings.batch_size,
             )
+            if time.monotonic() - self._last_lag > LAG_INTERVAL:
+                self._last_lag = time.monotonic()
+                await self._update_lag()
             async with self.lock:
                 current: _Batch | None = None
                 try:
@@ -209,7 +217,13 @@ class BatchAgent(Service):
         # Across partitions and topics, oldest first (each partition's order is kept):
         # a penalty published before a certificate request is folded in before it.
         records = list(heapq.merge(*(fetched[tp] for tp in sorted(fetched)), key=_timestamp))
+        m = self.ctx.metrics
+        t0 = time.perf_counter()
         outs = await self.process(records)
+        m.batch_seconds.labels(self.name).observe(time.perf_counter() - t0)
+        for tp, rs in fetched.items():
+            m.events_in.labels(self.name, tp.topic).inc(len(rs))
+        self._count_out(outs)
         changelog = [o for store in self.stores for o in store.take_pending()]
         return _Batch(
             acks=await self._send(outs),
@@ -239,8 +253,30 @@ class BatchAgent(Service):
         self._last_tick = now
         return True
 
+    def _count_out(self, outs: list[Out]) -> None:
+        counts: dict[str, int] = {}
+        for o in outs:
+            counts[o.topic] = counts.get(o.topic, 0) + 1
+            if o.topic == self._deadletter_topic:
+                reason = dict(o.headers).get("bus.reason", b"unknown").decode()
+                self.ctx.metrics.deadletters.labels(self.name, reason).inc()
+        for topic, n in counts.items():
+            self.ctx.metrics.events_out.labels(self.name, topic).inc(n)
+
+    async def _update_lag(self) -> None:
+        """Lag per assigned partition: the last fetch's high-water mark minus our position."""
+        assert self._consumer is not None
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            position = await self._consumer.position(tp)
+            lag = max(high - position, 0)
+            self.ctx.metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(lag)
+
     async def _tick_batch(self) -> _Batch | None:
         outs = await self.tick()
+        self._count_out(outs)
         changelog = [o for store in self.stores for o in store.take_pending()]
         if not outs and not changelog:
             return None

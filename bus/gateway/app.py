@@ -1,0 +1,406 @@
+"""The gateway's HTTP API: authenticate, validate, publish to ingress, read back certificates.
+
+The gateway answers what it can know at once (bad key, bad JSON, a field of the wrong type,
+an event type the department may not publish) with the same reason codes the bus uses in
+dead letters, so an integrator sees one vocabulary. It does not de-duplicate or route: a
+202 means "on the ingress topic", and the ingest agent still has the last word.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from aiokafka.errors import KafkaError
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from bus.brokers import wait_for_broker
+from bus.certificates import SignedCertificate, Verifier
+from bus.client import BusClient, read_topic
+from bus.codec import EventCodec
+from bus.departments import Directory
+from bus.errors import BusError, ConfigurationError, SchemaError, ValidationFailed
+from bus.gateway.keys import authenticate, keys_path
+from bus.schemas.envelope import Envelope
+from bus.settings import Settings
+
+MAX_BATCH = 500
+"""Events in one batch request: enough for a day's backlog, small enough to validate at once."""
+
+DESCRIPTION = """\
+HTTP access to the collaboration bus for department systems that cannot speak Kafka.
+
+Authenticate with your department's API key: `Authorization: Bearer <key_id>.<secret>`.
+A `202` means the event is on the bus's ingress topic; the bus still de-duplicates and routes
+it. Errors carry a machine-readable `error` reason code (the same codes as the bus's dead
+letters) and, for a bad field, its dotted path in `field`. See docs/gateway.md.
+"""
+
+_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An event envelope (see the README); `source` defaults to your department.",
+    "required": ["event_type", "subject", "payload"],
+    "properties": {
+        "event_id": {"type": "string", "format": "uuid"},
+        "event_type": {"type": "string", "example": "penalty.imposed"},
+        "schema_version": {"type": "integer", "minimum": 1},
+        "source": {"type": "string", "example": "ks.enforcement.huaqiao"},
+        "subject": {"type": "string", "description": "the enterprise's USCC"},
+        "occurred_at": {"type": "string", "format": "date-time"},
+        "correlation_id": {"type": "string"},
+        "causation_id": {"type": "string", "format": "uuid"},
+        "payload": {"type": "object"},
+    },
+}
+
+
+class GatewayError(Exception):
+    """An answer other than success: HTTP status, reason code, message and maybe a field."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        *,
+        field: str | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.field = field
+        self.extra = extra or {}
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body every error has: ``error``, ``field``, ``message`` (+ details)."""
+        return {"error": self.reason, "field": self.field, "message": self.message, **self.extra}
+
+
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: str = Field(description="Stable reason code, e.g. schema.validation, auth.event_type")
+    field: str | None = Field(description="Dotted path of the field at fault, when there is one")
+    message: str
+
+
+class Accepted(BaseModel):
+    """The event is on the ingress topic."""
+
+    event_id: str
+    status: str = "accepted_for_processing"
+
+
+class BatchAccepted(BaseModel):
+    """Every event of the batch is on the ingress topic, ids in request order."""
+
+    event_ids: list[str]
+    status: str = "accepted_for_processing"
+
+
+class Health(BaseModel):
+    """Whether the broker answers."""
+
+    broker: str
+
+
+@dataclass
+class _State:
+    settings: Settings
+    codec: EventCodec
+    directory: Directory
+    keys: Path
+    client: BusClient | None = None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 413, 422, 503)
+}
+_bearer = HTTPBearer(auto_error=False, description="`<key_id>.<secret>` from `bus gateway keys`")
+
+
+def _state(request: Request) -> _State:
+    state: _State = request.app.state.gateway
+    return state
+
+
+def _department(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The authenticated department, or 401: everything but verify and health needs one."""
+    header = f"Bearer {credentials.credentials}" if credentials else None
+    department = authenticate(_state(request).keys, header)
+    if department is None:
+        raise GatewayError(
+            401,
+            "auth.key",
+            "missing or invalid API key; send 'Authorization: Bearer <key_id>.<secret>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return department
+
+
+Department = Annotated[str, Depends(_department)]
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise GatewayError(413, "size.too_large", f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, "size.too_large", f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GatewayError(400, "schema.decode", f"not valid JSON: {exc}") from None
+
+
+def _check(state: _State, department: str, obj: Any) -> Envelope:
+    """One event as the department sent it -> a validated, authorised envelope (or raise)."""
+    if not isinstance(obj, dict):
+        raise GatewayError(
+            422, "schema.decode", f"an event must be a JSON object, got {type(obj).__name__}"
+        )
+    if "source" in obj and obj["source"] != department:
+        raise GatewayError(
+            403,
+            "auth.source_mismatch",
+            f"source {obj['source']!r} is not the department of this API key ({department})",
+            field="source",
+        )
+    # The id is fixed here so the answer names exactly the event that was published.
+    obj = {**obj, "source": department, "event_id": obj.get("event_id") or str(uuid.uuid4())}
+    try:
+        event = state.codec.from_json(obj)
+    except ValidationFailed as exc:
+        raise GatewayError(422, exc.reason, exc.message, field=exc.field) from None
+    except SchemaError as exc:  # unknown event type or version, not an object
+        field = "event_type" if exc.reason == "schema.unknown_type" else None
+        raise GatewayError(422, exc.reason, exc.message, field=field) from None
+    try:
+        state.directory.authorise(department, event.event_type)
+    except BusError as exc:
+        raise GatewayError(403, exc.reason, exc.message, field="event_type") from None
+    size = len(state.codec.encode(event))
+    if size > state.settings.max_event_bytes:
+        raise GatewayError(
+            413, "size.too_large", f"event is {size} bytes; limit {state.settings.max_event_bytes}"
+        )
+    return event
+
+
+async def _publish(state: _State, events: list[Envelope]) -> list[str]:
+    assert state.client is not None, "the lifespan starts the client"
+    try:
+        receipts = await state.client.publish_many(events)
+    except KafkaError as exc:
+        raise GatewayError(
+            503, "broker.unavailable", f"could not publish to the bus: {exc}"
+        ) from None
+    return [str(r.event_id) for r in receipts]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway for ``settings``: one Kafka producer for the app's lifetime."""
+    state = _State(
+        settings=settings,
+        codec=EventCodec(),
+        directory=Directory.load(settings.departments_file),
+        keys=keys_path(settings.data_dir),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with BusClient(settings, state.codec) as client:
+            state.client = client
+            try:
+                yield
+            finally:
+                state.client = None
+
+    app = FastAPI(
+        title="Collaboration bus gateway",
+        description=DESCRIPTION,
+        version="1",
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.gateway = state
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.post(
+        "/v1/events",
+        status_code=202,
+        response_model=Accepted,
+        responses=_ERRORS,
+        summary="Publish one event",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _EVENT_SCHEMA}},
+            }
+        },
+    )
+    async def publish_event(request: Request, department: Department) -> Accepted:
+        """Validate and authorise one event as the key's department, then publish it."""
+        obj = _parse(await _body(request, settings.max_event_bytes))
+        event = _check(state, department, obj)
+        (event_id,) = await _publish(state, [event])
+        return Accepted(event_id=event_id)
+
+    @app.post(
+        "/v1/events:batch",
+        status_code=202,
+        response_model=BatchAccepted,
+        responses=_ERRORS,
+        summary="Publish up to 500 events, all or nothing",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "array", "maxItems": MAX_BATCH, "items": _EVENT_SCHEMA}
+                    }
+                },
+            }
+        },
+    )
+    async def publish_batch(request: Request, department: Department) -> BatchAccepted:
+        """Check every event first; publish none unless all pass (422 lists each bad one)."""
+        items = _parse(await _body(request, settings.max_event_bytes * 16))
+        if not isinstance(items, list) or not items or len(items) > MAX_BATCH:
+            raise GatewayError(
+                422,
+                "batch.invalid",
+                f"a batch is a JSON array of 1 to {MAX_BATCH} events",
+            )
+        events: list[Envelope] = []
+        bad: list[dict[str, Any]] = []
+        for index, obj in enumerate(items):
+            try:
+                events.append(_check(state, department, obj))
+            except GatewayError as exc:
+                bad.append({"index": index, **exc.body()})
+        if bad:
+            raise GatewayError(
+                422,
+                "batch.invalid",
+                f"{len(bad)} of {len(items)} events are invalid; nothing was published",
+                extra={"items": bad},
+            )
+        return BatchAccepted(event_ids=await _publish(state, events))
+
+    app.add_api_route(  # the same route under a slash, for clients that dislike ':'
+        "/v1/events/batch",
+        publish_batch,
+        methods=["POST"],
+        status_code=202,
+        response_model=BatchAccepted,
+        include_in_schema=False,
+    )
+
+    @app.get(
+        "/v1/certificates/{serial}",
+        responses=_ERRORS | {404: {"model": ErrorBody}},
+        summary="Fetch an issued certificate, as signed",
+    )
+    async def get_certificate(serial: str, department: Department) -> JSONResponse:
+        """The signed document, to hand to whoever needs it (they can verify it offline)."""
+        if not 8 <= len(serial) <= 64:
+            raise GatewayError(404, "certificate.not_found", f"no certificate {serial!r}")
+        topic = settings.topic("events.certificate")
+        async with contextlib.aclosing(read_topic(settings, topic, idle=0.5)) as records:
+            async for r in records:
+                if r.headers.get("event_type") != "certificate.issued" or not r.value:
+                    continue
+                event = state.codec.decode(r.value)
+                if event.payload.serial == serial:
+                    cert = SignedCertificate.from_payload(event.payload, uscc=event.subject)
+                    return JSONResponse(cert.model_dump(mode="json"))
+        raise GatewayError(404, "certificate.not_found", f"no certificate {serial!r}")
+
+    @app.post(
+        "/v1/certificates/verify",
+        responses={503: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+        summary="Verify a signed certificate (no key needed)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
+    async def verify_certificate(request: Request) -> dict[str, Any]:
+        """Check a certificate against the bus's public keys; anyone may ask."""
+        data = await _body(request, settings.max_event_bytes)
+        try:
+            verifier = Verifier.from_paths([settings.data_dir / "keys"])
+        except ConfigurationError as exc:
+            raise GatewayError(503, exc.reason, exc.message) from None
+        try:
+            cert = verifier.verify_bytes(data)
+        except ValidationFailed as exc:
+            return {
+                "valid": False,
+                "reason": exc.reason,
+                "field": exc.field,
+                "message": exc.message,
+            }
+        except BusError as exc:
+            return {"valid": False, "reason": exc.reason, "message": exc.message}
+        return {
+            "valid": True,
+            "serial": cert.serial,
+            "uscc": cert.uscc,
+            "enterprise_name": cert.enterprise_name,
+            "period_start": cert.period_start.isoformat(),
+            "period_end": cert.period_end.isoformat(),
+            "purpose": cert.purpose.value,
+            "result": cert.result.value,
+            "penalties_on_record": len(cert.record),
+            "issuing_authority": cert.issuing_authority,
+            "issued_at": cert.issued_at.isoformat().replace("+00:00", "Z"),
+            "key_id": cert.key_id,
+        }
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+    async def healthz() -> JSONResponse:
+        """200 when the broker answers a Metadata request within 2 s, else 503."""
+        try:
+            await wait_for_broker(settings.broker, 2)
+        except BusError:
+            return JSONResponse({"broker": "unreachable"}, status_code=503)
+        return JSONResponse({"broker": "ok"})
+
+    return app
+
+
+__all__ = ["MAX_BATCH", "GatewayError", "create_app"]

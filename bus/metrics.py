@@ -1,0 +1,79 @@
+"""Prometheus metrics of a bus process: one registry, a ``bus_`` prefix, bounded labels.
+
+Labels are agents, topics, partitions, reasons, matters and task states: all from fixed
+catalogues. Never an event id, a USCC or a person: those would make the series unbounded
+(and the USCC is the key of a person's business).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mode import Service
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+_SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """Every metric the worker exports, in a registry the caller owns (tests own theirs)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "bus") -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter(
+            f"{prefix}_events_in", "Records an agent read", ["agent", "topic"], registry=r
+        )
+        self.events_out = Counter(
+            f"{prefix}_events_out", "Records an agent produced", ["agent", "topic"], registry=r
+        )
+        self.deadletters = Counter(
+            f"{prefix}_deadletters", "Events rejected, by reason", ["agent", "reason"], registry=r
+        )
+        self.batch_seconds = Histogram(
+            f"{prefix}_batch_seconds", "Time to process one batch (before acknowledgements)",
+            ["agent"], buckets=_SECONDS, registry=r,
+        )  # fmt: skip
+        self.lag = Gauge(
+            f"{prefix}_consumer_lag", "Records in a partition not yet read by an agent",
+            ["agent", "topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.decision_seconds = Histogram(
+            f"{prefix}_decision_seconds", "From the triggering event to the bus's decision",
+            ["matter"], buckets=_SECONDS, registry=r,
+        )  # fmt: skip
+        self.tasks = Gauge(
+            f"{prefix}_tasks", "Tasks held by this worker, by matter and state",
+            ["matter", "state"], registry=r,
+        )  # fmt: skip
+        self.calendar_fallback_years = Gauge(
+            f"{prefix}_calendar_fallback_years",
+            "Years counted weekends-only for lack of official holiday data", registry=r,
+        )  # fmt: skip
+
+
+class MetricsServer(Service):
+    """Serves ``/metrics`` on ``host:port`` in a thread; a taken port is logged, not fatal."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metrics, self.host, self.port = metrics, host, port
+        self._server: Any = None
+
+    async def on_start(self) -> None:
+        """Start the HTTP server."""
+        try:
+            self._server, _ = start_http_server(
+                self.port, addr=self.host, registry=self.metrics.registry
+            )
+            log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+        except OSError as exc:
+            log.error("metrics server not started on %s:%d: %s", self.host, self.port, exc)
+
+    async def on_stop(self) -> None:
+        """Stop the HTTP server."""
+        if self._server is not None:
+            self._server.shutdown()

@@ -1,0 +1,335 @@
+"""The HTTP gateway as integrators use it: a real ``bus gateway run`` process, a real broker.
+
+Each test starts the gateway as a child process with the test's ``BUS_*`` settings, drives it
+with httpx, and checks what reached (or did not reach) the bus's topics. Tests that need the
+bus's verdict (canonical topic, de-duplication, certificates) also run a real worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bus.brokers import free_port
+from bus.client import Record, read_topic
+from bus.codec import EventCodec
+from bus.gateway.keys import issue_key, keys_path
+from bus.processes import WorkerProcess, settings_env
+from bus.samples import enterprise, penalty, registered, town_code
+from bus.schemas.envelope import Envelope
+from bus.schemas.events import model_for
+from bus.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+codec = EventCodec()
+
+
+@dataclass
+class Gateway:
+    """A running gateway and an HTTP client pointed at it."""
+
+    url: str
+    http: httpx.Client
+    settings: Settings
+
+    def key(self, department: str) -> dict[str, str]:
+        """Authorization header with a fresh key for ``department``."""
+        key = issue_key(keys_path(self.settings.data_dir), department)
+        return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def gateway(settings: Settings, tmp_path: Path) -> Iterator[Gateway]:
+    port = free_port()
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    log_file = tmp_path / "gateway.log"
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bus.gateway.cli", "run", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, log_file.read_text()
+                with contextlib.suppress(httpx.TransportError):
+                    if http.get("/healthz").status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "gateway not healthy:\n" + log_file.read_text()
+                time.sleep(0.1)
+            yield Gateway(url, http, settings)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def read(settings: Settings, name: str, idle: float = 1.0) -> list[Record]:
+    """Every record on ``<prefix>.<name>`` now."""
+
+    async def collect() -> list[Record]:
+        async with contextlib.aclosing(read_topic(settings, settings.topic(name), idle=idle)) as rs:
+            return [r async for r in rs]
+
+    return asyncio.run(collect())
+
+
+def wait_for(settings: Settings, name: str, count: int, timeout: float = 30) -> list[Record]:
+    """Records on a topic once there are at least ``count`` (the worker is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read(settings, name, idle=0.5)
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.3)
+
+
+def a_penalty(seed: int = 1) -> tuple[Envelope, dict[str, Any]]:
+    """A valid ``penalty.imposed`` and its JSON form (as a department system sends it)."""
+    rng = random.Random(seed)
+    event = penalty(enterprise(rng), rng)
+    return event, json.loads(codec.to_json(event))
+
+
+def test_a_valid_event_is_accepted_and_reaches_the_canonical_topic(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    event, body = a_penalty(3)
+    del body["event_id"]  # the gateway gives one and says which
+    del body["source"]  # the key says who is publishing
+    headers = gateway.key(event.source)
+    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
+        r = gateway.http.post("/v1/events", json=body, headers=headers)
+        assert r.status_code == 202, r.text
+        answer = r.json()
+        assert answer["status"] == "accepted_for_processing"
+        records = wait_for(gateway.settings, "events.penalty", 1)
+    assert [rec.headers["event_id"] for rec in records] == [answer["event_id"]]
+    published = codec.decode(records[0].value or b"")
+    assert published.source == event.source
+    assert published.subject == event.subject
+    assert published.payload == event.payload
+
+
+def test_a_replayed_event_id_is_accepted_once_by_the_bus(gateway: Gateway, tmp_path: Path) -> None:
+    event, body = a_penalty(4)
+    headers = gateway.key(event.source)
+    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
+        first = gateway.http.post("/v1/events", json=body, headers=headers)
+        again = gateway.http.post("/v1/events", json=body, headers=headers)
+        assert first.status_code == again.status_code == 202, again.text
+        assert first.json()["event_id"] == again.json()["event_id"] == str(event.event_id)
+        dead = wait_for(gateway.settings, "deadletter", 1)
+        canonical = read(gateway.settings, "events.penalty")
+    assert [r.headers["event_id"] for r in canonical] == [str(event.event_id)]
+    assert [r.headers.get("bus.reason") for r in dead] == ["duplicate.event_id"]
+
+
+def test_malformed_json_is_refused_as_schema_decode(gateway: Gateway) -> None:
+    r = gateway.http.post(
+        "/v1/events",
+        content=b'{"event_type": "penalty.imposed",',
+        headers={**gateway.key("ks.enforcement.huaqiao"), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400
+    assert r.json()["error"] == "schema.decode"
+    assert read(gateway.settings, "ingress", idle=0.3) == []
+
+
+def test_a_field_of_the_wrong_type_is_named(gateway: Gateway) -> None:
+    event, body = a_penalty(5)
+    body["payload"]["amount"] = {"yuan": 5000}
+    r = gateway.http.post("/v1/events", json=body, headers=gateway.key(event.source))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "schema.validation"
+    assert r.json()["field"] == "payload.amount"
+    assert "payload.amount" in r.json()["message"]
+    assert read(gateway.settings, "ingress", idle=0.3) == []
+
+
+def test_an_unknown_field_is_refused(gateway: Gateway) -> None:
+    event, body = a_penalty(6)
+    body["payload"]["discount"] = "10%"
+    r = gateway.http.post("/v1/events", json=body, headers=gateway.key(event.source))
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "payload.discount"
+    assert r.json()["error"] == "schema.validation"
+
+
+def test_an_unknown_event_type_is_refused(gateway: Gateway) -> None:
+    event, body = a_penalty(7)
+    body["event_type"] = "penalty.forgiven"
+    r = gateway.http.post("/v1/events", json=body, headers=gateway.key(event.source))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "schema.unknown_type"
+    assert r.json()["field"] == "event_type"
+
+
+def test_a_huge_body_is_refused_before_it_is_read(gateway: Gateway) -> None:
+    event, body = a_penalty(8)
+    body["payload"]["violation"] = "x" * (gateway.settings.max_event_bytes + 10)
+    r = gateway.http.post("/v1/events", json=body, headers=gateway.key(event.source))
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "size.too_large"
+    assert read(gateway.settings, "ingress", idle=0.3) == []
+
+
+def test_another_departments_event_type_is_forbidden(gateway: Gateway) -> None:
+    rng = random.Random(9)
+    body = json.loads(codec.to_json(registered(enterprise(rng), rng)))
+    bureau = town_code("Huaqiao")
+    del body["source"]
+    r = gateway.http.post("/v1/events", json=body, headers=gateway.key(bureau))
+    assert r.status_code == 403, r.text
+    assert r.json()["error"] == "auth.event_type"
+    assert read(gateway.settings, "ingress", idle=0.3) == []
+
+
+def test_a_spoofed_source_is_forbidden(gateway: Gateway) -> None:
+    event, body = a_penalty(10)
+    other = "ks.enforcement.zhoushi" if event.source != "ks.enforcement.zhoushi" else "ks.amr"
+    r = gateway.http.post("/v1/events", json=body, headers=gateway.key(other))
+    assert r.status_code == 403, r.text
+    assert r.json()["error"] == "auth.source_mismatch"
+    assert r.json()["field"] == "source"
+    assert read(gateway.settings, "ingress", idle=0.3) == []
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer gk_0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "revoked"],
+)
+def test_a_missing_invalid_or_revoked_key_is_unauthorised(
+    gateway: Gateway, authorization: str | None
+) -> None:
+    event, body = a_penalty(11)
+    headers = {}
+    if authorization == "revoked":
+        headers = gateway.key(event.source)
+        key_id = headers["Authorization"].split()[1].split(".")[0]
+        revoke = subprocess.run(
+            [sys.executable, "-m", "bus.gateway.cli", "keys", "revoke", key_id],
+            env={**os.environ, **settings_env(gateway.settings)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert revoke.returncode == 0, revoke.stderr
+    elif authorization:
+        headers = {"Authorization": authorization}
+    r = gateway.http.post("/v1/events", json=body, headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.json()["error"] == "auth.key"
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_batch_with_one_bad_item_publishes_nothing(gateway: Gateway) -> None:
+    bodies = [a_penalty(seed)[1] for seed in (20, 21, 22)]
+    bureau = bodies[0]["source"]
+    for b in bodies:
+        b["source"] = bureau
+        b["payload"]["agency"] = bureau
+    bodies[1]["subject"] = "91350100M000100Y44"  # wrong check character
+    r = gateway.http.post("/v1/events:batch", json=bodies, headers=gateway.key(bureau))
+    assert r.status_code == 422, r.text
+    items = r.json()["items"]
+    assert [(i["index"], i["field"]) for i in items] == [(1, "subject")]
+    assert items[0]["error"] == "schema.uscc"
+    assert read(gateway.settings, "ingress", idle=0.5) == []
+
+
+def test_a_good_batch_is_published_in_order(gateway: Gateway) -> None:
+    bodies = [a_penalty(seed)[1] for seed in (30, 31)]
+    bureau = bodies[0]["source"]
+    for b in bodies:
+        b["source"] = bureau
+        b["payload"]["agency"] = bureau
+    r = gateway.http.post("/v1/events/batch", json=bodies, headers=gateway.key(bureau))
+    assert r.status_code == 202, r.text
+    assert r.json()["event_ids"] == [b["event_id"] for b in bodies]
+    ingress = read(gateway.settings, "ingress")
+    assert sorted(rec.headers["event_id"] for rec in ingress) == sorted(r.json()["event_ids"])
+    assert all((rec.value or b"")[:1] == b"\x00" for rec in ingress)  # Avro, not JSON
+
+
+def test_openapi_lists_the_routes(gateway: Gateway) -> None:
+    r = gateway.http.get("/openapi.json")
+    assert r.status_code == 200
+    spec = r.json()
+    assert spec["info"]["title"]
+    assert spec["info"]["description"]
+    for path in (
+        "/v1/events",
+        "/v1/events:batch",
+        "/v1/certificates/{serial}",
+        "/v1/certificates/verify",
+        "/healthz",
+    ):
+        assert path in spec["paths"], path
+    assert gateway.http.get("/docs").status_code == 200
+
+
+def test_a_certificate_is_fetched_and_verified(gateway: Gateway, tmp_path: Path) -> None:
+    rng = random.Random(71)
+    firm = enterprise(rng)
+    reg = json.loads(codec.to_json(registered(firm, rng)))
+    request = model_for("certificate.requested")(
+        event_type="certificate.requested", source="ks.finance", subject=firm.uscc,
+        payload={"period_start": date(2025, 1, 1), "period_end": date(2025, 12, 31),
+                 "purpose": "bidding", "requested_by": "ks.finance", "applicant": "赵敏"},
+    )  # fmt: skip
+    finance = gateway.key("ks.finance")
+    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
+        assert gateway.http.post("/v1/events", json=reg, headers=gateway.key("ks.amr")).is_success
+        r = gateway.http.post("/v1/events", content=codec.to_json(request), headers=finance)
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 30
+        issued: list[Record] = []
+        while not issued and time.monotonic() < deadline:
+            records = read(gateway.settings, "events.certificate", idle=0.5)
+            issued = [x for x in records if x.headers["event_type"] == "certificate.issued"]
+    assert issued, "no certificate was issued"
+    serial = codec.decode(issued[0].value or b"").payload.serial
+    got = gateway.http.get(f"/v1/certificates/{serial}", headers=finance)
+    assert got.status_code == 200, got.text
+    document = got.json()
+    assert document["uscc"] == firm.uscc
+    assert document["serial"] == serial
+    assert gateway.http.get(f"/v1/certificates/{serial}").status_code == 401
+    missing = gateway.http.get("/v1/certificates/KS-2026-000000000000", headers=finance)
+    assert missing.status_code == 404
+    ok = gateway.http.post("/v1/certificates/verify", json=document)
+    assert ok.status_code == 200
+    assert ok.json()["valid"] is True
+    assert ok.json()["uscc"] == firm.uscc
+    forged = {**document, "result": "record_found" if document["result"] == "clean" else "clean"}
+    bad = gateway.http.post("/v1/certificates/verify", json=forged)
+    assert bad.status_code == 200
+    assert bad.json() | {"message": ""} == {
+        "valid": False,
+        "reason": "certificate.bad_signature",
+        "message": "",
+    }

@@ -1,0 +1,62 @@
+"""A worker's /metrics: what operators graph and alert on, checked against what happened."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bus.brokers import free_port
+from bus.codec import EventCodec
+from bus.processes import WorkerProcess
+from bus.samples import enterprise, penalties, registered
+from bus.settings import Settings
+from tests.integration.test_correlate import outputs, publish
+
+pytestmark = pytest.mark.integration
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_count_what_the_agents_did(settings: Settings, tmp_path: Path) -> None:
+    s = settings.model_copy(update={"metrics_port": free_port(), "task_check_interval": 0.2})
+    rng = random.Random(81)
+    firm = enterprise(rng)
+    good = penalties(20, seed=82)
+    bad = json.loads(EventCodec().to_json(good[0]))
+    bad.pop("event_id")
+    bad["source"] = "ks.tax"
+    with WorkerProcess(s, tmp_path / "worker.log"):
+        publish(s, [registered(firm, rng), *good])
+        publish(s, [json.dumps(bad).encode(), b"not json"])  # type: ignore[list-item]
+        assert len(outputs(s, "task", "task.created", 4, "opening-a-business")) == 4
+        time.sleep(1.5)  # a tick to count the tasks
+        samples = scrape(s.metrics_port)
+    ingress, penalty_topic = s.topic("ingress"), s.topic("events.penalty")
+    assert value(samples, "bus_events_in_total", agent="ingest", topic=ingress) == 23
+    assert value(samples, "bus_events_out_total", agent="ingest", topic=penalty_topic) == 20
+    assert value(samples, "bus_deadletters_total", agent="ingest", reason="auth.event_type") == 1
+    assert value(samples, "bus_deadletters_total", agent="ingest", reason="schema.decode") == 1
+    assert value(samples, "bus_events_in_total", agent="correlate", topic=penalty_topic) == 20
+    assert value(samples, "bus_tasks", matter="opening-a-business", state="open") == 4
+    assert value(samples, "bus_batch_seconds_count", agent="ingest") >= 1
+    # Bounded labels: no USCC, event id or person anywhere in the series.
+    labels = " ".join(v for _, pairs in samples for _, v in pairs)
+    assert firm.uscc not in labels
+    assert str(good[0].event_id) not in labels
