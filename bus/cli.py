@@ -286,6 +286,31 @@ def certificate_export(
     console.print(f"wrote {out.resolve()} ({cert.enterprise_name}, {cert.result})")
 
 
+@app.command()
+def trace(
+    key: Annotated[
+        str, typer.Argument(help="A correlation id (a case) or a USCC (an enterprise).")
+    ],
+    broker: BrokerOpt = None,
+) -> None:
+    """Show a case, or everything about an enterprise, across departments, in order."""
+    from bus.trace import trace as run_trace
+
+    s = _settings(broker)
+    steps = asyncio.run(run_trace(s, key))
+    if not steps:
+        hint = "A case is named by its first event's event_id (bus publish prints it)."
+        raise _fail(BusError(f"nothing on the canonical topics for {key}"), hint)
+    t = Table("time (UTC)", "+ms", "event", "department", "what", title=f"trace {key}")
+    start = steps[0].at
+    for step in steps:
+        ms = (step.at - start).total_seconds() * 1000
+        t.add_row(f"{step.at:%Y-%m-%d %H:%M:%S.%f}"[:-3], f"{ms:.0f}", step.event_type,
+                  step.source, step.summary)  # fmt: skip
+    console.print(t)
+    console.print(f"{len(steps)} events, {len({s.source for s in steps})} departments")
+
+
 @schemas_app.command("list")
 def schemas_list() -> None:
     """Show every event type, version and schema id."""

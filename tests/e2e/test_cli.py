@@ -36,7 +36,7 @@ def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
     "command",
     [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["broker"], ["demo"],
      ["schemas", "check"], ["settings"], ["certificate", "verify"], ["certificate", "export"],
-     ["certificate", "list"]],
+     ["certificate", "list"], ["trace"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     result = bus(*command, "--help")
@@ -149,3 +149,37 @@ def test_a_certificate_is_exported_and_verified_from_the_command_line(
     )
     assert forged.returncode == 1
     assert "certificate.bad_signature" in forged.stderr
+
+
+def test_trace_follows_a_case_across_departments(settings: Settings, tmp_path: Path) -> None:
+    import random
+
+    from bus.samples import enterprise, penalty, registered
+
+    rng = random.Random(91)
+    firm = enterprise(rng)
+    codec = EventCodec()
+    reg = registered(firm, rng)
+    (tmp_path / "e.jsonl").write_text(
+        codec.to_json(reg) + "\n" + codec.to_json(penalty(firm, rng)) + "\n"
+    )
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        assert bus("publish", str(tmp_path / "e.jsonl"), settings=settings).returncode == 0
+        case = by_uscc = None
+        for _ in range(20):
+            case = bus("trace", str(reg.event_id), settings=settings)
+            if case.stdout.count("task.created") == 4:
+                break
+            time.sleep(0.5)
+        by_uscc = bus("trace", firm.uscc, settings=settings)
+        missing = bus("trace", "no-such-case", settings=settings)
+    # The registration's case: the registration and the four tell-us-once tasks, in order.
+    assert case is not None
+    assert case.returncode == 0, case.stderr
+    assert case.stdout.index("enterprise.registered") < case.stdout.index("task.created")
+    assert "ks.tax" in case.stdout
+    assert "penalty.imposed" not in case.stdout  # another case
+    assert by_uscc.returncode == 0
+    assert "penalty.imposed" in by_uscc.stdout
+    assert "enterprise.registered" in by_uscc.stdout
+    assert missing.returncode == 1

@@ -1,0 +1,71 @@
+"""Trace a case (correlation id) or an enterprise (USCC) across every department it touched.
+
+Reads the canonical topics — the evidence log — and the dead letters, and returns the events
+in the order they happened, so an operator can answer "what happened to this request, who
+did what, and how long did each step take" without a developer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+
+from bus.client import read_topic
+from bus.codec import EventCodec
+from bus.schemas.events import FAMILIES
+from bus.schemas.uscc import is_valid_uscc
+from bus.settings import Settings
+
+
+@dataclass(frozen=True)
+class Step:
+    """One event of a trace."""
+
+    at: datetime
+    event_type: str
+    source: str
+    subject: str
+    event_id: str
+    correlation_id: str
+    summary: str
+
+
+def _summary(event: object) -> str:
+    p = getattr(event, "payload", None)
+    for field in ("case_number", "task_id", "serial", "licence_number", "application_number"):
+        value = getattr(p, field, None)
+        if value:
+            details = ("result", "outcome", "assignee", "decision")
+            extra = next((getattr(p, d) for d in details if getattr(p, d, None)), None)
+            return f"{field} {value}" + (f" ({extra})" if extra else "")
+    name = getattr(p, "name", None)
+    return str(name) if name else ""
+
+
+async def trace(settings: Settings, key: str, max_seconds: float = 60.0) -> list[Step]:
+    """Every canonical event whose correlation id — or, for a USCC, whose subject — is ``key``.
+
+    A USCC traces the enterprise: every case about it. Anything else is a correlation id.
+    """
+    codec = EventCodec()
+    by_subject = is_valid_uscc(key)
+    topics = [settings.topic(f"events.{f}") for f in FAMILIES]
+
+    async def one(topic: str) -> list[Step]:
+        steps = []
+        async for r in read_topic(settings, topic, idle=0.5, max_seconds=max_seconds):
+            h = r.headers
+            if by_subject:
+                if (r.key or b"").decode(errors="replace") != key:
+                    continue
+            elif h.get("correlation_id") != key:
+                continue
+            e = codec.decode(r.value or b"")
+            steps.append(Step(e.occurred_at, e.event_type, e.source, e.subject, str(e.event_id),
+                              e.correlation_id, _summary(e)))  # fmt: skip
+        return steps
+
+    found = await asyncio.gather(*(one(t) for t in topics))
+    unique = {s.event_id: s for steps in found for s in steps}  # at-least-once copies once
+    return sorted(unique.values(), key=lambda s: (s.at, s.event_id))
