@@ -207,8 +207,16 @@ def publish(
     raise typer.Exit(1 if bad else 0)
 
 
-@app.command()
+deadletters_app = typer.Typer(
+    help="List dead letters with their reasons (the default), or replay them after a fix.",
+    invoke_without_command=True,
+)
+app.add_typer(deadletters_app, name="deadletters")
+
+
+@deadletters_app.callback()
 def deadletters(
+    ctx: typer.Context,
     reason: Annotated[str | None, typer.Option(help="Only this reason (prefix match).")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest last.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines for scripts.")] = False,
@@ -217,6 +225,8 @@ def deadletters(
     """List dead letters with their reasons."""
     from bus.publish import list_deadletters
 
+    if ctx.invoked_subcommand is not None:
+        return
     s = _settings(broker)
     rows = asyncio.run(list_deadletters(s))
     if reason:
@@ -309,6 +319,41 @@ def trace(
                   step.source, step.summary)  # fmt: skip
     console.print(t)
     console.print(f"{len(steps)} events, {len({s.source for s in steps})} departments")
+
+
+@deadletters_app.command("replay")
+def replay(
+    reason: Annotated[
+        str | None, typer.Option(help="Only dead letters with this reason prefix.")
+    ] = None,
+    origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this dead letter (topic/partition/offset); repeatable."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be replayed.")] = False,
+    broker: BrokerOpt = None,
+) -> None:
+    """Re-submit dead letters to ingest after a fix, once each, with their original bytes."""
+    from rich.progress import Progress
+
+    from bus.publish import replay_deadletters
+
+    s = _settings(broker)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("replaying", total=None)
+
+        def step(i: int, n: int) -> None:
+            bar.update(task, completed=i, total=n)
+
+        report = asyncio.run(replay_deadletters(
+            s, reason=reason, origins=set(origin or ()), dry_run=dry_run, progress=step,
+        ))  # fmt: skip
+    verb = "would replay" if dry_run else "replayed"
+    for o in report.replayed:
+        console.print(f"{verb} {o}")
+    for o, why in report.skipped.items():
+        console.print(f"[yellow]skipped[/] {o}: {why}")
+    console.print(f"{len(report.replayed)} {verb}, {len(report.skipped)} skipped")
 
 
 @schemas_app.command("list")

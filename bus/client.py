@@ -111,6 +111,13 @@ class BusClient:
     ) -> None:
         await self._producer.stop()
 
+    async def send_raw(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+    ) -> Receipt:
+        """Put bytes on a topic as they are (operator tools: replay, repairs)."""
+        md = await (await self._producer.send(topic, value, key=key, headers=headers))
+        return Receipt(None, md.topic, md.partition, md.offset)
+
     async def publish(self, event: Envelope | dict[str, Any] | bytes) -> Receipt:
         """Publish one event to ingress and wait until the broker has it."""
         return (await self.publish_many([event]))[0]

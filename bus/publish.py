@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -16,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bus.client import BusClient, Record, read_topic
 from bus.schemas.events import FAMILIES
 from bus.settings import Settings
+from bus.topics import INGRESS, REPLAYED
 
 
 @dataclass
@@ -133,4 +135,71 @@ async def list_deadletters(settings: Settings, max_seconds: float = 30.0) -> lis
     ]
 
 
-__all__ = ["Verdict", "list_deadletters", "publish_and_wait"]
+@dataclass
+class ReplayReport:
+    """What a replay did: re-submitted, skipped (and why), by dead letter origin."""
+
+    replayed: list[str]
+    skipped: dict[str, str]
+
+
+NOT_REPLAYABLE = ("duplicate.",)  # a duplicate replayed is a duplicate again
+
+
+async def replay_deadletters(
+    settings: Settings,
+    *,
+    reason: str | None = None,
+    origins: set[str] | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayReport:
+    """Re-submit ingest dead letters to ingress, once each, with their original bytes.
+
+    The bytes are unchanged, so a replayed event keeps its event_id and can never take effect
+    twice. Dead letters from later stages (an event the bus accepted, then an agent refused)
+    are not replayable: ingest would see a duplicate; the department publishes a new event.
+    """
+    done = {
+        (r.key or b"").decode()
+        async for r in read_topic(settings, settings.topic(REPLAYED.name), idle=0.5)
+        if r.value is not None
+    }
+    letters = await list_deadletters(settings)
+    report = ReplayReport([], {})
+    todo = []
+    for r in letters:
+        origin = r.headers.get("bus.origin", "")
+        why = r.headers.get("bus.reason", "")
+        if origins and origin not in origins:
+            continue
+        if reason and not why.startswith(reason):
+            continue
+        if origin in done:
+            report.skipped[origin] = "already replayed"
+        elif r.headers.get("bus.stage") != "ingest":
+            report.skipped[origin] = f"refused at stage {r.headers.get('bus.stage')}: publish anew"
+        elif why.startswith(NOT_REPLAYABLE):
+            report.skipped[origin] = f"{why}: nothing to replay"
+        else:
+            todo.append(r)
+    if dry_run or not todo:
+        report.replayed = [r.headers["bus.origin"] for r in todo]
+        return report
+    async with BusClient(settings) as client:
+        for i, r in enumerate(todo, 1):
+            origin = r.headers["bus.origin"]
+            headers = [(k, v.encode()) for k, v in r.headers.items() if not k.startswith("bus.")]
+            headers.append(("bus.replay_of", origin.encode()))
+            await client.send_raw(settings.topic(INGRESS.name), r.key, r.value or b"", headers)
+            marker = json.dumps({"replayed_at": time.time(), "reason": r.headers.get("bus.reason")})
+            await client.send_raw(
+                settings.topic(REPLAYED.name), origin.encode(), marker.encode(), []
+            )
+            report.replayed.append(origin)
+            if progress:
+                progress(i, len(todo))
+    return report
+
+
+__all__ = ["ReplayReport", "Verdict", "list_deadletters", "publish_and_wait", "replay_deadletters"]

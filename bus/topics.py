@@ -68,6 +68,13 @@ CORRELATE_SEEN = TopicSpec(
     30 * DAY_MS,
 )
 
+REPLAYED = TopicSpec(
+    "state.replayed",
+    "state",
+    "dead letters already re-submitted, by origin, so a replay happens once; compacted",
+    compacted=True,
+)
+
 
 def canonical(family: str) -> TopicSpec:
     """The canonical topic of one event family (validated, authorised, de-duplicated)."""
@@ -81,6 +88,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     INGEST_SEEN,
     CORRELATE_RECORDS,
     CORRELATE_SEEN,
+    REPLAYED,
 )
 
 

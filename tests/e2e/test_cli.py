@@ -36,7 +36,7 @@ def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
     "command",
     [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["broker"], ["demo"],
      ["schemas", "check"], ["settings"], ["certificate", "verify"], ["certificate", "export"],
-     ["certificate", "list"], ["trace"]],
+     ["certificate", "list"], ["trace"], ["deadletters", "replay"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     result = bus(*command, "--help")
@@ -183,3 +183,43 @@ def test_trace_follows_a_case_across_departments(settings: Settings, tmp_path: P
     assert "penalty.imposed" in by_uscc.stdout
     assert "enterprise.registered" in by_uscc.stdout
     assert missing.returncode == 1
+
+
+def test_dead_letters_are_replayed_once_after_a_fix(settings: Settings, tmp_path: Path) -> None:
+    import yaml
+
+    from bus.samples import penalties
+
+    # The directory of the day forgot the Jinxi bureau: its penalties are dead-lettered.
+    shipped = Path(__file__).resolve().parents[2] / "bus" / "data" / "departments.yaml"
+    directory = yaml.safe_load(shipped.read_text(encoding="utf-8"))
+    directory["departments"] = [
+        d for d in directory["departments"] if d["code"] != "ks.enforcement.jinxi"
+    ]
+    forgetful = tmp_path / "departments.yaml"
+    forgetful.write_text(yaml.safe_dump(directory, allow_unicode=True), encoding="utf-8")
+    broken = settings.model_copy(update={"departments_file": forgetful})
+    codec = EventCodec()
+    jinxi = next(e for e in penalties(200, seed=93) if e.source == "ks.enforcement.jinxi")
+    other = next(e for e in penalties(200, seed=93) if e.source != "ks.enforcement.jinxi")
+    (tmp_path / "e.jsonl").write_text(codec.to_json(jinxi) + "\n" + codec.to_json(other) + "\n")
+    with WorkerProcess(broken, tmp_path / "worker.log"):
+        first = bus("publish", str(tmp_path / "e.jsonl"), settings=broken)
+    assert "auth.unknown_source" in first.stdout
+    # The directory is fixed (the shipped one); the worker restarts; the operator replays.
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        dry = bus("deadletters", "replay", "--reason", "auth.", "--dry-run", settings=settings)
+        done = bus("deadletters", "replay", "--reason", "auth.", settings=settings)
+        again = bus("deadletters", "replay", "--reason", "auth.", settings=settings)
+        canonical = []
+        for _ in range(20):
+            listing = bus("trace", jinxi.subject, settings=settings)
+            if str(jinxi.payload.case_number) in listing.stdout:
+                canonical.append(listing.stdout)
+                break
+            time.sleep(0.5)
+    assert "1 would replay" in dry.stdout
+    assert "1 replayed" in done.stdout
+    assert "0 replayed, 1 skipped" in again.stdout
+    assert "already replayed" in again.stdout
+    assert canonical, "the replayed penalty never reached the canonical topic"
