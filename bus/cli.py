@@ -321,6 +321,32 @@ def trace(
     console.print(f"{len(steps)} events, {len({s.source for s in steps})} departments")
 
 
+@deadletters_app.command("show")
+def deadletters_show(
+    origin: Annotated[
+        str, typer.Argument(help="The dead letter's origin, topic/partition/offset.")
+    ],
+    broker: BrokerOpt = None,
+) -> None:
+    """Show one dead letter in full: every header and the original bytes."""
+    from bus.publish import list_deadletters
+
+    s = _settings(broker)
+    found = [r for r in asyncio.run(list_deadletters(s)) if r.headers.get("bus.origin") == origin]
+    if not found:
+        raise _fail(BusError(f"no dead letter from {origin}"), "`bus deadletters` lists them.")
+    r = found[-1]
+    t = Table("header", "value", title=f"dead letter {r.topic}/{r.partition}/{r.offset}")
+    for k, v in sorted(r.headers.items()):
+        t.add_row(k, v)
+    console.print(t)
+    console.print("key: " + (r.key or b"").decode(errors="replace"))
+    value = r.value or b""
+    text = value.decode(errors="replace") if not value.startswith(b"\x00") else value.hex()
+    console.print(f"value ({len(value)} bytes):", markup=False)
+    console.print(text, markup=False, soft_wrap=True)
+
+
 @deadletters_app.command("replay")
 def replay(
     reason: Annotated[

@@ -36,7 +36,8 @@ def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
     "command",
     [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["broker"], ["demo"],
      ["schemas", "check"], ["settings"], ["certificate", "verify"], ["certificate", "export"],
-     ["certificate", "list"], ["trace"], ["deadletters", "replay"]],
+     ["certificate", "list"], ["trace"], ["deadletters", "replay"],
+     ["deadletters", "show"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     result = bus(*command, "--help")
@@ -71,6 +72,13 @@ def test_publish_reports_verdicts_and_exit_status(settings: Settings, tmp_path: 
                  stdin=codec.to_json(penalties(1, seed=22)[0]))  # fmt: skip
         dead = bus("deadletters", "--json", settings=settings)
         only = bus("deadletters", "--reason", "schema.decode", settings=settings)
+        decode_origin = next(
+            json.loads(line)["origin"]
+            for line in dead.stdout.splitlines()
+            if line.strip() and json.loads(line)["reason"] == "schema.decode"
+        )
+        shown = bus("deadletters", "show", decode_origin, settings=settings)
+        absent = bus("deadletters", "show", "nowhere/0/0", settings=settings)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "accepted" in result.stdout
     assert "schema.validation" in result.stdout
@@ -81,6 +89,10 @@ def test_publish_reports_verdicts_and_exit_status(settings: Settings, tmp_path: 
     rows = [json.loads(line) for line in dead.stdout.splitlines() if line.strip()]
     assert sorted(r["reason"] for r in rows) == ["schema.decode", "schema.validation"]
     assert next(r for r in rows if r["reason"] == "schema.validation")["field"] == "payload.amount"
+    assert shown.returncode == 0, shown.stderr
+    assert "{oops" in shown.stdout
+    assert "bus.reason" in shown.stdout
+    assert absent.returncode == 1
     assert "schema.decode" in only.stdout
     assert "schema.validation" not in only.stdout
 
