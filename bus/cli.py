@@ -297,6 +297,37 @@ def certificate_export(
 
 
 @app.command()
+def status(broker: BrokerOpt = None) -> None:
+    """One screen: broker, topics, agents and their partitions and lag, dead letters, tasks."""
+    from bus.status import collect
+
+    s = _settings(broker)
+    st = asyncio.run(collect(s))
+    if not st.reachable:
+        raise _fail(BusError(f"broker {st.broker} is not reachable"), "Is it running?")
+    console.print(f"broker {st.broker}: [green]reachable[/]")
+    if st.missing_topics:
+        console.print(f"[red]missing topics[/]: {', '.join(st.missing_topics)} "
+                      "(run `bus topics create`)")  # fmt: skip
+    t = Table("agent", "worker", "partitions", "lag")
+    for a in st.agents:
+        lag = "?" if a.lag is None else str(a.lag)
+        if a.problem:
+            t.add_row(a.name, a.problem, "", lag)
+        elif not a.members:
+            t.add_row(a.name, "[red]no worker running[/]", "", lag)
+        for i, (member, parts) in enumerate(sorted(a.members.items())):
+            t.add_row(a.name if i == 0 else "", member, " ".join(parts), lag if i == 0 else "")
+    console.print(t)
+    dead = ", ".join(f"{k} {v}" for k, v in st.deadletters.most_common()) or "none"
+    console.print(f"dead letters: {sum(st.deadletters.values())} ({dead})")
+    tk = st.tasks
+    late = f"[red]{tk['overdue']} overdue[/]" if tk["overdue"] else "0 overdue"
+    console.print(f"tasks: {tk['open']} open, {late}, {tk['escalated']} escalated, "
+                  f"{tk['closed']} closed")  # fmt: skip
+
+
+@app.command()
 def trace(
     key: Annotated[
         str, typer.Argument(help="A correlation id (a case) or a USCC (an enterprise).")

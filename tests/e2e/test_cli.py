@@ -37,7 +37,7 @@ def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
     [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["broker"], ["demo"],
      ["schemas", "check"], ["settings"], ["certificate", "verify"], ["certificate", "export"],
      ["certificate", "list"], ["trace"], ["deadletters", "replay"],
-     ["deadletters", "show"]],
+     ["deadletters", "show"], ["status"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     result = bus(*command, "--help")
@@ -235,3 +235,32 @@ def test_dead_letters_are_replayed_once_after_a_fix(settings: Settings, tmp_path
     assert "0 replayed, 1 skipped" in again.stdout
     assert "already replayed" in again.stdout
     assert canonical, "the replayed penalty never reached the canonical topic"
+
+
+def test_status_shows_workers_partitions_dead_letters_and_tasks(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import random
+
+    from bus.samples import enterprise, registered
+
+    rng = random.Random(95)
+    codec = EventCodec()
+    (tmp_path / "e.jsonl").write_text(codec.to_json(registered(enterprise(rng), rng)) + "\n{bad\n")
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        bus("publish", str(tmp_path / "e.jsonl"), settings=settings)
+        for _ in range(20):
+            up = bus("status", settings=settings)
+            if "tasks: 4 open" in up.stdout:
+                break
+            time.sleep(0.5)
+    down = bus("status", settings=settings)
+    assert up.returncode == 0, up.stderr
+    assert "reachable" in up.stdout
+    for p in range(3):
+        assert f"ingress/{p}" in up.stdout
+    assert "dead letters: 1 (schema.decode 1)" in up.stdout
+    assert "tasks: 4 open, 0 overdue" in up.stdout
+    assert down.stdout.count("no worker running") == 2
+    unreachable = bus("status", settings=settings.model_copy(update={"broker": "127.0.0.1:1"}))
+    assert unreachable.returncode == 1

@@ -1,0 +1,126 @@
+"""``bus status``: is the bus healthy, what is late, where is work piling up — on one screen.
+
+Everything comes from the broker: the catalogue's topics, each agent's consumer group (its
+members, their partitions, and how far behind they are), the dead letters, and the task
+lifecycle on the task topic. A part a broker cannot answer is shown as unavailable, not as
+an error, so the screen still helps when something is wrong.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+from bus.brokers import wait_for_broker
+from bus.client import read_topic
+from bus.codec import EventCodec
+from bus.settings import Settings
+from bus.topics import CATALOGUE
+
+AGENTS = ("ingest", "correlate")
+
+
+@dataclass
+class AgentStatus:
+    """One agent's consumer group."""
+
+    name: str
+    members: dict[str, list[str]] = field(default_factory=dict)  # client -> partitions
+    lag: int | None = None
+    problem: str | None = None
+
+
+@dataclass
+class Status:
+    """Everything ``bus status`` shows."""
+
+    broker: str
+    reachable: bool
+    missing_topics: list[str] = field(default_factory=list)
+    agents: list[AgentStatus] = field(default_factory=list)
+    deadletters: Counter[str] = field(default_factory=Counter)
+    tasks: Counter[str] = field(default_factory=Counter)
+
+
+async def _agent(
+    admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, settings: Settings, name: str
+) -> AgentStatus:
+    group = f"{settings.app_id}.{name}"
+    status = AgentStatus(name)
+    try:
+        [response] = await admin.describe_consumer_groups([group])
+        for g in response.groups:
+            for member in g[5]:  # (member_id, client_id, client_host, metadata, assignment)
+                parts: list[str] = []
+                if member[4]:
+                    assignment = ConsumerProtocolMemberAssignment.decode(member[4])
+                    for topic, partitions in assignment.assignment:
+                        short = topic.removeprefix(settings.topic_prefix + ".")
+                        parts += [f"{short}/{p}" for p in sorted(partitions)]
+                status.members[f"{member[1]}@{member[2]}"] = parts
+        committed = await admin.list_consumer_group_offsets(group)
+        if committed:
+            ends = await consumer.end_offsets(list(committed))
+            status.lag = sum(max(ends[tp] - om.offset, 0) for tp, om in committed.items())
+    except Exception as exc:  # a broker without the admin API: say so, go on
+        status.problem = f"unavailable from this broker ({type(exc).__name__})"
+    return status
+
+
+async def collect(settings: Settings) -> Status:
+    """Ask the broker everything ``bus status`` shows."""
+    status = Status(settings.broker, reachable=True)
+    try:
+        await wait_for_broker(settings.broker, 5)
+    except Exception:
+        status.reachable = False
+        return status
+    kafka = settings.kafka()
+    admin = AIOKafkaAdminClient(**kafka)
+    consumer = AIOKafkaConsumer(**kafka, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        existing = set(await admin.list_topics())
+        status.missing_topics = [
+            settings.topic(s.name) for s in CATALOGUE if settings.topic(s.name) not in existing
+        ]
+        for name in AGENTS:
+            status.agents.append(await _agent(admin, consumer, settings, name))
+    finally:
+        await consumer.stop()
+        await admin.close()
+    async for r in read_topic(settings, settings.topic("deadletter"), idle=0.5):
+        status.deadletters[r.headers.get("bus.reason", "?")] += 1
+    status.tasks = await _tasks(settings)
+    return status
+
+
+async def _tasks(settings: Settings) -> Counter[str]:
+    """Open, overdue and escalated tasks, from the task topic's lifecycle events."""
+    created: set[str] = set()
+    closed: set[str] = set()
+    overdue: set[str] = set()
+    escalated: set[str] = set()
+    sets: dict[str, set[str]] = {
+        "task.created": created, "task.completed": closed, "task.rejected": closed,
+        "task.overdue": overdue, "task.escalated": escalated,
+    }  # fmt: skip
+    codec = EventCodec()
+    async for r in read_topic(settings, settings.topic("events.task"), idle=0.5):
+        target = sets.get(r.headers.get("event_type", ""))
+        if target is not None:
+            target.add(str(codec.decode(r.value or b"").payload.task_id))
+    return Counter(
+        open=len(created - closed),
+        overdue=len(overdue - closed),
+        escalated=len(escalated - closed),
+        closed=len(closed & created),
+    )
+
+
+__all__ = ["AgentStatus", "Status", "collect"]
