@@ -30,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bus.brokers import EmbeddedBroker
 from bus.codec import EventCodec
-from bus.processes import WorkerProcess
+from bus.processes import WorkerProcess, terminate
 from bus.samples import penalties
 from bus.settings import Settings
 from bus.topics import create_topics
@@ -106,16 +106,6 @@ def spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 15 s."""
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 async def measure(
     name: str,
     bootstrap: str,
@@ -146,7 +136,7 @@ async def measure(
                 (now - sent[eid]) * 1000 for eid, _, now in arrived[len(backlog) :] if eid in sent
             )
     finally:
-        stop(proc)
+        terminate(proc, 15)
     result = {
         "events_per_s": eps,
         "p50_ms": statistics.median(lat),

@@ -38,7 +38,7 @@ app.add_typer(certificate_app, name="certificate")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(schemas_app, name="schemas")
 
-out = console = Console()
+console = Console()
 err = Console(stderr=True)
 
 BrokerOpt = Annotated[
@@ -67,7 +67,7 @@ def _fail(exc: BaseException, hint: str = "") -> typer.Exit:
 @app.command()
 def settings() -> None:
     """Show the effective settings (secrets masked)."""
-    out.print_json(json.dumps(_settings().dump()))
+    console.print_json(json.dumps(_settings().dump()))
 
 
 @app.command()
@@ -89,7 +89,7 @@ def broker(
         b.start()
     except BusError as exc:
         raise _fail(exc, "Is the port taken? Try --port 0 for a free one.") from None
-    out.print(f"{engine} broker listening; use [bold]BUS_BROKER={b.url}[/]")
+    console.print(f"{engine} broker listening; use [bold]BUS_BROKER={b.url}[/]")
     stop = asyncio.Event()
 
     async def wait() -> None:
@@ -102,7 +102,7 @@ def broker(
         asyncio.run(wait())
     finally:
         b.stop()
-        out.print("broker stopped")
+        console.print("broker stopped")
 
 
 @topics_app.command("create")
@@ -116,8 +116,8 @@ def topics_create(broker: BrokerOpt = None) -> None:
     except Exception as exc:
         raise _fail(exc, f"Is a broker running at {s.broker}? (bus broker starts one)") from None
     for name in created:
-        out.print(f"created {name}")
-    out.print(f"{len(created)} created, topics up to date ({s.partitions} partitions)")
+        console.print(f"created {name}")
+    console.print(f"{len(created)} created, topics up to date ({s.partitions} partitions)")
 
 
 @topics_app.command("list")
@@ -130,7 +130,7 @@ def topics_list() -> None:
     for spec in CATALOGUE:
         days = "forever" if spec.retention_ms < 0 else f"{spec.retention_ms // 86_400_000} days"
         t.add_row(s.topic(spec.name), spec.role, days, spec.description)
-    out.print(t)
+    console.print(t)
 
 
 @app.command()
@@ -202,8 +202,8 @@ def publish(
             bad += wait > 0
             verdict = "published" if wait == 0 else "[yellow]no verdict yet[/] (is a worker up?)"
         t.add_row(str(r.line), r.event_id or "-", r.event_type or "-", verdict)
-    out.print(t)
-    out.print(f"{len(results)} published, {sum(r.accepted for r in results)} accepted")
+    console.print(t)
+    console.print(f"{len(results)} published, {sum(r.accepted for r in results)} accepted")
     raise typer.Exit(1 if bad else 0)
 
 
@@ -245,8 +245,8 @@ def deadletters(
         h = r.headers
         t.add_row(h.get("bus.origin", "?"), h.get("bus.reason", "?"), h.get("bus.field", ""),
                   h.get("bus.error", ""))  # fmt: skip
-    out.print(t)
-    out.print(f"{len(rows)} dead letters shown")
+    console.print(t)
+    console.print(f"{len(rows)} dead letters shown")
 
 
 async def _issued(s: Settings) -> list[Any]:
@@ -423,7 +423,7 @@ def schemas_list() -> None:
     t = Table("id", "event type", "version", "description")
     for s in reg.all():
         t.add_row(str(s.id), s.subject, str(s.version), EVENT_TYPES[s.subject].description)
-    out.print(t)
+    console.print(t)
 
 
 @schemas_app.command("check")
@@ -437,7 +437,7 @@ def schemas_check() -> None:
         err.print(f"[red]{p}[/]")
     if problems:
         raise typer.Exit(1)
-    out.print("models and shipped schemas agree")
+    console.print("models and shipped schemas agree")
 
 
 @schemas_app.command("export")
@@ -454,8 +454,8 @@ def schemas_export(
     except BusError as exc:
         raise _fail(exc) from None
     for a in added:
-        out.print(f"added {a}")
-    out.print(f"{len(added)} schemas added")
+        console.print(f"added {a}")
+    console.print(f"{len(added)} schemas added")
 
 
 @app.command()
@@ -469,7 +469,7 @@ def demo(
     from bus.demo import run_demo
 
     try:
-        code = run_demo(out, engine=engine, keep_running=keep_running)
+        code = run_demo(console, engine=engine, keep_running=keep_running)
     except BusError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)

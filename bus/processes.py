@@ -21,6 +21,18 @@ from bus.errors import BusError
 from bus.settings import Settings
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    """SIGTERM (Faust and uvicorn shut down cleanly), SIGKILL if it takes longer."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The ``BUS_*`` variables that reproduce ``settings`` in a child process."""
     env = {}
@@ -89,16 +101,7 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (Faust shuts down cleanly), SIGKILL if it takes longer than ``timeout``."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return None if self.proc is None else terminate(self.proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash, for tests that prove nothing is lost."""

@@ -53,16 +53,10 @@ async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicParti
     consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None)
     await consumer.start()
     try:
+        await consumer.topics()  # fills the metadata partitions_for_topic reads
         tps = [
             TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())
         ]
-        if not tps:
-            await consumer.topics()
-            tps = [
-                TopicPartition(t, p)
-                for t in topics
-                for p in (consumer.partitions_for_topic(t) or ())
-            ]
         return await consumer.end_offsets(tps) if tps else {}
     finally:
         await consumer.stop()

@@ -54,14 +54,6 @@ def _task_parts(before: Mapping[str, str], record: EnterpriseRecord) -> set[str]
     return {f"task:{k}" for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
-
-
 def derived_id(*parts: str) -> uuid.UUID:
     """A stable event id for an effect: the same cause always gives the same id."""
     return uuid.uuid5(_IDS, "/".join(parts))
@@ -476,7 +468,7 @@ class CorrelateAgent(BatchAgent):
             source=BUS,
             subject=record.uscc,
             correlation_id=request.get("correlation_id") or task.case,
-            causation_id=uuid.UUID(task.case) if _is_uuid(task.case) else None,
+            causation_id=uuid.UUID(task.case),  # a case is named by its trigger's event id
             payload=payload,
         )
         return self._out(event)

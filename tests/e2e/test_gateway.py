@@ -28,7 +28,7 @@ from bus.brokers import free_port
 from bus.client import Record, read_topic
 from bus.codec import EventCodec
 from bus.gateway.keys import issue_key, keys_path
-from bus.processes import WorkerProcess, settings_env
+from bus.processes import WorkerProcess, settings_env, terminate
 from bus.samples import enterprise, penalty, registered, town_code
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
@@ -79,12 +79,7 @@ def gateway(settings: Settings, tmp_path: Path) -> Iterator[Gateway]:
                 time.sleep(0.1)
             yield Gateway(url, http, settings)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 15)
 
 
 def read(settings: Settings, name: str, idle: float = 1.0) -> list[Record]:
