@@ -21,7 +21,7 @@ test: $(STAMP)  ## set up, then run the whole test suite (unit, integration, end
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy bus
+	$(BIN)/mypy bus connectors
 
 bench: $(STAMP)  ## ingest vs the raw-client limit on both embedded brokers; the whole pipeline
 	$(BIN)/python bench/ingest.py --engine tansu

@@ -46,12 +46,43 @@ class Metrics:
             ["matter"], buckets=_SECONDS, registry=r,
         )  # fmt: skip
         self.tasks = Gauge(
-            f"{prefix}_tasks", "Tasks held by this worker, by matter and state",
-            ["matter", "state"], registry=r,
+            f"{prefix}_tasks",
+            "Tasks held by this worker, by matter, assignee and state "
+            "(open, accepted, overdue, escalated, completed, rejected)",
+            ["matter", "department", "state"], registry=r,
+        )  # fmt: skip
+        self.events_typed = Counter(
+            f"{prefix}_events_typed", "Events an agent accepted or produced, by type and source",
+            ["agent", "event_type", "department"], registry=r,
+        )  # fmt: skip
+        self.delivery_seconds = Histogram(
+            f"{prefix}_delivery_seconds",
+            "From when an event occurred to its delivery into a department's inbox",
+            ["agent"], buckets=(*_SECONDS, 30, 60, 300), registry=r,
         )  # fmt: skip
         self.calendar_fallback_years = Gauge(
             f"{prefix}_calendar_fallback_years",
             "Years counted weekends-only for lack of official holiday data", registry=r,
+        )  # fmt: skip
+
+
+class GatewayMetrics:
+    """What the HTTP gateway exports: requests by route template and status, and latency."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "bus") -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            f"{prefix}_gateway_requests", "HTTP requests, by route template, method and status",
+            ["route", "method", "status"], registry=r,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            f"{prefix}_gateway_request_seconds", "Time to answer a request, by route template",
+            ["route", "method"], buckets=_SECONDS, registry=r,
+        )  # fmt: skip
+        self.published = Counter(
+            f"{prefix}_gateway_published", "Events the gateway put on ingress, by department",
+            ["department"], registry=r,
         )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ topics keep their events forever: they are the evidence log operators trace case
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -29,6 +30,7 @@ class TopicSpec:
     retention_ms: int = -1
     compacted: bool = False
     subject_keyed: bool = True
+    partitions: int | None = None  # None: the shared count (Settings.partitions)
 
     def config(self) -> dict[str, str]:
         """Kafka topic configuration for ``CreateTopics``."""
@@ -81,6 +83,33 @@ def canonical(family: str) -> TopicSpec:
     return TopicSpec(f"events.{family}", "canonical", f"validated {family}.* events")
 
 
+def inbox(department: str) -> TopicSpec:
+    """A department's inbox: routed events and its tasks, in one order (one partition).
+
+    One topic per department, so that on a Kafka with ACLs a department's principal can be
+    allowed to read its own inbox and nothing else; one partition, so an inbox has a single
+    order and a cursor is just an offset.
+    """
+    return TopicSpec(
+        f"inbox.{department}",
+        "inbox",
+        f"what {department} receives: routed events and its tasks",
+        90 * DAY_MS,
+        subject_keyed=False,
+        partitions=1,
+    )
+
+
+def inbox_topic(settings: Settings, department: str) -> str:
+    """Full name of a department's inbox topic."""
+    return settings.topic(f"inbox.{department}")
+
+
+def inboxes(departments: Iterable[str]) -> tuple[TopicSpec, ...]:
+    """The inbox topics of these departments (``Directory.codes()``)."""
+    return tuple(inbox(code) for code in departments)
+
+
 CATALOGUE: tuple[TopicSpec, ...] = (
     INGRESS,
     *(canonical(f) for f in FAMILIES),
@@ -97,11 +126,21 @@ def canonical_topic(settings: Settings, event_type: str) -> str:
     return settings.topic(f"events.{event_type.split('.', 1)[0]}")
 
 
-async def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATALOGUE) -> list[str]:
-    """Create every missing topic with the shared partition count; returns the ones created.
+def full_catalogue(settings: Settings) -> tuple[TopicSpec, ...]:
+    """The catalogue plus an inbox for every department in the directory."""
+    from bus.departments import Directory
+
+    return CATALOGUE + inboxes(Directory.load(settings.departments_file).departments)
+
+
+async def create_topics(
+    settings: Settings, specs: tuple[TopicSpec, ...] | None = None
+) -> list[str]:
+    """Create every missing topic (the full catalogue by default); returns the ones created.
 
     Idempotent: existing topics are left alone (their partition count is checked by Faust).
     """
+    specs = full_catalogue(settings) if specs is None else specs
     admin = AIOKafkaAdminClient(**settings.kafka())
     await admin.start()
     try:
@@ -109,7 +148,7 @@ async def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATAL
         new = [
             NewTopic(
                 settings.topic(s.name),
-                num_partitions=settings.partitions,
+                num_partitions=s.partitions or settings.partitions,
                 replication_factor=settings.replication_factor,
                 topic_configs=s.config(),
             )
@@ -117,12 +156,17 @@ async def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATAL
             if settings.topic(s.name) not in existing
         ]
         created = []
-        for topic in new:  # one by one: a broker that rejects one should not hide the rest
-            try:
-                await admin.create_topics([topic])
-                created.append(topic.name)
-            except TopicAlreadyExistsError:
-                pass
+        try:  # one request for all: dozens of inboxes in one round trip
+            await admin.create_topics(new)
+            created = [t.name for t in new]
+        except TopicAlreadyExistsError:
+            created = []
+            for topic in new:  # one by one: a broker that rejects one should not hide the rest
+                try:
+                    await admin.create_topics([topic])
+                    created.append(topic.name)
+                except TopicAlreadyExistsError:
+                    pass
         if created:
             await _wait_for_metadata(admin, set(created))
         return created

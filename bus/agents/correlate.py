@@ -85,7 +85,7 @@ class CorrelateAgent(BatchAgent):
         self.deadletter = s.topic(DEADLETTER.name)
         self.tick_interval = s.task_check_interval
         self._with_tasks: set[str] = set()  # enterprises with open tasks (checked by tick)
-        self._task_series: set[tuple[str, str]] = set()
+        self._task_series: set[tuple[str, str, str]] = set()
         self.decided = 0  # certificates issued + review cases opened, for tests and metrics
 
     async def process(self, records: list[Record]) -> list[Out]:
@@ -405,12 +405,15 @@ class CorrelateAgent(BatchAgent):
         """Tasks past their deadline: ``task.overdue`` once, then ``task.escalated`` once."""
         now = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.clock_skew)
         outs: list[Out] = []
-        counts: dict[tuple[str, str], int] = {}
+        counts: dict[tuple[str, str, str], int] = {}
         for partition, uscc, record in list(self.records.items()):
             if uscc not in self._with_tasks:
                 continue
             for t in record.tasks.values():
-                key = (t.matter, "overdue" if t.overdue and not t.closed else t.state)
+                state: str = t.state
+                if not t.closed and (t.escalated or t.overdue):
+                    state = "escalated" if t.escalated else "overdue"
+                key = (t.matter, t.assignee, state)
                 counts[key] = counts.get(key, 0) + 1
             changed: set[str] = set()
             for task in record.open_tasks():
@@ -441,7 +444,7 @@ class CorrelateAgent(BatchAgent):
         self.ctx.metrics.calendar_fallback_years.set(len(self.calendar.fallback_years))
         return outs
 
-    def _export_task_counts(self, counts: dict[tuple[str, str], int]) -> None:
+    def _export_task_counts(self, counts: dict[tuple[str, str, str], int]) -> None:
         """Set the task gauges; combinations that emptied go back to zero."""
         gauge = self.ctx.metrics.tasks
         for key in self._task_series - counts.keys():

@@ -84,6 +84,7 @@ class IngestAgent(BatchAgent):
         """Check every record: one output each; accepted ids go to the seen-store."""
         outs: list[Out] = []
         accepted: dict[int, list[bytes]] = {}
+        typed: dict[tuple[str, str], int] = {}
         for r in records:
             try:
                 ok = self.ingestor.check(r.value)
@@ -92,6 +93,8 @@ class IngestAgent(BatchAgent):
                 if self.seen.seen(r.partition, key) or key in batch:
                     raise DuplicateEvent(f"event_id {ok.event.event_id} was already accepted")
                 batch.append(key)
+                kind = (ok.event.event_type, ok.event.source)
+                typed[kind] = typed.get(kind, 0) + 1
                 outs.append(
                     Out(
                         self.canonical[ok.event.event_type],
@@ -113,4 +116,7 @@ class IngestAgent(BatchAgent):
                 )
         for p, keys in accepted.items():
             self.seen.add(p, keys)
+        counter = self.ctx.metrics.events_typed
+        for (event_type, source), n in typed.items():  # sources are directory codes: bounded
+            counter.labels(self.name, event_type, source).inc(n)
         return outs

@@ -31,7 +31,9 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of every series of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, pairs), v in samples.items() if n == name and wanted <= set(pairs))
 
 
 def test_metrics_count_what_the_agents_did(settings: Settings, tmp_path: Path) -> None:
@@ -55,6 +57,10 @@ def test_metrics_count_what_the_agents_did(settings: Settings, tmp_path: Path) -
     assert value(samples, "bus_deadletters_total", agent="ingest", reason="schema.decode") == 1
     assert value(samples, "bus_events_in_total", agent="correlate", topic=penalty_topic) == 20
     assert value(samples, "bus_tasks", matter="opening-a-business", state="open") == 4
+    assert value(samples, "bus_tasks", department="ks.tax", state="open") == 1
+    assert (
+        value(samples, "bus_events_typed_total", agent="ingest", event_type="penalty.imposed") == 20
+    )
     assert value(samples, "bus_batch_seconds_count", agent="ingest") >= 1
     # Bounded labels: no USCC, event id or person anywhere in the series.
     labels = " ".join(v for _, pairs in samples for _, v in pairs)
