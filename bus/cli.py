@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bus.cli_certificate import certificate_app
+from bus.cli_connect import connect
 from bus.errors import BusError
 from bus.gateway.cli import gateway_app
 from bus.settings import Settings
@@ -37,6 +38,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(certificate_app, name="certificate")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(schemas_app, name="schemas")
+app.command("connect")(connect)
 
 console = Console()
 err = Console(stderr=True)

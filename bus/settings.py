@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     departments_file: Path | None = Field(
         default=None, description="Department directory YAML; the shipped one when unset"
     )
+    connectors_file: Path | None = Field(
+        default=None, description="Connectors YAML for `bus connect` (docs/connectors.md)"
+    )
     calendar_dir: Path | None = Field(
         default=None, description="Operator holiday files (YYYY.yaml), see docs/calendar-data.md"
     )

@@ -1,0 +1,77 @@
+"""``bus connect NAME``: run one configured connector until it finishes or is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bus.errors import BusError
+from bus.settings import Settings
+
+console = Console()
+err = Console(stderr=True)
+
+
+def connect(
+    name: Annotated[str | None, typer.Argument(help="The connector's name in the file.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Connectors YAML; overrides BUS_CONNECTORS_FILE."),
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the configured connectors.")] = False,
+) -> None:
+    """Run a configured connector (outbox source, webhook sink, file import ...).
+
+    Stops cleanly on SIGTERM or Ctrl-C: the batch in hand is finished and committed.
+    """
+    from connectors import registry
+
+    settings = Settings()
+    path = config or settings.connectors_file
+    if path is None:
+        err.print("[red]no connectors file:[/] pass --config FILE or set BUS_CONNECTORS_FILE")
+        raise typer.Exit(2)
+    try:
+        if list_ or name is None:
+            table = Table("name", "kind", "guarantee")
+            for e in registry.load(path):
+                cls = registry.connector_class(e.kind)
+                table.add_row(e.name, e.kind, getattr(cls, "guarantee", "?"))
+            console.print(table)
+            return
+        connector = registry.build(settings, registry.find(path, name))
+    except BusError as exc:
+        err.print(f"[red]{exc.reason}:[/] {exc.message}")
+        raise typer.Exit(2) from None
+
+    server = None
+    if settings.metrics_port:  # same /metrics as the worker's, on the same setting
+        from prometheus_client import start_http_server
+
+        try:
+            server, _ = start_http_server(
+                settings.metrics_port, addr=settings.web_host, registry=connector.metrics.registry
+            )
+        except OSError as exc:
+            err.print(f"[yellow]metrics not served on port {settings.metrics_port}:[/] {exc}")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, connector.stop)
+        await connector.serve()
+
+    try:
+        asyncio.run(main())
+    except BusError as exc:
+        err.print(f"[red]{exc.reason}:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    finally:
+        if server is not None:
+            server.shutdown()
