@@ -90,6 +90,10 @@ class EnterpriseRecord(BaseModel):
     waiting: list[dict[str, Any]] = Field(
         default_factory=list, description="requests parked until the registration arrives"
     )
+    unrouted: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="events whose routing needs the profile, parked until the registration",
+    )
     reviews: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="open review cases by request event id"
     )
@@ -181,7 +185,7 @@ class EnterpriseRecord(BaseModel):
         return self.penalties.setdefault(case_number, PenaltyEntry(case_number=case_number))
 
 
-_PROFILE_FIELDS = {"uscc", "status", "profile", "waiting", "reviews"}
+_PROFILE_FIELDS = {"uscc", "status", "profile", "waiting", "unrouted", "reviews"}
 _PART_FIELDS = {"penalty": "penalties", "licence": "licences", "task": "tasks"}
 _PART_MODELS: dict[str, type[BaseModel]] = {
     "penalty": PenaltyEntry, "licence": LicenceEntry, "task": TaskEntry,

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     departments_file: Path | None = Field(
         default=None, description="Department directory YAML; the shipped one when unset"
     )
+    subscriptions_file: Path | None = Field(
+        default=None, description="Inbox subscriptions YAML; the shipped one when unset"
+    )
     connectors_file: Path | None = Field(
         default=None, description="Connectors YAML for `bus connect` (docs/connectors.md)"
     )

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from bus.agents.out import Out, deadletter
+from bus.agents.route import NOTIFY, Router, load_subscriptions
 from bus.agents.runtime import BatchAgent, Record
 from bus.agents.stores import PartedStore, SeenStore
 from bus.certificates import Signer, UnsignedCertificate, new_serial
@@ -87,9 +88,12 @@ class CorrelateAgent(BatchAgent):
         self._with_tasks: set[str] = set()  # enterprises with open tasks (checked by tick)
         self._task_series: set[tuple[str, str, str]] = set()
         self.decided = 0  # certificates issued + review cases opened, for tests and metrics
+        self.router = Router(
+            s, ctx.directory, load_subscriptions(s.subscriptions_file, ctx.directory)
+        )
 
     async def process(self, records: list[Record]) -> list[Out]:
-        """Fold each event into its enterprise's record; run matters it triggers."""
+        """Fold each event into its enterprise's record; run matters it triggers; route it."""
         outs: list[Out] = []
         for r in records:
             event = self.codec.decode(r.value or b"")
@@ -97,11 +101,14 @@ class CorrelateAgent(BatchAgent):
             if self.seen.seen(r.partition, key):
                 continue  # a re-delivered copy: its effects were produced already
             self.seen.add(r.partition, [key])
-            if event.source == BUS and event.event_type.startswith(BUS_FAMILIES):
-                continue  # the bus's own decisions: already in the record
             record = self.records.get(r.partition, event.subject) or EnterpriseRecord(
                 uscc=event.subject
             )
+            if event.source == BUS and event.event_type.startswith(BUS_FAMILIES):
+                # The bus's own decisions are already in the record; deliver them.
+                notify = dict(r.headers or ()).get(NOTIFY, b"").decode()
+                outs.extend(self._route(event, r, record, notify))
+                continue
             tasks_before = {k: v.state for k, v in record.tasks.items()}
             if event.event_type in ANSWERS or event.event_type == "approval.opinion":
                 try:
@@ -110,6 +117,7 @@ class CorrelateAgent(BatchAgent):
                     outs.append(deadletter(self.deadletter, r, exc, self.name))
                     continue
                 parts = {"profile"}
+                outs.extend(self._route(event, r, record, event.source))  # taken: confirm it
             else:
                 parts = set(record.apply(event))
                 matter = self.matters.get(event.event_type)
@@ -118,15 +126,55 @@ class CorrelateAgent(BatchAgent):
                     outs.extend(self._trigger(matter, record, event))
                     if (len(record.reviews), len(record.waiting)) != cases:
                         parts.add("profile")
-                if event.event_type == "enterprise.registered" and record.waiting:
-                    parked, record.waiting = record.waiting, []
-                    for trigger in parked:
-                        matter = self.matters[trigger["event_type"]]
-                        replayed = model_for(trigger["event_type"]).model_validate(trigger)
-                        outs.extend(self._trigger(matter, record, replayed))
+                outs.extend(self._route(event, r, record))
+                if self.router.must_wait(event, record.status != "unknown"):
+                    record.unrouted.append(event.model_dump(mode="json", warnings=False))
+                    parts.add("profile")
+                if event.event_type == "enterprise.registered":
+                    outs.extend(self._registered(record))
             parts |= _task_parts(tasks_before, record)
             if parts:
                 self.records.put(r.partition, event.subject, record, parts)
+        return outs
+
+    def _registered(self, record: EnterpriseRecord) -> list[Out]:
+        """The registration arrived: decide parked requests, route parked events."""
+        outs: list[Out] = []
+        if record.waiting:
+            parked, record.waiting = record.waiting, []
+            for trigger in parked:
+                matter = self.matters[trigger["event_type"]]
+                replayed = model_for(trigger["event_type"]).model_validate(trigger)
+                outs.extend(self._trigger(matter, record, replayed))
+        if record.unrouted:
+            unrouted, record.unrouted = record.unrouted, []
+            for dump in unrouted:
+                event = model_for(dump["event_type"]).model_validate(dump)
+                outs.extend(self._route(event, None, record, deferred=True))
+        return outs
+
+    def _route(
+        self,
+        event: Envelope,
+        r: Record | None,
+        record: EnterpriseRecord,
+        notify: str = "",
+        *,
+        deferred: bool = False,
+    ) -> list[Out]:
+        """Inbox deliveries of one event, decided on the record as it stands now."""
+        profile = {**record.profile, "status": record.status}
+        if r is not None:
+            value, headers = r.value or b"", list(r.headers or ())
+        else:  # parked: re-encoded, the same event
+            value, headers = self.codec.encode(event), event.kafka_headers()
+        registered = record.status != "unknown"
+        outs = self.router.outs(
+            event, value, headers, profile, notify, registered=registered, deferred=deferred
+        )
+        if outs:
+            age = (datetime.now(UTC) - event.occurred_at).total_seconds()
+            self.ctx.metrics.delivery_seconds.labels(self.name).observe(max(age, 0.0))
         return outs
 
     def _trigger(self, matter: Matter, record: EnterpriseRecord, event: Envelope) -> list[Out]:
@@ -221,7 +269,7 @@ class CorrelateAgent(BatchAgent):
             causation_id=request.event_id,
             payload=signed,
         )
-        return self._out(issued)
+        return self._out(issued, request.source, request.payload.requested_by)
 
     def _open_case(
         self,
@@ -271,7 +319,7 @@ class CorrelateAgent(BatchAgent):
                         "evidence": evidence,
                     },
                 )  # fmt: skip
-                outs.append(self._out(created))
+                outs.append(self._out(created, assignee))
         if tasks:
             record.reviews[case] = {
                 "matter": matter.name, "opened_at": time.time(), "tasks": tasks,
@@ -377,7 +425,7 @@ class CorrelateAgent(BatchAgent):
         self.ctx.metrics.decision_seconds.labels(review["matter"]).observe(
             max((decided.occurred_at - trigger.occurred_at).total_seconds(), 0.0)
         )
-        return self._out(decided)
+        return self._out(decided, trigger.source, *(t.assignee for t in tasks))
 
     def _certificate_after_review(
         self, record: EnterpriseRecord, review: dict[str, Any], tasks: list[TaskEntry]
@@ -474,12 +522,20 @@ class CorrelateAgent(BatchAgent):
             causation_id=uuid.UUID(task.case),  # a case is named by its trigger's event id
             payload=payload,
         )
-        return self._out(event)
+        notify = [task.assignee]
+        if event_type == "task.escalated" and task.supervisor:
+            notify.append(task.supervisor)
+        return self._out(event, *notify)
 
-    def _out(self, event: Envelope) -> Out:
+    def _out(self, event: Envelope, *notify: str | None) -> Out:
+        """A decision of the bus for its canonical topic; ``notify``: who must receive it."""
+        headers = event.kafka_headers()
+        recipients = ",".join(dict.fromkeys(n for n in notify if n))
+        if recipients:
+            headers.append((NOTIFY, recipients.encode()))
         return Out(
             canonical_topic(self.ctx.settings, event.event_type),
             self.codec.encode(event),
             key=event.subject.encode(),
-            headers=event.kafka_headers(),
+            headers=headers,
         )

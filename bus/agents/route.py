@@ -1,0 +1,274 @@
+"""Route: deliver events to the inboxes of the departments that should see them.
+
+Who receives what is data, reviewed by operators (``bus/data/subscriptions.yaml``, or the
+file ``BUS_SUBSCRIPTIONS_FILE`` names)::
+
+    subscriptions:
+      - name: huaqiao-penalties
+        department: ks.town.huaqiao
+        event_types: ["penalty.imposed", "penalty.revoked"]
+        where:
+          enterprise.town: Huaqiao          # equality
+          payload.amount: {gte: 10000}      # or an operator: eq ne in not_in gt gte lt lte
+                                            #   exists contains
+
+Paths are ``event_type``, ``source``, ``subject``, ``payload.<field>`` and
+``enterprise.<field>`` (the enterprise's registered profile: ``name``, ``town``,
+``industry_code``, ``registered_capital``, ``status`` ...). Besides subscriptions, the bus
+delivers what concerns a department by construction: every task assigned to it (created,
+overdue, escalated, and its own answers once the bus has taken them), an escalation to the
+supervising office, and a decision to the department that asked for it. The correlate agent
+names those recipients in the ``bus.notify`` header of the events it produces.
+
+Routing runs inside the correlate agent, on each canonical event as it is read: conditions
+on the enterprise need its record, and the correlate agent holds it. An event whose
+subscription asks about the enterprise before the registration has reached the bus is
+parked in the record and routed when the registration arrives, never decided on missing
+data. Delivery is at-least-once: after a crash an inbox may receive an event twice; it
+carries its ``event_id`` and readers (the gateway, the webhook sink) de-duplicate by it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bus.agents.out import Headers, Out
+from bus.departments import Directory
+from bus.errors import ConfigurationError
+from bus.schemas.envelope import Envelope
+from bus.schemas.events import EVENT_TYPES
+from bus.settings import Settings
+from bus.topics import inbox_topic
+
+log = logging.getLogger(__name__)
+
+NOTIFY = "bus.notify"
+"""Header on the bus's own events: departments that receive it by construction."""
+
+OPERATORS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists", "contains")
+ROOTS = ("event_type", "source", "subject", "payload", "enterprise")
+
+
+class Subscription(BaseModel):
+    """One department's standing request for a kind of event."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    department: str
+    description: str | None = None
+    event_types: list[str] = Field(min_length=1)
+    where: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("where")
+    @classmethod
+    def _conditions(cls, where: dict[str, Any]) -> dict[str, Any]:
+        for path, cond in where.items():
+            root = path.split(".", 1)[0]
+            if root not in ROOTS or (root in ("payload", "enterprise") and "." not in path):
+                raise ValueError(f"{path!r}: a path starts with one of {', '.join(ROOTS)}")
+            if isinstance(cond, dict):
+                if len(cond) != 1 or next(iter(cond)) not in OPERATORS:
+                    raise ValueError(
+                        f"{path!r}: a condition is a value or one of {', '.join(OPERATORS)}"
+                    )
+                op, value = next(iter(cond.items()))
+                if op in ("in", "not_in") and not isinstance(value, list):
+                    raise ValueError(f"{path!r}: {op} takes a list")
+        return where
+
+    @property
+    def needs_enterprise(self) -> bool:
+        """Whether a condition reads the enterprise's profile (needs its registration)."""
+        return any(p.startswith("enterprise.") for p in self.where)
+
+    def matches(self, event: Envelope, profile: dict[str, Any]) -> bool:
+        """Every condition holds for ``event`` about an enterprise with ``profile``."""
+        return all(_holds(_lookup(path, event, profile), c) for path, c in self.where.items())
+
+
+def _lookup(path: str, event: Envelope, profile: dict[str, Any]) -> Any:
+    root, _, rest = path.partition(".")
+    if root == "enterprise":
+        value: Any = profile
+        for part in rest.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+    if root == "payload":
+        value = event.payload
+        for part in rest.split("."):
+            value = getattr(value, part, None) if not isinstance(value, dict) else value.get(part)
+        return value
+    return getattr(event, root)
+
+
+def _norm(actual: Any, expected: Any) -> tuple[Any, Any]:
+    """Make a payload value and a YAML value comparable (enums, money, dates)."""
+    if isinstance(actual, Enum):
+        actual = actual.value
+    if isinstance(expected, (int, float, Decimal)) and not isinstance(expected, bool):
+        try:
+            return Decimal(str(actual)), Decimal(str(expected))
+        except (InvalidOperation, ValueError):
+            return actual, expected
+    if isinstance(actual, (date, datetime)) and isinstance(expected, str):
+        try:
+            return actual, type(actual).fromisoformat(expected)
+        except ValueError:
+            return actual, expected
+    return actual, expected
+
+
+def _holds(actual: Any, cond: Any) -> bool:
+    op, expected = next(iter(cond.items())) if isinstance(cond, dict) else ("eq", cond)
+    if op == "exists":
+        return (actual is not None) == bool(expected)
+    if actual is None:
+        return op in ("ne", "not_in")
+    if op in ("in", "not_in"):
+        found = any(a == e for a, e in (_norm(actual, x) for x in expected))
+        return found == (op == "in")
+    if op == "contains":
+        return str(expected) in str(actual)
+    a, e = _norm(actual, expected)
+    try:
+        if op == "eq":
+            return bool(a == e)
+        if op == "ne":
+            return bool(a != e)
+        if op == "gt":
+            return bool(a > e)
+        if op == "gte":
+            return bool(a >= e)
+        if op == "lt":
+            return bool(a < e)
+        return bool(a <= e)
+    except TypeError:  # e.g. a number compared with text: the condition does not hold
+        return False
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subscriptions: list[Subscription]
+
+
+def load_subscriptions(path: Path | None, directory: Directory) -> list[Subscription]:
+    """Read and check the subscriptions; errors name the file, the entry and the field."""
+    source = path or Path(str(resources.files("bus") / "data" / "subscriptions.yaml"))
+    try:
+        raw = yaml.safe_load(source.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read subscriptions {source}: {exc}") from None
+    try:
+        subs = _File.model_validate(raw).subscriptions
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigurationError(f"{source}: {where}: {first['msg']}") from None
+    names = set()
+    for i, sub in enumerate(subs):
+        at = f"{source}: subscriptions.{i} ({sub.name})"
+        if sub.name in names:
+            raise ConfigurationError(f"{at}: the name is used twice")
+        names.add(sub.name)
+        if directory.get(sub.department) is None:
+            raise ConfigurationError(f"{at}: department {sub.department!r} is not in the directory")
+        for pattern in sub.event_types:
+            if not fnmatch.filter(EVENT_TYPES, pattern):
+                raise ConfigurationError(f"{at}: event type {pattern!r} matches no event type")
+    return subs
+
+
+class Router:
+    """Which inboxes an event goes to, as ``Out`` records for the runtime to produce."""
+
+    def __init__(
+        self, settings: Settings, directory: Directory, subscriptions: list[Subscription]
+    ) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.subscriptions = subscriptions
+        self.by_type: dict[str, list[Subscription]] = {}
+        for sub in subscriptions:
+            types = {t for p in sub.event_types for t in fnmatch.filter(EVENT_TYPES, p)}
+            for event_type in sorted(types):
+                self.by_type.setdefault(event_type, []).append(sub)
+        self._topics: dict[str, str] = {}
+
+    def must_wait(self, event: Envelope, registered: bool) -> bool:
+        """Whether a subscription needs the enterprise's profile and it is not there yet."""
+        if registered:
+            return False
+        return any(s.needs_enterprise for s in self.by_type.get(event.event_type, ()))
+
+    def recipients(
+        self,
+        event: Envelope,
+        profile: dict[str, Any],
+        notify: str | None,
+        *,
+        registered: bool = True,
+        deferred: bool = False,
+    ) -> dict[str, str]:
+        """Department -> why it receives ``event`` (a subscription's name, or ``notify``).
+
+        Before the registration (``registered=False``) subscriptions that read the
+        enterprise are left out (``must_wait`` says to park the event); ``deferred=True``
+        is the parked event's second pass: only those subscriptions.
+        """
+        to: dict[str, str] = {}
+        for code in () if deferred else (notify or "").split(","):
+            if not code:
+                continue
+            if self.directory.get(code) is None:  # no inbox to deliver to: say so, go on
+                log.warning("route: %s names %s, which is not in the directory",
+                            event.event_id, code)  # fmt: skip
+                continue
+            to.setdefault(code, "notify")
+        for sub in self.by_type.get(event.event_type, ()):
+            if deferred != sub.needs_enterprise and (deferred or not registered):
+                continue
+            if sub.department not in to and sub.matches(event, profile):
+                to[sub.department] = sub.name
+        return to
+
+    def outs(
+        self,
+        event: Envelope,
+        value: bytes,
+        headers: Headers,
+        profile: dict[str, Any],
+        notify: str | None = None,
+        *,
+        registered: bool = True,
+        deferred: bool = False,
+    ) -> list[Out]:
+        """The inbox records for one event: its own bytes, the reason in ``bus.route``."""
+        kept = [(k, v) for k, v in headers if not k.startswith("bus.")]
+        out = []
+        to = self.recipients(event, profile, notify, registered=registered, deferred=deferred)
+        for dept, why in to.items():
+            topic = self._topics.get(dept)
+            if topic is None:
+                topic = self._topics[dept] = inbox_topic(self.settings, dept)
+            out.append(
+                Out(
+                    topic,
+                    value,
+                    key=event.subject.encode(),
+                    headers=[*kept, ("bus.route", why.encode())],
+                    partition=0,
+                )
+            )
+        return out

@@ -1,0 +1,162 @@
+"""Subscriptions as data: loading, checking, and matching events to departments."""
+
+from __future__ import annotations
+
+import random
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bus.agents.route import NOTIFY, Router, Subscription, load_subscriptions
+from bus.departments import Directory
+from bus.errors import ConfigurationError
+from bus.samples import enterprise, penalty, registered
+from bus.settings import Settings
+from bus.topics import inbox_topic
+
+DIRECTORY = Directory.load()
+RNG = random.Random(7)
+FIRM = enterprise(RNG)
+PROFILE = {**registered(FIRM, RNG).payload.model_dump(mode="json"), "status": "registered"}
+
+
+def fine(amount: str = "5000", decided: date = date(2026, 3, 1)):  # type: ignore[no-untyped-def]
+    event = penalty(FIRM, random.Random(8), decided_on=decided)
+    return event.model_copy(
+        update={"payload": event.payload.model_copy(update={"amount": Decimal(amount)})}
+    )
+
+
+def sub(where: dict, types: list[str] | None = None) -> Subscription:
+    return Subscription(
+        name="s", department="ks.credit", event_types=types or ["penalty.*"], where=where
+    )
+
+
+def test_the_shipped_subscriptions_load_and_name_real_departments() -> None:
+    subs = load_subscriptions(None, DIRECTORY)
+    assert len(subs) >= 10
+    assert all(DIRECTORY.get(s.department) for s in subs)
+    assert {"credit-penalties", "huaqiao-town-penalties"} <= {s.name for s in subs}
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ({}, True),
+        ({"enterprise.town": FIRM.town}, True),
+        ({"enterprise.town": "Nowhere"}, False),
+        ({"enterprise.town": {"in": [FIRM.town, "Lujia"]}}, True),
+        ({"enterprise.town": {"not_in": [FIRM.town]}}, False),
+        ({"payload.amount": {"gte": 5000}}, True),
+        ({"payload.amount": {"gt": 5000}}, False),
+        ({"payload.amount": {"lt": 10000.5}}, True),
+        ({"payload.decided_on": {"gte": "2026-01-01"}}, True),
+        ({"payload.decided_on": {"lt": "2026-01-01"}}, False),
+        ({"payload.publicity_until": {"exists": True}}, None),  # depends on the sample
+        ({"payload.no_such_field": {"exists": False}}, True),
+        ({"payload.no_such_field": "x"}, False),
+        ({"source": {"contains": "enforcement"}}, True),
+        ({"event_type": "penalty.revoked"}, False),
+        ({"enterprise.registered_capital": {"gt": 0}}, True),
+        ({"enterprise.status": "registered"}, True),
+        ({"payload.amount": {"gte": "not a number"}}, False),
+    ],
+)
+def test_conditions(where: dict, expected: bool | None) -> None:
+    event = fine()
+    got = sub(where).matches(event, PROFILE)
+    if expected is None:
+        expected = event.payload.publicity_until is not None
+    assert got is expected
+
+
+def test_every_condition_must_hold() -> None:
+    event = fine("200000")
+    both = {"enterprise.town": FIRM.town, "payload.amount": {"gte": 100000}}
+    assert sub(both).matches(event, PROFILE)
+    assert not sub({**both, "enterprise.town": "Elsewhere"}).matches(event, PROFILE)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "subs.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("subscriptions:\n  - {name: a, department: ks.nobody, event_types: [penalty.*]}",
+         "department 'ks.nobody' is not in the directory"),
+        ("subscriptions:\n  - {name: a, department: ks.credit, event_types: [parking.*]}",
+         "event type 'parking.*' matches no event type"),
+        ("subscriptions:\n  - {name: a, department: ks.credit, event_types: [penalty.*],"
+         " where: {town: Huaqiao}}", "subscriptions.0.where"),
+        ("subscriptions:\n  - {name: a, department: ks.credit, event_types: [penalty.*],"
+         " where: {payload.amount: {about: 3}}}", "one of eq, ne"),
+        ("subscriptions:\n  - {name: a, department: ks.credit, event_types: [penalty.*]}\n"
+         "  - {name: a, department: ks.tax, event_types: [penalty.*]}", "the name is used twice"),
+        ("subscriptions:\n  - {name: a, department: ks.credit, event_types: [penalty.*],"
+         " colour: red}", "subscriptions.0.colour"),
+        ("subscriptions:\n  - {name: a, department: ks.credit, event_types: []}",
+         "subscriptions.0.event_types"),
+    ],
+)  # fmt: skip
+def test_bad_subscription_files_are_refused_naming_the_entry(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigurationError, match=r"subs\.yaml") as info:
+        load_subscriptions(path, DIRECTORY)
+    assert message in str(info.value)
+
+
+def router(subs: list[Subscription]) -> Router:
+    return Router(Settings(topic_prefix="x"), DIRECTORY, subs)
+
+
+def test_recipients_are_notified_departments_and_matching_subscriptions() -> None:
+    r = router([sub({"enterprise.town": FIRM.town}), sub({}, ["enterprise.*"])])
+    event = fine()
+    assert r.recipients(event, PROFILE, "ks.tax,ks.enforcement.huaqiao") == {
+        "ks.tax": "notify",
+        "ks.enforcement.huaqiao": "notify",
+        "ks.credit": "s",
+    }
+    # A department named but not in the directory has no inbox: skipped, not a crash.
+    assert r.recipients(event, {}, "ks.unknown") == {}
+
+
+def test_inbox_records_keep_the_event_bytes_and_say_why() -> None:
+    r = router([sub({})])
+    event = fine()
+    headers = [*event.kafka_headers(), (NOTIFY, b"ks.tax"), ("bus.reason", b"x")]
+    outs = r.outs(event, b"AVRO", headers, PROFILE, "ks.tax")
+    assert [(o.topic, o.partition, o.value) for o in outs] == [
+        (inbox_topic(r.settings, "ks.tax"), 0, b"AVRO"),
+        (inbox_topic(r.settings, "ks.credit"), 0, b"AVRO"),
+    ]
+    assert dict(outs[1].headers)["bus.route"] == b"s"
+    assert dict(outs[1].headers)["event_id"] == str(event.event_id).encode()
+    assert not any(k in ("bus.reason", NOTIFY) for k, _ in outs[0].headers)
+
+
+def test_an_event_waits_only_when_a_subscription_reads_the_enterprise() -> None:
+    event = fine()
+    assert router([sub({"enterprise.town": "Huaqiao"})]).must_wait(event, registered=False)
+    assert not router([sub({"enterprise.town": "Huaqiao"})]).must_wait(event, registered=True)
+    assert not router([sub({"payload.amount": {"gt": 1}})]).must_wait(event, registered=False)
+
+
+def test_before_the_registration_only_subscriptions_on_the_enterprise_wait() -> None:
+    r = router([sub({"enterprise.town": FIRM.town}), sub({}, ["penalty.*"]).model_copy(
+        update={"department": "ks.tax", "name": "t"})])  # fmt: skip
+    event = fine()
+    assert r.recipients(event, {}, "ks.amr", registered=False) == {
+        "ks.amr": "notify",
+        "ks.tax": "t",
+    }
+    assert r.recipients(event, PROFILE, "ks.amr", deferred=True) == {"ks.credit": "s"}
