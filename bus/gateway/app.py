@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -29,7 +30,9 @@ from bus.client import BusClient, read_topic
 from bus.codec import EventCodec
 from bus.departments import Directory
 from bus.errors import BusError, ConfigurationError, SchemaError, ValidationFailed
+from bus.gateway.inbox import TASK_STATES, Inboxes
 from bus.gateway.keys import authenticate, keys_path
+from bus.metrics import GatewayMetrics
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
 
@@ -112,9 +115,36 @@ class BatchAccepted(BaseModel):
 
 
 class Health(BaseModel):
-    """Whether the broker answers."""
+    """Whether the broker answers and a worker is consuming."""
 
+    status: str = Field(description="ok, degraded (no worker: events wait on ingress), down")
     broker: str
+    worker: str = Field(description="ok, down, or unknown when the broker cannot say")
+
+
+class InboxPage(BaseModel):
+    """A page of the caller's inbox, oldest first."""
+
+    department: str
+    items: list[dict[str, Any]] = Field(
+        description="{cursor, route, received_at, event}: `route` is the subscription that "
+        "delivered it, or `notify` for a task or decision addressed to you"
+    )
+    next_cursor: int = Field(description="Pass as `cursor` to read on from here")
+
+
+class TaskList(BaseModel):
+    """The caller's tasks."""
+
+    department: str
+    tasks: list[dict[str, Any]]
+
+
+class CaseTrace(BaseModel):
+    """Every event of one case, in the order it happened, across departments."""
+
+    correlation_id: str
+    steps: list[dict[str, Any]]
 
 
 @dataclass
@@ -123,7 +153,9 @@ class _State:
     codec: EventCodec
     directory: Directory
     keys: Path
+    metrics: GatewayMetrics
     client: BusClient | None = None
+    inboxes: Inboxes | None = None
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -224,23 +256,47 @@ async def _publish(state: _State, events: list[Envelope]) -> list[str]:
     return [str(r.event_id) for r in receipts]
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The gateway for ``settings``: one Kafka producer for the app's lifetime."""
+def _inboxes(state: _State, department: str) -> Inboxes:
+    if state.inboxes is None or not state.inboxes.knows(department):
+        raise GatewayError(503, "inbox.unavailable", f"no inbox for {department} here")
+    return state.inboxes
+
+
+async def _worker_alive(settings: Settings) -> str:
+    """ok when the ingest agent's consumer group has members; unknown if the broker can't say."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**settings.kafka(), request_timeout_ms=2000)
+    try:
+        await admin.start()
+        [response] = await admin.describe_consumer_groups([f"{settings.app_id}.ingest"])
+        members = sum(len(g[5]) for g in response.groups)
+        return "ok" if members else "down"
+    except Exception:
+        return "unknown"
+    finally:
+        await admin.close()
+
+
+def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> FastAPI:
+    """The gateway for ``settings``: one Kafka producer and one inbox reader for its lifetime."""
     state = _State(
         settings=settings,
         codec=EventCodec(),
         directory=Directory.load(settings.departments_file),
         keys=keys_path(settings.data_dir),
+        metrics=metrics or GatewayMetrics(),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with BusClient(settings, state.codec) as client:
-            state.client = client
+        inboxes = Inboxes(settings, state.directory.departments)
+        async with BusClient(settings, state.codec) as client, inboxes:
+            state.client, state.inboxes = client, inboxes
             try:
                 yield
             finally:
-                state.client = None
+                state.client, state.inboxes = None, None
 
     app = FastAPI(
         title="Collaboration bus gateway",
@@ -255,6 +311,18 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Any) -> Response:
+        t0 = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        # The route's template, never the raw path: ids in paths would be unbounded labels.
+        template = getattr(route, "path", None) or "unmatched"
+        m = state.metrics
+        m.requests.labels(template, request.method, str(response.status_code)).inc()
+        m.request_seconds.labels(template, request.method).observe(time.perf_counter() - t0)
+        return response
 
     @app.post(
         "/v1/events",
@@ -274,6 +342,7 @@ def create_app(settings: Settings) -> FastAPI:
         obj = _parse(await _body(request, settings.max_event_bytes))
         event = _check(state, department, obj)
         (event_id,) = await _publish(state, [event])
+        state.metrics.published.labels(department).inc()
         return Accepted(event_id=event_id)
 
     @app.post(
@@ -316,7 +385,9 @@ def create_app(settings: Settings) -> FastAPI:
                 f"{len(bad)} of {len(items)} events are invalid; nothing was published",
                 extra={"items": bad},
             )
-        return BatchAccepted(event_ids=await _publish(state, events))
+        ids = await _publish(state, events)
+        state.metrics.published.labels(department).inc(len(ids))
+        return BatchAccepted(event_ids=ids)
 
     app.add_api_route(  # the same route under a slash, for clients that dislike ':'
         "/v1/events/batch",
@@ -391,14 +462,165 @@ def create_app(settings: Settings) -> FastAPI:
             "key_id": cert.key_id,
         }
 
+    @app.get("/v1/inbox", response_model=InboxPage, responses=_ERRORS, summary="Read your inbox")
+    async def read_inbox(
+        department: Department,
+        cursor: Annotated[int, Query(ge=0, description="Offset to read from; 0: the start")] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        wait: Annotated[
+            float, Query(ge=0, le=30, description="Seconds to wait when nothing is new")
+        ] = 0,
+    ) -> InboxPage:
+        """Routed events and your tasks, in order; resume from `next_cursor`.
+
+        Each department reads only its own inbox: the key decides which.
+        """
+        inboxes = _inboxes(state, department)
+        items, nxt = await inboxes.read(department, cursor, limit, wait)
+        return InboxPage(department=department, items=items, next_cursor=nxt)
+
+    @app.get("/v1/tasks", response_model=TaskList, responses=_ERRORS, summary="List your tasks")
+    async def list_tasks(
+        department: Department,
+        state_: Annotated[
+            str | None, Query(alias="state", description=f"One of: {', '.join(TASK_STATES)}")
+        ] = None,
+    ) -> TaskList:
+        """Tasks assigned to you, oldest first; `state` filters (overdue: open and late)."""
+        if state_ is not None and state_ not in TASK_STATES:
+            raise GatewayError(
+                422, "query.invalid", f"state must be one of {', '.join(TASK_STATES)}",
+                field="state",
+            )  # fmt: skip
+        tasks = await _inboxes(state, department).tasks(department, state_)
+        return TaskList(department=department, tasks=[t.body() for t in tasks])
+
+    @app.post(
+        "/v1/tasks/{task_id}/{action}",
+        status_code=202,
+        response_model=Accepted,
+        responses=_ERRORS | {404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+        summary="Accept, complete or reject one of your tasks",
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "outcome": {"type": "string", "example": "confirmed",
+                                            "description": "complete: required"},
+                                "reason": {"type": "string", "description": "reject: required"},
+                                "note": {"type": "string"},
+                                "event_id": {"type": "string", "format": "uuid",
+                                             "description": "yours, to make a retry safe"},
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )  # fmt: skip
+    async def answer_task(
+        task_id: str, action: str, request: Request, department: Department
+    ) -> Accepted:
+        """Publish task.accepted / completed / rejected for a task assigned to you.
+
+        The bus checks again when the event arrives: only the assignee's answer counts.
+        """
+        kinds = {"accept": "task.accepted", "complete": "task.completed", "reject": "task.rejected"}
+        if action not in kinds:
+            raise GatewayError(404, "route.unknown", f"no action {action!r}; use accept, "
+                               "complete or reject", field="action")  # fmt: skip
+        data = await _body(request, 64 * 1024)
+        body = _parse(data) if data.strip() else {}
+        if not isinstance(body, dict):
+            raise GatewayError(422, "schema.decode", "the body must be a JSON object")
+        task = await _inboxes(state, department).task(department, task_id)
+        if task is None:
+            raise GatewayError(404, "task.unknown", f"no task {task_id!r} in your inbox",
+                               field="task_id")  # fmt: skip
+        if task.closed:
+            raise GatewayError(409, "task.closed", f"task {task_id} is already {task.state}")
+        allowed = {"note", "event_id"} | {"complete": {"outcome"}, "reject": {"reason"}}.get(
+            action, set()
+        )
+        if unknown := sorted(set(body) - allowed):
+            raise GatewayError(422, "schema.validation", f"unknown field {unknown[0]!r} for "
+                               f"{action}", field=unknown[0])  # fmt: skip
+        payload = {"task_id": task_id, **{k: v for k, v in body.items() if k != "event_id"}}
+        obj = {
+            "event_type": kinds[action], "subject": task.subject,
+            "correlation_id": task.correlation_id, "causation_id": task.created_event_id,
+            "payload": payload,
+        }  # fmt: skip
+        if "event_id" in body:
+            obj["event_id"] = body["event_id"]
+        event = _check(state, department, obj)
+        (event_id,) = await _publish(state, [event])
+        state.metrics.published.labels(department).inc()
+        return Accepted(event_id=event_id)
+
+    @app.get(
+        "/v1/cases/{correlation_id}",
+        response_model=CaseTrace,
+        responses=_ERRORS | {404: {"model": ErrorBody}},
+        summary="Every event of one case, in order, across departments",
+    )
+    async def get_case(correlation_id: str, department: Department) -> CaseTrace:
+        """The case's events from the evidence log, for a department that took part in it.
+
+        A department that published an event of the case, or received one in its inbox,
+        may read it; others get 403.
+        """
+        from bus.trace import trace
+
+        if not 1 <= len(correlation_id) <= 128:
+            raise GatewayError(404, "case.not_found", "no such case", field="correlation_id")
+        steps = await trace(settings, correlation_id, max_seconds=20)
+        if not steps:
+            raise GatewayError(404, "case.not_found", f"no case {correlation_id!r}",
+                               field="correlation_id")  # fmt: skip
+        inboxes = _inboxes(state, department)
+        if department not in {s.source for s in steps} and not inboxes.received(
+            department, correlation_id
+        ):
+            raise GatewayError(403, "auth.case", f"{department} took no part in this case")
+        t0 = steps[0].at
+        return CaseTrace(
+            correlation_id=correlation_id,
+            steps=[
+                {"at": s.at.isoformat(), "after_ms": round((s.at - t0).total_seconds() * 1000),
+                 "event_type": s.event_type, "source": s.source, "subject": s.subject,
+                 "event_id": s.event_id, "summary": s.summary}
+                for s in steps
+            ],
+        )  # fmt: skip
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        """Prometheus metrics of this gateway."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse:
-        """200 when the broker answers a Metadata request within 2 s, else 503."""
+        """Broker reachable (else 503) and a worker consuming ingress (else `degraded`).
+
+        Without a worker the gateway still accepts events (they wait on ingress), so a
+        missing worker does not fail the probe; it shows in `status`.
+        """
         try:
             await wait_for_broker(settings.broker, 2)
         except BusError:
-            return JSONResponse({"broker": "unreachable"}, status_code=503)
-        return JSONResponse({"broker": "ok"})
+            return JSONResponse(
+                {"status": "down", "broker": "unreachable", "worker": "unknown"}, status_code=503
+            )
+        worker = await _worker_alive(settings)
+        status = "ok" if worker != "down" else "degraded"
+        return JSONResponse({"status": status, "broker": "ok", "worker": worker})
 
     return app
 

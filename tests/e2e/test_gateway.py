@@ -15,71 +15,24 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from bus.brokers import free_port
 from bus.client import Record, read_topic
 from bus.codec import EventCodec
-from bus.gateway.keys import issue_key, keys_path
-from bus.processes import WorkerProcess, settings_env, terminate
+from bus.processes import WorkerProcess, settings_env
 from bus.samples import enterprise, penalty, registered, town_code
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
 from bus.settings import Settings
+from tests.e2e.conftest import Gateway
 
 pytestmark = pytest.mark.e2e
 
 codec = EventCodec()
-
-
-@dataclass
-class Gateway:
-    """A running gateway and an HTTP client pointed at it."""
-
-    url: str
-    http: httpx.Client
-    settings: Settings
-
-    def key(self, department: str) -> dict[str, str]:
-        """Authorization header with a fresh key for ``department``."""
-        key = issue_key(keys_path(self.settings.data_dir), department)
-        return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture
-def gateway(settings: Settings, tmp_path: Path) -> Iterator[Gateway]:
-    port = free_port()
-    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
-    log_file = tmp_path / "gateway.log"
-    with open(log_file, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bus.gateway.cli", "run", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=30) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, log_file.read_text()
-                with contextlib.suppress(httpx.TransportError):
-                    if http.get("/healthz").status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "gateway not healthy:\n" + log_file.read_text()
-                time.sleep(0.1)
-            yield Gateway(url, http, settings)
-    finally:
-        terminate(proc, 15)
 
 
 def read(settings: Settings, name: str, idle: float = 1.0) -> list[Record]:

@@ -1,0 +1,310 @@
+"""The gateway's view of department inboxes: read with cursors, tasks folded from them.
+
+One consumer tails every department's inbox topic (one partition each, so an inbox has a
+single order and a cursor is an offset) and keeps the most recent ``keep`` items of each in
+memory; a cursor older than that is read from Kafka directly, so nothing retained by the
+topic is out of reach. Tasks are folded from the lifecycle events in the assignee's inbox
+(created, accepted, completed, rejected, overdue, escalated): the gateway only reads what
+the bus decided, it never decides.
+
+Delivery into inboxes is at-least-once; the view drops a second copy of an event id, so a
+department reading with cursors sees each event once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from bus.client import _text
+from bus.codec import EventCodec
+from bus.settings import Settings
+from bus.topics import inbox_topic
+
+log = logging.getLogger(__name__)
+
+TASK_STATES = ("open", "accepted", "overdue", "escalated", "completed", "rejected")
+
+
+@dataclass(slots=True)
+class Item:
+    """One inbox record, decoded on first use."""
+
+    cursor: int
+    event_id: str
+    event_type: str
+    correlation_id: str
+    route: str
+    received_at: float
+    value: bytes
+    _json: dict[str, Any] | None = None
+
+    def body(self, codec: EventCodec) -> dict[str, Any]:
+        """The item as the API returns it."""
+        if self._json is None:
+            event = json.loads(codec.to_json(codec.decode(self.value)))
+            self._json = {
+                "cursor": self.cursor,
+                "route": self.route,
+                "received_at": datetime.fromtimestamp(self.received_at).astimezone().isoformat(),
+                "event": event,
+            }
+        return self._json
+
+
+@dataclass(slots=True)
+class TaskView:
+    """A task as its assignee sees it, from the lifecycle events in its inbox."""
+
+    task_id: str
+    matter: str
+    title: str
+    subject: str
+    correlation_id: str
+    created_event_id: str
+    due_at: str
+    evidence: list[str]
+    supervisor: str | None
+    state: str = "open"
+    overdue: bool = False
+    escalated: bool = False
+    outcome: str | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def closed(self) -> bool:
+        """Completed or rejected."""
+        return self.state in ("completed", "rejected")
+
+    @property
+    def shown_state(self) -> str:
+        """The state filters use: open tasks past their deadline show as overdue/escalated."""
+        if not self.closed and (self.escalated or self.overdue):
+            return "escalated" if self.escalated else "overdue"
+        return self.state
+
+    def body(self) -> dict[str, Any]:
+        """The task as the API returns it."""
+        return {
+            "task_id": self.task_id, "matter": self.matter, "title": self.title,
+            "subject": self.subject, "correlation_id": self.correlation_id,
+            "state": self.shown_state, "due_at": self.due_at, "overdue": self.overdue,
+            "escalated": self.escalated, "outcome": self.outcome, "evidence": self.evidence,
+            "supervisor": self.supervisor, "history": self.history,
+        }  # fmt: skip
+
+
+@dataclass
+class _Inbox:
+    items: deque[Item]
+    ids: set[str] = field(default_factory=set)
+    tasks: dict[str, TaskView] = field(default_factory=dict)
+    cases: set[str] = field(default_factory=set)
+    position: int = 0
+
+
+class Inboxes:
+    """Every department's inbox, tailed by one consumer; an async context manager."""
+
+    def __init__(
+        self, settings: Settings, departments: Iterable[str], *, keep: int = 10_000
+    ) -> None:
+        self.settings = settings
+        self.codec = EventCodec()
+        self.keep = keep
+        self._inboxes = {d: _Inbox(deque(maxlen=keep)) for d in departments}
+        self._topics = {inbox_topic(settings, d): d for d in self._inboxes}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+        self.caught_up = asyncio.Event()
+
+    async def __aenter__(self) -> Inboxes:
+        self._consumer = AIOKafkaConsumer(
+            **self.settings.kafka(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=200,
+        )
+        await self._consumer.start()
+        tps = [TopicPartition(t, 0) for t in self._topics]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        ends = await self._consumer.end_offsets(tps)
+        self._task = asyncio.create_task(self._tail({tp: n for tp, n in ends.items() if n}))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    def knows(self, department: str) -> bool:
+        """Whether ``department`` has an inbox here."""
+        return department in self._inboxes
+
+    async def _tail(self, ends: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        if not ends:
+            self.caught_up.set()
+        while True:
+            try:
+                fetched = await self._consumer.getmany(timeout_ms=500, max_records=2000)
+            except Exception:  # the broker went away: keep trying, the API reports it
+                log.exception("gateway inbox reader: fetch failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            for tp, records in fetched.items():
+                inbox = self._inboxes[self._topics[tp.topic]]
+                for r in records:
+                    self._add(inbox, r)
+                inbox.position = records[-1].offset + 1
+            # Some brokers under-report end offsets (docs/broker.md): reaching at least the
+            # reported end is what counts.
+            if not self.caught_up.is_set() and all(
+                self._inboxes[self._topics[tp.topic]].position >= n for tp, n in ends.items()
+            ):
+                self.caught_up.set()
+            if fetched:
+                async with self._changed:
+                    self._changed.notify_all()
+
+    def _add(self, inbox: _Inbox, r: ConsumerRecord[bytes, bytes]) -> None:
+        headers = {k: _text(v) for k, v in (r.headers or ())}
+        event_id = headers.get("event_id", "")
+        if event_id in inbox.ids:
+            return  # an at-least-once copy
+        inbox.ids.add(event_id)
+        item = self._item(r, headers)
+        inbox.items.append(item)
+        inbox.cases.add(item.correlation_id)
+        if item.event_type.startswith("task."):
+            self._fold_task(inbox, item)
+
+    @staticmethod
+    def _item(r: ConsumerRecord[bytes, bytes], headers: dict[str, str]) -> Item:
+        return Item(
+            r.offset, headers.get("event_id", ""), headers.get("event_type", ""),
+            headers.get("correlation_id", ""), headers.get("bus.route", ""),
+            r.timestamp / 1000, r.value or b"",
+        )  # fmt: skip
+
+    def _fold_task(self, inbox: _Inbox, item: Item) -> None:
+        try:
+            event = self.codec.decode(item.value)
+        except Exception:  # not the bus's bytes: nothing to fold
+            log.warning("gateway: undecodable task event %s in an inbox", item.event_id)
+            return
+        p = event.payload
+        if event.event_type == "task.created":
+            inbox.tasks[p.task_id] = TaskView(
+                p.task_id, p.matter, p.title, event.subject, event.correlation_id,
+                str(event.event_id), p.due_at.isoformat(), list(p.evidence), p.supervisor,
+            )  # fmt: skip
+        task = inbox.tasks.get(p.task_id)
+        if task is None:  # e.g. an escalation of another department's task, to its supervisor
+            return
+        kind = event.event_type.removeprefix("task.")
+        if kind == "accepted" and not task.closed:
+            task.state = "accepted"
+        elif kind in ("completed", "rejected"):
+            task.state = kind
+            task.outcome = getattr(p, "outcome", None) or getattr(p, "reason", None)
+        elif kind == "overdue":
+            task.overdue = True
+        elif kind == "escalated":
+            task.escalated = True
+        task.history.append(
+            {"event": event.event_type, "at": event.occurred_at.isoformat(),
+             "event_id": str(event.event_id)}
+        )  # fmt: skip
+
+    async def read(
+        self, department: str, cursor: int, limit: int, wait: float = 0.0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Items at or after ``cursor`` (an offset), at most ``limit``; and the next cursor.
+
+        With ``wait``, an empty answer waits up to that many seconds for something new
+        (long polling), so a department system need not poll in a tight loop.
+        """
+        inbox = self._inboxes[department]
+        await self._wait_caught_up()
+        deadline = time.monotonic() + wait
+        while True:
+            oldest = inbox.items[0].cursor if inbox.items else inbox.position
+            if cursor < oldest:
+                return await self._read_from_kafka(department, cursor, limit)
+            items = [i for i in inbox.items if i.cursor >= cursor][:limit]
+            if items:
+                return [i.body(self.codec) for i in items], items[-1].cursor + 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return [], max(cursor, inbox.position)
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def _read_from_kafka(
+        self, department: str, cursor: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """A page older than the in-memory window, straight from the topic."""
+        tp = TopicPartition(inbox_topic(self.settings, department), 0)
+        consumer = AIOKafkaConsumer(**self.settings.kafka(), group_id=None,
+                                    enable_auto_commit=False)  # fmt: skip
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, cursor)
+            out: list[dict[str, Any]] = []
+            seen: set[str] = set()
+            nxt = cursor
+            while len(out) < limit:
+                batch = (await consumer.getmany(tp, timeout_ms=500, max_records=limit)).get(tp)
+                if not batch:
+                    break
+                for r in batch:
+                    nxt = r.offset + 1
+                    headers = {k: _text(v) for k, v in (r.headers or ())}
+                    if headers.get("event_id") in seen:
+                        continue
+                    seen.add(headers.get("event_id", ""))
+                    out.append(self._item(r, headers).body(self.codec))
+                    if len(out) >= limit:
+                        break
+            return out, nxt
+        finally:
+            await consumer.stop()
+
+    async def _wait_caught_up(self) -> None:
+        try:
+            await asyncio.wait_for(self.caught_up.wait(), 10)
+        except TimeoutError:
+            log.warning("gateway: inboxes not caught up after 10 s; answering with what is read")
+
+    async def tasks(self, department: str, state: str | None = None) -> list[TaskView]:
+        """The department's tasks, oldest first, optionally only those in ``state``."""
+        await self._wait_caught_up()
+        tasks = list(self._inboxes[department].tasks.values())
+        return [t for t in tasks if state is None or t.shown_state == state]
+
+    async def task(self, department: str, task_id: str) -> TaskView | None:
+        """One of the department's tasks."""
+        await self._wait_caught_up()
+        return self._inboxes[department].tasks.get(task_id)
+
+    def received(self, department: str, correlation_id: str) -> bool:
+        """Whether the department's inbox holds anything of this case."""
+        return correlation_id in self._inboxes[department].cases
