@@ -148,8 +148,11 @@ async def replay_deadletters(
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
-    """Re-submit ingest dead letters to ingress, once each, with their original bytes.
+    """Re-submit dead letters after a fix, once each, with their original bytes.
 
+    Ingest dead letters go back to ingress. A sink's dead letters (stage ``connector.NAME``,
+    e.g. a department's endpoint that was down) go back to the topic they were read from,
+    their ``bus.origin``, usually the department's inbox, where the sink delivers them again.
     The bytes are unchanged, so a replayed event keeps its event_id and can never take effect
     twice. Dead letters from later stages (an event the bus accepted, then an agent refused)
     are not replayable: ingest would see a duplicate; the department publishes a new event.
@@ -161,31 +164,43 @@ async def replay_deadletters(
     }
     letters = await list_deadletters(settings)
     report = ReplayReport([], {})
-    todo = []
+    todo: list[tuple[Record, str]] = []
+    chosen: set[str] = set()
     for r in letters:
         origin = r.headers.get("bus.origin", "")
         why = r.headers.get("bus.reason", "")
+        stage = r.headers.get("bus.stage", "")
         if origins and origin not in origins:
             continue
         if reason and not why.startswith(reason):
             continue
+        # A sink's origin is topic/partition/offset; Kafka topic names never hold a "/".
+        topic, sep, _ = origin.rpartition("/")[0].rpartition("/")
         if origin in done:
             report.skipped[origin] = "already replayed"
-        elif r.headers.get("bus.stage") != "ingest":
-            report.skipped[origin] = f"refused at stage {r.headers.get('bus.stage')}: publish anew"
-        elif why.startswith(NOT_REPLAYABLE):
+        elif origin in chosen:  # a sink that crashed before its commit dead-letters twice
+            report.skipped[origin] = "dead-lettered twice: replayed once"
+        elif stage == "ingest" and why.startswith(NOT_REPLAYABLE):
             report.skipped[origin] = f"{why}: nothing to replay"
+        elif stage == "ingest":
+            todo.append((r, settings.topic(INGRESS.name)))
+            chosen.add(origin)
+        elif stage.startswith("connector.") and sep and topic:
+            todo.append((r, topic))
+            chosen.add(origin)
+        elif stage.startswith("connector."):
+            report.skipped[origin] = f"origin {origin!r} names no topic: nowhere to replay to"
         else:
-            todo.append(r)
+            report.skipped[origin] = f"refused at stage {stage or None}: publish anew"
     if dry_run or not todo:
-        report.replayed = [r.headers["bus.origin"] for r in todo]
+        report.replayed = [r.headers["bus.origin"] for r, _ in todo]
         return report
     async with BusClient(settings) as client:
-        for i, r in enumerate(todo, 1):
+        for i, (r, topic) in enumerate(todo, 1):
             origin = r.headers["bus.origin"]
             headers = [(k, v.encode()) for k, v in r.headers.items() if not k.startswith("bus.")]
             headers.append(("bus.replay_of", origin.encode()))
-            await client.send_raw(settings.topic(INGRESS.name), r.key, r.value or b"", headers)
+            await client.send_raw(topic, r.key, r.value or b"", headers)
             marker = json.dumps({"replayed_at": time.time(), "reason": r.headers.get("bus.reason")})
             await client.send_raw(
                 settings.topic(REPLAYED.name), origin.encode(), marker.encode(), []

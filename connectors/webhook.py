@@ -1,0 +1,500 @@
+"""The webhook sink: a department's inbox, POSTed to its HTTP endpoint, signed, in order.
+
+Each request carries up to ``batch_size`` inbox records, oldest first::
+
+    POST /bus-inbox HTTP/1.1
+    Content-Type: application/json
+    Bus-Key-Id: ks-bus-1
+    Bus-Signature: t=1767225600,ed25519=6Jc3...Ag==
+
+    {"department": "ks.enforcement.huaqiao",
+     "deliveries": [{"cursor": 41, "event": {...}, "headers": {"event_id": "...", ...}}]}
+
+``cursor`` is the record's offset in the inbox (one partition, so one order); ``event`` is the
+envelope as the gateway and ``bus publish`` speak it; ``headers`` are the record's Kafka
+headers (``event_type``, ``event_id``, ``correlation_id``, ``source``, and ``bus.replay_of``
+on a replayed dead letter). The next request is sent only after a 2xx to this one.
+
+The signature covers ``<t>.<body bytes>`` (``t`` in Unix seconds), so a receiver can tell
+the request came from the bus, was not altered, and is recent. ``verify_webhook`` checks it;
+docs/connectors-webhook.md shows the same check in a dozen lines for receivers that do not
+install this package.
+
+Answers: 2xx is delivered. 408, 425, 429 and 5xx, a timeout or a refused connection are
+retried with back-off (``Retry-After`` is honoured); any other status is the receiver saying
+"never", so the batch goes to the dead-letter topic at once (``bus.reason`` ``webhook.http_400``
+...). Once the retry budget is spent the batch is dead-lettered with the last failure's reason
+(``webhook.http_503``, ``webhook.unreachable``, ``webhook.timeout``) and the next records go
+out; ``bus deadletters replay --reason webhook.`` puts them back on the inbox after the
+endpoint is fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from aiokafka import TopicPartition
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from bus.certificates import KEY_ID_PATTERN, Signer
+from bus.errors import BusError, ConfigurationError, ConnectorError
+from bus.schemas.types import DepartmentCode
+from bus.settings import Settings
+from bus.topics import inbox_topic
+from connectors.base import Backoff, Guarantee, Sink, SinkRecord
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Bus-Signature"
+KEY_ID_HEADER = "Bus-Key-Id"
+ED25519 = "ed25519"
+HMAC_SHA256 = "hmac-sha256"
+TOLERANCE = 300.0
+"""Seconds a receiver accepts between the signature's ``t`` and its own clock, either way."""
+
+REASON_UNSIGNED = "webhook.unsigned"
+REASON_STALE = "webhook.stale"
+REASON_UNKNOWN_KEY = "webhook.unknown_key"
+REASON_BAD_SIGNATURE = "webhook.bad_signature"
+REASON_WRONG_DEPARTMENT = "webhook.wrong_department"
+REASON_MALFORMED = "webhook.malformed"
+
+RETRIABLE_STATUS = frozenset({408, 425, 429})
+"""Besides 5xx: the receiver is busy or slow, the same request may succeed later."""
+
+_RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "host", SIGNATURE_HEADER.lower(), KEY_ID_HEADER.lower()}
+)
+
+
+def signed_bytes(timestamp: int, body: bytes) -> bytes:
+    """What the signature covers: the decimal timestamp, a dot, the body as sent."""
+    return str(timestamp).encode("ascii") + b"." + body
+
+
+class _Signing:
+    """Signs request bodies with the bus's Ed25519 key or a department's shared secret."""
+
+    def __init__(self, key_id: str, *, signer: Signer | None = None, secret: bytes | None = None):
+        self.key_id = key_id
+        self._signer = signer
+        self._secret = secret
+
+    def header(self, body: bytes, timestamp: int) -> str:
+        data = signed_bytes(timestamp, body)
+        if self._secret is not None:
+            mac = hmac.new(self._secret, data, hashlib.sha256).hexdigest()
+            return f"t={timestamp},{HMAC_SHA256}={mac}"
+        assert self._signer is not None
+        # Signer's public method signs certificates only; the raw key signs any bytes.
+        sig = self._signer._key.sign(data)
+        return f"t={timestamp},{ED25519}={base64.b64encode(sig).decode('ascii')}"
+
+
+def _unsigned(message: str) -> BusError:
+    return BusError(message, reason=REASON_UNSIGNED)
+
+
+def _parse_signature(value: str) -> tuple[int, dict[str, str]]:
+    fields: dict[str, str] = {}
+    for part in value.split(","):
+        name, sep, item = part.strip().partition("=")
+        if not sep or not item:
+            raise _unsigned(f"{SIGNATURE_HEADER} is malformed: {value[:200]!r}")
+        fields[name] = item
+    stamp = fields.pop("t", "")
+    if not stamp.isdigit():
+        raise _unsigned(f"{SIGNATURE_HEADER} has no t=<unix seconds>: {value[:200]!r}")
+    return int(stamp), fields
+
+
+def verify_webhook(
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    keys: Mapping[str, Ed25519PublicKey] | None = None,
+    secret: str | bytes | None = None,
+    department: str | None = None,
+    tolerance: float = TOLERANCE,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Check a webhook request came from the bus, unaltered and recent; return its JSON body.
+
+    Give ``keys`` (the bus's public keys by key id, for Ed25519) or ``secret`` (the shared
+    secret, for HMAC-SHA256): the receiver decides which scheme it accepts, a request never
+    does. Pass the body exactly as received, before any parsing. ``department`` (your code)
+    refuses a request signed for another department; ``tolerance`` bounds how old (or early)
+    ``t`` may be, which stops a recorded request being replayed later. Within the window a
+    repeat is possible, as with any at-least-once delivery: de-duplicate by ``event_id``.
+
+    Raises ``BusError`` with reason ``webhook.unsigned`` / ``.stale`` / ``.unknown_key`` /
+    ``.bad_signature`` / ``.malformed`` / ``.wrong_department``; answer those with 401/400.
+
+    Example (Starlette / FastAPI)::
+
+        body = await request.body()
+        batch = verify_webhook(request.headers, body, keys={"ks-bus-1": bus_public_key},
+                               department="ks.enforcement.huaqiao")
+        for d in batch["deliveries"]:
+            handle(d["event"])          # skip event_ids already handled
+    """
+    if (keys is None) == (secret is None):
+        raise ConfigurationError("verify_webhook needs keys (Ed25519) or secret (HMAC), not both")
+    lower = {k.lower(): v for k, v in headers.items()}
+    value = lower.get(SIGNATURE_HEADER.lower())
+    if not value:
+        raise _unsigned(f"no {SIGNATURE_HEADER} header")
+    timestamp, fields = _parse_signature(value)
+    at = time.time() if now is None else now
+    if abs(at - timestamp) > tolerance:
+        raise BusError(
+            f"signature time {timestamp} is {at - timestamp:+.0f}s from now, outside "
+            f"±{tolerance:.0f}s: a replayed or delayed request",
+            reason=REASON_STALE,
+        )
+    data = signed_bytes(timestamp, body)
+    if secret is not None:
+        given = fields.get(HMAC_SHA256)
+        if given is None:
+            raise _unsigned(f"{SIGNATURE_HEADER} has no {HMAC_SHA256}= signature")
+        key = secret.encode() if isinstance(secret, str) else secret
+        if not hmac.compare_digest(hmac.new(key, data, hashlib.sha256).hexdigest(), given):
+            raise BusError("HMAC does not match the body", reason=REASON_BAD_SIGNATURE)
+    else:
+        assert keys is not None
+        given = fields.get(ED25519)
+        if given is None:
+            raise _unsigned(f"{SIGNATURE_HEADER} has no {ED25519}= signature")
+        key_id = lower.get(KEY_ID_HEADER.lower(), "")
+        public = keys.get(key_id)
+        if public is None:
+            raise BusError(
+                f"signed with key {key_id!r}, which is not trusted here "
+                f"(trusted: {', '.join(sorted(keys)) or 'none'})",
+                reason=REASON_UNKNOWN_KEY,
+            )
+        try:
+            public.verify(base64.b64decode(given, validate=True), data)
+        except (InvalidSignature, binascii.Error, ValueError):
+            raise BusError(
+                f"signature does not match the body for key {key_id!r}",
+                reason=REASON_BAD_SIGNATURE,
+            ) from None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BusError("signed body is not JSON", reason=REASON_MALFORMED) from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("deliveries"), list):
+        raise BusError("signed body has no deliveries list", reason=REASON_MALFORMED)
+    if department is not None and parsed.get("department") != department:
+        raise BusError(
+            f"request is for {parsed.get('department')!r}, not {department!r}",
+            reason=REASON_WRONG_DEPARTMENT,
+        )
+    return parsed
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    return None
+
+
+class WebhookOptions(BaseModel):
+    """``options`` of a ``kind: webhook`` connector in the connectors file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    department: DepartmentCode
+    """Whose inbox is delivered."""
+    url: AnyHttpUrl
+    """The department's endpoint (https in production)."""
+    secret: SecretStr | None = None
+    """Sign with HMAC-SHA256 and this shared secret instead of the bus's Ed25519 key."""
+    key_file: Path | None = None
+    """Ed25519 private key (PEM) to sign with; the bus's signing key when unset."""
+    key_id: str | None = Field(default=None, pattern=KEY_ID_PATTERN)
+    """Sent as ``Bus-Key-Id``: the key's id (the bus's ``BUS_SIGNING_KEY_ID`` by default)."""
+    timeout: float = Field(default=10.0, gt=0, le=300)
+    """Seconds for one request, connecting included."""
+    batch_size: int = Field(default=1, ge=1, le=1000)
+    """Inbox records per request; 1 sends one event per request."""
+    max_attempts: int = Field(default=8, ge=1)
+    """Tries per batch, the first included, before it goes to the dead letters."""
+    backoff_initial: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=60.0, gt=0)
+    max_retry_after: float = Field(default=300.0, ge=0)
+    """Longest ``Retry-After`` honoured; a longer one is cut to this."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Static headers on every request, e.g. ``Authorization`` for the department's proxy."""
+
+    @field_validator("headers")
+    @classmethod
+    def _no_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        clash = sorted(k for k in value if k.lower() in _RESERVED_HEADERS)
+        if clash:
+            raise ValueError(f"set by the sink itself: {', '.join(clash)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> Self:
+        if self.secret is not None and self.key_file is not None:
+            raise ValueError("give secret (HMAC) or key_file (Ed25519), not both")
+        return self
+
+
+class WebhookSink(Sink):
+    """POSTs a department's inbox to its endpoint, signed, one request at a time, in order.
+
+    Guarantee: at-least-once. A batch whose 2xx was lost (timeout, crash before the offset
+    commit) is sent again, so receivers de-duplicate by ``event_id`` (in ``headers`` and in
+    the event). Replayed dead letters come later than newer records: the inbox order holds
+    for everything delivered on its first pass.
+    """
+
+    kind = "webhook"
+    guarantee: ClassVar[Guarantee] = Guarantee.AT_LEAST_ONCE
+    Options: ClassVar[type[WebhookOptions]] = WebhookOptions
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        department: str,
+        url: str,
+        signer: Signer | None = None,
+        secret: str | bytes | None = None,
+        key_id: str | None = None,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        max_retry_after: float = 300.0,
+        batch_size: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("name", f"webhook.{department}")
+        super().__init__(settings, inbox_topic(settings, department), batch_size=batch_size,
+                         **kwargs)  # fmt: skip
+        self.department = department
+        self.url = url
+        # Logs and dead-letter headers name the endpoint without a token in its query or userinfo.
+        parts = urlsplit(url)
+        netloc = parts.hostname or ""
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        self.shown_url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        self.timeout = timeout
+        self.max_retry_after = max_retry_after
+        self.extra_headers = dict(headers or {})
+        if secret is not None:
+            raw = secret.encode() if isinstance(secret, str) else secret
+            self.signing = _Signing(key_id or "shared", secret=raw)
+        else:
+            if signer is None:
+                from bus.app import load_signer  # the bus's key, as certificates use
+
+                signer = load_signer(settings)
+            self.signing = _Signing(key_id or signer.key_id, signer=signer)
+        self._http: httpx.AsyncClient | None = None
+        self._work: asyncio.Task[None] | None = None
+        self._in_backoff = False
+        self._abandoned = False
+        self._last_failure: ConnectorError | None = None
+
+    @classmethod
+    def from_options(cls, settings: Settings, name: str, options: WebhookOptions) -> WebhookSink:
+        """The sink a connectors-file entry describes (``bus connect NAME``)."""
+        from bus.departments import Directory
+
+        if Directory.load(settings.departments_file).get(options.department) is None:
+            raise ConfigurationError(
+                f"connector {name!r}: department {options.department!r} is not in the directory"
+            )
+        signer = None
+        if options.key_file is not None:
+            signer = Signer.from_file(options.key_file, options.key_id or settings.signing_key_id)
+        return cls(
+            settings,
+            name=name,
+            department=options.department,
+            url=str(options.url),
+            signer=signer,
+            secret=options.secret.get_secret_value() if options.secret is not None else None,
+            key_id=options.key_id,
+            timeout=options.timeout,
+            headers=options.headers,
+            max_retry_after=options.max_retry_after,
+            batch_size=options.batch_size,
+            backoff=Backoff(
+                initial=options.backoff_initial,
+                maximum=options.backoff_max,
+                attempts=options.max_attempts,
+            ),
+        )
+
+    async def on_start(self) -> None:
+        """Open the HTTP connection pool (redirects are not followed: a POST must not move)."""
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout),
+            follow_redirects=False,
+            headers={"User-Agent": "kunshan-bus-webhook/1", **self.extra_headers},
+        )
+
+    async def on_stop(self) -> None:
+        """Close the connection pool."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def body(self, batch: list[SinkRecord]) -> bytes:
+        """The request body for ``batch`` (see the module docstring)."""
+        deliveries = []
+        for r in batch:
+            assert r.event is not None
+            deliveries.append({
+                "cursor": r.offset,
+                "event": json.loads(self.codec.to_json(r.event)),
+                "headers": r.headers,
+            })  # fmt: skip
+        doc = {"department": self.department, "deliveries": deliveries}
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    async def write(self, batch: list[SinkRecord]) -> None:
+        """POST the batch once; a 2xx returns, anything else raises (retriable or not)."""
+        self._in_backoff = False
+        http = self._http
+        if http is None:
+            raise ConnectorError(f"{self.name}: write() before start()", reason="connector.state")
+        body = self.body(batch)
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            SIGNATURE_HEADER: self.signing.header(body, int(time.time())),
+            KEY_ID_HEADER: self.signing.key_id,
+        }
+        try:
+            response = await http.post(self.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise self._failed(f"no answer within {self.timeout}s ({type(exc).__name__})",
+                               "webhook.timeout", retriable=True) from exc  # fmt: skip
+        except httpx.ConnectError as exc:
+            raise self._failed(f"cannot connect: {exc}", "webhook.unreachable",
+                               retriable=True) from exc  # fmt: skip
+        except httpx.TransportError as exc:
+            raise self._failed(f"{type(exc).__name__}: {exc}", "webhook.transport",
+                               retriable=True) from exc  # fmt: skip
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        retriable = status >= 500 or status in RETRIABLE_STATUS
+        said = response.text[:300].strip()
+        error = self._failed(
+            f"answered {status}{': ' + said if said else ''}", f"webhook.http_{status}",
+            retriable=retriable,
+        )  # fmt: skip
+        wait = _retry_after(response.headers.get("Retry-After"))
+        if retriable and wait:
+            # The receiver named its own pause; the back-off's pause comes on top of it.
+            await self.sleep(min(wait, self.max_retry_after))
+        raise error
+
+    def _failed(self, message: str, reason: str, *, retriable: bool) -> ConnectorError:
+        error = ConnectorError(
+            f"POST {self.shown_url} {message}", retriable=retriable, reason=reason
+        )
+        self._last_failure = error
+        return error
+
+    async def _deliver(self, tp: TopicPartition, batch: list[SinkRecord]) -> None:
+        # A record this build cannot decode cannot become JSON; it waits in the dead letters
+        # (replayable once the sink is upgraded) while the rest of the inbox goes on.
+        bad = [r for r in batch if r.event is None]
+        if bad:
+            log.error("%s: %d undecodable records to dead letters", self.name, len(bad))
+            await self._deadletter(bad, "schema.decode", bad[0].error or "no value")
+            self.metrics.deliveries.labels(self.name, "deadlettered").inc(len(bad))
+        good = [r for r in batch if r.event is not None]
+        if good:
+            self._last_failure = None
+            await super()._deliver(tp, good)
+
+    async def _deadletter(self, batch: list[SinkRecord], reason: str, error: str) -> None:
+        # "retries exhausted" says nothing an operator can act on; the last answer does, and
+        # lets `bus deadletters replay --reason webhook.http_5` pick exactly these.
+        if reason == "connector.retries_exhausted" and self._last_failure is not None:
+            reason = self._last_failure.reason
+        await super()._deadletter(batch, reason, error)
+
+    def _on_retry(self, tries: int, exc: BaseException, delay: float) -> None:
+        super()._on_retry(tries, exc, delay)
+        self._in_backoff = True
+        if self.stopping:
+            self._abandon()
+
+    def stop(self) -> None:
+        """Stop; a batch waiting out its back-off is abandoned (uncommitted, sent on restart)."""
+        super().stop()
+        if self._in_backoff:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        # Waiting out a budget of minutes would outlast any supervisor's stop timeout; the
+        # offset is not committed, so the batch is simply sent again by the next run.
+        if self._work is not None and not self._work.done():
+            self._abandoned = True
+            self._work.cancel()
+
+    async def run(self) -> None:
+        """Fetch, POST, commit until stopped (the base loop, abandonable during back-off)."""
+        self._abandoned = False
+        work = asyncio.ensure_future(super().run())
+        self._work = work
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not (self._abandoned and work.cancelled()):
+                raise
+            log.warning("%s: stopped during back-off; the batch is sent again on restart",
+                        self.name)  # fmt: skip
+        finally:
+            self._work = None
+
+
+__all__ = [
+    "ED25519",
+    "HMAC_SHA256",
+    "KEY_ID_HEADER",
+    "SIGNATURE_HEADER",
+    "WebhookOptions",
+    "WebhookSink",
+    "signed_bytes",
+    "verify_webhook",
+]

@@ -1,0 +1,1 @@
+"""Connector tests: the shared contract (``contract.py``) and one file per connector."""
