@@ -290,6 +290,10 @@ class Signer:
             )
         return cls(key, key_id)
 
+    def sign_bytes(self, data: bytes) -> bytes:
+        """A raw Ed25519 signature of ``data`` (webhook bodies and other non-certificates)."""
+        return self._key.sign(data)
+
     def save(self, path: Path | str, *, overwrite: bool = False) -> None:
         """Write the private key (PKCS8 PEM, unencrypted) with mode 0600."""
         pem = self._key.private_bytes(

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from bus.cli_certificate import certificate_app
 from bus.cli_connect import connect
+from bus.cli_import import import_file
 from bus.errors import BusError
 from bus.gateway.cli import gateway_app
 from bus.settings import Settings
@@ -39,6 +40,7 @@ app.add_typer(certificate_app, name="certificate")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(schemas_app, name="schemas")
 app.command("connect")(connect)
+app.command("import")(import_file)
 
 console = Console()
 err = Console(stderr=True)
@@ -110,11 +112,19 @@ def broker(
 @topics_app.command("create")
 def topics_create(broker: BrokerOpt = None) -> None:
     """Create every topic of the catalogue that does not exist yet (idempotent)."""
+    from rich.progress import Progress
+
     from bus.topics import create_topics
 
     s = _settings(broker)
     try:
-        created = asyncio.run(create_topics(s))
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("creating topics", total=None)
+
+            def step(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            created = asyncio.run(create_topics(s, progress=step))
     except Exception as exc:
         raise _fail(exc, f"Is a broker running at {s.broker}? (bus broker starts one)") from None
     for name in created:
@@ -124,12 +134,12 @@ def topics_create(broker: BrokerOpt = None) -> None:
 
 @topics_app.command("list")
 def topics_list() -> None:
-    """Show the catalogue: names, roles, retention, compaction."""
-    from bus.topics import CATALOGUE
+    """Show the catalogue: names, roles, retention, compaction (and one inbox per department)."""
+    from bus.topics import full_catalogue
 
     s = _settings()
     t = Table("topic", "role", "retention", "description")
-    for spec in CATALOGUE:
+    for spec in full_catalogue(s):
         days = "forever" if spec.retention_ms < 0 else f"{spec.retention_ms // 86_400_000} days"
         t.add_row(s.topic(spec.name), spec.role, days, spec.description)
     console.print(t)
@@ -392,7 +402,11 @@ def replay(
     dry_run: Annotated[bool, typer.Option(help="Show what would be replayed.")] = False,
     broker: BrokerOpt = None,
 ) -> None:
-    """Re-submit dead letters to ingest after a fix, once each, with their original bytes."""
+    """Re-submit dead letters after a fix, once each, with their original bytes.
+
+    Letters refused at ingest go back to ingress; letters a connector could not deliver
+    (stage connector.*) go back to the topic they were read from, e.g. a department's inbox.
+    """
     from rich.progress import Progress
 
     from bus.publish import replay_deadletters

@@ -8,7 +8,7 @@ topics keep their events forever: they are the evidence log operators trace case
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -126,6 +126,10 @@ def canonical_topic(settings: Settings, event_type: str) -> str:
     return settings.topic(f"events.{event_type.split('.', 1)[0]}")
 
 
+CREATE_CHUNK = 10
+"""Topics per CreateTopics request."""
+
+
 def full_catalogue(settings: Settings) -> tuple[TopicSpec, ...]:
     """The catalogue plus an inbox for every department in the directory."""
     from bus.departments import Directory
@@ -134,11 +138,15 @@ def full_catalogue(settings: Settings) -> tuple[TopicSpec, ...]:
 
 
 async def create_topics(
-    settings: Settings, specs: tuple[TopicSpec, ...] | None = None
+    settings: Settings,
+    specs: tuple[TopicSpec, ...] | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Create every missing topic (the full catalogue by default); returns the ones created.
 
     Idempotent: existing topics are left alone (their partition count is checked by Faust).
+    Topics go in requests of ``CREATE_CHUNK``; ``progress(done, total)`` after each.
     """
     specs = full_catalogue(settings) if specs is None else specs
     admin = AIOKafkaAdminClient(**settings.kafka())
@@ -155,18 +163,21 @@ async def create_topics(
             for s in specs
             if settings.topic(s.name) not in existing
         ]
-        created = []
-        try:  # one request for all: dozens of inboxes in one round trip
-            await admin.create_topics(new)
-            created = [t.name for t in new]
-        except TopicAlreadyExistsError:
-            created = []
-            for topic in new:  # one by one: a broker that rejects one should not hide the rest
-                try:
-                    await admin.create_topics([topic])
-                    created.append(topic.name)
-                except TopicAlreadyExistsError:
-                    pass
+        created: list[str] = []
+        for i in range(0, len(new), CREATE_CHUNK):  # dozens of inboxes: a few round trips
+            chunk = new[i : i + CREATE_CHUNK]
+            try:
+                await admin.create_topics(chunk)
+                created += [t.name for t in chunk]
+            except TopicAlreadyExistsError:
+                for topic in chunk:  # one by one: one taken name should not hide the rest
+                    try:
+                        await admin.create_topics([topic])
+                        created.append(topic.name)
+                    except TopicAlreadyExistsError:
+                        pass
+            if progress is not None:
+                progress(min(i + CREATE_CHUNK, len(new)), len(new))
         if created:
             await _wait_for_metadata(admin, set(created))
         return created

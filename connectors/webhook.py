@@ -111,7 +111,7 @@ class _Signing:
             return f"t={timestamp},{HMAC_SHA256}={mac}"
         assert self._signer is not None
         # Signer's public method signs certificates only; the raw key signs any bytes.
-        sig = self._signer._key.sign(data)
+        sig = self._signer.sign_bytes(data)
         return f"t={timestamp},{ED25519}={base64.b64encode(sig).decode('ascii')}"
 
 

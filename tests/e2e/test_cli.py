@@ -6,6 +6,7 @@ settings in ``BUS_*`` variables, and checks what it prints and its exit status.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -50,6 +51,39 @@ def test_topics_create_is_idempotent(settings: Settings) -> None:
     result = bus("topics", "create", settings=settings)
     assert result.returncode == 0, result.stderr
     assert "0 created" in result.stdout
+
+
+def test_topics_create_makes_the_catalogue_and_an_inbox_per_department(
+    settings: Settings,
+) -> None:
+    from bus.topics import full_catalogue, inbox_topic
+
+    fresh = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "-fresh"})
+    result = bus("topics", "create", settings=fresh)
+    assert result.returncode == 0, result.stderr
+    expected = full_catalogue(fresh)
+    assert f"{len(expected)} created" in result.stdout
+    assert inbox_topic(fresh, "ks.finance") in result.stdout
+
+    async def partitions() -> dict[str, int]:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(**fresh.kafka())
+        await consumer.start()
+        try:
+            names = await consumer.topics()
+            return {
+                t: len(consumer.partitions_for_topic(t) or ())
+                for t in names
+                if t.startswith(fresh.topic_prefix + ".")
+            }
+        finally:
+            await consumer.stop()
+
+    found = asyncio.run(partitions())
+    assert len(found) == len(expected)
+    assert found[inbox_topic(fresh, "ks.finance")] == 1  # one order per inbox
+    assert found[fresh.topic("events.penalty")] == fresh.partitions
 
 
 def test_topics_create_says_what_to_do_without_a_broker(tmp_path: Path) -> None:
