@@ -41,6 +41,7 @@ KINDS: dict[str, str] = {
     "outbox": "connectors.outbox:OutboxSource",
     "webhook": "connectors.webhook:WebhookSink",
     "file-import": "connectors.file_import:FileImportSource",
+    "directory": "connectors.example:DirectorySource",
 }
 """Connector kinds that ship, as ``module:Class`` (imported only when used)."""
 

@@ -31,7 +31,8 @@ What a **source** promises (``SourceContract``):
 * it declares its ``guarantee``, and its class docstring names it.
 
 Hooks: ``make_connector(settings, **kwargs)``, ``feed(n) -> expected event ids`` (``n`` may be
-0: get the outside system ready with nothing in it).
+0: get the outside system ready with nothing in it). A re-run serves for ``rerun_seconds``
+(1 s) before it is stopped: configure the source to poll more often than that.
 
 What a **sink** promises (``SinkContract``):
 
@@ -276,6 +277,8 @@ class SourceContract(_Contract):
 
     n_events: ClassVar[int] = 12
     """Events fed per test: enough for several per subject, few enough to stay fast."""
+    rerun_seconds: ClassVar[float] = 1.0
+    """How long a re-run serves before it is stopped: longer than the source's poll interval."""
 
     async def feed(self, n: int) -> list[str]:
         """Make ``n`` new events available in the outside system; their ids, in order."""
@@ -287,9 +290,13 @@ class SourceContract(_Contract):
         return connector
 
     async def run_until(
-        self, source: Source, ingress: TopicWatcher, expected: Sequence[str]
+        self, source: Source, ingress: TopicWatcher, expected: Sequence[str], linger: float = 0
     ) -> None:
-        """Serve until every expected id is on ingress (or serve returned), then stop."""
+        """Serve until every expected id is on ingress (or serve returned), then stop.
+
+        ``linger``: serve that much longer first, so a re-run has time to do (wrong) work
+        even when everything it should publish is on ingress already.
+        """
         task = asyncio.create_task(source.serve())
         want = set(expected)
         try:
@@ -298,6 +305,8 @@ class SourceContract(_Contract):
                 self.timeout,
                 f"{len(want)} events from {source.name}",
             )
+            if linger:
+                await asyncio.wait({task}, timeout=linger)
         finally:
             await self.stop_and_join(source, task)
         await ingress.wait_for(
@@ -332,7 +341,7 @@ class SourceContract(_Contract):
             expected = await self.feed(self.n_events)
             await self.run_until(self.source(), ingress, expected)
             first = set(ingress.ids())
-            await self.run_until(self.source(), ingress, expected)
+            await self.run_until(self.source(), ingress, expected, linger=self.rerun_seconds)
             await ingress.settle()
             assert first == set(expected)
             assert set(ingress.ids()) == first, "a second run published new event ids"
@@ -346,7 +355,7 @@ class SourceContract(_Contract):
             task.cancel()  # no clean stop: whatever was in hand is abandoned
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await self.run_until(self.source(), ingress, expected)
+            await self.run_until(self.source(), ingress, expected, linger=self.rerun_seconds)
             await ingress.settle()
             assert set(ingress.ids()) == set(expected), "lost or invented events across a crash"
 
