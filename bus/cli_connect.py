@@ -30,9 +30,15 @@ def connect(
 
     Stops cleanly on SIGTERM or Ctrl-C: the batch in hand is finished and committed.
     """
+    import logging
+
     from connectors import registry
 
     settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     path = config or settings.connectors_file
     if path is None:
         err.print("[red]no connectors file:[/] pass --config FILE or set BUS_CONNECTORS_FILE")

@@ -38,7 +38,7 @@ def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
     [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["broker"], ["demo"],
      ["schemas", "check"], ["settings"], ["certificate", "verify"], ["certificate", "export"],
      ["certificate", "list"], ["trace"], ["deadletters", "replay"],
-     ["deadletters", "show"], ["status"]],
+     ["deadletters", "show"], ["status"], ["import"], ["connect"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     result = bus(*command, "--help")

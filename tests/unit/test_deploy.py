@@ -1,13 +1,22 @@
 """The deployment files agree with the code: commands exist, variables are real settings.
 
-No container engine runs here, so the files are checked as data: a typo in a command or a
-``BUS_*`` variable that no setting reads would otherwise only show in production.
+No container engine or cluster runs here, so docker-compose.yml and deploy/k8s are checked as
+data: a typo in a command, an option, a ``BUS_*`` variable no setting reads, or a probe on a
+port the container does not open would otherwise only show in production.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
+import pytest
+import typer
 import yaml
 from typer.main import get_command
 
@@ -15,33 +24,90 @@ from bus.cli import app
 from bus.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy/k8s"
+SETTINGS = {f"BUS_{name.upper()}" for name in Settings.model_fields}
 
 
 def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+@functools.cache
+def cli() -> Any:
+    """The ``bus`` command tree, built once (typer builds it anew on every call)."""
+    return get_command(app)
+
+
+def check_bus_command(words: list[str], where: str, *, parse: bool = True) -> None:
+    """``bus WORDS`` names a command and (with ``parse``) its arguments and options parse.
+
+    Nothing runs: typer's parser only reads the words, as the shell would hand them over.
+    """
+    cmd = cli()
+    rest = list(words)
+    while hasattr(cmd, "commands") and rest and not rest[0].startswith("-"):
+        word = rest.pop(0)
+        assert word in cmd.commands, f"{where}: `bus {' '.join(words)}` has no {word!r}"
+        cmd = cmd.commands[word]
+    if hasattr(cmd, "commands"):  # a group runs only if it does something by itself
+        assert cmd.invoke_without_command, f"{where}: `bus {' '.join(words)}` is a group"
+    if not parse:
+        return
+    try:
+        cmd.make_context(f"bus {' '.join(words)}", rest)
+    except typer.TyperException as exc:  # typer's click: unknown option, missing argument
+        pytest.fail(f"{where}: `bus {' '.join(words)}`: {exc}")
+
+
+def bus_calls(service: dict[str, Any]) -> list[list[str]]:
+    """The ``bus`` command lines a compose service runs (the image's entrypoint is ``bus``)."""
+    command = service.get("command") or []
+    if "entrypoint" not in service:
+        return [command]
+    assert service["entrypoint"][0] == "sh", "a bus service runs bus, or a shell script"
+    env = service.get("environment") or {}
+    script = command[-1].replace("$$", "$")
+    script = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group()), script)
+    calls = []
+    for line in script.splitlines():
+        for part in re.split(r"\|\||&&|;", line):
+            words = shlex.split(part)
+            if words[:1] == ["exec"]:
+                words = words[1:]
+            if words[:1] == ["bus"]:
+                calls.append(words[1:])
+    return calls
+
+
 def test_every_bus_command_in_compose_exists() -> None:
-    cli = get_command(app)
     services = compose()["services"]
     bus_services = {n: s for n, s in services.items() if s.get("build")}
-    assert {"topics", "worker", "gateway"} <= set(bus_services)
+    assert {"topics", "worker", "gateway", "signing-key", "connect"} <= set(bus_services)
     for name, service in bus_services.items():
-        words = service["command"]
-        group = cli
-        for word in words:
-            if not hasattr(group, "commands"):  # reached a command: the rest are its options
-                assert word.startswith("-"), f"{name}: unexpected argument {word!r}"
-                break
-            assert word in group.commands, f"{name}: `bus {' '.join(words)}` has no {word!r}"  # type: ignore[attr-defined]
-            group = group.commands[word]  # type: ignore[attr-defined]
+        calls = bus_calls(service)
+        assert calls, f"{name}: runs no bus command"
+        for words in calls:
+            check_bus_command(words, name)
+
+
+def test_command_check_catches_mistakes() -> None:
+    for words in (
+        ["gateway", "serve"],
+        ["gateway", "run", "--bind", "x"],
+        ["trace"],
+        ["topics"],
+        ["deadletters", "--reasons", "x"],
+    ):
+        with pytest.raises((AssertionError, pytest.fail.Exception)):
+            check_bus_command(words, "self-check")
+    check_bus_command(["trace", "91320583MA1XXXXXX", "-b", "kafka://k:9092"], "self-check")
+    check_bus_command(["deadletters", "--reason", "schema."], "self-check")
 
 
 def test_every_bus_variable_in_compose_is_a_setting() -> None:
-    fields = {f"BUS_{name.upper()}" for name in Settings.model_fields}
     for name, service in compose()["services"].items():
         env = service.get("environment") or {}
-        unknown = {k for k in env if k.startswith("BUS_")} - fields
+        unknown = {k for k in env if k.startswith("BUS_")} - SETTINGS
         assert not unknown, f"{name}: {unknown} are not settings"
 
 
@@ -59,3 +125,261 @@ def test_kafka_is_replicated_three_ways_with_two_in_sync() -> None:
     for b in brokers:
         assert b["environment"]["KAFKA_MIN_INSYNC_REPLICAS"] == 2
         assert b["environment"]["KAFKA_DEFAULT_REPLICATION_FACTOR"] == 3
+
+
+def test_compose_settings_are_valid_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, service in compose()["services"].items():
+        env = service.get("environment") or {}
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                if key.startswith("BUS_"):
+                    m.setenv(key, str(value))
+            Settings()  # raises on a value the setting refuses
+        assert name
+
+
+def test_workers_share_one_signing_key_that_the_gateway_can_verify() -> None:
+    services = compose()["services"]
+    worker, gateway, keygen = services["worker"], services["gateway"], services["signing-key"]
+    key_file = worker["environment"]["BUS_SIGNING_KEY_FILE"]
+    assert keygen["environment"]["BUS_SIGNING_KEY_FILE"] == key_file
+    (call,) = [c for c in bus_calls(keygen) if c[:2] == ["certificate", "keygen"]]
+    assert call[call.index("--out") + 1] == key_file
+    assert call[call.index("--key-id") + 1] == worker["environment"]["BUS_SIGNING_KEY_ID"]
+    volume = Path(key_file).parent.as_posix()
+    assert f"signing:{volume}:ro" in worker["volumes"]
+    assert f"signing:{volume}" in keygen["volumes"]
+    # the public key goes to <gateway data dir>/keys, where the gateway's verifier looks
+    gateway_volume = next(v for v in gateway["volumes"] if v.startswith("gateway:"))
+    data_dir = gateway_volume.split(":")[1]
+    assert f"gateway:{data_dir}" in keygen["volumes"]
+    assert f'cp "$$BUS_SIGNING_KEY_FILE.pub" {data_dir}/keys/' in keygen["command"][0]
+    for name in ("worker", "gateway"):
+        assert services[name]["depends_on"]["signing-key"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+def test_compose_connector_is_configured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from connectors import registry
+
+    data = compose()
+    connect = data["services"]["connect"]
+    target = connect["environment"]["BUS_CONNECTORS_FILE"]
+    (mount,) = connect["configs"]
+    assert mount["target"] == target
+    # compose turns $$ into $; `bus connect` then fills ${NAME} from the environment
+    text = data["configs"][mount["source"]]["content"].replace("$$", "$")
+    for var in re.findall(r"\$\{(\w+)\}", text):
+        assert var in connect["environment"], f"{var} is not set for the connector"
+        monkeypatch.setenv(var, "secret")
+    path = tmp_path / "connectors.yaml"
+    path.write_text(text)
+    name = connect["command"][1]
+    entry = registry.find(path, name)  # the name the service runs is in the file
+    assert entry.kind in registry.KINDS
+    module = registry.KINDS[entry.kind].partition(":")[0]
+    try:
+        cls = registry.connector_class(entry.kind)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        pytest.skip(f"the {entry.kind} connector is not in this tree yet")
+    cls.Options.model_validate(entry.options)
+
+
+def test_compose_health_checks_use_the_processes_ports() -> None:
+    services = compose()["services"]
+    worker_url = services["worker"]["healthcheck"]["test"][-1]
+    assert f":{Settings().web_port}/'" in worker_url
+    gateway = services["gateway"]
+    port = gateway["command"][gateway["command"].index("--port") + 1]
+    assert f":{port}/healthz'" in gateway["healthcheck"]["test"][-1]
+
+
+def test_compose_bind_mounts_exist() -> None:
+    for name, service in compose()["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name}: {source} is missing"
+
+
+# --- Kubernetes
+
+KNOWN_KINDS = {
+    ("v1", "Namespace"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "Service"),
+    ("v1", "PersistentVolumeClaim"),
+    ("apps/v1", "Deployment"),
+    ("batch/v1", "Job"),
+    ("policy/v1", "PodDisruptionBudget"),
+}
+CONTAINER_KEYS = {
+    "name", "image", "args", "command", "env", "envFrom", "ports", "startupProbe",
+    "livenessProbe", "readinessProbe", "resources", "securityContext", "volumeMounts",
+}  # fmt: skip
+
+
+def k8s_docs(name: str | None = None) -> list[dict[str, Any]]:
+    files = [K8S / name] if name else sorted(set(K8S.glob("*.yaml")) - {K8S / "kustomization.yaml"})
+    return [d for f in files for d in yaml.safe_load_all(f.read_text()) if d]
+
+
+def applied() -> list[dict[str, Any]]:
+    """What ``kubectl apply -k deploy/k8s`` applies (the Secrets are made by hand)."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return [d for f in kustomization["resources"] for d in k8s_docs(f)]
+
+
+def pod_specs() -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]
+        for d in applied()
+        if d["kind"] in ("Deployment", "Job")
+    }
+
+
+def of_kind(kind: str) -> dict[str, dict[str, Any]]:
+    docs = applied() + k8s_docs("secret.example.yaml")
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_every_k8s_document_is_a_known_kind() -> None:
+    docs = k8s_docs()
+    assert docs
+    for d in docs:
+        assert (d["apiVersion"], d["kind"]) in KNOWN_KINDS, d.get("metadata")
+        assert d["metadata"]["name"]
+
+
+def test_kustomization_applies_everything_but_the_example_secrets() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kustomization["namespace"] == "bus"
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk - {"secret.example.yaml"}
+    assert {"Deployment", "Service", "ConfigMap", "Job"} <= {d["kind"] for d in applied()}
+    images = {i["name"] for i in kustomization["images"]}
+    for spec in pod_specs().values():
+        for c in spec["containers"]:
+            assert c["image"] in images, c["name"]
+
+
+def test_configmap_holds_only_real_settings_with_valid_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = of_kind("ConfigMap")["bus-settings"]["data"]
+    assert set(data) <= SETTINGS, set(data) - SETTINGS
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    s = Settings()
+    assert s.replication_factor == 3
+    assert s.web_host == "0.0.0.0"  # probes and Prometheus come from outside the pod
+    assert s.kafka()["security_protocol"] == "SASL_SSL"
+
+
+def test_every_k8s_container_runs_a_bus_command_with_real_settings() -> None:
+    configmaps, secrets = of_kind("ConfigMap"), of_kind("Secret")
+    for name, spec in pod_specs().items():
+        for c in spec["containers"]:
+            assert set(c) <= CONTAINER_KEYS, f"{name}: {set(c) - CONTAINER_KEYS}"
+            assert "command" not in c, f"{name}: the image's entrypoint is bus; use args"
+            check_bus_command(c["args"], name)
+            for source in c.get("envFrom", []):
+                assert source["configMapRef"]["name"] in configmaps
+            for var in c.get("env", []):
+                assert var["name"] in SETTINGS, f"{name}: {var['name']} is not a setting"
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets[ref["name"]]["stringData"], ref
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                secret = secrets[volume["secret"]["secretName"]]
+                for item in volume["secret"].get("items", []):
+                    assert item["key"] in secret["stringData"], item
+
+
+def test_probes_and_scraping_use_ports_the_containers_open() -> None:
+    settings_data = of_kind("ConfigMap")["bus-settings"]["data"]
+    deployments = {n: d for n, d in of_kind("Deployment").items()}
+    for name, d in deployments.items():
+        template = d["spec"]["template"]
+        assert (
+            d["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        )
+        (c,) = template["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            probe = c[kind]
+            handler = probe.get("httpGet") or probe.get("tcpSocket")
+            assert handler["port"] in ports or handler["port"] in ports.values(), (name, kind)
+        annotations = template["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") == "true":
+            port = int(annotations["prometheus.io/port"])
+            named = {v: k for k, v in ports.items()}
+            assert named.get(port) in ("metrics", "http"), f"{name}: scraped port not named"
+    worker = deployments["bus-worker"]["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+    assert ports["web"] == int(settings_data["BUS_WEB_PORT"])
+    assert ports["metrics"] == int(settings_data["BUS_METRICS_PORT"])
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/", "port": "web"}
+    replicas = deployments["bus-worker"]["spec"]["replicas"]
+    assert 2 <= replicas <= int(settings_data["BUS_PARTITIONS"])
+
+
+def test_gateway_probe_and_service_match_the_gateway() -> None:
+    from bus.gateway.app import create_app
+
+    routes = {getattr(r, "path", "") for r in create_app(Settings()).routes}
+    d = of_kind("Deployment")["bus-gateway"]
+    (c,) = d["spec"]["template"]["spec"]["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] in routes
+    port = int(c["args"][c["args"].index("--port") + 1])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["http"] == port
+    service = of_kind("Service")["bus-gateway"]
+    assert (
+        service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+    # the verifier reads <BUS_DATA_DIR>/keys: the public keys are mounted there
+    data_dir = of_kind("ConfigMap")["bus-settings"]["data"]["BUS_DATA_DIR"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["public-keys"] == f"{data_dir}/keys"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_renders_the_manifests() -> None:
+    run = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    rendered = [d for d in yaml.safe_load_all(run.stdout) if d]
+    assert len(rendered) == len(applied())
+    assert all(
+        d["metadata"].get("namespace") == "bus" for d in rendered if d["kind"] != "Namespace"
+    )
+
+
+def doc_commands(text: str) -> list[tuple[list[str], bool]]:
+    """``bus ...`` in a document: command lines of code blocks (whole), inline code (names)."""
+    found = [(m.group(1), False) for m in re.finditer(r"`(bus [^`]+)`", text)]
+    for block in re.findall(r"^```\w*\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+        for line in block.splitlines():
+            if m := re.search(r"(?:^|-- |exec worker )(bus .*)", line):
+                found.append((m.group(1), True))
+    return [
+        (shlex.split(line.split(" #")[0].split("&&")[0].split("|")[0])[1:], whole)
+        for line, whole in found
+    ]
+
+
+def test_every_command_in_the_operations_guide_exists() -> None:
+    calls = doc_commands((ROOT / "docs/operations.md").read_text(encoding="utf-8"))
+    assert len(calls) > 20  # the reader works
+    assert sum(whole for _, whole in calls) >= 5
+    for words, whole in calls:
+        check_bus_command(words, "docs/operations.md", parse=whole)
