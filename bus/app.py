@@ -108,8 +108,11 @@ def load_signer(settings: Settings) -> Signer:
 def _credentials(settings: Settings) -> faust.SASLCredentials | None:
     if settings.sasl_username is None or settings.sasl_password is None:
         return None
+    # The same TLS context as the agents' own clients: with SASL_SSL, Faust's consumer,
+    # producer and admin client must not fall back to plaintext.
     return faust.SASLCredentials(
         username=settings.sasl_username,
         password=settings.sasl_password.get_secret_value(),
         mechanism=settings.sasl_mechanism,
+        ssl_context=settings.kafka().get("ssl_context"),
     )

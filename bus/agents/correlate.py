@@ -96,7 +96,13 @@ class CorrelateAgent(BatchAgent):
         """Fold each event into its enterprise's record; run matters it triggers; route it."""
         outs: list[Out] = []
         for r in records:
-            event = self.codec.decode(r.value or b"")
+            try:
+                event = self.codec.decode(r.value or b"")
+            except BusError as exc:  # e.g. a schema this worker does not know (a rollback)
+                log.error("correlate: cannot decode %s/%s/%s: %s", r.topic, r.partition,
+                          r.offset, exc)  # fmt: skip
+                outs.append(deadletter(self.deadletter, r, exc, self.name))
+                continue
             key = event.event_id.bytes
             if self.seen.seen(r.partition, key):
                 continue  # a re-delivered copy: its effects were produced already

@@ -23,6 +23,7 @@ broker splits partitions between them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
@@ -76,6 +77,9 @@ class _Listener(ConsumerRebalanceListener):
             await self.agent.settle()
             for store in self.agent.stores:
                 store.drop(tp.partition for tp in revoked)
+        for tp in revoked:  # the new owner reports their lag; a stale series would lie
+            with contextlib.suppress(KeyError):
+                self.agent.ctx.metrics.lag.remove(self.agent.name, tp.topic, str(tp.partition))
         log.info("%s: partitions revoked %s", self.agent.name, _fmt(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:

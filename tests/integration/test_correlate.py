@@ -290,3 +290,23 @@ def test_worker_killed_mid_stream_finishes_every_case_once(
     opened = {(t.causation_id, t.payload.assignee): str(t.event_id) for t in created}
     assert len({str(t.event_id) for t in created}) == len(opened)  # no second task for a case
     assert len([k for k in opened if k[1] == "ks.tax"]) == len(firms)  # every registration
+
+
+def test_an_unreadable_canonical_record_is_a_dead_letter_not_a_stall(
+    settings: Settings, tmp_path: Path, firm: Enterprise
+) -> None:
+    async def garbage() -> None:
+        async with BusClient(settings) as client:
+            topic = settings.topic("events.enterprise")
+            await client.send_raw(topic, firm.uscc.encode(), b"\x00\x00\x00\x03\xe7junk", [])
+
+    rng = random.Random(47)
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        asyncio.run(garbage())
+        publish(settings, [registered(firm, rng), request(firm)])
+        [issued] = outputs(settings, "certificate", "certificate.issued", 1)
+        dead = asyncio.run(_deadletters(settings))
+    assert issued.payload.result == "clean"
+    assert [(d.headers["bus.stage"], d.headers["bus.reason"]) for d in dead] == [
+        ("correlate", "schema.unknown_id")
+    ]
