@@ -169,7 +169,7 @@ def _state(request: Request) -> _State:
     return state
 
 
-def _department(
+async def _department(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
@@ -256,6 +256,37 @@ async def _publish(state: _State, events: list[Envelope]) -> list[str]:
     return [str(r.event_id) for r in receipts]
 
 
+class _Measure:
+    """Requests by route template and status, and their duration: plain ASGI, no extra task.
+
+    The route's template, never the raw path: ids in paths would be unbounded labels.
+    """
+
+    def __init__(self, app: Any, metrics: GatewayMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(template, method, str(status)).inc()
+            self.metrics.request_seconds.labels(template, method).observe(time.perf_counter() - t0)
+
+
 def _inboxes(state: _State, department: str) -> Inboxes:
     if state.inboxes is None or not state.inboxes.knows(department):
         raise GatewayError(503, "inbox.unavailable", f"no inbox for {department} here")
@@ -312,17 +343,7 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next: Any) -> Response:
-        t0 = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        # The route's template, never the raw path: ids in paths would be unbounded labels.
-        template = getattr(route, "path", None) or "unmatched"
-        m = state.metrics
-        m.requests.labels(template, request.method, str(response.status_code)).inc()
-        m.request_seconds.labels(template, request.method).observe(time.perf_counter() - t0)
-        return response
+    app.add_middleware(_Measure, metrics=state.metrics)
 
     @app.post(
         "/v1/events",

@@ -52,6 +52,27 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
     return raw
 
 
+_cache: dict[Path, tuple[tuple[int, int, int], dict[str, dict[str, Any]]]] = {}
+
+
+def _read_cached(path: Path) -> dict[str, dict[str, Any]]:
+    """``_read``, re-read only when the file changed: every request authenticates.
+
+    A ``stat`` per request still sees a key issued or revoked a moment ago.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    hit = _cache.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    data = _read(path)
+    _cache[path] = (stamp, data)
+    return data
+
+
 def _write(path: Path, data: dict[str, dict[str, Any]]) -> None:
     """Replace the file atomically, readable by its owner only (it holds hashes)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -126,7 +147,7 @@ def authenticate(path: Path, header: str | None) -> str | None:
     key_id, dot, secret = token.strip().partition(".")
     if not dot or not _KEY_ID.match(key_id) or not _SECRET.match(secret):
         return None
-    entry = _read(path).get(key_id)
+    entry = _read_cached(path).get(key_id)
     if not isinstance(entry, dict):
         return None
     try:
