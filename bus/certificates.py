@@ -422,6 +422,11 @@ class Verifier:
         self._keys[key_id] = key
 
     @property
+    def keys(self) -> dict[str, Ed25519PublicKey]:
+        """The trusted public keys by id (e.g. to check webhook signatures)."""
+        return dict(self._keys)
+
+    @property
     def key_ids(self) -> list[str]:
         """The trusted key ids, sorted."""
         return sorted(self._keys)

@@ -103,7 +103,11 @@ class BusClient:
         self._producer = AIOKafkaProducer(**self.settings.kafka(), linger_ms=5, acks="all")
 
     async def __aenter__(self) -> BusClient:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:  # e.g. no broker: close what start() opened, then say so
+            await self._producer.stop()
+            raise
         return self
 
     async def __aexit__(

@@ -26,6 +26,7 @@ from rich.table import Table
 from bus.brokers import EmbeddedBroker, free_port
 from bus.client import BusClient, read_topic
 from bus.codec import EventCodec
+from bus.demo_edge import play_edge
 from bus.processes import WorkerProcess
 from bus.publish import Verdict, list_deadletters, publish_and_wait
 from bus.samples import TOWN_NAMES, TOWNS, Enterprise, enterprise, penalty, registered
@@ -155,9 +156,11 @@ def run_demo(
         names = {json.loads(p.data)["subject"]: json.loads(p.data)["payload"]["name"]
                  for p in plays if b'"enterprise.registered"' in p.data}  # fmt: skip
         ok &= asyncio.run(_play_matters(console, settings, names))
+        firms = _firms(random.Random(seed))
+        ok &= asyncio.run(play_edge(console, settings, workdir, firms[4], firms[8], firms[7]))
         dead = asyncio.run(list_deadletters(settings))
         reasons = Counter(r.headers.get("bus.reason", "?") for r in dead)
-        console.print("[bold]6.[/] dead letters by reason: "
+        console.print("[bold]7.[/] dead letters by reason: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))  # fmt: skip
         if keep_running:
             console.print(f"\nKeeping it running: BUS_BROKER={broker.url} BUS_TOPIC_PREFIX=demo "
@@ -168,7 +171,7 @@ def run_demo(
             except KeyboardInterrupt:
                 pass
         verdict = "[green]all events ended where they should[/]" if ok else "[red]unexpected[/]"
-        console.print(f"[bold]7.[/] {verdict}; stopping")
+        console.print(f"[bold]8.[/] {verdict}; stopping")
         code = 0 if ok else 1
         return code
     finally:

@@ -147,6 +147,11 @@ def test_demo_plays_the_scenarios_and_exits_zero() -> None:
         assert reason in out
     assert "events.penalty" in out
     assert "events.enterprise" in out
+    # The department edge: gateway, outbox (PostgreSQL is on this machine) and webhook.
+    assert "Departments without Kafka" in out
+    assert "accepted_for_processing" in out
+    assert "accepted on the canonical" in out
+    assert "signature checked" in out
 
 
 def test_a_certificate_is_exported_and_verified_from_the_command_line(
