@@ -27,6 +27,7 @@ bench: $(STAMP)  ## ingest vs the raw-client limit on both embedded brokers; the
 	$(BIN)/python bench/ingest.py --engine tansu
 	$(BIN)/python bench/ingest.py --engine noida
 	$(BIN)/python -m bench.pipeline --engine noida
+	$(BIN)/python -m bench.gateway --engine tansu
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
