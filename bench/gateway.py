@@ -126,21 +126,24 @@ async def main(args: argparse.Namespace) -> None:
             settings = Settings(broker=bootstrap, topic_prefix=run, app_id=run, partitions=3,
                                 data_dir=Path(tmp) / "var", web_port=0, metrics_port=0)  # fmt: skip
             await create_topics(settings)
-            events = penalties(args.events, seed=5)
+            # Three sets of distinct events: the gateway refuses an event id twice (409).
+            n = args.events
+            events = penalties(2 * n + 200, seed=5)
             source = events[0].source
             same = [e.model_copy(update={"source": source}) for e in events]
             key = issue_key(keys_path(settings.data_dir), source)
             bodies = [codec.to_json(e).encode() for e in same]
+            warmup, singles, rest = bodies[:200], bodies[200 : 200 + n], same[200 + n :]
             batches = [
-                ("[" + ",".join(codec.to_json(e) for e in same[i : i + 100]) + "]").encode()
-                for i in range(0, len(same), 100)
+                ("[" + ",".join(codec.to_json(e) for e in rest[i : i + 100]) + "]").encode()
+                for i in range(0, len(rest), 100)
             ]
             proc, url = start_gateway(settings, Path(tmp) / "gateway.log")
             try:
-                await gateway(url, key, bodies[:200], args.concurrency)  # warm up
+                await gateway(url, key, warmup, args.concurrency)  # warm up
                 results = {
-                    "raw": await raw(settings, same, args.concurrency),
-                    "gateway": await gateway(url, key, bodies, args.concurrency),
+                    "raw": await raw(settings, same[200 : 200 + n], args.concurrency),
+                    "gateway": await gateway(url, key, singles, args.concurrency),
                     "gateway_batch": await gateway(
                         url, key, batches, max(1, args.concurrency // 4), "/v1/events:batch"
                     ),

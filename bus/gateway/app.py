@@ -12,9 +12,10 @@ import contextlib
 import json
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -156,10 +157,11 @@ class _State:
     metrics: GatewayMetrics
     client: BusClient | None = None
     inboxes: Inboxes | None = None
+    recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 413, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 409, 413, 422, 503)
 }
 _bearer = HTTPBearer(auto_error=False, description="`<key_id>.<secret>` from `bus gateway keys`")
 
@@ -245,15 +247,48 @@ def _check(state: _State, department: str, obj: Any) -> Envelope:
     return event
 
 
+RECENT_IDS = 200_000
+"""Event ids the gateway remembers having published, to refuse a replay at once with 409."""
+
+
+def _refuse_replays(state: _State, events: list[Envelope]) -> list[dict[str, Any]]:
+    """Events whose id this gateway already published (or that repeat within the request)."""
+    seen: set[str] = set()
+    replays = []
+    for index, e in enumerate(events):
+        event_id = str(e.event_id)
+        if event_id in state.recent or event_id in seen:
+            replays.append({"index": index, "event_id": event_id})
+        seen.add(event_id)
+    return replays
+
+
 async def _publish(state: _State, events: list[Envelope]) -> list[str]:
+    """Publish, unless an event id was published before: then 409 and nothing is published.
+
+    The gateway remembers the last ``RECENT_IDS`` ids it published; older replays, and
+    replays through other paths, still end as ``duplicate.event_id`` dead letters at ingest.
+    """
     assert state.client is not None, "the lifespan starts the client"
+    if replays := _refuse_replays(state, events):
+        raise GatewayError(
+            409, "duplicate.event_id",
+            f"event_id {replays[0]['event_id']} was already published; nothing was published",
+            field="event_id" if len(events) == 1 else f"{replays[0]['index']}.event_id",
+            extra={"event_ids": [r["event_id"] for r in replays]},
+        )  # fmt: skip
     try:
         receipts = await state.client.publish_many(events)
     except KafkaError as exc:
         raise GatewayError(
             503, "broker.unavailable", f"could not publish to the bus: {exc}"
         ) from None
-    return [str(r.event_id) for r in receipts]
+    ids = [str(r.event_id) for r in receipts]
+    for event_id in ids:
+        state.recent[event_id] = None
+    while len(state.recent) > RECENT_IDS:
+        state.recent.popitem(last=False)
+    return ids
 
 
 class _Measure:

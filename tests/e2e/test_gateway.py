@@ -82,18 +82,28 @@ def test_a_valid_event_is_accepted_and_reaches_the_canonical_topic(
     assert published.payload == event.payload
 
 
-def test_a_replayed_event_id_is_accepted_once_by_the_bus(gateway: Gateway, tmp_path: Path) -> None:
+def test_a_replayed_event_id_is_refused_and_published_once(
+    gateway: Gateway, tmp_path: Path
+) -> None:
     event, body = a_penalty(4)
+    other_id = "5d6c2a4e-9a0b-4c51-8d3e-6f1a2b3c4d5e"
+    other_body = {**body, "event_id": other_id}
     headers = gateway.key(event.source)
     with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
         first = gateway.http.post("/v1/events", json=body, headers=headers)
+        assert first.status_code == 202, first.text
+        assert first.json()["event_id"] == str(event.event_id)
         again = gateway.http.post("/v1/events", json=body, headers=headers)
-        assert first.status_code == again.status_code == 202, again.text
-        assert first.json()["event_id"] == again.json()["event_id"] == str(event.event_id)
-        dead = wait_for(gateway.settings, "deadletter", 1)
-        canonical = read(gateway.settings, "events.penalty")
+        assert again.status_code == 409, again.text
+        assert (again.json()["error"], again.json()["field"]) == ("duplicate.event_id", "event_id")
+        # In a batch: the replayed item is named, and nothing of the batch is published.
+        batch = gateway.http.post("/v1/events:batch", json=[other_body, body], headers=headers)
+        assert (batch.status_code, batch.json()["field"]) == (409, "1.event_id")
+        canonical = wait_for(gateway.settings, "events.penalty", 1)
+        dead = read(gateway.settings, "deadletter", idle=0.5)
     assert [r.headers["event_id"] for r in canonical] == [str(event.event_id)]
-    assert [r.headers.get("bus.reason") for r in dead] == ["duplicate.event_id"]
+    assert dead == []
+    assert other_id not in {r.headers["event_id"] for r in canonical}
 
 
 def test_malformed_json_is_refused_as_schema_decode(gateway: Gateway) -> None:
