@@ -140,6 +140,15 @@ class ReplayReport:
 NOT_REPLAYABLE = ("duplicate.",)  # a duplicate replayed is a duplicate again
 
 
+def _origin_order(origin: str) -> tuple[str, int, int]:
+    """Replay in the order the letters' events stood on their topic (an inbox's order)."""
+    parts = origin.rsplit("/", 2)
+    try:
+        return parts[0], int(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        return origin, -1, -1
+
+
 async def replay_deadletters(
     settings: Settings,
     *,
@@ -192,6 +201,7 @@ async def replay_deadletters(
             report.skipped[origin] = f"origin {origin!r} names no topic: nowhere to replay to"
         else:
             report.skipped[origin] = f"refused at stage {stage or None}: publish anew"
+    todo.sort(key=lambda item: _origin_order(item[0].headers["bus.origin"]))
     if dry_run or not todo:
         report.replayed = [r.headers["bus.origin"] for r, _ in todo]
         return report
