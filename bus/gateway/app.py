@@ -639,7 +639,7 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
             raise GatewayError(404, "case.not_found", f"no case {correlation_id!r}",
                                field="correlation_id")  # fmt: skip
         inboxes = _inboxes(state, department)
-        if department not in {s.source for s in steps} and not inboxes.received(
+        if department not in {s.source for s in steps} and not await inboxes.received(
             department, correlation_id
         ):
             raise GatewayError(403, "auth.case", f"{department} took no part in this case")

@@ -1,11 +1,11 @@
 """The gateway's view of department inboxes: read with cursors, tasks folded from them.
 
-One consumer tails every department's inbox topic (one partition each, so an inbox has a
-single order and a cursor is an offset) and keeps the most recent ``keep`` items of each in
-memory; a cursor older than that is read from Kafka directly, so nothing retained by the
-topic is out of reach. Tasks are folded from the lifecycle events in the assignee's inbox
-(created, accepted, completed, rejected, overdue, escalated): the gateway only reads what
-the bus decided, it never decides.
+One consumer, started on the first inbox request, tails every department's inbox topic
+(one partition each, so an inbox has a single order and a cursor is an offset) and keeps
+the most recent ``keep`` items of each in memory; a cursor older than that is read from
+Kafka directly, so nothing retained by the topic is out of reach. Tasks are folded from
+the lifecycle events in the assignee's inbox (created, accepted, completed, rejected,
+overdue, escalated): the gateway only reads what the bus decided, it never decides.
 
 Delivery into inboxes is at-least-once; the view drops a second copy of an event id, so a
 department reading with cursors sees each event once.
@@ -127,9 +127,16 @@ class Inboxes:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
+        self._starting = asyncio.Lock()
         self.caught_up = asyncio.Event()
 
     async def __aenter__(self) -> Inboxes:
+        return self
+
+    async def _start(self) -> None:
+        """Start tailing on first use: a gateway only publishing keeps no idle consumer."""
+        if self._consumer is not None:
+            return
         self._consumer = AIOKafkaConsumer(
             **self.settings.kafka(),
             group_id=None,
@@ -143,7 +150,6 @@ class Inboxes:
         await self._consumer.seek_to_beginning(*tps)
         ends = await self._consumer.end_offsets(tps)
         self._task = asyncio.create_task(self._tail({tp: n for tp, n in ends.items() if n}))
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
@@ -289,6 +295,8 @@ class Inboxes:
             await consumer.stop()
 
     async def _wait_caught_up(self) -> None:
+        async with self._starting:
+            await self._start()
         try:
             await asyncio.wait_for(self.caught_up.wait(), 10)
         except TimeoutError:
@@ -305,6 +313,7 @@ class Inboxes:
         await self._wait_caught_up()
         return self._inboxes[department].tasks.get(task_id)
 
-    def received(self, department: str, correlation_id: str) -> bool:
+    async def received(self, department: str, correlation_id: str) -> bool:
         """Whether the department's inbox holds anything of this case."""
+        await self._wait_caught_up()
         return correlation_id in self._inboxes[department].cases
