@@ -14,6 +14,7 @@ is never set back to active by a late original.
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -90,9 +91,10 @@ class EnterpriseRecord(BaseModel):
     waiting: list[dict[str, Any]] = Field(
         default_factory=list, description="requests parked until the registration arrives"
     )
-    unrouted: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="events whose routing needs the profile, parked until the registration",
+    unrouted: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="events whose routing needs the profile, parked until the registration, "
+        "by event id (a changelog part each, so parking one more costs one small record)",
     )
     reviews: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="open review cases by request event id"
@@ -185,8 +187,10 @@ class EnterpriseRecord(BaseModel):
         return self.penalties.setdefault(case_number, PenaltyEntry(case_number=case_number))
 
 
-_PROFILE_FIELDS = {"uscc", "status", "profile", "waiting", "unrouted", "reviews"}
-_PART_FIELDS = {"penalty": "penalties", "licence": "licences", "task": "tasks"}
+_PROFILE_FIELDS = {"uscc", "status", "profile", "waiting", "reviews"}
+_PART_FIELDS = {
+    "penalty": "penalties", "licence": "licences", "task": "tasks", "unrouted": "unrouted",
+}  # fmt: skip
 _PART_MODELS: dict[str, type[BaseModel]] = {
     "penalty": PenaltyEntry, "licence": LicenceEntry, "task": TaskEntry,
 }  # fmt: skip
@@ -198,7 +202,11 @@ def encode_part(record: EnterpriseRecord, part: str) -> bytes | None:
         return record.model_dump_json(include=_PROFILE_FIELDS).encode()
     kind, _, key = part.partition(":")
     entry = getattr(record, _PART_FIELDS[kind]).get(key)
-    return None if entry is None else entry.model_dump_json().encode()
+    if entry is None:
+        return None
+    if isinstance(entry, dict):  # a parked event, as JSON
+        return json.dumps(entry, ensure_ascii=False).encode()
+    return entry.model_dump_json().encode()
 
 
 def apply_part(record: EnterpriseRecord, part: str, value: bytes | None) -> None:
@@ -213,5 +221,7 @@ def apply_part(record: EnterpriseRecord, part: str, value: bytes | None) -> None
     entries = getattr(record, _PART_FIELDS[kind])
     if value is None:
         entries.pop(key, None)
-    else:
+    elif kind in _PART_MODELS:
         entries[key] = _PART_MODELS[kind].model_validate_json(value)
+    else:
+        entries[key] = json.loads(value)

@@ -134,9 +134,12 @@ class CorrelateAgent(BatchAgent):
                         parts.add("profile")
                 outs.extend(self._route(event, r, record))
                 if self.router.must_wait(event, record.status != "unknown"):
-                    record.unrouted.append(event.model_dump(mode="json", warnings=False))
-                    parts.add("profile")
+                    record.unrouted[str(event.event_id)] = event.model_dump(
+                        mode="json", warnings=False
+                    )
+                    parts.add(f"unrouted:{event.event_id}")
                 if event.event_type == "enterprise.registered":
+                    parts |= {f"unrouted:{k}" for k in record.unrouted}  # routed now: gone
                     outs.extend(self._registered(record))
             parts |= _task_parts(tasks_before, record)
             if parts:
@@ -153,8 +156,8 @@ class CorrelateAgent(BatchAgent):
                 replayed = model_for(trigger["event_type"]).model_validate(trigger)
                 outs.extend(self._trigger(matter, record, replayed))
         if record.unrouted:
-            unrouted, record.unrouted = record.unrouted, []
-            for dump in unrouted:
+            unrouted, record.unrouted = record.unrouted, {}
+            for dump in unrouted.values():
                 event = model_for(dump["event_type"]).model_validate(dump)
                 outs.extend(self._route(event, None, record, deferred=True))
         return outs

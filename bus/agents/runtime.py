@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
 
@@ -75,6 +75,7 @@ class _Listener(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.agent.lock:  # let the batch in flight finish and commit
             await self.agent.settle()
+            self.agent.assignment -= set(revoked)
             for store in self.agent.stores:
                 store.drop(tp.partition for tp in revoked)
         for tp in revoked:  # the new owner reports their lag; a stale series would lie
@@ -83,13 +84,17 @@ class _Listener(ConsumerRebalanceListener):
         log.info("%s: partitions revoked %s", self.agent.name, _fmt(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        # aiokafka may already fetch for the new partitions while this runs (its issue
+        # #738): the lock keeps the consume loop from handling any batch until their state
+        # is restored, and the loop handles only partitions in ``assignment``.
         t0 = time.monotonic()
         partitions = {tp.partition for tp in assigned}
         restored = 0
-        for store in self.agent.stores:
-            restored += await store.restore(self.agent.kafka, partitions)
-        self.agent.assignment = set(assigned)
-        await self.agent.on_assigned(partitions)
+        async with self.agent.lock:
+            for store in self.agent.stores:
+                restored += await store.restore(self.agent.kafka, partitions)
+            self.agent.assignment = set(assigned)
+            await self.agent.on_assigned(partitions)
         self.agent.ready.set()
         log.info(
             "%s: partitions assigned %s (%d ids restored in %.2fs)",
@@ -200,6 +205,7 @@ class BatchAgent(Service):
             async with self.lock:
                 current: _Batch | None = None
                 try:
+                    fetched = self._restored_only(fetched)
                     if fetched:
                         current = await self._start(fetched)
                     await self.settle()
@@ -216,6 +222,24 @@ class BatchAgent(Service):
                         log.exception("%s: batch failed; it will be re-read", self.name)
                     await self._recover(failed)
                     await self.sleep(1.0)
+
+    def _restored_only(
+        self, fetched: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, list[Record]]:
+        """Records of partitions whose state is restored; the others are fetched again.
+
+        A fetch that completed around a rebalance can hold records of a partition this
+        member no longer owns (its new owner reads them from the committed offset) or owns
+        but has not restored yet (seek back: they come again once it has).
+        """
+        assert self._consumer is not None
+        kept = {}
+        for tp, records in fetched.items():
+            if tp in self.assignment:
+                kept[tp] = records
+            elif tp in self._consumer.assignment():
+                self._consumer.seek(tp, records[0].offset)
+        return kept
 
     async def _start(self, fetched: dict[TopicPartition, list[Record]]) -> _Batch:
         # Across partitions and topics, oldest first (each partition's order is kept):
@@ -274,7 +298,10 @@ class BatchAgent(Service):
             high = self._consumer.highwater(tp)
             if high is None:
                 continue
-            position = await self._consumer.position(tp)
+            try:
+                position = await self._consumer.position(tp)
+            except IllegalStateError:  # revoked while we asked: the next update has it right
+                continue
             lag = max(high - position, 0)
             self.ctx.metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(lag)
 

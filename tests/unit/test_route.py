@@ -160,3 +160,23 @@ def test_before_the_registration_only_subscriptions_on_the_enterprise_wait() -> 
         "ks.tax": "t",
     }
     assert r.recipients(event, PROFILE, "ks.amr", deferred=True) == {"ks.credit": "s"}
+
+
+def test_a_parked_event_is_its_own_changelog_part() -> None:
+    from bus.record import EnterpriseRecord, apply_part, encode_part
+
+    event = fine()
+    record = EnterpriseRecord(uscc=FIRM.uscc)
+    key = str(event.event_id)
+    record.unrouted[key] = event.model_dump(mode="json")
+    value = encode_part(record, f"unrouted:{key}")
+    assert value is not None
+    assert key.encode() in value
+    assert b'"unrouted"' not in (encode_part(record, "profile") or b"")  # not in the profile
+    restored = EnterpriseRecord(uscc=FIRM.uscc)
+    apply_part(restored, f"unrouted:{key}", value)
+    assert restored.unrouted == record.unrouted
+    record.unrouted.clear()
+    assert encode_part(record, f"unrouted:{key}") is None  # routed: a tombstone
+    apply_part(restored, f"unrouted:{key}", None)
+    assert restored.unrouted == {}
