@@ -1,0 +1,257 @@
+"""Scale-out: several workers split the partitions, and hand them over when one stops or dies.
+
+Runs real ``bus worker`` processes on the embedded Tansu broker, the one whose consumer groups
+survive members leaving and dying (docs/broker.md), with the Tansu settings from there but the
+product's producer batches: the stores read whole record batches, so Tansu's wrong end
+offsets cannot cut a restore short, and the hand-over tests check exactly that. The
+hand-over scenario and its checks live in ``bench/scaleout.py``, which repeats them to give a
+rate; here each runs once. ``BUS_TEST_BROKER`` points these tests at another broker instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+from bench.scaleout import (
+    AGENTS,
+    Reader,
+    agent_topics,
+    handover,
+    owned,
+    start_all,
+    stop_all,
+    tansu_settings,
+    wait_split,
+    workers,
+)
+from bus.agents.out import Out
+from bus.agents.runtime import BatchAgent, Record
+from bus.app import Context
+from bus.brokers import EmbeddedBroker
+from bus.codec import EventCodec
+from bus.departments import Directory
+from bus.samples import penalties
+from bus.schemas.envelope import Envelope
+from bus.settings import Settings
+from bus.topics import create_topics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Tansu broker for this module (or the broker ``BUS_TEST_BROKER`` names)."""
+    external = os.environ.get("BUS_TEST_BROKER")
+    if external:
+        yield external.removeprefix("kafka://")
+        return
+    broker = EmbeddedBroker("tansu", data_dir=tmp_path_factory.mktemp("tansu"))
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop(timeout=1)  # workers are gone; Tansu waits 5 s for connected clients
+
+
+async def members(settings: Settings, agent: str) -> dict[str, set[tuple[str, int]]]:
+    """The broker's view of an agent's consumer group: member id -> partitions.
+
+    Tansu 0.6 answers DescribeGroups with the members but without their assignments (empty
+    bytes): the partitions then come from the workers' logs alone.
+    """
+    admin = AIOKafkaAdminClient(**settings.kafka())
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([f"{settings.app_id}.{agent}"])
+    finally:
+        await admin.close()
+    out: dict[str, set[tuple[str, int]]] = {}
+    for group in response.groups:
+        for member_id, _, _, _, assignment in group[5]:
+            out[member_id] = set()
+            if assignment:
+                decoded = ConsumerProtocolMemberAssignment.decode(assignment)
+                out[member_id] = {(t, p) for t, ps in decoded.assignment for p in ps}
+    return out
+
+
+async def publish(settings: Settings, events: list[Envelope]) -> None:
+    """Put events on ingress keyed by subject, as department systems do."""
+    codec = EventCodec()
+    producer = AIOKafkaProducer(**settings.kafka(), acks="all")
+    await producer.start()
+    try:
+        for e in events:
+            await producer.send(
+                settings.topic("ingress"), codec.encode(e), key=e.subject.encode(),
+                headers=e.kafka_headers(),
+            )  # fmt: skip
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def assert_split(settings: Settings, logs: list[str], n: int) -> None:
+    """Each of ``n`` workers owns its share; shares are disjoint and cover every partition."""
+    for agent in AGENTS:
+        topics = agent_topics(settings, agent)
+        shares = [owned(log, agent) for log in logs]
+        everything = {(t, p) for t in topics for p in range(settings.partitions)}
+        assert set().union(*shares) == everything, agent
+        assert sum(len(s) for s in shares) == len(everything), agent  # disjoint
+        for share in shares:
+            numbers = {t: {p for tt, p in share if tt == t} for t in topics}
+            # Range assignment: the same partition numbers of every topic, so an
+            # enterprise's state (keyed like its events) is where its events are.
+            assert len({frozenset(ps) for ps in numbers.values()}) == 1, (agent, numbers)
+            assert len(numbers[topics[0]]) == settings.partitions // n, (agent, numbers)
+
+
+def test_two_then_three_workers_split_the_partitions(tansu: str, tmp_path: Path) -> None:
+    """Two workers split both groups; a third joins and each gets a third; all three work."""
+    s = tansu_settings(tansu, tmp_path, "split")
+    asyncio.run(create_topics(s))
+    procs = workers(s, 3, tmp_path)
+
+    async def go() -> tuple[dict[str, dict[str, Any]], Reader]:
+        seen_by_broker: dict[str, dict[str, Any]] = {}
+        try:
+            await start_all(procs[:2])
+            await wait_split(s, procs[:2], 60)
+            assert_split(s, [p.log() for p in procs[:2]], 2)
+            seen_by_broker["two"] = {a: await members(s, a) for a in AGENTS}
+            await asyncio.to_thread(procs[2].start)  # joins the running pair
+            await wait_split(s, procs, 60)
+            assert_split(s, [p.log() for p in procs], 3)
+            seen_by_broker["three"] = {a: await members(s, a) for a in AGENTS}
+            # ... and the three of them do the work: every event through both agents.
+            events = penalties(600, seed=31)
+            await publish(s, events)
+            async with Reader(s) as reader:
+                ids = {str(e.event_id) for e in events}
+                done = await reader.until(
+                    lambda seen: ids <= set(seen.canonical) and ids <= seen.handled, 60, idle=0.5
+                )
+                assert done, "not every event reached its canonical topic and correlate"
+        finally:
+            await stop_all(procs)
+        return seen_by_broker, reader
+
+    by_broker, reader = asyncio.run(go())
+    for count, groups in (("two", by_broker["two"]), ("three", by_broker["three"])):
+        for agent, group in groups.items():
+            assert len(group) == {"two": 2, "three": 3}[count], (count, agent, group)
+            shares = list(group.values())
+            assert sum(len(x) for x in shares) == len(set().union(*shares)), (count, agent)
+    assert set(reader.seen.canonical.values()) == {1}  # no rebalance repeated anything
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("kill", "cycles"), [(False, 2), (True, 1)], ids=["sigterm-rejoin-sigterm", "sigkill"]
+)
+def test_worker_leaving_under_load_hands_over_nothing_lost_nothing_done_twice(
+    tansu: str, tmp_path: Path, kill: bool, cycles: int
+) -> None:
+    """Two workers; mid-stream one is stopped (or killed) and the other takes over.
+
+    With SIGTERM the stopped worker then rejoins under load and the other one is stopped,
+    so leaving, joining and leaving again are all covered. Checked from what is on the
+    topics, counted (not end offsets): every published event on its canonical topic; every
+    canonical event made durable by the correlate agent (none skipped); one certificate id
+    and serial per request, none missing; one task per case and assignee, four per
+    registration; only duplicates dead-lettered; no request of a registered firm parked as
+    unregistered; and every enterprise's record, as a next owner would restore it from the
+    changelog, complete.
+    """
+    result = asyncio.run(
+        handover(
+            tansu, tmp_path, kill=kill, cycles=cycles, firms=100, penalty_count=1600,
+            seconds=8 + 6 * cycles,
+        )
+    )  # fmt: skip
+    assert result.lost == set(), result.summary()
+    assert result.unhandled == set(), result.summary()
+    assert result.missing_certificates == set(), result.summary()
+    assert result.doubled_certificates == set(), result.summary()
+    assert result.doubled_tasks == set(), result.summary()
+    assert result.incomplete_cases == set(), result.summary()
+    assert result.bad_records == {}, result.summary()
+    assert result.parked == 0, result.summary()
+    assert set(result.deadletters) <= {"duplicate.event_id"}, result.summary()
+    assert len(result.takeover_s) == cycles, result.summary()
+    assert max(result.takeover_s) < 60, result.summary()
+    if not kill:  # a clean stop commits what it did: nothing to re-deliver
+        assert result.duplicates == 0, result.summary()
+
+
+class SlowRestore:
+    """A store whose restore takes a while, as a large changelog does; notes what it holds."""
+
+    def __init__(self, topic: str, seconds: float) -> None:
+        self.topic = topic
+        self.seconds = seconds
+        self.held: set[int] = set()
+
+    def take_pending(self) -> list[Out]:
+        return []
+
+    def drop(self, partitions: Any) -> None:
+        self.held -= set(partitions)
+
+    async def restore(self, kafka: dict[str, Any], partitions: Any) -> int:
+        parts = set(partitions)
+        await asyncio.sleep(self.seconds)
+        self.held |= parts
+        return 0
+
+
+class Recorder(BatchAgent):
+    """Handles nothing; records which records came before their partition's state."""
+
+    name = "recorder"
+
+    def __init__(self, ctx: Context, store: SlowRestore) -> None:
+        super().__init__(ctx, [ctx.settings.topic("ingress")], stores=[store])
+        self.store = store
+        self.handled = 0
+        self.early: list[tuple[int, int]] = []
+
+    async def process(self, records: list[Record]) -> list[Out]:
+        self.early += [
+            (r.partition, r.offset) for r in records if r.partition not in self.store.held
+        ]
+        self.handled += len(records)
+        return []
+
+
+async def test_no_batch_is_handled_before_its_partitions_state_is_restored(
+    tansu: str, tmp_path: Path
+) -> None:
+    """The runtime's own guarantee, without the timing luck an end-to-end run depends on."""
+    s = tansu_settings(tansu, tmp_path, "restore")
+    await create_topics(s)
+    await publish(s, penalties(300, seed=32))
+    agent = Recorder(
+        Context(s, EventCodec(), Directory.load(s.departments_file)),
+        SlowRestore(s.topic("state.ingest-seen"), 1.5),
+    )
+    await agent.start()
+    try:
+        for _ in range(300):
+            if agent.handled >= 300:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await agent.stop()
+    assert agent.handled >= 300
+    assert agent.early == []
