@@ -61,7 +61,9 @@ async def _agent(
                     for topic, partitions in assignment.assignment:
                         short = topic.removeprefix(settings.topic_prefix + ".")
                         parts += [f"{short}/{p}" for p in sorted(partitions)]
-                status.members[f"{member[1]}@{member[2]}"] = parts
+                # The member id: every worker's agent has the same client id and, on one
+                # host, the same address; keyed by those, two workers would show as one.
+                status.members[f"{member[1]}@{member[2]} ({member[0][-8:]})"] = parts
         committed = await admin.list_consumer_group_offsets(group)
         if committed:
             ends = await consumer.end_offsets(list(committed))
