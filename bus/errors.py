@@ -107,6 +107,19 @@ class ConnectorError(BusError):
         self.retriable = retriable
 
 
+def first_problem(exc: Exception) -> str:
+    """``"<dotted.path>: <message>"`` of a pydantic ``ValidationError``'s first error.
+
+    Configuration files (subscriptions, connectors) name the entry and field at fault this
+    way; taking any exception keeps this module free of imports.
+    """
+    errors = getattr(exc, "errors", None)
+    if not callable(errors) or not errors():
+        return str(exc)
+    first = errors()[0]
+    return ".".join(str(p) for p in first["loc"]) + f": {first['msg']}"
+
+
 __all__ = [
     "AuthorisationError",
     "BrokerError",
@@ -119,4 +132,5 @@ __all__ = [
     "SchemaError",
     "UnknownEventType",
     "ValidationFailed",
+    "first_problem",
 ]

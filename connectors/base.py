@@ -46,6 +46,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from bus.agents.out import rejection_headers
 from bus.client import BusClient, Receipt, _text
 from bus.codec import EventCodec
 from bus.errors import BusError, ConnectorError
@@ -437,16 +438,11 @@ class Sink(Connector):
     async def _deadletter(self, batch: list[SinkRecord], reason: str, error: str) -> None:
         assert self._producer is not None
         topic = self.settings.topic("deadletter")
-        now = str(int(time.time() * 1000)).encode()
         futures = []
         for r in batch:
-            headers = [(k, v.encode()) for k, v in r.headers.items() if not k.startswith("bus.")]
-            headers += [
-                ("bus.reason", reason.encode()),
-                ("bus.error", error[:2000].encode()),
-                ("bus.stage", f"connector.{self.name}".encode()),
-                ("bus.origin", f"{r.topic}/{r.partition}/{r.offset}".encode()),
-                ("bus.rejected_at", now),
-            ]
+            headers = rejection_headers(
+                [(k, v.encode()) for k, v in r.headers.items()], reason, error,
+                f"connector.{self.name}", f"{r.topic}/{r.partition}/{r.offset}",
+            )  # fmt: skip
             futures.append(await self._producer.send(topic, r.value, key=r.key, headers=headers))
         await asyncio.gather(*futures)

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bus.errors import ConfigurationError
+from bus.errors import ConfigurationError, first_problem
 from bus.settings import Settings
 from connectors.base import Connector
 
@@ -94,9 +94,7 @@ def load(path: Path) -> list[Entry]:
     try:
         entries = _File.model_validate(raw).connectors
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigurationError(f"{path}: {where}: {first['msg']}") from None
+        raise ConfigurationError(f"{path}: {first_problem(exc)}") from None
     names = [e.name for e in entries]
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         raise ConfigurationError(f"{path}: connector names used twice: {', '.join(dupes)}")
@@ -122,10 +120,8 @@ def build(settings: Settings, entry: Entry) -> Connector:
     try:
         options = cls.Options.model_validate(entry.options)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
         raise ConfigurationError(
-            f"connector {entry.name!r} ({entry.kind}): options.{where}: {first['msg']}"
+            f"connector {entry.name!r} ({entry.kind}): options.{first_problem(exc)}"
         ) from None
     return cls.from_options(settings, entry.name, options)
 

@@ -22,22 +22,30 @@ class Out:
     partition: int | None = None
 
 
+def rejection_headers(
+    original: Headers, reason: str, error: str, stage: str, origin: str, field: str | None = None
+) -> Headers:
+    """The record's own headers (``bus.*`` replaced) and why and where it was refused."""
+    headers: Headers = [(k, v) for k, v in original if not k.startswith("bus.")]
+    headers += [
+        ("bus.reason", reason.encode()),
+        ("bus.error", error[:2000].encode()),
+        ("bus.stage", stage.encode()),
+        ("bus.origin", origin.encode()),
+        ("bus.rejected_at", str(int(time.time() * 1000)).encode()),
+    ]
+    if field:
+        headers.append(("bus.field", field.encode()))
+    return headers
+
+
 def deadletter_headers(exc: BaseException, message: Any, stage: str = "ingest") -> Headers:
     """Headers that explain a rejection: reason code, sentence, field, where it came from."""
     reason = exc.reason if isinstance(exc, BusError) else f"{stage}.crash"
     text = str(exc) if isinstance(exc, BusError) else f"{type(exc).__name__}: {exc}"
-    headers: Headers = [(k, v) for k, v in (message.headers or ()) if not k.startswith("bus.")]
-    headers += [
-        ("bus.reason", reason.encode()),
-        ("bus.error", text[:2000].encode()),
-        ("bus.stage", stage.encode()),
-        ("bus.origin", f"{message.topic}/{message.partition}/{message.offset}".encode()),
-        ("bus.rejected_at", str(int(time.time() * 1000)).encode()),
-    ]
-    field = getattr(exc, "field", None)
-    if field:
-        headers.append(("bus.field", field.encode()))
-    return headers
+    origin = f"{message.topic}/{message.partition}/{message.offset}"
+    return rejection_headers(list(message.headers or ()), reason, text, stage, origin,
+                             getattr(exc, "field", None))  # fmt: skip
 
 
 def deadletter(topic: str, message: Any, exc: BaseException, stage: str) -> Out:

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bus.agents.out import Headers, Out
 from bus.departments import Directory
-from bus.errors import ConfigurationError
+from bus.errors import ConfigurationError, first_problem
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import EVENT_TYPES
 from bus.settings import Settings
@@ -173,9 +173,7 @@ def load_subscriptions(path: Path | None, directory: Directory) -> list[Subscrip
     try:
         subs = _File.model_validate(raw).subscriptions
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigurationError(f"{source}: {where}: {first['msg']}") from None
+        raise ConfigurationError(f"{source}: {first_problem(exc)}") from None
     names = set()
     for i, sub in enumerate(subs):
         at = f"{source}: subscriptions.{i} ({sub.name})"
