@@ -126,3 +126,11 @@ def penalties(count: int, *, seed: int = 7, enterprises: int = 500) -> list[Enve
     rng = random.Random(seed)
     pool = [enterprise(rng) for _ in range(enterprises)]
     return [penalty(rng.choice(pool), rng, n=i + 1) for i in range(count)]
+
+
+def registrations(*, seed: int = 7, enterprises: int = 500) -> list[Envelope]:
+    """The registrations of the enterprises ``penalties`` with the same arguments penalises."""
+    rng = random.Random(seed)
+    pool = [enterprise(rng) for _ in range(enterprises)]
+    when = random.Random(seed + 1)
+    return [registered(e, when) for e in pool]

@@ -82,6 +82,7 @@ class CorrelateAgent(BatchAgent):
         self.calendar = calendar or WorkingCalendar.load(s.calendar_dir)
         self.matters: dict[str, Matter] = load_matters()
         self.codec = ctx.codec
+        self.recent = ctx.recent
         self._matters_by_name = {m.name: m for m in self.matters.values()}
         self.deadletter = s.topic(DEADLETTER.name)
         self.tick_interval = s.task_check_interval
@@ -97,7 +98,7 @@ class CorrelateAgent(BatchAgent):
         outs: list[Out] = []
         for r in records:
             try:
-                event = self.codec.decode(r.value or b"")
+                event = self.recent.take(r.value or b"") or self.codec.decode(r.value or b"")
             except BusError as exc:  # e.g. a schema this worker does not know (a rollback)
                 log.error("correlate: cannot decode %s/%s/%s: %s", r.topic, r.partition,
                           r.offset, exc)  # fmt: skip

@@ -77,6 +77,7 @@ class IngestAgent(BatchAgent):
         self.seen = SeenStore(settings.topic(INGEST_SEEN.name))
         super().__init__(ctx, [settings.topic(INGRESS.name)], stores=[self.seen])
         self.ingestor = Ingestor(ctx)
+        self.recent = ctx.recent
         self.deadletter = settings.topic(DEADLETTER.name)
         self.canonical = {t: canonical_topic(settings, t) for t in EVENT_TYPES}
 
@@ -93,6 +94,8 @@ class IngestAgent(BatchAgent):
                 if self.seen.seen(r.partition, key) or key in batch:
                     raise DuplicateEvent(f"event_id {ok.event.event_id} was already accepted")
                 batch.append(key)
+                if ok.value is r.value:  # forwarded as it came: correlate reads these bytes
+                    self.recent.keep(ok.value, ok.event)
                 kind = (ok.event.event_type, ok.event.source)
                 typed[kind] = typed.get(kind, 0) + 1
                 outs.append(

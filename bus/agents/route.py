@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import operator
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import Enum
@@ -94,7 +96,26 @@ class Subscription(BaseModel):
 
     def matches(self, event: Envelope, profile: dict[str, Any]) -> bool:
         """Every condition holds for ``event`` about an enterprise with ``profile``."""
-        return all(_holds(_lookup(path, event, profile), c) for path, c in self.where.items())
+        return _Compiled(self).matches(event, profile)
+
+
+class _Compiled:
+    """A subscription as routing evaluates it for every event: plain attributes, conditions
+    turned into functions once (a pydantic model's attribute access costs more)."""
+
+    __slots__ = ("conditions", "department", "name", "needs_enterprise")
+
+    def __init__(self, sub: Subscription) -> None:
+        self.name = sub.name
+        self.department = sub.department
+        self.needs_enterprise = sub.needs_enterprise
+        self.conditions = [(_getter(path), _test(cond)) for path, cond in sub.where.items()]
+
+    def matches(self, event: Envelope, profile: dict[str, Any]) -> bool:
+        for get, test in self.conditions:  # noqa: SIM110 (all() with a generator is slower)
+            if not test(get(event, profile)):
+                return False
+        return True
 
 
 def _lookup(path: str, event: Envelope, profile: dict[str, Any]) -> Any:
@@ -157,6 +178,54 @@ def _holds(actual: Any, cond: Any) -> bool:
         return False
 
 
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt,
+    "gte": operator.ge, "lt": operator.lt, "lte": operator.le,
+}  # fmt: skip
+
+
+def _getter(path: str) -> Callable[[Envelope, dict[str, Any]], Any]:
+    """A function that reads ``path`` of an event (and its enterprise's profile)."""
+    root, _, rest = path.partition(".")
+    if root == "enterprise" and "." not in rest:
+        return lambda _event, profile: profile.get(rest)
+    if root in ("enterprise", "payload"):
+        return lambda event, profile: _lookup(path, event, profile)
+    return lambda event, _profile: getattr(event, root)
+
+
+def _test(cond: Any) -> Callable[[Any], bool]:
+    """``cond`` as a test of one value: ``_holds`` with the common cases precomputed.
+
+    Text compared with text and money or counts compared with a number are most of what
+    subscriptions ask; they skip ``_norm``. Anything else takes ``_holds``, the reference.
+    """
+    op, expected = next(iter(cond.items())) if isinstance(cond, dict) else ("eq", cond)
+    compare = _COMPARE.get(op)
+    if compare is None:
+        return lambda actual: _holds(actual, cond)
+    if isinstance(expected, str):
+
+        def text(actual: Any) -> bool:
+            if type(actual) is str:
+                return bool(compare(actual, expected))
+            return _holds(actual, cond)
+
+        return text
+    if isinstance(expected, (int, float, Decimal)) and not isinstance(expected, bool):
+        number = Decimal(str(expected))
+
+        def numeric(actual: Any) -> bool:
+            if type(actual) is Decimal:
+                return bool(compare(actual, number))
+            if type(actual) is int:
+                return bool(compare(Decimal(actual), number))
+            return _holds(actual, cond)
+
+        return numeric
+    return lambda actual: _holds(actual, cond)
+
+
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -197,18 +266,18 @@ class Router:
         self.settings = settings
         self.directory = directory
         self.subscriptions = subscriptions
-        self.by_type: dict[str, list[Subscription]] = {}
+        self.by_type: dict[str, list[_Compiled]] = {}
         for sub in subscriptions:
             types = {t for p in sub.event_types for t in fnmatch.filter(EVENT_TYPES, p)}
+            compiled = _Compiled(sub)
             for event_type in sorted(types):
-                self.by_type.setdefault(event_type, []).append(sub)
+                self.by_type.setdefault(event_type, []).append(compiled)
+        self._waits = {t: any(s.needs_enterprise for s in subs) for t, subs in self.by_type.items()}
         self._topics: dict[str, str] = {}
 
     def must_wait(self, event: Envelope, registered: bool) -> bool:
         """Whether a subscription needs the enterprise's profile and it is not there yet."""
-        if registered:
-            return False
-        return any(s.needs_enterprise for s in self.by_type.get(event.event_type, ()))
+        return not registered and self._waits.get(event.event_type, False)
 
     def recipients(
         self,

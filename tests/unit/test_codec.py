@@ -295,3 +295,23 @@ def test_decode_any_takes_anything_else_as_json(codec: EventCodec, avro: bytes) 
     assert "not valid JSON" in str(info.value)
     event = codec.decode_any(b"  \n" + codec.to_json(build("penalty.imposed")).encode())
     assert isinstance(event, Envelope)
+
+
+def test_recent_gives_each_kept_event_once_and_forgets_the_oldest_first() -> None:
+    from bus.codec import EventCodec, Recent
+    from bus.samples import penalties
+
+    codec = EventCodec()
+    events = penalties(3, seed=3)
+    data = [codec.encode(e) for e in events]
+    recent = Recent(2)
+    for value, event in zip(data, events, strict=True):
+        recent.keep(value, event)
+    assert len(recent) == 2
+    assert recent.take(data[0]) is None  # pushed out by the third
+    assert recent.take(bytes(data[1])) is events[1]  # equal bytes, not the same object
+    assert recent.take(data[1]) is None  # taken once
+    assert recent.take(data[2]) == codec.decode(data[2])  # what decoding would give
+    off = Recent(0)
+    off.keep(data[0], events[0])
+    assert len(off) == 0 and off.take(data[0]) is None

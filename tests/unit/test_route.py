@@ -180,3 +180,26 @@ def test_a_parked_event_is_its_own_changelog_part() -> None:
     assert encode_part(record, f"unrouted:{key}") is None  # routed: a tombstone
     apply_part(restored, f"unrouted:{key}", None)
     assert restored.unrouted == {}
+
+
+_VALUES = [None, "Huaqiao", "huaqiao", "", 0, 5, 100000, 100000.0, 99999.5, True, False,
+           Decimal("100000"), Decimal("100000.00"), Decimal("99999.99"), date(2026, 3, 1),
+           "2026-03-01", "abc", ["x"], {"a": 1}]  # fmt: skip
+_CONDITIONS = [
+    "Huaqiao", 100000, 100000.0, Decimal("1E5"), True, None, "2026-03-01",
+    *({op: v} for op in ("eq", "ne", "gt", "gte", "lt", "lte")
+      for v in ("Huaqiao", 100000, 99999.5, Decimal("100000"), "2026-03-01", True)),
+    {"in": ["Huaqiao", 100000]}, {"not_in": ["Huaqiao"]}, {"exists": True}, {"exists": False},
+    {"contains": "qiao"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cond", _CONDITIONS, ids=repr)
+def test_compiled_conditions_decide_as_the_reference_does(cond: object) -> None:
+    # Routing compiles each condition once with fast paths for text and numbers; for every
+    # kind of value a payload or profile can hold, the answer is the reference's.
+    from bus.agents.route import _holds, _test
+
+    test = _test(cond)
+    for actual in _VALUES:
+        assert test(actual) == _holds(actual, cond), (cond, actual)
