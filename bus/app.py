@@ -21,7 +21,7 @@ from bus.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RECENT_EVENTS = 10_000
+RECENT_EVENTS = 20_000
 """Decoded events ingest keeps for correlate (about 3 KB each), which reads them a batch later."""
 
 READY = "bus worker ready"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -127,25 +128,39 @@ class Recent:
     also runs correlate the same bytes come back to it moments later: correlate takes the
     decoded event from here instead of decoding and validating it again (a sixth of a
     worker's time). Decoding is a function of the bytes and this process's schemas, so a hit
-    is exactly what decoding would give; a miss (another worker's event, a restart, an
-    entry pushed out) just decodes. Bounded to ``size`` events, oldest dropped first.
+    is exactly what decoding would give; a miss just decodes.
+
+    Bounded to ``size`` events. When full, entries older than ``max_age`` seconds go (their
+    canonical partition belongs to another worker, or they were re-read); if none is that
+    old, the new event is not kept. Keeping the oldest rather than the newest matters when
+    ingest runs ahead of correlate through a backlog: what is kept is what correlate reads
+    next, so every kept event is used once.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_age: float = 30.0) -> None:
         self.size = size
-        self._events: OrderedDict[bytes, Envelope] = OrderedDict()
+        self.max_age = max_age
+        self._events: OrderedDict[bytes, tuple[Envelope, float]] = OrderedDict()
 
     def keep(self, data: bytes, event: Envelope) -> None:
-        """Remember ``event`` as what ``data`` decodes to."""
+        """Remember ``event`` as what ``data`` decodes to, if there is room."""
         if self.size <= 0:
             return
-        if len(self._events) >= self.size:
-            self._events.popitem(last=False)
-        self._events[data] = event
+        events = self._events
+        now = time.monotonic()
+        if len(events) >= self.size:
+            while events and now - next(iter(events.values()))[1] > self.max_age:
+                events.popitem(last=False)
+            if len(events) >= self.size:
+                return
+        events[data] = (event, now)
 
     def take(self, data: bytes) -> Envelope | None:
         """The event ``data`` decodes to, if it was kept; each is taken once."""
-        return self._events.pop(data, None) if self._events else None
+        if not self._events:
+            return None
+        found = self._events.pop(data, None)
+        return found[0] if found is not None else None
 
     def __len__(self) -> int:
         return len(self._events)

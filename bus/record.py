@@ -143,11 +143,16 @@ class EnterpriseRecord(BaseModel):
             self.status = "deregistered"
         elif kind == "penalty.imposed":
             part = f"penalty:{p.case_number}"
-            entry = self._penalty(p.case_number)
-            entry.agency, entry.kind, entry.amount = p.agency, str(p.kind), p.amount
-            entry.violation, entry.decided_on = p.violation, p.decided_on
-            entry.publicity_until = p.publicity_until
-            entry.events.append(str(event.event_id))
+            known = self.penalties.get(p.case_number)  # e.g. its revocation came first
+            # Built in one go from a validated payload: a model's field assignments cost
+            # more than the rest of folding a penalty in.
+            self.penalties[p.case_number] = PenaltyEntry.model_construct(
+                case_number=p.case_number, agency=p.agency, kind=str(p.kind), amount=p.amount,
+                violation=p.violation, decided_on=p.decided_on,
+                publicity_until=p.publicity_until,
+                state=known.state if known is not None else "active",
+                events=[*(known.events if known is not None else ()), str(event.event_id)],
+            )  # fmt: skip
         elif kind in ("penalty.revoked", "penalty.repaired"):
             part = f"penalty:{p.case_number}"
             entry = self._penalty(p.case_number)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import time
@@ -35,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2
 from mode import Service
 
 from bus.agents.out import Out
@@ -62,6 +63,14 @@ class _Batch:
 
 
 LAG_INTERVAL = 5.0  # seconds between consumer-lag updates
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def key_hash(key: bytes) -> int:
+    """Kafka's default partitioner hash (murmur2, positive): a key's partition is this
+    modulo the partition count, as any Kafka producer computes it. Cached: aiokafka's
+    murmur2 is pure Python and the same enterprises come back again and again."""
+    return int(murmur2(key)) & 0x7FFFFFFF
 
 
 def _timestamp(record: Record) -> int:
@@ -138,7 +147,6 @@ class BatchAgent(Service):
         self._deadletter_topic = s.topic("deadletter")
         self._last_tick = 0.0
         self._last_lag = 0.0
-        self._partitioner = DefaultPartitioner()
 
     async def process(self, records: list[Record]) -> list[Out]:
         """Turn one batch of input records into output records."""
@@ -367,7 +375,7 @@ class BatchAgent(Service):
                     parts = sorted(await producer.partitions_for(o.topic))
                     self._partitions[o.topic] = parts
                 p = (
-                    self._partitioner(o.key, parts, parts)
+                    parts[key_hash(o.key) % len(parts)]
                     if o.key is not None
                     else parts[self.processed % len(parts)]
                 )
@@ -378,9 +386,13 @@ class BatchAgent(Service):
             for o in items:
                 if batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers):
                     continue
+                batch.close()
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = producer.create_batch()
                 if not batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers):
                     raise BusError(f"record for {topic} larger than the producer's batch size")
+            # Closed: complete, so the producer sends it now instead of lingering for more
+            # records that will never come (linger_ms is for ``send``'s one-by-one records).
+            batch.close()
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         return futures

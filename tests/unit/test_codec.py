@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -297,21 +298,27 @@ def test_decode_any_takes_anything_else_as_json(codec: EventCodec, avro: bytes) 
     assert isinstance(event, Envelope)
 
 
-def test_recent_gives_each_kept_event_once_and_forgets_the_oldest_first() -> None:
+def test_recent_gives_each_kept_event_once_keeping_the_oldest_until_they_age() -> None:
     from bus.codec import EventCodec, Recent
     from bus.samples import penalties
 
     codec = EventCodec()
-    events = penalties(3, seed=3)
+    events = penalties(4, seed=3)
     data = [codec.encode(e) for e in events]
-    recent = Recent(2)
-    for value, event in zip(data, events, strict=True):
+    recent = Recent(2, max_age=0.2)
+    for value, event in zip(data[:3], events[:3], strict=True):
         recent.keep(value, event)
     assert len(recent) == 2
-    assert recent.take(data[0]) is None  # pushed out by the third
-    assert recent.take(bytes(data[1])) is events[1]  # equal bytes, not the same object
-    assert recent.take(data[1]) is None  # taken once
+    assert recent.take(data[2]) is None  # full and nothing old: the newest was not kept
+    assert recent.take(bytes(data[0])) is events[0]  # equal bytes, not the same object
+    assert recent.take(data[0]) is None  # taken once
+    time.sleep(0.25)
+    recent.keep(data[3], events[3])  # room left: kept without dropping anything
+    assert len(recent) == 2
+    recent.keep(data[2], events[2])  # full again: data[1] is older than max_age and goes
+    assert recent.take(data[1]) is None
     assert recent.take(data[2]) == codec.decode(data[2])  # what decoding would give
     off = Recent(0)
     off.keep(data[0], events[0])
-    assert len(off) == 0 and off.take(data[0]) is None
+    assert len(off) == 0
+    assert off.take(data[0]) is None
