@@ -4,7 +4,10 @@ No framework, no validation, no state: fetch up to 5 000 records, decode each Av
 fastavro (schema parsed once), send it on, gather the send futures once per fetch. Whatever
 the bus's agents do costs time on top of this; benchmarks report the bus as a share of it.
 
-    python bench/raw_loop.py BOOTSTRAP IN_TOPIC OUT_TOPIC GROUP
+    python bench/raw_loop.py BOOTSTRAP IN_TOPIC OUT_TOPIC GROUP [PARTITIONS]
+
+With PARTITIONS (comma-separated), the loop reads those partitions of IN_TOPIC, assigned
+rather than through the group: several copies then split a topic without rebalancing.
 """
 
 from __future__ import annotations
@@ -16,22 +19,24 @@ import struct
 import sys
 
 import fastavro
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bus.schemas.registry import LocalSchemaRegistry
 
 
-async def run(bootstrap: str, source: str, sink: str, group: str) -> None:
+async def run(bootstrap: str, source: str, sink: str, group: str, partitions: str = "") -> None:
     """Loop until SIGTERM."""
     registry = LocalSchemaRegistry.load()
     consumer = AIOKafkaConsumer(
-        source,
+        *([] if partitions else [source]),
         bootstrap_servers=bootstrap,
-        group_id=group,
+        group_id=None if partitions else group,
         auto_offset_reset="earliest",
         max_poll_records=5000,
         fetch_max_wait_ms=5,
     )
+    if partitions:
+        consumer.assign([TopicPartition(source, int(p)) for p in partitions.split(",")])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=65536)
     await consumer.start()
     await producer.start()
@@ -58,4 +63,4 @@ async def run(bootstrap: str, source: str, sink: str, group: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run(*sys.argv[1:5]))
+    asyncio.run(run(*sys.argv[1:6]))
