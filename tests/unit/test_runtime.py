@@ -8,6 +8,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from bus.agents.runtime import key_hash
 from bus.schemas.uscc import make_uscc
+from bus.settings import Settings
 
 
 def test_keyed_records_go_to_the_partition_any_kafka_producer_would_choose() -> None:
@@ -21,3 +22,46 @@ def test_keyed_records_go_to_the_partition_any_kafka_producer_would_choose() -> 
             parts = list(range(n))
             assert parts[key_hash(key) % n] == default(key, parts, parts)
     assert key_hash(b"\xff" * 40) >= 0
+
+
+def test_correlate_decides_the_same_with_the_events_ingest_handed_over() -> None:
+    # In a worker running both agents, correlate takes the events ingest decoded instead of
+    # decoding their bytes again: every one is taken, and the outputs are what decoding gives.
+    import asyncio
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from aiokafka.structs import ConsumerRecord
+
+    from bus.agents.correlate import CorrelateAgent
+    from bus.agents.ingest import IngestAgent
+    from bus.app import Context
+    from bus.certificates import Signer
+    from bus.codec import EventCodec, Recent
+    from bus.departments import Directory
+    from bus.samples import penalties, registrations
+
+    def record(topic: str, i: int, key: bytes, value: bytes, headers: list) -> ConsumerRecord:  # type: ignore[type-arg]
+        return ConsumerRecord(topic, 0, i, int(time.time() * 1000), 0, key, value, None,
+                              len(key), len(value), headers)  # fmt: skip
+
+    events = [*registrations(seed=2, enterprises=20), *penalties(200, seed=2, enterprises=20)]
+    signer = Signer.generate("k")
+
+    async def run(recent: Recent) -> tuple[list[tuple[str, bytes | None]], Context]:
+        s = Settings(app_id="t", topic_prefix="t", data_dir=Path(tempfile.mkdtemp()))
+        ctx = Context(s, EventCodec(), Directory.load(None), recent=recent)
+        ingest, correlate = IngestAgent(ctx), CorrelateAgent(ctx, signer)
+        raw = [record("t.ingress", i, e.subject.encode(), ctx.codec.encode(e), e.kafka_headers())
+               for i, e in enumerate(events)]  # fmt: skip
+        canonical = [record(o.topic, i, o.key or b"", o.value or b"", o.headers)
+                     for i, o in enumerate(await ingest.process(raw))]  # fmt: skip
+        outs = await correlate.process(canonical)
+        return [(o.topic, o.value) for o in outs if ".task" not in o.topic], ctx
+
+    handed, ctx = asyncio.run(run(Recent(1000)))
+    decoded, _ = asyncio.run(run(Recent(0)))
+    assert len(ctx.recent) == 0  # every event handed over was taken
+    assert len(handed) > len(events)  # inbox deliveries, at least one per event
+    assert handed == decoded
