@@ -26,7 +26,8 @@ lint: $(STAMP)
 bench: $(STAMP)  ## ingest vs the raw-client limit on both embedded brokers; the whole pipeline
 	$(BIN)/python bench/ingest.py --engine tansu
 	$(BIN)/python bench/ingest.py --engine noida
-	$(BIN)/python -m bench.pipeline --engine noida
+	$(BIN)/python -m bench.pipeline --engine tansu --events 30000
+	$(BIN)/python -m bench.pipeline --engine tansu --events 30000 --workers 2
 	$(BIN)/python -m bench.gateway --engine tansu
 
 clean:

@@ -27,6 +27,7 @@ import contextlib
 import functools
 import heapq
 import logging
+import operator
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -73,8 +74,7 @@ def key_hash(key: bytes) -> int:
     return int(murmur2(key)) & 0x7FFFFFFF
 
 
-def _timestamp(record: Record) -> int:
-    return int(record.timestamp)
+_timestamp = operator.attrgetter("timestamp")
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -252,7 +252,8 @@ class BatchAgent(Service):
     async def _start(self, fetched: dict[TopicPartition, list[Record]]) -> _Batch:
         # Across partitions and topics, oldest first (each partition's order is kept):
         # a penalty published before a certificate request is folded in before it.
-        records = list(heapq.merge(*(fetched[tp] for tp in sorted(fetched)), key=_timestamp))
+        lists = [fetched[tp] for tp in sorted(fetched)]
+        records = lists[0] if len(lists) == 1 else list(heapq.merge(*lists, key=_timestamp))
         m = self.ctx.metrics
         t0 = time.perf_counter()
         outs = await self.process(records)
