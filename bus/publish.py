@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bus.agents.out import KEPT_ON_REJECTION
 from bus.client import BusClient, Record, read_topic
 from bus.schemas.events import FAMILIES
 from bus.settings import Settings
@@ -208,7 +209,12 @@ async def replay_deadletters(
     async with BusClient(settings) as client:
         for i, (r, topic) in enumerate(todo, 1):
             origin = r.headers["bus.origin"]
-            headers = [(k, v.encode()) for k, v in r.headers.items() if not k.startswith("bus.")]
+            to_sink = topic != settings.topic(INGRESS.name)  # back to an inbox: keep its route
+            headers = [
+                (k, v.encode())
+                for k, v in r.headers.items()
+                if not k.startswith("bus.") or (to_sink and k in KEPT_ON_REJECTION)
+            ]
             headers.append(("bus.replay_of", origin.encode()))
             await client.send_raw(topic, r.key, r.value or b"", headers)
             marker = json.dumps({"replayed_at": time.time(), "reason": r.headers.get("bus.reason")})

@@ -22,11 +22,18 @@ class Out:
     partition: int | None = None
 
 
+KEPT_ON_REJECTION = ("bus.route",)
+"""``bus.*`` headers a dead letter keeps: why an inbox received the record, so a sink's dead
+letter replayed to the inbox is delivered again with its reason."""
+
+
 def rejection_headers(
     original: Headers, reason: str, error: str, stage: str, origin: str, field: str | None = None
 ) -> Headers:
     """The record's own headers (``bus.*`` replaced) and why and where it was refused."""
-    headers: Headers = [(k, v) for k, v in original if not k.startswith("bus.")]
+    headers: Headers = [
+        (k, v) for k, v in original if not k.startswith("bus.") or k in KEPT_ON_REJECTION
+    ]
     headers += [
         ("bus.reason", reason.encode()),
         ("bus.error", error[:2000].encode()),

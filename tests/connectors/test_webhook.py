@@ -143,14 +143,18 @@ def make_sink(settings: Settings, endpoint: Endpoint, signer: Signer, **kwargs: 
     return WebhookSink(settings, department=DEPARTMENT, signer=signer, **kwargs)
 
 
+ROUTE = "huaqiao-town-penalties"
+
+
 async def put(settings: Settings, events: list[Envelope]) -> list[int]:
     """Put events on the department's inbox as the route agent does; their offsets."""
     topic = inbox_topic(settings, DEPARTMENT)
     async with BusClient(settings, codec) as client:
         receipts = [
-            await client.send_raw(topic, e.subject.encode(), codec.encode(e), e.kafka_headers())
+            await client.send_raw(topic, e.subject.encode(), codec.encode(e),
+                                  [*e.kafka_headers(), ("bus.route", ROUTE.encode())])
             for e in events
-        ]
+        ]  # fmt: skip
     return [r.offset for r in receipts]
 
 
@@ -368,6 +372,8 @@ async def test_an_unreachable_endpoint_dead_letters_then_replay_redelivers(
         str(e.event_id) for e in [later, *lost]
     ]
     assert [d["headers"].get("bus.replay_of") for d in delivered] == [None, *origins]
+    # Redelivered with the reason the inbox received them, as the first time.
+    assert [d["headers"].get("bus.route") for d in delivered] == [ROUTE] * 3
     assert [codec.from_json(d["event"]) for d in delivered[1:]] == lost
 
 
