@@ -103,13 +103,18 @@ class _Compiled:
     """A subscription as routing evaluates it for every event: plain attributes, conditions
     turned into functions once (a pydantic model's attribute access costs more)."""
 
-    __slots__ = ("conditions", "department", "name", "needs_enterprise")
+    __slots__ = ("conditions", "department", "equals", "name", "needs_enterprise")
 
     def __init__(self, sub: Subscription) -> None:
         self.name = sub.name
         self.department = sub.department
         self.needs_enterprise = sub.needs_enterprise
         self.conditions = [(_getter(path), _test(cond)) for path, cond in sub.where.items()]
+        self.equals: dict[str, str] = {}  # path -> the text it must equal, for the index
+        for path, cond in sub.where.items():
+            op, expected = next(iter(cond.items())) if isinstance(cond, dict) else ("eq", cond)
+            if op == "eq" and isinstance(expected, str):
+                self.equals[path] = expected
 
     def matches(self, event: Envelope, profile: dict[str, Any]) -> bool:
         for get, test in self.conditions:  # noqa: SIM110 (all() with a generator is slower)
@@ -257,6 +262,55 @@ def load_subscriptions(path: Path | None, directory: Directory) -> list[Subscrip
     return subs
 
 
+class _Index:
+    """An event type's subscriptions, narrowed by the path most of them test for equality.
+
+    Ten towns each following their own enterprises are ten subscriptions on
+    ``enterprise.town``; an event needs only its own town's (and those that do not test the
+    town) evaluated. Candidates keep the file's order, so the first subscription that
+    matches a department still names the route, and each candidate is still evaluated in
+    full: the index only leaves out subscriptions that cannot match.
+    """
+
+    __slots__ = ("by_value", "get", "rest", "subs")
+
+    def __init__(
+        self,
+        subs: list[_Compiled],
+        get: Callable[[Envelope, dict[str, Any]], Any] | None = None,
+        by_value: dict[str, list[_Compiled]] | None = None,
+        rest: list[_Compiled] | None = None,
+    ) -> None:
+        self.subs, self.get = subs, get
+        self.by_value, self.rest = by_value or {}, rest or []
+
+    @classmethod
+    def build(cls, subs: list[_Compiled]) -> _Index:
+        """Index on the path with the most equality tests, if three or more share it."""
+        counts: dict[str, int] = {}
+        for sub in subs:
+            for path in sub.equals:
+                counts[path] = counts.get(path, 0) + 1
+        if not counts or max(counts.values()) < 3:
+            return cls(subs)
+        path = max(counts, key=lambda p: counts[p])
+        values = {sub.equals[path] for sub in subs if path in sub.equals}
+        by_value = {
+            v: [sub for sub in subs if sub.equals.get(path, v) == v] for v in sorted(values)
+        }
+        rest = [sub for sub in subs if path not in sub.equals]
+        return cls(subs, _getter(path), by_value, rest)
+
+    def candidates(self, event: Envelope, profile: dict[str, Any]) -> list[_Compiled]:
+        """The subscriptions that may match ``event``, in the file's order."""
+        if self.get is None:
+            return self.subs
+        actual = self.get(event, profile)
+        if type(actual) is not str:  # None, an enum, a number: let every test decide
+            return self.subs
+        return self.by_value.get(actual, self.rest)
+
+
 class Router:
     """Which inboxes an event goes to, as ``Out`` records for the runtime to produce."""
 
@@ -273,6 +327,7 @@ class Router:
             for event_type in sorted(types):
                 self.by_type.setdefault(event_type, []).append(compiled)
         self._waits = {t: any(s.needs_enterprise for s in subs) for t, subs in self.by_type.items()}
+        self._index = {t: _Index.build(subs) for t, subs in self.by_type.items()}
         self._topics: dict[str, str] = {}
 
     def must_wait(self, event: Envelope, registered: bool) -> bool:
@@ -303,7 +358,8 @@ class Router:
                             event.event_id, code)  # fmt: skip
                 continue
             to.setdefault(code, "notify")
-        for sub in self.by_type.get(event.event_type, ()):
+        index = self._index.get(event.event_type)
+        for sub in index.candidates(event, profile) if index is not None else ():
             if deferred != sub.needs_enterprise and (deferred or not registered):
                 continue
             if sub.department not in to and sub.matches(event, profile):

@@ -203,3 +203,33 @@ def test_compiled_conditions_decide_as_the_reference_does(cond: object) -> None:
     test = _test(cond)
     for actual in _VALUES:
         assert test(actual) == _holds(actual, cond), (cond, actual)
+
+
+@pytest.mark.parametrize("registered", [True, False])
+@pytest.mark.parametrize("deferred", [False, True])
+def test_the_index_leaves_out_only_subscriptions_that_cannot_match(
+    registered: bool, deferred: bool
+) -> None:
+    # Routing narrows an event type's subscriptions by the path most of them test (the
+    # town); for every town, an unknown one, none and a non-text value, the recipients are
+    # those of evaluating every subscription in the file's order.
+    from bus.samples import TOWNS
+
+    router = Router(Settings(), DIRECTORY, load_subscriptions(None, DIRECTORY))
+    assert any(i.get is not None for i in router._index.values())  # the shipped file indexes
+
+    def reference(event, profile):  # type: ignore[no-untyped-def]
+        to: dict[str, str] = {}
+        for s in router.by_type.get(event.event_type, ()):
+            if deferred != s.needs_enterprise and (deferred or not registered):
+                continue
+            if s.department not in to and s.matches(event, profile):
+                to[s.department] = s.name
+        return to
+
+    event = fine("150000")
+    for town in [*TOWNS, "Elsewhere", "", None, 7]:
+        profile = {**PROFILE, "town": town}
+        got = router.recipients(event, profile, None, registered=registered, deferred=deferred)
+        assert got == reference(event, profile), town
+        assert list(got) == list(reference(event, profile))  # same order
