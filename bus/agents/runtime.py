@@ -29,13 +29,19 @@ import heapq
 import logging
 import operator
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.partitioner import murmur2
 from mode import Service
@@ -75,6 +81,38 @@ def key_hash(key: bytes) -> int:
 
 
 _timestamp = operator.attrgetter("timestamp")
+
+
+class WorkerRangeAssignor(RangePartitionAssignor):
+    """Range assignment with a group's members ordered by worker, the same in every group.
+
+    The range assignor orders members by member id, which the broker makes up per group: one
+    worker could own ingress 0-2 in the ingest group and the canonical topics' 3-5 in the
+    correlate group, so its correlate would read none of the events its ingest decoded
+    (``bus.codec.Recent``) and every event would cross between workers. Here each member
+    names its worker in the group's member metadata (the protocol's user data) and members
+    are ordered by that first: with the same workers in both groups, a worker gets the same
+    partition numbers of ingress and of every canonical topic. Offered before the plain
+    range assignor, which a group of mixed versions falls back to.
+    """
+
+    name = "bus-range"
+    worker = uuid.uuid4().hex.encode()  # this process
+
+    @classmethod
+    def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        """Our subscription, and which worker we are."""
+        return ConsumerProtocolMemberMetadata(cls.version, list(topics), cls.worker)
+
+    @classmethod
+    def assign(
+        cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        """The range assignment over members sorted by (worker, member id)."""
+        order = sorted(members, key=lambda m: (bytes(members[m].user_data or b""), m))
+        aliases = {f"{i:08d}": member for i, member in enumerate(order)}
+        assigned = super().assign(cluster, {a: members[m] for a, m in aliases.items()})
+        return {aliases[a]: assignment for a, assignment in assigned.items()}
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -175,8 +213,9 @@ class BatchAgent(Service):
             heartbeat_interval_ms=int(s.heartbeat_interval * 1000),
             rebalance_timeout_ms=int(s.rebalance_timeout * 1000),
             # Range assignment gives a member the same partition numbers of every topic with
-            # the same partition count: state keyed by subject stays with its events.
-            partition_assignment_strategy=(RangePartitionAssignor,),
+            # the same partition count: state keyed by subject stays with its events; ordered
+            # by worker, the same numbers in the ingest and the correlate group.
+            partition_assignment_strategy=(WorkerRangeAssignor, RangePartitionAssignor),
         )
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         await self._consumer.start()

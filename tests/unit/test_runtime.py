@@ -65,3 +65,32 @@ def test_correlate_decides_the_same_with_the_events_ingest_handed_over() -> None
     assert len(ctx.recent) == 0  # every event handed over was taken
     assert len(handed) > len(events)  # inbox deliveries, at least one per event
     assert handed == decoded
+
+
+def test_every_group_gives_a_worker_the_same_partition_numbers() -> None:
+    # The broker makes member ids up per group, so plain range assignment can give a worker
+    # ingress 0-2 but canonical 3-5. Ordered by the worker named in the member metadata,
+    # both groups agree whatever the member ids.
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+
+    from bus.agents.runtime import WorkerRangeAssignor
+
+    class Cluster:
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(6))
+
+    def owned(members: dict[str, tuple[bytes, list[str]]]) -> dict[bytes, list[int]]:
+        meta = {m: ConsumerProtocolMemberMetadata(0, topics, worker)
+                for m, (worker, topics) in members.items()}  # fmt: skip
+        got = WorkerRangeAssignor.assign(Cluster(), meta)  # type: ignore[arg-type]
+        return {
+            members[m][0]: sorted(p for _, ps in a.assignment for p in ps) for m, a in got.items()
+        }
+
+    ingest = owned({"c-9": (b"worker-a", ["ingress"]), "c-1": (b"worker-b", ["ingress"])})
+    correlate = owned({"c-2": (b"worker-a", ["events.penalty", "events.task"]),
+                       "c-7": (b"worker-b", ["events.penalty", "events.task"])})  # fmt: skip
+    assert ingest == {b"worker-a": [0, 1, 2], b"worker-b": [3, 4, 5]}
+    assert correlate == {b"worker-a": [0, 0, 1, 1, 2, 2], b"worker-b": [3, 3, 4, 4, 5, 5]}
+    meta = WorkerRangeAssignor.metadata(["ingress"])
+    assert meta.user_data == WorkerRangeAssignor.worker  # this process names itself
