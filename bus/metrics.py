@@ -51,6 +51,12 @@ class Metrics:
             "(open, accepted, overdue, escalated, completed, rejected)",
             ["matter", "department", "state"], registry=r,
         )  # fmt: skip
+        self.handover = Counter(
+            f"{prefix}_handover_events",
+            "Canonical events the correlate agent took decoded from ingest in the same worker "
+            "(taken) or decoded itself (decoded)",
+            ["result"], registry=r,
+        )  # fmt: skip
         self.events_typed = Counter(
             f"{prefix}_events_typed", "Events an agent accepted or produced, by type and source",
             ["agent", "event_type", "department"], registry=r,

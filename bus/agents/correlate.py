@@ -96,9 +96,14 @@ class CorrelateAgent(BatchAgent):
     async def process(self, records: list[Record]) -> list[Out]:
         """Fold each event into its enterprise's record; run matters it triggers; route it."""
         outs: list[Out] = []
+        taken = 0
         for r in records:
             try:
-                event = self.recent.take(r.value or b"") or self.codec.decode(r.value or b"")
+                event = self.recent.take(r.value or b"")
+                if event is None:
+                    event = self.codec.decode(r.value or b"")
+                else:
+                    taken += 1
             except BusError as exc:  # e.g. a schema this worker does not know (a rollback)
                 log.error("correlate: cannot decode %s/%s/%s: %s", r.topic, r.partition,
                           r.offset, exc)  # fmt: skip
@@ -145,6 +150,8 @@ class CorrelateAgent(BatchAgent):
             parts |= _task_parts(tasks_before, record)
             if parts:
                 self.records.put(r.partition, event.subject, record, parts)
+        self.ctx.metrics.handover.labels("taken").inc(taken)
+        self.ctx.metrics.handover.labels("decoded").inc(len(records) - taken)
         return outs
 
     def _registered(self, record: EnterpriseRecord) -> list[Out]:

@@ -62,6 +62,10 @@ def test_metrics_count_what_the_agents_did(settings: Settings, tmp_path: Path) -
         value(samples, "bus_events_typed_total", agent="ingest", event_type="penalty.imposed") == 20
     )
     assert value(samples, "bus_batch_seconds_count", agent="ingest") >= 1
+    # Correlate took the 21 accepted events as ingest decoded them; it decoded only the bus's
+    # own task.created events, which ingest never saw.
+    assert value(samples, "bus_handover_events_total", result="taken") == 21
+    assert value(samples, "bus_handover_events_total", result="decoded") >= 4
     # Bounded labels: no USCC, event id or person anywhere in the series.
     labels = " ".join(v for _, pairs in samples for _, v in pairs)
     assert firm.uscc not in labels
