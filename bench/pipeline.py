@@ -91,57 +91,44 @@ def _certificate_id(request_id: object) -> object:
     return derived_id("certificate", str(request_id))
 
 
-async def correlate_done(
-    settings: Settings, total: int, max_seconds: float, *, quiet: float | None = None
-) -> float:
-    """When the correlate agent has made ``total`` events durable.
+async def correlate_done(settings: Settings, total: int, max_seconds: float) -> float:
+    """When the correlate agent has made ``total`` events durable (the clock here)."""
+    *_, seen_at = await durable(settings, total, max_seconds)
+    return seen_at
 
-    With ``quiet``, instead: the number made durable once none more came for ``quiet``
-    seconds (what a warm-up left behind).
 
-    Counted from its de-duplication changelog (16 bytes per event, written after a batch's
+async def durable(
+    settings: Settings, at_least: int, max_seconds: float, *, quiet: float | None = None
+) -> tuple[int, float, float]:
+    """Events the correlate agent made durable, once at least ``at_least`` are.
+
+    With ``quiet``, also once none more came for that many seconds (so it does not matter
+    how many a warm-up's own events, tasks read back, added). Returns the count, the
+    timestamp of the changelog record that made the last one durable, and when this saw it.
+    Counted from the de-duplication changelog (16 bytes per event, written after a batch's
     outputs are acknowledged and before its offsets are committed): broker-agnostic, and no
     admin API that some Kafka-compatible brokers lack.
     """
-    done, last = await _durable(settings, total, max_seconds, quiet)
-    return float(done) if quiet is not None else last
-
-
-async def durable_until(settings: Settings, at_least: int, max_seconds: float) -> float:
-    """The timestamp (s) of the changelog record that made the last event durable.
-
-    Waits until at least ``at_least`` events are durable and none more came for 3 s, so it
-    does not matter how many the warm-up's own events (tasks read back) added.
-    """
-    _, last = await _durable(settings, at_least, max_seconds, 3.0, stamp=True)
-    return last
-
-
-async def _durable(
-    settings: Settings, total: int, max_seconds: float, quiet: float | None, stamp: bool = False
-) -> tuple[int, float]:
     consumer = AIOKafkaConsumer(
         settings.topic(CORRELATE_SEEN.name), bootstrap_servers=settings.bootstrap_servers,
         group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=20,
     )  # fmt: skip
     await consumer.start()
     try:
-        done, newest = 0, 0.0
+        done, newest, seen_at = 0, 0.0, time.time()
         deadline = time.monotonic() + max_seconds
         last = time.monotonic()
         while time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=50)).values():
                 done += sum(len(r.value or b"") // 16 for r in records)
                 newest = max([newest, *(r.timestamp / 1000 for r in records if r.value)])
-                last = time.monotonic()
-            settled = quiet is not None and time.monotonic() - last > quiet
-            if settled and (not stamp or done >= total):
-                return done, newest
-            if quiet is None and done >= total:
-                return done, time.time()
+                last, seen_at = time.monotonic(), time.time()
+            settled = quiet is None or time.monotonic() - last > quiet
+            if done >= at_least and settled:
+                return done, newest, seen_at
     finally:
         await consumer.stop()
-    raise RuntimeError(f"correlate made {done} of {total} events durable in {max_seconds}s")
+    raise RuntimeError(f"correlate made {done} of {at_least} events durable in {max_seconds}s")
 
 
 async def raw_throughput(
@@ -211,9 +198,9 @@ async def pipeline_throughput(
         await produce(bootstrap, settings.topic("ingress"), [
             (e.subject.encode(), codec.encode(e), e.kafka_headers(), str(e.event_id)) for e in regs
         ])  # fmt: skip
-        warm = await correlate_done(settings, 0, 120, quiet=3.0) if regs else 0
+        warm = (await durable(settings, 0, 120, quiet=3.0))[0] if regs else 0
         await publish_batches(bootstrap, settings.topic("ingress"), backlog)
-        last = await durable_until(settings, int(warm) + len(backlog), 600)
+        _, last, _ = await durable(settings, warm + len(backlog), 600, quiet=3.0)
         if args.workers > 1 and split_problem(settings, procs) is not None:
             print(f"   warning: partitions moved during the measurement (logs {tmp})")
     finally:

@@ -34,7 +34,6 @@ import os
 import random
 import re
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -45,10 +44,9 @@ from datetime import date
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.ingest import ROOT, Msg, drain, encode, measure, spawn
-from bench.pipeline import correlate_done
+from bench.ingest import Msg, drain, encode
+from bench.pipeline import correlate_done, raw_throughput
 from bus.agents.correlate import derived_id
 from bus.agents.stores import PartedStore
 from bus.app import load_signer
@@ -221,24 +219,6 @@ async def publish(bootstrap: str, topic: str, msgs: Sequence[Msg]) -> None:
         await producer.stop()
 
 
-async def raw_limit(bootstrap: str, tmp: Path, backlog: list[Msg], partitions: int) -> float:
-    """The raw loop's events/s over ``backlog`` (``bench/raw_loop.py``)."""
-    run = f"r{time.time_ns()}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(f"{run}.{t}", partitions, 1) for t in ("in", "out")])
-    finally:
-        await admin.close()
-    cmd = [sys.executable, str(ROOT / "bench" / "raw_loop.py"), bootstrap,
-           f"{run}.in", f"{run}.out", f"{run}-raw"]  # fmt: skip
-    result = await measure(
-        "raw", bootstrap, f"{run}.in", f"{run}.out",
-        lambda: spawn(cmd, tmp / f"{run}.log"), backlog, [], 0,
-    )  # fmt: skip
-    return result["events_per_s"]
-
-
 async def pipeline(
     bootstrap: str, broker_pid: int, tmp: Path, n: int, backlog: list[Msg], args: argparse.Namespace
 ) -> tuple[float, dict[str, float]]:
@@ -281,7 +261,7 @@ async def throughput(args: argparse.Namespace) -> None:
         print(f"{args.events} penalties, {args.partitions} partitions, tansu, "
               f"{args.batches or 'product'} batches; {load()}")  # fmt: skip
         for r in range(1, args.rounds + 1):
-            raw.append(await raw_limit(broker.bootstrap, tmp, backlog, args.partitions))
+            raw.append(await raw_throughput(broker.bootstrap, tmp, backlog, args.partitions, 1))
             for n in args.workers:
                 e, cpu = await pipeline(broker.bootstrap, broker.pid, tmp, n, backlog, args)
                 eps[n].append(e)

@@ -112,7 +112,7 @@ class _Compiled:
         self.conditions = [(_getter(path), _test(cond)) for path, cond in sub.where.items()]
         self.equals: dict[str, str] = {}  # path -> the text it must equal, for the index
         for path, cond in sub.where.items():
-            op, expected = next(iter(cond.items())) if isinstance(cond, dict) else ("eq", cond)
+            op, expected = _split(cond)
             if op == "eq" and isinstance(expected, str):
                 self.equals[path] = expected
 
@@ -155,8 +155,13 @@ def _norm(actual: Any, expected: Any) -> tuple[Any, Any]:
     return actual, expected
 
 
+def _split(cond: Any) -> tuple[str, Any]:
+    """A condition as (operator, expected value): a bare value means ``eq``."""
+    return next(iter(cond.items())) if isinstance(cond, dict) else ("eq", cond)
+
+
 def _holds(actual: Any, cond: Any) -> bool:
-    op, expected = next(iter(cond.items())) if isinstance(cond, dict) else ("eq", cond)
+    op, expected = _split(cond)
     if op == "exists":
         return (actual is not None) == bool(expected)
     if actual is None:
@@ -205,7 +210,7 @@ def _test(cond: Any) -> Callable[[Any], bool]:
     Text compared with text and money or counts compared with a number are most of what
     subscriptions ask; they skip ``_norm``. Anything else takes ``_holds``, the reference.
     """
-    op, expected = next(iter(cond.items())) if isinstance(cond, dict) else ("eq", cond)
+    op, expected = _split(cond)
     compare = _COMPARE.get(op)
     if compare is None:
         return lambda actual: _holds(actual, cond)
