@@ -45,6 +45,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.cpu import cpu_seconds
 from bench.ingest import Msg, drain, encode
 from bench.pipeline import correlate_done, raw_throughput
 from bus.agents.correlate import derived_id
@@ -177,13 +178,6 @@ async def wait_split(settings: Settings, procs: Sequence[WorkerProcess], seconds
 # ---- CPU and load ------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def sample(pids: dict[str, int]) -> dict[str, float]:
     """CPU seconds per named process, and the wall clock under ``"wall"``."""
     out = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -261,7 +255,8 @@ async def throughput(args: argparse.Namespace) -> None:
         print(f"{args.events} penalties, {args.partitions} partitions, tansu, "
               f"{args.batches or 'product'} batches; {load()}")  # fmt: skip
         for r in range(1, args.rounds + 1):
-            raw.append(await raw_throughput(broker.bootstrap, tmp, backlog, args.partitions, 1))
+            measured = await raw_throughput(broker.bootstrap, tmp, backlog, args.partitions, 1)
+            raw.append(measured.eps)
             for n in args.workers:
                 e, cpu = await pipeline(broker.bootstrap, broker.pid, tmp, n, backlog, args)
                 eps[n].append(e)
