@@ -84,16 +84,16 @@ class IngestAgent(BatchAgent):
     async def process(self, records: list[Record]) -> list[Out]:
         """Check every record: one output each; accepted ids go to the seen-store."""
         outs: list[Out] = []
-        accepted: dict[int, list[bytes]] = {}
+        accepted: dict[int, dict[bytes, None]] = {}  # ids in order, each once
         typed: dict[tuple[str, str], int] = {}
         for r in records:
             try:
                 ok = self.ingestor.check(r.value)
                 key = ok.event.event_id.bytes
-                batch = accepted.setdefault(r.partition, [])
+                batch = accepted.setdefault(r.partition, {})
                 if self.seen.seen(r.partition, key) or key in batch:
                     raise DuplicateEvent(f"event_id {ok.event.event_id} was already accepted")
-                batch.append(key)
+                batch[key] = None
                 if ok.value is r.value:  # forwarded as it came: correlate reads these bytes
                     self.recent.keep(ok.value, ok.event)
                 kind = (ok.event.event_type, ok.event.source)
@@ -118,7 +118,7 @@ class IngestAgent(BatchAgent):
                     )
                 )
         for p, keys in accepted.items():
-            self.seen.add(p, keys)
+            self.seen.add(p, list(keys))
         counter = self.ctx.metrics.events_typed
         for (event_type, source), n in typed.items():  # sources are directory codes: bounded
             counter.labels(self.name, event_type, source).inc(n)
