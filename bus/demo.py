@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -184,19 +184,31 @@ def run_demo(
             console.print(f"logs kept in {workdir}")
 
 
-async def _collect(settings: Settings, family: str, wanted: int) -> list[Envelope]:
-    """The bus's own decisions on one canonical topic, up to ``wanted`` (0: read it all).
+async def _published(settings: Settings) -> dict[str, datetime]:
+    """When each event reached the bus: its ingress record's time, by event id.
 
-    Every event read on the way is remembered, so a decision can be timed from its trigger.
+    Cases are timed from here, not from the trigger's ``occurred_at``: a penalty decided in
+    July and published today occurred months before the bus could act on it.
     """
+    published: dict[str, datetime] = {}
+    topic = settings.topic("ingress")
+    async with aclosing(read_topic(settings, topic, idle=2, max_seconds=20)) as records:
+        async for r in records:
+            event_id = r.headers.get("event_id")
+            if event_id:
+                published[event_id] = datetime.fromtimestamp(r.timestamp_ms / 1000, UTC)
+    return published
+
+
+async def _collect(settings: Settings, family: str, wanted: int) -> list[Envelope]:
+    """The bus's own decisions on one canonical topic, up to ``wanted``."""
     codec = EventCodec()
     found: list[Envelope] = []
     topic = settings.topic(f"events.{family}")
     async with aclosing(read_topic(settings, topic, idle=2, max_seconds=20)) as records:
         async for r in records:
             event = codec.decode(r.value or b"")
-            _SEEN[str(event.event_id)] = event.occurred_at
-            if event.source == "ks.bus" and wanted:
+            if event.source == "ks.bus":
                 found.append(event)
                 if len(found) >= wanted:
                     break
@@ -222,8 +234,7 @@ async def _play_matters(console: Console, settings: Settings, names: dict[str, s
     """
     async with BusClient(settings) as client:
         await client.publish(fined_request())
-    for family in ("enterprise", "penalty"):  # the triggers, to time the cases from
-        await _collect(settings, family, 0)
+    published = await _published(settings)  # the triggers, to time the cases from
     tasks = [t for t in await _collect(settings, "task", 41) if t.event_type == "task.created"]
     by_matter = Counter(t.payload.matter for t in tasks)
     console.print("[bold]5.[/] cases opened: " + ", ".join(
@@ -243,27 +254,27 @@ async def _play_matters(console: Console, settings: Settings, names: dict[str, s
     table = Table("matter", "enterprise", "what the bus did", "request → decision",
                   title="Cases")  # fmt: skip
     for c in certificates:
-        took = (c.occurred_at - _trigger_time(c)).total_seconds() * 1000
+        took = _took(c, published)
         record = ", ".join(e.case_number for e in c.payload.record) or "no penalty"
         table.add_row("compliance certificate", c.payload.enterprise_name,
                       f"certificate {c.payload.serial} signed: {c.payload.result} ({record})",
-                      f"{took:.0f} ms")  # fmt: skip
+                      took)  # fmt: skip
     for d in decisions:
-        took = (d.occurred_at - _trigger_time(d)).total_seconds() * 1000
+        took = _took(d, published)
         table.add_row("parallel approval", names.get(d.subject, d.subject),
                       f"{d.payload.application_number}: {d.payload.decision} "
-                      f"({len(d.payload.opinions)} opinions)", f"{took:.0f} ms")  # fmt: skip
+                      f"({len(d.payload.opinions)} opinions)", took)  # fmt: skip
     for m in ("opening-a-business", "joint-discipline"):
         cases: dict[str, list[Envelope]] = {}
         for t in tasks:
             if t.payload.matter == m:
                 cases.setdefault(t.subject, []).append(t)
         for subject, opened in cases.items():
-            took = (opened[-1].occurred_at - _trigger_time(opened[-1])).total_seconds() * 1000
+            took = _took(opened[-1], published)
             who = ", ".join(f"{t.payload.assignee} by {t.payload.due_at:%m-%d}" for t in opened)
             what = f"{len(opened)} task(s): {who}"
             table.add_row(m.replace("-", " "), names.get(subject, subject), what,
-                          f"{took:.0f} ms (tasks open)")  # fmt: skip
+                          f"{took} (tasks open)")  # fmt: skip
     console.print(table)
     results = sorted(c.payload.result for c in certificates)
     return (
@@ -274,11 +285,12 @@ async def _play_matters(console: Console, settings: Settings, names: dict[str, s
     )  # fmt: skip
 
 
-_SEEN: dict[str, datetime] = {}
-
-
-def _trigger_time(decision: Envelope) -> datetime:
-    return _SEEN.get(str(decision.causation_id), decision.occurred_at)
+def _took(decision: Envelope, published: dict[str, datetime]) -> str:
+    """From the trigger reaching the bus to the decision, for the Cases table."""
+    trigger = published.get(str(decision.causation_id))
+    if trigger is None:
+        return "trigger not found"
+    return f"{(decision.occurred_at - trigger).total_seconds() * 1000:.0f} ms"
 
 
 def _reply(task: Envelope, event_type: str, **payload: object) -> Envelope:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -152,6 +153,12 @@ def test_demo_plays_the_scenarios_and_exits_zero() -> None:
     assert "accepted_for_processing" in out
     assert "accepted on the canonical" in out
     assert "signature checked" in out
+    # Every case is timed from its trigger reaching the bus, not from when it occurred (a
+    # penalty decided months ago): no time in the tables exceeds the demo's own run.
+    took = [int(ms) for ms in re.findall(r"(\d+) ms\b", out)]
+    assert len(took) >= 14, out[-3000:]  # 2 certificates, 1 approval, 10 + 1 cases, the edge
+    assert max(took) < 60_000, sorted(took)[-3:]
+    assert "trigger not found" not in out
 
 
 def test_a_certificate_is_exported_and_verified_from_the_command_line(
