@@ -63,7 +63,8 @@ class Metrics:
         )  # fmt: skip
         self.delivery_seconds = Histogram(
             f"{prefix}_delivery_seconds",
-            "From when an event occurred to its delivery into a department's inbox",
+            "From the bus accepting an event (its canonical record) to its delivery into a "
+            "department's inbox",
             ["agent"], buckets=(*_SECONDS, 30, 60, 300), registry=r,
         )  # fmt: skip
         self.calendar_fallback_years = Gauge(

@@ -189,8 +189,8 @@ class CorrelateAgent(BatchAgent):
         outs = self.router.outs(
             event, value, headers, profile, notify, registered=registered, deferred=deferred
         )
-        if outs:
-            age = (datetime.now(UTC) - event.occurred_at).total_seconds()
+        if outs and r is not None:  # from the bus accepting it, not from when it occurred:
+            age = time.time() - r.timestamp / 1000  # a penalty may be published months later
             self.ctx.metrics.delivery_seconds.labels(self.name).observe(max(age, 0.0))
         return outs
 

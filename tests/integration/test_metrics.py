@@ -6,6 +6,7 @@ import json
 import random
 import time
 import urllib.request
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bus.brokers import free_port
 from bus.codec import EventCodec
 from bus.processes import WorkerProcess
-from bus.samples import enterprise, penalties, registered
+from bus.samples import enterprise, penalties, penalty, registered
 from bus.settings import Settings
 from tests.integration.test_correlate import outputs, publish
 
@@ -41,31 +42,37 @@ def test_metrics_count_what_the_agents_did(settings: Settings, tmp_path: Path) -
     rng = random.Random(81)
     firm = enterprise(rng)
     good = penalties(20, seed=82)
+    old = penalty(firm, rng, decided_on=date(2026, 3, 2))  # decided months before it is sent
     bad = json.loads(EventCodec().to_json(good[0]))
     bad.pop("event_id")
     bad["source"] = "ks.tax"
     with WorkerProcess(s, tmp_path / "worker.log"):
-        publish(s, [registered(firm, rng), *good])
+        publish(s, [registered(firm, rng), *good, old])
         publish(s, [json.dumps(bad).encode(), b"not json"])  # type: ignore[list-item]
         assert len(outputs(s, "task", "task.created", 4, "opening-a-business")) == 4
         time.sleep(1.5)  # a tick to count the tasks
         samples = scrape(s.metrics_port)
     ingress, penalty_topic = s.topic("ingress"), s.topic("events.penalty")
-    assert value(samples, "bus_events_in_total", agent="ingest", topic=ingress) == 23
-    assert value(samples, "bus_events_out_total", agent="ingest", topic=penalty_topic) == 20
+    assert value(samples, "bus_events_in_total", agent="ingest", topic=ingress) == 24
+    assert value(samples, "bus_events_out_total", agent="ingest", topic=penalty_topic) == 21
     assert value(samples, "bus_deadletters_total", agent="ingest", reason="auth.event_type") == 1
     assert value(samples, "bus_deadletters_total", agent="ingest", reason="schema.decode") == 1
-    assert value(samples, "bus_events_in_total", agent="correlate", topic=penalty_topic) == 20
+    assert value(samples, "bus_events_in_total", agent="correlate", topic=penalty_topic) == 21
     assert value(samples, "bus_tasks", matter="opening-a-business", state="open") == 4
     assert value(samples, "bus_tasks", department="ks.tax", state="open") == 1
     assert (
-        value(samples, "bus_events_typed_total", agent="ingest", event_type="penalty.imposed") == 20
+        value(samples, "bus_events_typed_total", agent="ingest", event_type="penalty.imposed") == 21
     )
     assert value(samples, "bus_batch_seconds_count", agent="ingest") >= 1
-    # Correlate took the 21 accepted events as ingest decoded them; it decoded only the bus's
+    # Correlate took the 22 accepted events as ingest decoded them; it decoded only the bus's
     # own task.created events, which ingest never saw.
-    assert value(samples, "bus_handover_events_total", result="taken") == 21
+    assert value(samples, "bus_handover_events_total", result="taken") == 22
     assert value(samples, "bus_handover_events_total", result="decoded") >= 4
+    # Delivery time is the bus's delay, not the event's age: the penalty decided in March
+    # (and the registration, and the tasks) reached their inboxes within seconds.
+    delivered = value(samples, "bus_delivery_seconds_count", agent="correlate")
+    assert delivered >= 6, delivered  # the registration, the old penalty, the 4 tasks
+    assert value(samples, "bus_delivery_seconds_bucket", agent="correlate", le="10.0") == delivered
     # Bounded labels: no USCC, event id or person anywhere in the series.
     labels = " ".join(v for _, pairs in samples for _, v in pairs)
     assert firm.uscc not in labels
