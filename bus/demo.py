@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 import shutil
+import signal
 import tempfile
 import time
 from collections import Counter
@@ -126,7 +127,23 @@ def _expected(v: Verdict, s: Scenario) -> bool:
 def run_demo(
     console: Console, *, engine: str = "noida", keep_running: bool = False, seed: int = 2026
 ) -> int:
-    """Play the scenarios against a fresh embedded broker and worker; 0 when all went right."""
+    """Play the scenarios against a fresh embedded broker and worker; 0 when all went right.
+
+    SIGTERM is taken as Ctrl-C, so that ``kill`` or a supervisor stopping the demo still stops
+    its broker and worker instead of leaving them running.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run_demo(console, engine=engine, keep_running=keep_running, seed=seed)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_demo(console: Console, *, engine: str, keep_running: bool, seed: int) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bus-demo-"))
     broker = EmbeddedBroker(engine, data_dir=workdir / "broker")  # type: ignore[arg-type]
     worker: WorkerProcess | None = None
@@ -163,8 +180,11 @@ def run_demo(
         console.print("[bold]7.[/] dead letters by reason: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))  # fmt: skip
         if keep_running:
-            console.print(f"\nKeeping it running: BUS_BROKER={broker.url} BUS_TOPIC_PREFIX=demo "
-                          "— try `bus deadletters`. Ctrl-C to stop.")  # fmt: skip
+            env = f"BUS_BROKER={broker.url} BUS_TOPIC_PREFIX=demo BUS_APP_ID=demo"
+            console.print(f"\nKeeping it running. To explore it from another shell:\n"
+                          f"  export {env}\n"
+                          f"  bus status; bus deadletters; bus trace {firms[0].uscc}\n"
+                          "Ctrl-C here to stop.", soft_wrap=True)  # fmt: skip
             try:
                 while worker.running:
                     time.sleep(1)

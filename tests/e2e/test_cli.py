@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,6 +161,49 @@ def test_demo_plays_the_scenarios_and_exits_zero() -> None:
     assert len(took) >= 14, out[-3000:]  # 2 certificates, 1 approval, 10 + 1 cases, the edge
     assert max(took) < 60_000, sorted(took)[-3:]
     assert "trigger not found" not in out
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_keep_running_says_how_to_reach_it_and_stops_everything(stop: int) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "bus.cli", "demo", "--keep-running"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for line in demo.stdout:
+            lines.append(line)
+            if "Ctrl-C here to stop" in line:
+                break
+        printed = "".join(lines)
+        export = next(ln for ln in lines if ln.strip().startswith("export "))
+        assigned = dict(re.findall(r"(BUS_\w+)=(\S+)", export))
+        assert set(assigned) == {"BUS_BROKER", "BUS_TOPIC_PREFIX", "BUS_APP_ID"}, printed[-2000:]
+        reach = {**env, **assigned}
+        status = subprocess.run([sys.executable, "-m", "bus.cli", "status"], env=reach,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert "no worker running" not in status.stdout, status.stdout
+        assert "ingress/0" in status.stdout
+        uscc = re.search(r"bus trace (\S+)", printed)
+        assert uscc is not None, printed[-2000:]
+        trace = subprocess.run([sys.executable, "-m", "bus.cli", "trace", uscc.group(1)],
+                               env=reach, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert trace.returncode == 0, trace.stderr
+        assert "enterprise.registered" in trace.stdout
+        demo.send_signal(stop)
+        assert demo.wait(60) == 0
+        host, port = assigned["BUS_BROKER"].removeprefix("kafka://").rsplit(":", 1)
+        with pytest.raises(ConnectionRefusedError):  # its broker went with it, worker first
+            socket.create_connection((host, int(port)), timeout=2).close()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        if demo.stdout is not None:
+            demo.stdout.close()
 
 
 def test_a_certificate_is_exported_and_verified_from_the_command_line(
