@@ -7,6 +7,7 @@ shows them); options on a command override them for that run.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -491,10 +493,40 @@ def demo(
     raise typer.Exit(code)
 
 
+def _reflow_help(t: typer.Typer) -> None:
+    """Join the single line breaks in command docstrings, which Typer would print as they are.
+
+    Docstrings are wrapped for the source; help is wrapped again for the terminal, and a
+    paragraph broken in both places reads as ragged lines.
+    """
+    for command in t.registered_commands:
+        doc = command.callback.__doc__ if command.callback is not None else None
+        if command.help is None and doc:
+            paragraphs = inspect.cleandoc(doc).split("\n\n")
+            command.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    for group in t.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: a broker that cannot be reached is an answer, not a traceback."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        app()
+    except KafkaConnectionError as exc:
+        err.print(
+            "[red]error:[/] cannot reach the Kafka broker. Is it running? `bus settings` "
+            "shows the one this command uses (BUS_BROKER, or --broker where offered)."
+        )
+        err.print(f"[dim]{exc}[/]", highlight=False)
+        sys.exit(1)
+    except KafkaError as exc:
+        err.print(f"[red]error:[/] the Kafka broker refused: {exc!r}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

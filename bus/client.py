@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.codec import EventCodec
 from bus.schemas.envelope import Envelope
@@ -94,6 +95,22 @@ def _prepare(
 _HEADER_FIELDS = ("event_type", "event_id", "correlation_id", "source")
 
 
+async def start_or_close(client: AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaAdminClient) -> None:
+    """Start a Kafka client; if it cannot (no broker), close what ``start()`` opened first.
+
+    Otherwise a failed start leaves its connections open and an "Unclosed" warning on top of
+    the error people need to read.
+    """
+    try:
+        await client.start()
+    except BaseException:
+        if isinstance(client, AIOKafkaAdminClient):
+            await client.close()
+        else:
+            await client.stop()
+        raise
+
+
 class BusClient:
     """Publish to the ingress topic; an async context manager."""
 
@@ -103,11 +120,7 @@ class BusClient:
         self._producer = AIOKafkaProducer(**self.settings.kafka(), linger_ms=5, acks="all")
 
     async def __aenter__(self) -> BusClient:
-        try:
-            await self._producer.start()
-        except BaseException:  # e.g. no broker: close what start() opened, then say so
-            await self._producer.stop()
-            raise
+        await start_or_close(self._producer)
         return self
 
     async def __aexit__(
@@ -169,7 +182,7 @@ async def read_topic(
         auto_offset_reset="earliest",
         group_id=None,
     )
-    await consumer.start()
+    await start_or_close(consumer)
     try:
         partitions = None
         for _ in range(50):  # a topic created a moment ago may not be in the metadata yet

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bus.agents.out import KEPT_ON_REJECTION
-from bus.client import BusClient, Record, read_topic
+from bus.client import BusClient, Record, read_topic, start_or_close
 from bus.schemas.events import FAMILIES
 from bus.settings import Settings
 from bus.topics import INGRESS, REPLAYED
@@ -52,7 +52,7 @@ def _prepare(raw: bytes) -> tuple[bytes, str | None, str | None]:
 
 async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None)
-    await consumer.start()
+    await start_or_close(consumer)
     try:
         await consumer.topics()  # fills the metadata partitions_for_topic reads
         tps = [
@@ -92,7 +92,7 @@ async def _collect(
     open_ = len(verdicts)
     deadletter = settings.topic("deadletter")
     consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None, enable_auto_commit=False)
-    await consumer.start()
+    await start_or_close(consumer)
     try:
         consumer.assign(list(start))
         for tp, offset in start.items():

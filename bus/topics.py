@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from bus.client import start_or_close
 from bus.schemas.events import FAMILIES
 from bus.settings import Settings
 
@@ -150,7 +151,7 @@ async def create_topics(
     """
     specs = full_catalogue(settings) if specs is None else specs
     admin = AIOKafkaAdminClient(**settings.kafka())
-    await admin.start()
+    await start_or_close(admin)
     try:
         existing = set(await admin.list_topics())
         new = [

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from bus.brokers import free_port
 from bus.codec import EventCodec
 from bus.processes import WorkerProcess, settings_env
 from bus.samples import penalties
@@ -47,6 +48,38 @@ def test_every_command_has_help(command: list[str]) -> None:
     result = bus(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "paragraph"),
+    [(["import"], "if any row is wrong nothing is published"),
+     (["deadletters", "replay"], "could not deliver (stage connector.*) go back")],
+)  # fmt: skip
+def test_help_paragraphs_are_reflowed_not_broken_where_the_source_wraps(
+    command: list[str], paragraph: str
+) -> None:
+    result = bus(*command, "--help")  # 200 columns: each paragraph fits on a line or two
+    assert result.returncode == 0, result.stderr
+    assert any(paragraph in line for line in result.stdout.splitlines()), result.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["publish", "-"], ["deadletters"], ["deadletters", "replay", "--reason", "schema."],
+     ["trace", "91320583HE0CTA587R"], ["certificate", "list"], ["topics", "create"],
+     ["status"]],
+)  # fmt: skip
+def test_no_broker_is_an_error_message_not_a_traceback(command: list[str]) -> None:
+    closed = free_port()
+    env = {**os.environ, "COLUMNS": "200", "BUS_BROKER": f"kafka://127.0.0.1:{closed}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bus.cli", *command], env=env, input="{}\n",
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "Unclosed" not in result.stderr, result.stderr  # what start() opened was closed
+    assert re.search(r"not reachable|cannot reach|Is a broker running", result.stderr)
 
 
 def test_topics_create_is_idempotent(settings: Settings) -> None:
