@@ -24,6 +24,7 @@ from rich.table import Table
 from bus.cli_certificate import certificate_app
 from bus.cli_connect import connect
 from bus.cli_import import import_file
+from bus.cli_support import load_settings
 from bus.errors import BusError
 from bus.gateway.cli import gateway_app
 from bus.settings import Settings
@@ -56,11 +57,7 @@ def _settings(broker: str | None = None, **overrides: Any) -> Settings:
     values = {k: v for k, v in overrides.items() if v is not None}
     if broker:
         values["broker"] = broker
-    try:
-        return Settings(**values)
-    except ValueError as exc:
-        err.print(f"[red]invalid settings:[/] {exc}")
-        raise typer.Exit(2) from None
+    return load_settings(**values)
 
 
 def _fail(exc: BaseException, hint: str = "") -> typer.Exit:

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bus.cli_support import load_settings
 from bus.errors import BusError
-from bus.settings import Settings
 
 console = Console()
 err = Console(stderr=True)
@@ -34,7 +34,7 @@ def connect(
 
     from connectors import registry
 
-    settings = Settings()
+    settings = load_settings()
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

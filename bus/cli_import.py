@@ -25,8 +25,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from bus.cli_support import load_settings
 from bus.errors import BusError, ConfigurationError
-from bus.settings import Settings
 
 if TYPE_CHECKING:  # the connector SDK is imported only when the command runs
     from connectors.file_import import FileImportSource, Format, ImportReport
@@ -91,11 +91,7 @@ def import_file(
     """
     from connectors.file_import import FileImportSource, ImportRejected
 
-    try:
-        settings = Settings()
-    except ValueError as exc:
-        err.print(f"[red]invalid settings:[/] {exc}")
-        raise typer.Exit(2) from None
+    settings = load_settings()
     if format_ not in (None, "csv", "jsonl"):
         err.print(f"[red]--format {format_}:[/] csv or jsonl")
         raise typer.Exit(2)

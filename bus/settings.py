@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -135,3 +135,19 @@ class Settings(BaseSettings):
             if isinstance(getattr(self, key), SecretStr) and value is not None:
                 out[key] = "**********"
         return out
+
+
+def invalid_settings(exc: ValueError) -> str:
+    """What is wrong with the settings, one line each, named as operators set them.
+
+    ``BUS_PARTITIONS: Input should be greater than or equal to 1`` rather than pydantic's
+    field names and links; values are not repeated, as some settings are secrets.
+    """
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"BUS_{field.upper()}" if field else "settings"
+        lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)

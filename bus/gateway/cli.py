@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from bus.cli_support import load_settings
 from bus.errors import BusError
 from bus.settings import Settings
 
@@ -24,11 +25,7 @@ gateway_app.add_typer(keys_app, name="keys")
 
 
 def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValueError as exc:
-        typer.echo(f"error: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from None
+    return load_settings()
 
 
 @gateway_app.command()

@@ -51,6 +51,24 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
+    "command",
+    [["settings"], ["worker"], ["status"], ["publish", "-"], ["connect", "--list"],
+     ["import", "events.jsonl"], ["gateway", "run"]],
+)  # fmt: skip
+def test_invalid_settings_name_the_variables_to_fix(command: list[str], tmp_path: Path) -> None:
+    (tmp_path / "events.jsonl").write_text("{}\n")
+    env = {**os.environ, "BUS_PARTITIONS": "0", "BUS_BATCH_SIZE": "many"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bus.cli", *command], env=env, cwd=tmp_path, input="{}\n",
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "BUS_PARTITIONS: Input should be greater than or equal to 1" in result.stderr
+    assert "BUS_BATCH_SIZE: Input should be a valid integer" in result.stderr
+
+
+@pytest.mark.parametrize(
     ("command", "paragraph"),
     [(["import"], "if any row is wrong nothing is published"),
      (["deadletters", "replay"], "could not deliver (stage connector.*) go back")],
