@@ -346,6 +346,7 @@ def trace(
     broker: BrokerOpt = None,
 ) -> None:
     """Show a case, or everything about an enterprise, across departments, in order."""
+    from bus.trace import elapsed
     from bus.trace import trace as run_trace
 
     s = _settings(broker)
@@ -353,11 +354,13 @@ def trace(
     if not steps:
         hint = "A case is named by its first event's event_id (bus publish prints it)."
         raise _fail(BusError(f"nothing on the canonical topics for {key}"), hint)
-    t = Table("time (UTC)", "+ms", "event", "department", "what", title=f"trace {key}")
-    start = steps[0].at
-    for step in steps:
-        ms = (step.at - start).total_seconds() * 1000
-        t.add_row(f"{step.at:%Y-%m-%d %H:%M:%S.%f}"[:-3], f"{ms:.0f}", step.event_type,
+    t = Table("time (UTC)", "after the previous", "event", "department", "what",
+              title=f"trace {key}")  # fmt: skip
+    previous = None
+    for step in steps:  # how long each step took: milliseconds in the bus, days in an office
+        after = elapsed((step.at - previous).total_seconds()) if previous else "first"
+        previous = step.at
+        t.add_row(f"{step.at:%Y-%m-%d %H:%M:%S.%f}"[:-3], after, step.event_type,
                   step.source, step.summary)  # fmt: skip
     console.print(t)
     console.print(f"{len(steps)} events, {len({s.source for s in steps})} departments")

@@ -69,3 +69,25 @@ async def trace(settings: Settings, key: str, max_seconds: float = 60.0) -> list
     found = await asyncio.gather(*(one(t) for t in topics))
     unique = {s.event_id: s for steps in found for s in steps}  # at-least-once copies once
     return sorted(unique.values(), key=lambda s: (s.at, s.event_id))
+
+
+def elapsed(seconds: float) -> str:
+    """A duration people read at a glance: ``36 ms``, ``2.06 s``, ``4 min 03 s``, ``70 d 21 h``.
+
+    A trace spans milliseconds (the bus deciding) and months (a penalty decided in July,
+    published in November) in one table; a raw millisecond count is unreadable at the far end.
+    """
+    ms = round(seconds * 1000)
+    if ms < 1000:
+        return f"{ms} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if whole < 3600:
+        return f"{minutes} min {secs:02d} s"
+    if whole < 86_400:
+        return f"{hours} h {minutes:02d} min"
+    return f"{days} d {hours} h"

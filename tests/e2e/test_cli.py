@@ -336,6 +336,8 @@ def test_trace_follows_a_case_across_departments(settings: Settings, tmp_path: P
     assert by_uscc.returncode == 0
     assert "penalty.imposed" in by_uscc.stdout
     assert "enterprise.registered" in by_uscc.stdout
+    # The penalty was decided months before the registration was published: shown in days.
+    assert re.search(r"\b\d+ d \d+ h\b", by_uscc.stdout), by_uscc.stdout
     assert missing.returncode == 1
 
 
