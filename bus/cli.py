@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -281,7 +282,7 @@ def certificate_list(
     """List issued certificates: serial, enterprise, result, when."""
     s = _settings(broker)
     t = Table("serial", "uscc", "enterprise", "result", "issued at")
-    for e in asyncio.run(_issued(s)):
+    for e in sorted(asyncio.run(_issued(s)), key=lambda e: e.payload.issued_at):
         if uscc is None or e.subject == uscc:
             p = e.payload
             t.add_row(p.serial, e.subject, p.enterprise_name, str(p.result),
@@ -383,6 +384,8 @@ def deadletters_show(
     r = found[-1]
     t = Table("header", "value", title=f"dead letter {r.topic}/{r.partition}/{r.offset}")
     for k, v in sorted(r.headers.items()):
+        if k == "bus.rejected_at" and v.isdigit():  # epoch ms, for machines; and for people:
+            v += f" ({datetime.fromtimestamp(int(v) / 1000, UTC):%Y-%m-%d %H:%M:%S.%f}"[:-3] + "Z)"
         t.add_row(k, v)
     console.print(t)
     console.print("key: " + (r.key or b"").decode(errors="replace"))

@@ -180,6 +180,8 @@ def test_publish_reports_verdicts_and_exit_status(settings: Settings, tmp_path: 
     assert shown.returncode == 0, shown.stderr
     assert "{oops" in shown.stdout
     assert "bus.reason" in shown.stdout
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert re.search(rf"bus\.rejected_at\s+\S*\s*\d{{13}} \({today} ", shown.stdout), shown.stdout
     assert absent.returncode == 1
     assert "schema.decode" in only.stdout
     assert "schema.validation" not in only.stdout
