@@ -45,7 +45,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.cpu import cpu_seconds
+from bench.cpu import CpuSampler
 from bench.ingest import Msg, drain, encode
 from bench.pipeline import correlate_done, raw_throughput
 from bus.agents.correlate import derived_id
@@ -178,19 +178,6 @@ async def wait_split(settings: Settings, procs: Sequence[WorkerProcess], seconds
 # ---- CPU and load ------------------------------------------------------------------------
 
 
-def sample(pids: dict[str, int]) -> dict[str, float]:
-    """CPU seconds per named process, and the wall clock under ``"wall"``."""
-    out = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    out["wall"] = time.monotonic()
-    return out
-
-
-def cpu_share(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Percent of one core each process used between two samples."""
-    wall = after["wall"] - before["wall"]
-    return {k: 100 * (after[k] - before[k]) / wall for k in before if k != "wall"}
-
-
 def load() -> str:
     """The 1-minute load average and the core count, for the record."""
     return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
@@ -226,14 +213,17 @@ async def pipeline(
     try:
         await start_all(procs)
         await wait_split(s, procs, 60)
-        pids = {"broker": broker_pid, "bench": os.getpid()}
-        pids |= {f"worker{i}": p.proc.pid for i, p in enumerate(procs) if p.proc is not None}
-        before = sample(pids)
-        await publish(bootstrap, s.topic("ingress"), backlog)
-        got = await drain(bootstrap, s.topic("events.penalty"), 1, 120)
-        first = min(ts for _, ts, _ in got) / 1000
-        done = await correlate_done(s, len(backlog), 600)
-        cpu = cpu_share(before, sample(pids))
+        groups = {"broker": [broker_pid], "bench": [os.getpid()]}
+        groups |= {f"worker{i}": [p.proc.pid] for i, p in enumerate(procs) if p.proc is not None}
+        async with CpuSampler(groups) as sampler:
+            began = time.time()
+            await publish(bootstrap, s.topic("ingress"), backlog)
+            got = await drain(bootstrap, s.topic("events.penalty"), 1, 120)
+            first = min(ts for _, ts, _ in got) / 1000
+            done = await correlate_done(s, len(backlog), 600)
+            ended = time.time()
+        # Percent of one core each process used, from publishing to the last durable event.
+        cpu = {k: 100 * v / (ended - began) for k, v in sampler.between(began, ended).items()}
         if split_problem(s, procs) is not None:
             print(f"   warning: partitions moved during the measurement (logs {tmp / run})")
     finally:
