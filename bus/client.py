@@ -111,6 +111,19 @@ async def start_or_close(client: AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaA
         raise
 
 
+async def topic_partitions(
+    consumer: AIOKafkaConsumer, topics: Iterable[str]
+) -> dict[str, set[int]]:
+    """Partition numbers of ``topics`` that exist, from a fresh metadata request.
+
+    A consumer that is not subscribed keeps no metadata for a topic (``partitions_for_topic``
+    answers ``None``), so ask the cluster. A topic created a moment ago may be missing for a
+    short while: the caller decides whether to wait.
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    return {t: parts for t in topics if (parts := cluster.partitions_for_topic(t))}
+
+
 class BusClient:
     """Publish to the ingress topic; an async context manager."""
 
@@ -184,10 +197,9 @@ async def read_topic(
     )
     await start_or_close(consumer)
     try:
-        partitions = None
+        partitions: set[int] | None = None
         for _ in range(50):  # a topic created a moment ago may not be in the metadata yet
-            if topic in await consumer.topics():
-                partitions = consumer.partitions_for_topic(topic)
+            if partitions := (await topic_partitions(consumer, [topic])).get(topic):
                 break
             await asyncio.sleep(0.1)
         if not partitions:

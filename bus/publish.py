@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bus.agents.out import KEPT_ON_REJECTION
-from bus.client import BusClient, Record, read_topic, start_or_close
+from bus.client import BusClient, Record, read_topic, start_or_close, topic_partitions
 from bus.schemas.events import FAMILIES
 from bus.settings import Settings
 from bus.topics import INGRESS, REPLAYED
@@ -54,10 +54,8 @@ async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicParti
     consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None)
     await start_or_close(consumer)
     try:
-        await consumer.topics()  # fills the metadata partitions_for_topic reads
-        tps = [
-            TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())
-        ]
+        known = await topic_partitions(consumer, topics)
+        tps = [TopicPartition(t, p) for t, parts in known.items() for p in parts]
         return await consumer.end_offsets(tps) if tps else {}
     finally:
         await consumer.stop()

@@ -65,7 +65,7 @@ from typing import Any, ClassVar
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bus.client import BusClient, Record, _text
+from bus.client import BusClient, Record, _text, topic_partitions
 from bus.codec import EventCodec
 from bus.samples import penalties
 from bus.schemas.envelope import Envelope
@@ -112,8 +112,7 @@ class TopicWatcher:
         self._consumer = consumer
         partitions: set[int] | None = None
         for _ in range(50):  # a topic made a moment ago may not be in the metadata yet
-            if self.topic in await consumer.topics():
-                partitions = consumer.partitions_for_topic(self.topic)
+            if partitions := (await topic_partitions(consumer, [self.topic])).get(self.topic):
                 break
             await asyncio.sleep(0.1)
         assert partitions, f"topic {self.topic} does not exist"

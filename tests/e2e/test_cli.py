@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bus.brokers import free_port
+from bus.client import topic_partitions
 from bus.codec import EventCodec
 from bus.processes import WorkerProcess, settings_env
 from bus.samples import penalties
@@ -125,12 +126,8 @@ def test_topics_create_makes_the_catalogue_and_an_inbox_per_department(
         consumer = AIOKafkaConsumer(**fresh.kafka())
         await consumer.start()
         try:
-            names = await consumer.topics()
-            return {
-                t: len(consumer.partitions_for_topic(t) or ())
-                for t in names
-                if t.startswith(fresh.topic_prefix + ".")
-            }
+            names = [t for t in await consumer.topics() if t.startswith(fresh.topic_prefix + ".")]
+            return {t: len(parts) for t, parts in (await topic_partitions(consumer, names)).items()}
         finally:
             await consumer.stop()
 
