@@ -21,6 +21,7 @@ import yaml
 from typer.main import get_command
 
 from bus.cli import app
+from bus.kafka_settings import CLUSTER_SETTINGS, KAFKA_VERSION, compose_env, settings_for
 from bus.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +31,12 @@ SETTINGS = {f"BUS_{name.upper()}" for name in Settings.model_fields}
 
 def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def kafka_services() -> dict[str, dict[str, Any]]:
+    """The compose services that run Apache Kafka's image."""
+    services = compose()["services"]
+    return {n: s for n, s in services.items() if s.get("image", "").startswith("apache/kafka:")}
 
 
 @functools.cache
@@ -119,12 +126,13 @@ def test_compose_broker_setting_parses_to_three_brokers() -> None:
 
 
 def test_kafka_is_replicated_three_ways_with_two_in_sync() -> None:
-    services = compose()["services"]
-    brokers = [s for n, s in services.items() if n.startswith("kafka-")]
+    assert CLUSTER_SETTINGS["default.replication.factor"] == "3"
+    assert CLUSTER_SETTINGS["min.insync.replicas"] == "2"
+    brokers = kafka_services()
     assert len(brokers) == 3
-    for b in brokers:
-        assert b["environment"]["KAFKA_MIN_INSYNC_REPLICAS"] == 2
-        assert b["environment"]["KAFKA_DEFAULT_REPLICATION_FACTOR"] == 3
+    for b in brokers.values():
+        assert str(b["environment"]["KAFKA_MIN_INSYNC_REPLICAS"]) == "2"
+        assert str(b["environment"]["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == "3"
 
 
 def test_compose_settings_are_valid_values(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -383,3 +391,170 @@ def test_every_command_in_the_operations_guide_exists() -> None:
     assert sum(whole for _, whole in calls) >= 5
     for words, whole in calls:
         check_bus_command(words, "docs/operations.md", parse=whole)
+
+
+# --- One Kafka: the tests' broker (bus/kafka_local.py), compose and Kubernetes run the same
+# version with the same broker settings, those of bus/kafka_settings.py.
+
+STRIMZI = K8S / "kafka"
+#: What a compose Kafka service sets besides CLUSTER_SETTINGS: who it is, where it listens,
+#: where it keeps its log.
+KAFKA_NODE_ENV = {
+    "KAFKA_NODE_ID", "KAFKA_PROCESS_ROLES", "KAFKA_CONTROLLER_QUORUM_VOTERS", "KAFKA_LISTENERS",
+    "KAFKA_ADVERTISED_LISTENERS", "KAFKA_CONTROLLER_LISTENER_NAMES",
+    "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "KAFKA_INTER_BROKER_LISTENER_NAME", "KAFKA_LOG_DIRS",
+}  # fmt: skip
+
+
+def as_property(value: Any) -> str:
+    """A YAML value as Kafka reads it in a properties file (``false``, not ``False``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def strimzi_docs() -> list[dict[str, Any]]:
+    """What ``kubectl apply -k deploy/k8s/kafka`` applies."""
+    kustomization = yaml.safe_load((STRIMZI / "kustomization.yaml").read_text())
+    return [
+        d
+        for f in kustomization["resources"]
+        for d in yaml.safe_load_all((STRIMZI / f).read_text())
+        if d
+    ]
+
+
+def strimzi(kind: str) -> list[dict[str, Any]]:
+    docs = [d for d in strimzi_docs() if d["kind"] == kind]
+    for d in docs:
+        assert d["apiVersion"] == "kafka.strimzi.io/v1beta2", d["metadata"]["name"]
+    return docs
+
+
+def strimzi_cluster() -> dict[str, Any]:
+    (kafka,) = strimzi("Kafka")
+    return kafka
+
+
+def test_kafka_version_is_the_same_everywhere() -> None:
+    brokers = kafka_services()
+    assert len(brokers) == 3
+    for name, service in brokers.items():
+        assert service["image"] == f"apache/kafka:{KAFKA_VERSION}", name
+    assert str(strimzi_cluster()["spec"]["kafka"]["version"]) == KAFKA_VERSION
+    pom = ROOT / "bus/data/kafka/pom.xml"  # the jars of the tests' broker
+    if pom.exists():
+        assert f"<kafka.version>{KAFKA_VERSION}</kafka.version>" in pom.read_text()
+
+
+def test_compose_kafka_runs_exactly_the_cluster_settings() -> None:
+    expected = compose_env(CLUSTER_SETTINGS)
+    for name, service in kafka_services().items():
+        env = service["environment"]
+        for key, value in expected.items():
+            assert key in env, f"{name}: {key} is not set"
+            assert as_property(env[key]) == value, f"{name}: {key}={env[key]}, not {value}"
+        # a broker setting only compose has would drift from the tests and Kubernetes
+        extra = {k for k in env if k.startswith("KAFKA_")} - set(expected) - KAFKA_NODE_ENV
+        assert not extra, f"{name}: {extra} are not in bus/kafka_settings.py"
+
+
+def test_compose_kafka_keeps_its_log_in_its_own_volume() -> None:
+    data = compose()
+    seen: set[str] = set()
+    for name, service in kafka_services().items():
+        mounts = dict(v.split(":")[:2] for v in service["volumes"])
+        named = {source: target for source, target in mounts.items() if source in data["volumes"]}
+        for log_dir in service["environment"]["KAFKA_LOG_DIRS"].split(","):
+            volume = next(
+                (s for s, target in named.items() if Path(log_dir).is_relative_to(target)), None
+            )
+            assert volume, f"{name}: KAFKA_LOG_DIRS {log_dir} is in no volume (lost on recreate)"
+            assert volume not in seen, f"{name}: shares volume {volume} with another broker"
+            seen.add(volume)
+
+
+def test_strimzi_cluster_runs_exactly_the_cluster_settings() -> None:
+    kafka = strimzi_cluster()
+    config = {k: as_property(v) for k, v in kafka["spec"]["kafka"]["config"].items()}
+    assert config == CLUSTER_SETTINGS
+    (pool,) = strimzi("KafkaNodePool")
+    assert pool["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
+    assert set(pool["spec"]["roles"]) == {"controller", "broker"}  # KRaft, no ZooKeeper
+    assert pool["spec"]["replicas"] == 3
+    assert settings_for(pool["spec"]["replicas"]) == config
+    assert pool["spec"]["storage"]["type"] == "persistent-claim"
+    assert pool["spec"]["storage"]["deleteClaim"] is False
+
+
+def test_configmap_points_at_the_strimzi_bootstrap_service() -> None:
+    kafka = strimzi_cluster()
+    namespace = yaml.safe_load((STRIMZI / "kustomization.yaml").read_text())["namespace"]
+    data = of_kind("ConfigMap")["bus-settings"]["data"]
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
+    host = f"{kafka['metadata']['name']}-kafka-bootstrap.{namespace}.svc"
+    assert data["BUS_BROKER"] == f"kafka://{host}:{listener['port']}"
+    assert data["BUS_SECURITY_PROTOCOL"] == ("SASL_SSL" if listener["tls"] else "SASL_PLAINTEXT")
+    assert listener["authentication"]["type"] == data["BUS_SASL_MECHANISM"].lower()
+    assert data["BUS_REPLICATION_FACTOR"] == CLUSTER_SETTINGS["default.replication.factor"]
+
+
+def test_strimzi_users_are_the_principals_the_pods_log_in_as() -> None:
+    cluster = strimzi_cluster()["metadata"]["name"]
+    prefix = of_kind("ConfigMap")["bus-settings"]["data"]["BUS_TOPIC_PREFIX"]
+    logins = set()
+    for spec in pod_specs().values():
+        for c in spec["containers"]:
+            env = {v["name"]: v for v in c.get("env", [])}
+            if "BUS_SASL_USERNAME" in env:
+                ref = env["BUS_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+                logins.add((env["BUS_SASL_USERNAME"]["value"], ref["name"], ref["key"]))
+    users = set()
+    for user in strimzi("KafkaUser"):
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == cluster
+        auth = user["spec"]["authentication"]
+        assert auth["type"] == "scram-sha-512"
+        ref = auth["password"]["valueFrom"]["secretKeyRef"]
+        users.add((user["metadata"]["name"], ref["name"], ref["key"]))
+        for acl in user["spec"]["authorization"]["acls"]:
+            if acl["resource"]["type"] in ("topic", "group"):
+                assert acl["resource"]["name"].startswith(prefix), acl
+    assert logins
+    assert users == logins
+
+
+def test_settings_for_scales_replication_to_the_nodes() -> None:
+    assert settings_for(3) == CLUSTER_SETTINGS
+    assert settings_for(5) == CLUSTER_SETTINGS  # more brokers, the same replication
+    one = settings_for(1)
+    replication = {k for k in CLUSTER_SETTINGS if k.endswith(".replication.factor")}
+    min_isr = {k for k in CLUSTER_SETTINGS if k.endswith((".min.isr", "min.insync.replicas"))}
+    assert len(replication) == 4
+    assert len(min_isr) == 3
+    assert {one[k] for k in replication | min_isr} == {"1"}
+    assert {k: v for k, v in one.items() if k not in replication | min_isr} == {
+        k: v for k, v in CLUSTER_SETTINGS.items() if k not in replication | min_isr
+    }
+    two = settings_for(2)
+    assert two["default.replication.factor"] == "2"
+    assert two["min.insync.replicas"] == "1"
+    one["min.insync.replicas"] = "9"  # a copy each time
+    assert settings_for(1)["min.insync.replicas"] == "1"
+    assert CLUSTER_SETTINGS["min.insync.replicas"] == "2"
+    with pytest.raises(ValueError, match="at least 1"):
+        settings_for(0)
+
+
+def image_property(env_name: str) -> str:
+    """The property the apache/kafka image makes of ``KAFKA_...``: _ . , __ _ , ___ -."""
+    name = env_name.removeprefix("KAFKA_").lower()
+    return re.sub(r"_+", lambda m: {1: ".", 2: "_", 3: "-"}[len(m.group())], name)
+
+
+def test_compose_env_names_variables_as_the_image_reads_them() -> None:
+    assert compose_env({"log.dirs": "/d", "min.insync.replicas": "2"}) == {
+        "KAFKA_LOG_DIRS": "/d",
+        "KAFKA_MIN_INSYNC_REPLICAS": "2",
+    }
+    assert compose_env({"a-b.c_d": "x"}) == {"KAFKA_A___B_C__D": "x"}
+    for prop in [*CLUSTER_SETTINGS, "a-b.c_d", "listener.name.sasl_ssl.scram-sha-512.x"]:
+        (env_name,) = compose_env({prop: ""})
+        assert image_property(env_name) == prop
