@@ -247,6 +247,39 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _wait_exited(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` has exited without reaping it (WNOWAIT)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True  # already reaped
+        if info is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def terminate_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM a child's process group, SIGKILL after ``timeout`` (0: at once), then reap it.
+
+    The leader is reaped last: while it is an unreaped zombie its group id is still ours, so
+    whatever it left behind can be killed without hitting an unrelated process.
+    """
+    pid = proc.pid
+    if proc.returncode is None:
+        if timeout > 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        if timeout <= 0 or not _wait_exited(pid, timeout):
+            _kill_group(pid)
+            _wait_exited(pid, 5.0)
+        _kill_group(pid)
+        proc.wait()
+
+
 def _abandon(proc: subprocess.Popen[bytes], temp_dir: Path | None) -> None:
     """Finalizer for a broker nobody stopped (garbage-collected or interpreter exiting): its own
     session means no terminal signal reaches it, so kill it here and drop our temporary dir.
@@ -487,40 +520,12 @@ class EmbeddedBroker:
             self._own_data_dir = False
 
     def _terminate(self, timeout: float) -> None:
-        """Signal the group, wait, escalate; reap the leader last so its pid cannot be reused
-        while we still signal its group."""
-        proc = self._proc
-        if proc is None:
-            return
-        pid = proc.pid
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
-            if not self._wait_exited(pid, timeout):
-                _kill_group(pid)
-                self._wait_exited(pid, 5.0)
-            # The leader is a zombie now (not reaped): its group id is still ours, so any child
-            # it left behind can be killed without hitting an unrelated process.
-            _kill_group(pid)
-            proc.wait()
+        if self._proc is not None:
+            terminate_group(self._proc, timeout)
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
         self._proc = None
-
-    def _wait_exited(self, pid: int, timeout: float) -> bool:
-        """Wait until ``pid`` has exited without reaping it (WNOWAIT)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return True  # already reaped
-            if info is not None:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
 
     def restart(self, timeout: float = 30.0, *, stop_timeout: float = 10.0) -> None:
         """Stop (as :meth:`stop`, but keeping the data dir) and start again on the same port.

@@ -77,22 +77,29 @@ def settings() -> None:
 @app.command()
 def broker(
     engine: Annotated[
-        str, typer.Option(help="noida (persistent, single consumer per group) or tansu.")
+        str,
+        typer.Option(
+            help="kafka (Apache Kafka from Maven Central: needs java and mvn), "
+            "noida (persistent, Python only) or tansu (memory only)."
+        ),
     ] = "noida",
-    port: Annotated[int, typer.Option(help="Loopback port; 0 picks a free one.")] = 9092,
-    data_dir: Annotated[Path, typer.Option(help="Where noida keeps its data.")] = Path(
+    port: Annotated[
+        int, typer.Option(help="Loopback port (the first node's); 0 picks free ones.")
+    ] = 9092,
+    nodes: Annotated[int, typer.Option(help="Kafka nodes: 1, or 3 for a replicated cluster.")] = 1,
+    data_dir: Annotated[Path, typer.Option(help="Where the broker keeps its data.")] = Path(
         "var/broker"
     ),
 ) -> None:
-    """Run an embedded Kafka-protocol broker on 127.0.0.1 until Ctrl-C (development only)."""
-    from bus.brokers import EmbeddedBroker
+    """Run a broker on 127.0.0.1 until Ctrl-C (development and tests, never production)."""
+    from bus.kafka_local import local_broker
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    b = EmbeddedBroker(engine, port=port or None, data_dir=data_dir)  # type: ignore[arg-type]
     try:
+        b = local_broker(engine, nodes=nodes, port=port or None, data_dir=data_dir, say=err.print)
         b.start()
     except BusError as exc:
-        raise _fail(exc, "Is the port taken? Try --port 0 for a free one.") from None
+        raise _fail(exc, "Is the port taken? Try --port 0 for free ones.") from None
     console.print(f"{engine} broker listening; use [bold]BUS_BROKER={b.url}[/]")
     stop = asyncio.Event()
 
@@ -484,9 +491,11 @@ def demo(
     keep_running: Annotated[
         bool, typer.Option(help="Keep broker and worker up after the scenarios.")
     ] = False,
-    engine: Annotated[str, typer.Option(help="Embedded broker engine.")] = "noida",
+    engine: Annotated[
+        str, typer.Option(help="noida (Python only), tansu, or kafka (Apache Kafka: java, mvn).")
+    ] = "noida",
 ) -> None:
-    """Start an embedded broker and a worker, play the reference scenarios, show what happened."""
+    """Start a broker and a worker, play the reference scenarios, show what happened."""
     from bus.demo import run_demo
 
     try:

@@ -24,10 +24,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bus.brokers import EmbeddedBroker, free_port
+from bus.brokers import free_port
 from bus.client import BusClient, read_topic
 from bus.codec import EventCodec
 from bus.demo_edge import play_edge
+from bus.kafka_local import local_broker
 from bus.processes import WorkerProcess
 from bus.publish import Verdict, list_deadletters, publish_and_wait
 from bus.samples import TOWN_NAMES, TOWNS, Enterprise, enterprise, penalty, registered
@@ -145,7 +146,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _run_demo(console: Console, *, engine: str, keep_running: bool, seed: int) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bus-demo-"))
-    broker = EmbeddedBroker(engine, data_dir=workdir / "broker")  # type: ignore[arg-type]
+    broker = local_broker(engine, data_dir=workdir / "broker", say=console.print)
     worker: WorkerProcess | None = None
     code = 1
     try:
@@ -153,7 +154,7 @@ def _run_demo(console: Console, *, engine: str, keep_running: bool, seed: int) -
         broker.start()
         console.print(f"[bold]1.[/] {engine} broker on {broker.bootstrap}")
         settings = Settings(
-            broker=broker.bootstrap, app_id="demo", topic_prefix="demo", partitions=3,
+            broker=broker.url, app_id="demo", topic_prefix="demo", partitions=3,
             data_dir=workdir / "var", web_port=0, metrics_port=free_port(),
         )  # fmt: skip
         created = asyncio.run(create_topics(settings))

@@ -1,0 +1,130 @@
+"""``bus broker --engine kafka``: Apache Kafka from its jars, as a developer starts it.
+
+Runs the real command; checks that it serves Kafka clients, keeps its log across a restart on
+the same data folder, stops on SIGTERM, and says what to install when Java is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bus.kafka_local import kafka_jars
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not shutil.which("java"), reason="needs java (Apache Kafka)"),
+]
+URL = re.compile(r"BUS_BROKER=kafka://(\S+)")
+
+
+def start(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``bus broker --engine kafka`` on free ports; returns the process and its address."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bus.cli", "broker", "--engine", "kafka", "--port", "0",
+             "--data-dir", str(data_dir)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (found := URL.findall(log.read_text())):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return proc, found[-1]
+
+
+async def roundtrip(bootstrap: str, topic: str, values: list[bytes]) -> list[bytes]:
+    """Create ``topic`` if missing, append ``values``, read everything back."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for v in values:
+            await producer.send_and_wait(topic, v)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        got: list[bytes] = []
+        while len(got) < end:
+            for records in (await consumer.getmany(tp, timeout_ms=1000)).values():
+                got += [r.value or b"" for r in records]
+        return got
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.timeout(300)
+def test_bus_broker_kafka_serves_keeps_its_log_across_a_restart_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    data, log = tmp_path / "broker", tmp_path / "first.log"
+    topic = f"t{uuid.uuid4().hex[:8]}"
+    proc, bootstrap = start(data, log)
+    try:
+        assert asyncio.run(roundtrip(bootstrap, topic, [b"a", b"b"])) == [b"a", b"b"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    assert (data / "node-1" / "data" / "meta.properties").exists()
+    log = tmp_path / "second.log"
+    proc, bootstrap = start(data, log)
+    try:  # the same storage, formatted once: the topic and its records are still there
+        assert asyncio.run(roundtrip(bootstrap, topic, [b"c"])) == [b"a", b"b", b"c"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+
+
+def test_without_java_the_error_says_what_to_install(tmp_path: Path) -> None:
+    kafka_jars()  # the jars are there; only java is missing
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("mvn",):  # a PATH with Maven and Python but no java
+        (bin_dir / tool).symlink_to(shutil.which(tool) or "/bin/false")
+    result = subprocess.run(
+        [sys.executable, "-m", "bus.cli", "broker", "--engine", "kafka", "--port", "0",
+         "--data-dir", str(tmp_path / "broker")],
+        env={**os.environ, "PATH": str(bin_dir), "COLUMNS": "200"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "needs `java`" in result.stderr
+    assert "apt-get install openjdk-17-jre-headless" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_three_nodes_need_the_kafka_engine(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bus.cli", "broker", "--engine", "noida", "--nodes", "3",
+         "--data-dir", str(tmp_path / "broker")],
+        env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "--nodes 3 needs the kafka engine" in result.stderr
