@@ -1,59 +1,98 @@
-"""Shared fixtures: a real Kafka-protocol broker for the whole session, fresh topics per test.
+"""Shared fixtures: a real broker for the whole session, fresh topics per test.
 
-By default an embedded noida broker is started on a free loopback port with a fresh data
-dir (docs/broker.md says why noida). ``BUS_TEST_BROKER=host:port`` points the suite at any
-other Kafka-compatible broker instead (a real Apache Kafka, say); tests that must restart
-the broker are then skipped with that reason printed.
+``BUS_TEST_BROKER`` chooses it: ``kafka`` (Apache Kafka from Maven Central, one KRaft node;
+the default where ``java`` and ``mvn`` are on PATH), ``noida`` or ``tansu`` (embedded brokers
+from PyPI, the default without Java: noida), or ``host:port`` of a broker already running.
+Whatever an embedded broker needs bent (docs/broker.md) is bent here, never in the product.
+Tests that need three nodes take ``kafka3``, a cluster started the first time one asks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bus.brokers import EmbeddedBroker
+from bus.kafka_local import LOCAL_ENGINES, KafkaCluster, LocalBroker, local_broker
 from bus.settings import Settings
 from bus.topics import create_topics
 
+pytest_plugins = ["tests.postgres"]
+
+
+def chosen_engine() -> str:
+    """The engine ``BUS_TEST_BROKER`` names, or the default for this machine."""
+    chosen = os.environ.get("BUS_TEST_BROKER", "").strip()
+    if chosen:
+        return chosen if chosen in LOCAL_ENGINES else "external"
+    return "kafka" if shutil.which("java") and shutil.which("mvn") else "noida"
+
 
 class TestBroker:
-    """The broker the tests talk to, and whether the suite may restart it."""
+    """The broker the tests talk to, and what a test may do to it."""
 
     __test__ = False
 
-    def __init__(self, bootstrap: str, embedded: EmbeddedBroker | None) -> None:
-        self.bootstrap = bootstrap
-        self.embedded = embedded
+    def __init__(self, url: str, engine: str, local: LocalBroker | None) -> None:
+        self.bootstrap = url
+        self.engine = engine
+        self.local = local
+
+    @property
+    def groups_rebalance(self) -> bool:
+        """Whether a consumer group hands a dead or departed member's partitions on.
+
+        noida never evicts a member that died without leaving, and locks the group instead.
+        """
+        return self.engine != "noida"
+
+    def forget_dead_members(self) -> None:
+        """After a worker was killed: make sure the next one gets the partitions.
+
+        Kafka evicts the dead member after the session timeout; noida only forgets it when it
+        restarts, which it survives with its data.
+        """
+        if self.engine == "noida":
+            self.restart()
 
     def restart(self) -> None:
-        """Restart the embedded broker on the same port and data dir (noida keeps its data).
-
-        noida never evicts a consumer-group member that died without leaving (SIGKILL); a
-        restart clears that, so tests that kill a worker call this before starting the next.
-        """
-        if self.embedded is None:
+        """Restart the session's broker on the same ports and data."""
+        if self.local is None:
             pytest.skip("BUS_TEST_BROKER names an external broker; it cannot be restarted here")
-        self.embedded.restart()
+        self.local.restart()
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
-    """A Kafka-protocol broker for the session."""
-    external = os.environ.get("BUS_TEST_BROKER")
-    if external:
-        yield TestBroker(external.removeprefix("kafka://"), None)
+    """The broker for the session (see the module docstring)."""
+    engine = chosen_engine()
+    if engine == "external":
+        yield TestBroker(os.environ["BUS_TEST_BROKER"], engine, None)
         return
-    b = EmbeddedBroker("noida", data_dir=tmp_path_factory.mktemp("noida"))
+    b = local_broker(engine, data_dir=tmp_path_factory.mktemp(engine))
     b.start()
     try:
-        yield TestBroker(b.bootstrap, b)
+        yield TestBroker(b.url, engine, b)
     finally:
         b.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A three-node Apache Kafka cluster (replication 3, two in sync), for fail-over tests."""
+    if not (shutil.which("java") and shutil.which("mvn")):
+        pytest.fail("three-node tests need Apache Kafka: install java (17+) and maven")
+    cluster = KafkaCluster(3, data_dir=tmp_path_factory.mktemp("kafka3"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop(timeout=10)
 
 
 @pytest.fixture

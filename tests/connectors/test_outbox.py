@@ -1,8 +1,9 @@
 """The PostgreSQL outbox source against the real PostgreSQL, the real broker and a real worker.
 
-Each test gets its own PostgreSQL schema (created, then dropped) in the database named by
-``BUS_TEST_POSTGRES`` (``postgresql://postgres@127.0.0.1:5432/test`` by default), and a case
-system is played by plain SQL: a ``cases`` row and an outbox row in one transaction.
+Each test gets its own PostgreSQL schema (created, then dropped) in the database of the
+``postgres_dsn`` fixture (tests/postgres.py: a throwaway cluster the suite starts, or
+``BUS_TEST_POSTGRES``; no PostgreSQL is an error, not a skip), and a case system is played by
+plain SQL: a ``cases`` row and an outbox row in one transaction.
 
 Proves: what a committed transaction wrote is accepted once on the canonical topic, what a
 rolled-back one wrote is never published; order per aggregate holds; a crash between
@@ -54,7 +55,6 @@ from tests.connectors.contract import (
 
 pytestmark = pytest.mark.integration
 
-DSN = os.environ.get("BUS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 DEPARTMENT = "ks.enforcement.huaqiao"
 CASES = """CREATE TABLE {schema}.cases (
     id bigserial PRIMARY KEY, case_number text NOT NULL, uscc text NOT NULL,
@@ -74,12 +74,9 @@ class CaseDatabase:
     table: str = "bus_outbox"
 
     @classmethod
-    async def create(cls, *, outbox: bool = True) -> CaseDatabase:
-        db = cls(DSN, f"outbox_t{uuid.uuid4().hex[:10]}")
-        try:
-            conn = await psycopg.AsyncConnection.connect(DSN, autocommit=True, connect_timeout=5)
-        except psycopg.OperationalError as exc:
-            pytest.skip(f"no PostgreSQL at {DSN} (set BUS_TEST_POSTGRES): {exc}")
+    async def create(cls, dsn: str, *, outbox: bool = True) -> CaseDatabase:
+        db = cls(dsn, f"outbox_t{uuid.uuid4().hex[:10]}")
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=5)
         async with conn:
             await conn.execute(f"CREATE SCHEMA {db.schema}".encode())
             await conn.execute(CASES.format(schema=db.schema).encode())
@@ -148,8 +145,8 @@ class CaseDatabase:
 
 
 @pytest.fixture
-async def db() -> AsyncIterator[CaseDatabase]:
-    database = await CaseDatabase.create()
+async def db(postgres_dsn: str) -> AsyncIterator[CaseDatabase]:
+    database = await CaseDatabase.create(postgres_dsn)
     try:
         yield database
     finally:
@@ -195,9 +192,14 @@ def ids(events: Sequence[Envelope]) -> list[str]:
 
 class TestOutboxSourceContract(SourceContract):
     database: CaseDatabase
+    dsn: str
+
+    @pytest.fixture(autouse=True)
+    def _postgres(self, postgres_dsn: str) -> None:
+        self.dsn = postgres_dsn
 
     async def setup_outside(self) -> None:
-        self.database = await CaseDatabase.create()
+        self.database = await CaseDatabase.create(self.dsn)
 
     async def teardown_outside(self) -> None:
         await self.database.drop()
@@ -588,9 +590,9 @@ async def _gone(db: CaseDatabase, event: Envelope) -> bool:
 
 
 async def test_a_missing_table_is_an_error_naming_it_or_is_created_when_asked(
-    settings: Settings,
+    settings: Settings, postgres_dsn: str
 ) -> None:
-    db = await CaseDatabase.create(outbox=False)
+    db = await CaseDatabase.create(postgres_dsn, outbox=False)
     try:
         with pytest.raises(ConnectorError) as info:
             await asyncio.wait_for(db.source(settings).serve(), 10)
@@ -633,14 +635,14 @@ async def test_a_database_user_that_cannot_mark_rows_is_refused_before_publishin
             await admin.execute(f"DROP ROLE {role}".encode())
 
 
-def test_options_are_checked_when_the_file_is_read(settings: Settings) -> None:
+def test_options_are_checked_when_the_file_is_read(settings: Settings, postgres_dsn: str) -> None:
     def build(**options: Any) -> Source:
         entry = registry.Entry(name="cases", kind="outbox", options=options)
         connector = registry.build(settings, entry)
         assert isinstance(connector, Source)
         return connector
 
-    good: dict[str, Any] = {"dsn": DSN, "department": DEPARTMENT}
+    good: dict[str, Any] = {"dsn": postgres_dsn, "department": DEPARTMENT}
     source = build(**good, schema="cases", batch_size=50)
     assert isinstance(source, OutboxSource)
     assert source.name == "cases"
@@ -650,14 +652,14 @@ def test_options_are_checked_when_the_file_is_read(settings: Settings) -> None:
         ({**good, "tabel": "x"}, "options.tabel"),
         ({**good, "table": "Bus-Outbox"}, "options.table"),
         ({**good, "schema": "x; DROP TABLE cases"}, "options.schema"),
-        ({"dsn": DSN}, "options.department"),
+        ({"dsn": postgres_dsn}, "options.department"),
         ({**good, "batch_size": 0}, "options.batch_size"),
     ]
     for bad, says in bad_options:
         with pytest.raises(ConfigurationError, match=says):
             build(**bad)
     with pytest.raises(ConfigurationError, match=r"ks\.enforcement\.nowhere"):
-        build(dsn=DSN, department="ks.enforcement.nowhere")
+        build(dsn=postgres_dsn, department="ks.enforcement.nowhere")
     assert "CREATE TABLE IF NOT EXISTS cases.bus_outbox" in outbox_ddl("cases")
     with pytest.raises(ValueError, match="table"):
         outbox_ddl("cases", "bus_outbox; DROP TABLE cases")

@@ -181,7 +181,7 @@ def test_worker_killed_mid_stream_loses_nothing(
         worker.kill()  # SIGKILL: no clean shutdown, offsets of the batch in flight uncommitted
         killed_at = publisher.published
         publisher.join()
-        broker.restart()  # the broker forgets the dead group member (docs/broker.md)
+        broker.forget_dead_members()
         worker.start()
         canonical = read(settings, "events.penalty", until=len(events), idle=5)
         canonical = read(settings, "events.penalty", idle=2)  # and any re-forwarded copies
