@@ -2,7 +2,8 @@
 
     python -m bench.scaleout --workers 1 2 3          # throughput, median of --rounds
     python -m bench.scaleout --handover 5             # 5 rounds: a worker stopped (SIGTERM)
-    python -m bench.scaleout --handover 5 --kill      # ... killed (SIGKILL) instead
+    python -m bench.scaleout --handover 5 --action kill    # ... killed (SIGKILL) instead
+    python -m bench.scaleout --handover 5 --action pause   # ... frozen past its session
 
 Tansu, because it is the embedded broker whose consumer groups survive members leaving and
 dying (docs/broker.md). Workers run with the Tansu settings of docs/broker.md: session 6 s,
@@ -599,30 +600,42 @@ def _complete(sc: Scenario) -> Callable[[Seen], bool]:
     return done
 
 
+#: How a worker leaves in a hand-over: SIGTERM, SIGKILL, or SIGSTOP past the session timeout
+#: (a zombie that is evicted, then SIGCONT and rejoins with its stale batch in hand).
+ACTIONS = ("stop", "kill", "pause")
+
+
 async def handover(
     bootstrap: str,
     tmp: Path,
     *,
-    kill: bool = False,
+    action: str = "stop",
     cycles: int = 2,
     firms: int = 200,
     penalty_count: int = 3000,
     seconds: float = 20.0,
     seed: int = 5,
     batched: bool = True,
+    settings: dict[str, object] | None = None,
 ) -> Handover:
-    """One round: two workers under load; stop or kill one, restart it, then the other, ...
+    """One round: two workers under load; stop, kill or pause one, bring it back, then the other.
 
-    Each cycle waits until the survivor owns every partition (the take-over time), then
-    starts the stopped worker again (a join under load) and waits for the split, and the next
-    cycle acts on the other worker. The last cycle leaves the survivor to finish alone.
+    Each cycle acts at a random moment of its share of the stream (``seed``), waits until the
+    survivor owns every partition (the take-over time), then brings the worker back (a join
+    under load) and waits for the split; the next cycle acts on the other worker. After the
+    last cycle a stopped or killed worker stays down; a paused one is resumed, so that what
+    it does with its stale batch shows. ``settings`` overrides the workers' settings.
     """
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {ACTIONS}, not {action!r}")
     run = f"h{time.time_ns()}"
     s = tansu_settings(bootstrap, tmp, run, batched=batched)
+    if settings:
+        s = s.model_copy(update=settings)
     await create_topics(s)
     sc = scenario(firms, penalty_count, seed)
+    rng = random.Random(seed)
     pair = workers(s, 2, tmp / run)
-    action = "kill" if kill else "stop"
     takeover: list[float] = []
     async with Reader(s) as reader:
         try:
@@ -636,23 +649,29 @@ async def handover(
             publishing = asyncio.create_task(paced.run())
             for c in range(cycles):
                 victim, survivor = pair[c % 2], pair[(c + 1) % 2]
-                while paced.sent < len(sc.events) * (c + 1) / (cycles + 2):
+                share = (c + rng.random()) / cycles * 0.8  # somewhere in this cycle's share
+                while paced.sent < len(sc.events) * share:
                     await reader.poll(50)
-                paced.extend(15)  # events keep coming through the take-over
+                paced.extend(15 + s.session_timeout)  # events keep coming through the take-over
                 t0 = time.monotonic()
-                if kill:
+                if action == "kill":
                     victim.kill()
+                elif action == "pause":
+                    victim.pause()
                 else:
                     stopping = asyncio.create_task(asyncio.to_thread(victim.stop))
-                await wait_split(s, [survivor], 60)
+                await wait_split(s, [survivor], 60 + s.session_timeout)
                 takeover.append(time.monotonic() - t0)
-                if not kill:
+                if action == "stop":
                     code = await stopping
                     if code != 0:
                         raise RuntimeError(f"worker stopped with {code}:\n{victim.log()[-2000:]}")
-                if c < cycles - 1:
+                if action == "pause":
+                    victim.resume()  # wakes with a batch from partitions it no longer owns
+                elif c < cycles - 1:
                     paced.extend(25)  # ... and through the rejoin
                     await asyncio.to_thread(victim.start)
+                if action == "pause" or c < cycles - 1:
                     await wait_split(s, pair, 60)
             await publishing
             await reader.until(_complete(sc), 90)
@@ -672,7 +691,7 @@ async def handovers(args: argparse.Namespace) -> None:
               f"{args.batches or 'product'} batches ({load()})", flush=True)  # fmt: skip
         for r in range(1, args.handover + 1):
             h = await handover(
-                broker.bootstrap, tmp, kill=args.kill, cycles=args.cycles, firms=args.firms,
+                broker.bootstrap, tmp, action=args.action, cycles=args.cycles, firms=args.firms,
                 penalty_count=args.penalties, seconds=args.seconds, seed=r,
                 batched=args.batches != "single",
             )  # fmt: skip
@@ -698,7 +717,10 @@ if __name__ == "__main__":
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--batches", choices=["single", "product"], help="producer batches")
     p.add_argument("--handover", type=int, default=0, metavar="ROUNDS", help="hand-over rounds")
-    p.add_argument("--kill", action="store_true", help="hand over on SIGKILL, not SIGTERM")
+    p.add_argument(
+        "--action", choices=ACTIONS, default="stop",
+        help="how a worker leaves: SIGTERM, SIGKILL, or SIGSTOP past the session timeout",
+    )  # fmt: skip
     p.add_argument("--cycles", type=int, default=2, help="hand-overs per round")
     p.add_argument("--firms", type=int, default=200, help="registrations and requests per round")
     p.add_argument("--penalties", type=int, default=4000, help="penalties per round")

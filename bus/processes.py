@@ -109,6 +109,16 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP: a worker frozen (a long GC, a stalled VM) that the group will evict."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: the frozen worker wakes, still holding the batch it was handling."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def __enter__(self) -> WorkerProcess:
         return self.start() if self.proc is None else self
 
