@@ -29,10 +29,11 @@ from typing import Any
 
 import httpx
 
-from bus.brokers import EmbeddedBroker, free_port
+from bus.brokers import free_port
 from bus.client import BusClient
 from bus.codec import EventCodec
 from bus.gateway.keys import issue_key, keys_path
+from bus.kafka_local import LOCAL_ENGINES, local_broker
 from bus.processes import settings_env, terminate
 from bus.samples import penalties
 from bus.settings import Settings
@@ -118,7 +119,7 @@ async def main(args: argparse.Namespace) -> None:
         broker = None
         bootstrap = args.broker
         if bootstrap is None:
-            broker = EmbeddedBroker(args.engine, data_dir=Path(tmp) / "broker")
+            broker = local_broker(args.engine, data_dir=Path(tmp) / "broker")
             broker.start()
             bootstrap = broker.bootstrap
         try:
@@ -168,7 +169,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--engine", choices=["noida", "tansu"], default="noida")
+    parser.add_argument("--engine", choices=LOCAL_ENGINES, default="kafka")
     parser.add_argument("--broker", help="a running Kafka instead of an embedded broker")
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)

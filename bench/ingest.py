@@ -28,8 +28,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bus.brokers import EmbeddedBroker
 from bus.codec import EventCodec
+from bus.kafka_local import LOCAL_ENGINES, local_broker
 from bus.processes import WorkerProcess, terminate
 from bus.samples import penalties
 from bus.settings import Settings
@@ -186,7 +186,7 @@ async def main(args: argparse.Namespace) -> None:
     broker = None
     bootstrap = args.broker
     if bootstrap is None:
-        broker = EmbeddedBroker(args.engine, data_dir=tmp / "broker")
+        broker = local_broker(args.engine, data_dir=tmp / "broker")
         broker.start()
         bootstrap = broker.bootstrap
     try:
@@ -216,5 +216,5 @@ if __name__ == "__main__":
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--repeat", type=int, default=3, help="rounds; the median ratio is reported")
     p.add_argument("--broker", help="bootstrap host:port; default: an embedded broker")
-    p.add_argument("--engine", default="noida", choices=["noida", "tansu"], help="embedded broker")
+    p.add_argument("--engine", default="kafka", choices=LOCAL_ENGINES, help="local broker")
     asyncio.run(main(p.parse_args()))

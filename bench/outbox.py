@@ -26,9 +26,9 @@ from typing import Any
 
 import psycopg
 
-from bus.brokers import EmbeddedBroker
 from bus.client import BusClient
 from bus.codec import EventCodec
+from bus.kafka_local import LOCAL_ENGINES, local_broker
 from bus.samples import penalties
 from bus.settings import Settings
 from bus.topics import create_topics
@@ -94,10 +94,10 @@ async def raw_round(settings: Settings, events: list[Any], batch: int) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        broker = EmbeddedBroker(args.engine, data_dir=Path(tmp) / "broker")
+        broker = local_broker(args.engine, data_dir=Path(tmp) / "broker")
         broker.start()
         try:
-            settings = Settings(broker=broker.bootstrap, app_id="bench", topic_prefix="bench",
+            settings = Settings(broker=broker.url, app_id="bench", topic_prefix="bench",
                                 partitions=3, data_dir=Path(tmp) / "var")  # fmt: skip
             await create_topics(settings)
             source = "ks.enforcement.huaqiao"
@@ -117,5 +117,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--batch", type=int, nargs="+", default=[100, 500])
-    parser.add_argument("--engine", choices=["noida", "tansu"], default="noida")
+    parser.add_argument("--engine", choices=LOCAL_ENGINES, default="kafka")
     asyncio.run(main(parser.parse_args()))

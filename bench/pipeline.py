@@ -34,9 +34,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.cpu import CpuSampler, per_event
 from bench.ingest import ROOT, Msg, drain, encode, produce, spawn
-from bus.brokers import EmbeddedBroker
 from bus.client import BusClient
 from bus.codec import EventCodec
+from bus.kafka_local import LOCAL_ENGINES, local_broker
 from bus.processes import WorkerProcess, terminate
 from bus.samples import enterprise, registered, registrations
 from bus.schemas.events import model_for
@@ -281,7 +281,7 @@ def bootstrap_of(settings: Settings) -> str:
 async def main(args: argparse.Namespace) -> None:
     """Run both measurements and print them with the same run's raw loop."""
     tmp = Path(tempfile.mkdtemp(prefix="bus-pipeline-"))
-    broker = EmbeddedBroker(args.engine, data_dir=tmp / "broker")
+    broker = local_broker(args.engine, data_dir=tmp / "broker")
     broker.start()
     bootstrap = broker.bootstrap
     try:
@@ -307,9 +307,9 @@ async def main(args: argparse.Namespace) -> None:
             "data_dir": tmp / "full",
         })  # fmt: skip
         if args.workers > 1:
-            from bench.scaleout import tansu_settings
+            from bench.scaleout import group_settings
 
-            full = tansu_settings(bootstrap, tmp, f"{run}-full", partitions=args.partitions)
+            full = group_settings(bootstrap, tmp, f"{run}-full", partitions=args.partitions)
         bus = await pipeline_throughput(full, tmp, backlog, args, broker_pid=broker.pid)
         shape = "ingest and correlate in two workers" if args.split else f"{args.workers} worker(s)"
         ratios = ", ".join(f"{bus.eps / r.eps:.2f} of {n} raw process(es)"
@@ -330,7 +330,7 @@ if __name__ == "__main__":
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--rate", type=float, default=50.0, help="certificate requests per second")
     p.add_argument("--events", type=int, default=50_000)
-    p.add_argument("--engine", default="noida", choices=["noida", "tansu"])
+    p.add_argument("--engine", default="kafka", choices=LOCAL_ENGINES)
     p.add_argument("--split", action="store_true", help="ingest and correlate in two workers")
     p.add_argument(
         "--workers",

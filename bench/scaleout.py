@@ -1,12 +1,12 @@
-"""Scale-out on the embedded Tansu broker: throughput with 1, 2, 3 workers, and hand-over.
+"""Scale-out: throughput with 1, 2, 3 workers, and hand-over, on Apache Kafka (``--engine``).
 
     python -m bench.scaleout --workers 1 2 3          # throughput, median of --rounds
     python -m bench.scaleout --handover 5             # 5 rounds: a worker stopped (SIGTERM)
     python -m bench.scaleout --handover 5 --action kill    # ... killed (SIGKILL) instead
     python -m bench.scaleout --handover 5 --action pause   # ... frozen past its session
 
-Tansu, because it is the embedded broker whose consumer groups survive members leaving and
-dying (docs/broker.md). Workers run with the Tansu settings of docs/broker.md: session 6 s,
+Apache Kafka by default; of the embedded brokers only Tansu's consumer groups survive members
+leaving and dying (docs/broker.md). Workers run with the settings of docs/broker.md: session 6 s,
 heartbeat 1 s, rebalance 10 s, no recovery consistency check, and the product's producer
 batches (``--batches single``: one record per batch, what docs/broker.md prescribed before the
 stores read whole batches; it costs the pipeline three quarters of its throughput).
@@ -23,7 +23,7 @@ shared.
 **Hand-over.** Two workers; registrations, penalties and compliance-certificate requests are
 published at a steady rate; mid-stream one worker is stopped (or killed), then started again
 so that it joins under load, then the other is stopped (``--cycles``). Afterwards everything
-is read back, counting records (Tansu's end offsets are wrong) and comparing ids:
+is read back, counting records and comparing ids:
 ``Handover`` says what was lost, skipped or done twice.
 """
 
@@ -52,8 +52,8 @@ from bench.pipeline import correlate_done, raw_throughput
 from bus.agents.correlate import derived_id
 from bus.agents.stores import PartedStore
 from bus.app import load_signer
-from bus.brokers import EmbeddedBroker
 from bus.codec import EventCodec
+from bus.kafka_local import LOCAL_ENGINES, local_broker
 from bus.processes import WorkerProcess
 from bus.record import EnterpriseRecord, apply_part
 from bus.samples import enterprise, penalty, registered
@@ -71,13 +71,13 @@ _LINE = re.compile(
 )
 
 
-# ---- workers on Tansu --------------------------------------------------------------------
+# ---- workers of one group ---------------------------------------------------------------
 
 
-def tansu_settings(
+def group_settings(
     bootstrap: str, tmp: Path, run: str, *, partitions: int = 6, batched: bool = True
 ) -> Settings:
-    """Settings for workers on Tansu (docs/broker.md), with one signing key for all of them.
+    """Settings for workers of one group (docs/broker.md), with one signing key for all of them.
 
     Workers of one bus share the key file as they would in production; each has its own data
     dir. ``batched=False``: single-record producer batches instead of the product's.
@@ -206,7 +206,7 @@ async def pipeline(
 ) -> tuple[float, dict[str, float]]:
     """Events/s of ingest + correlate with ``n`` workers, and the CPU share of each process."""
     run = f"s{n}x{time.time_ns()}"
-    s = tansu_settings(
+    s = group_settings(
         bootstrap, tmp, run, partitions=args.partitions, batched=args.batches != "single"
     )
     await create_topics(s)
@@ -235,7 +235,7 @@ async def pipeline(
 async def throughput(args: argparse.Namespace) -> None:
     """Raw limit, then 1..N workers, ``--rounds`` times; medians and ratios at the end."""
     tmp = Path(tempfile.mkdtemp(prefix="bus-scaleout-"))
-    broker = EmbeddedBroker("tansu", data_dir=tmp / "broker")
+    broker = local_broker(args.engine, data_dir=tmp / "broker")
     broker.start()
     assert broker.pid is not None
     backlog = encode(args.events, 1)
@@ -243,7 +243,7 @@ async def throughput(args: argparse.Namespace) -> None:
     eps: dict[int, list[float]] = {n: [] for n in args.workers}
     cpus: dict[int, list[dict[str, float]]] = {n: [] for n in args.workers}
     try:
-        print(f"{args.events} penalties, {args.partitions} partitions, tansu, "
+        print(f"{args.events} penalties, {args.partitions} partitions, {args.engine}, "
               f"{args.batches or 'product'} batches; {load()}")  # fmt: skip
         for r in range(1, args.rounds + 1):
             measured = await raw_throughput(broker.bootstrap, tmp, backlog, args.partitions, 1)
@@ -629,7 +629,7 @@ async def handover(
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {ACTIONS}, not {action!r}")
     run = f"h{time.time_ns()}"
-    s = tansu_settings(bootstrap, tmp, run, batched=batched)
+    s = group_settings(bootstrap, tmp, run, batched=batched)
     if settings:
         s = s.model_copy(update=settings)
     await create_topics(s)
@@ -681,9 +681,9 @@ async def handover(
 
 
 async def handovers(args: argparse.Namespace) -> None:
-    """``--handover`` rounds on one Tansu; each line says what was lost or doubled."""
+    """``--handover`` rounds on one broker; each line says what was lost or doubled."""
     tmp = Path(tempfile.mkdtemp(prefix="bus-handover-"))
-    broker = EmbeddedBroker("tansu", data_dir=tmp / "broker")
+    broker = local_broker(args.engine, data_dir=tmp / "broker")
     broker.start()
     results = []
     try:
@@ -711,6 +711,7 @@ async def handovers(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--engine", default="kafka", choices=LOCAL_ENGINES, help="local broker")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--events", type=int, default=20_000, help="penalties per throughput run")
     p.add_argument("--rounds", type=int, default=3, help="throughput rounds; medians reported")

@@ -221,10 +221,15 @@ class KafkaCluster:
             p.poll() is None for p in self._procs.values()
         )
 
-    def pid(self, node: int) -> int | None:
+    def node_pid(self, node: int) -> int | None:
         """Process id of one node's JVM."""
         proc = self._procs.get(node)
         return proc.pid if proc is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        """The first node's JVM: the whole broker of a one-node cluster (CPU sampling)."""
+        return self.node_pid(1)
 
     # ---- configuration ------------------------------------------------------------------------
 

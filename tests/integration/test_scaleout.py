@@ -23,11 +23,11 @@ from bench.scaleout import (
     AGENTS,
     Reader,
     agent_topics,
+    group_settings,
     handover,
     owned,
     start_all,
     stop_all,
-    tansu_settings,
     wait_split,
     workers,
 )
@@ -116,7 +116,7 @@ def assert_split(settings: Settings, logs: list[str], n: int) -> None:
 
 def test_two_then_three_workers_split_the_partitions(group_broker: str, tmp_path: Path) -> None:
     """Two workers split both groups; a third joins and each gets a third; all three work."""
-    s = tansu_settings(group_broker, tmp_path, "split")
+    s = group_settings(group_broker, tmp_path, "split")
     asyncio.run(create_topics(s))
     procs = workers(s, 3, tmp_path)
 
@@ -241,7 +241,7 @@ async def test_no_batch_is_handled_before_its_partitions_state_is_restored(
     group_broker: str, tmp_path: Path
 ) -> None:
     """The runtime's own guarantee, without the timing luck an end-to-end run depends on."""
-    s = tansu_settings(group_broker, tmp_path, "restore")
+    s = group_settings(group_broker, tmp_path, "restore")
     await create_topics(s)
     await publish(s, penalties(300, seed=32))
     agent = Recorder(
