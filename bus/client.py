@@ -186,8 +186,8 @@ async def read_topic(
 ) -> AsyncGenerator[Record, None]:
     """Read a topic from the beginning until it has been quiet for ``idle`` seconds.
 
-    Stops early after ``until`` records. Counts records rather than trusting end offsets,
-    which some Kafka-compatible brokers report wrongly (see docs/broker.md).
+    Stops early after ``until`` records. Waiting for quiet rather than for the end offsets
+    lets a caller collect what a worker is still producing.
     """
     consumer = AIOKafkaConsumer(
         **settings.kafka(),

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         default=None, description="Unset: SASL_PLAINTEXT when a SASL user is set, else PLAINTEXT"
     )
 
-    # Faust settings that tests and the demo tune for the embedded brokers (docs/broker.md).
+    # Faust and client tuning; tests shorten the group timeouts (docs/broker.md).
     producer_max_batch_size: int = Field(default=900 * 1024, description="Bytes per record batch")
     producer_linger_ms: int = 5
     recovery_consistency_check: bool = True

@@ -58,8 +58,6 @@ async def read_changelog(
         ends = await consumer.end_offsets(tps)
         todo = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
         while todo:
-            # No max_records: a broker that under-reports end offsets (docs/broker.md) could
-            # otherwise stop the read inside the last record batch and lose its tail.
             batches = await consumer.getmany(*todo, timeout_ms=500)
             for records in batches.values():
                 for r in records:

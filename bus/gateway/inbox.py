@@ -178,8 +178,7 @@ class Inboxes:
                 for r in records:
                     self._add(inbox, r)
                 inbox.position = records[-1].offset + 1
-            # Some brokers under-report end offsets (docs/broker.md): reaching at least the
-            # reported end is what counts.
+            # Caught up once every inbox reached the end it had at start-up.
             if not self.caught_up.is_set() and all(
                 self._inboxes[self._topics[tp.topic]].position >= n for tp, n in ends.items()
             ):

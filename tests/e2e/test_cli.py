@@ -30,8 +30,10 @@ pytestmark = pytest.mark.e2e
 
 
 def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    env = {**os.environ, "COLUMNS": "200", **(settings_env(settings) if settings else {})}
+        timeout: float = 120, env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    env = {**os.environ, "COLUMNS": "200", **(settings_env(settings) if settings else {}),
+           **(env or {})}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "bus.cli", *args],
         env=env, input=stdin, capture_output=True, text=True, timeout=timeout,
@@ -190,8 +192,8 @@ def test_schemas_check_passes_on_the_shipped_contract() -> None:
     assert "agree" in result.stdout
 
 
-def test_demo_plays_the_scenarios_and_exits_zero() -> None:
-    result = bus("demo", timeout=180)
+def test_demo_plays_the_scenarios_and_exits_zero(postgres_dsn: str) -> None:
+    result = bus("demo", timeout=180, env={"BUS_DEMO_POSTGRES": postgres_dsn})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "all events ended where they should" in out
@@ -200,7 +202,7 @@ def test_demo_plays_the_scenarios_and_exits_zero() -> None:
         assert reason in out
     assert "events.penalty" in out
     assert "events.enterprise" in out
-    # The department edge: gateway, outbox (PostgreSQL is on this machine) and webhook.
+    # The department edge: gateway, outbox (the session's PostgreSQL) and webhook.
     assert "Departments without Kafka" in out
     assert "accepted_for_processing" in out
     assert "accepted on the canonical" in out
