@@ -92,8 +92,7 @@ class WorkerRangeAssignor(RangePartitionAssignor):
     (``bus.codec.Recent``) and every event would cross between workers. Here each member
     names its worker in the group's member metadata (the protocol's user data) and members
     are ordered by that first: with the same workers in both groups, a worker gets the same
-    partition numbers of ingress and of every canonical topic. Offered before the plain
-    range assignor, which a group of mixed versions falls back to.
+    partition numbers of ingress and of every canonical topic.
     """
 
     name = "bus-range"
@@ -214,8 +213,11 @@ class BatchAgent(Service):
             rebalance_timeout_ms=int(s.rebalance_timeout * 1000),
             # Range assignment gives a member the same partition numbers of every topic with
             # the same partition count: state keyed by subject stays with its events; ordered
-            # by worker, the same numbers in the ingest and the correlate group.
-            partition_assignment_strategy=(WorkerRangeAssignor, RangePartitionAssignor),
+            # by worker, the same numbers in the ingest and the correlate group. One assignor
+            # only: aiokafka 0.14 sends a JoinGroup per assignor offered (aio-libs/aiokafka
+            # PR #1168), and on Kafka two members doing so re-trigger each other's rebalance
+            # without end (seen starting two workers at once).
+            partition_assignment_strategy=(WorkerRangeAssignor,),
         )
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         await self._consumer.start()
