@@ -30,7 +30,13 @@ from bus.certificates import SignedCertificate, Verifier
 from bus.client import BusClient, read_topic
 from bus.codec import EventCodec
 from bus.departments import Directory
-from bus.errors import BusError, ConfigurationError, SchemaError, ValidationFailed
+from bus.errors import (
+    AuthorisationError,
+    BusError,
+    ConfigurationError,
+    SchemaError,
+    ValidationFailed,
+)
 from bus.gateway.inbox import TASK_STATES, Inboxes
 from bus.gateway.keys import authenticate, keys_path
 from bus.metrics import GatewayMetrics
@@ -239,6 +245,10 @@ def _check(state: _State, department: str, obj: Any) -> Envelope:
         state.directory.authorise(department, event.event_type)
     except BusError as exc:
         raise GatewayError(403, exc.reason, exc.message, field="event_type") from None
+    try:
+        state.directory.policy.check(event)
+    except AuthorisationError as exc:
+        raise GatewayError(403, exc.reason, exc.message, field=exc.field) from None
     size = len(state.codec.encode(event))
     if size > state.settings.max_event_bytes:
         raise GatewayError(
@@ -350,7 +360,7 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
     state = _State(
         settings=settings,
         codec=EventCodec(),
-        directory=Directory.load(settings.departments_file),
+        directory=Directory.load(settings.departments_file, settings.policy_file),
         keys=keys_path(settings.data_dir),
         metrics=metrics or GatewayMetrics(),
     )

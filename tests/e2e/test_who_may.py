@@ -1,0 +1,158 @@
+"""Who may do what, as an attacker tries it: a bureau acts only on its own decisions.
+
+A real gateway and worker on the real broker. The headline hole: bureau Z revokes bureau H's
+penalty and the enterprise gets a clean compliance certificate. Also: a penalty imposed in
+another bureau's name, an event written straight to Kafka as the bus itself, and a key for
+the bus's identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus.client import BusClient, Record
+from bus.codec import EventCodec
+from bus.processes import WorkerProcess, settings_env
+from bus.samples import enterprise, penalty, registered
+from bus.schemas.envelope import Envelope
+from bus.schemas.events import model_for
+from tests.e2e.conftest import Gateway
+from tests.e2e.test_gateway import read
+from tests.unit.eventdata import build
+
+pytestmark = pytest.mark.e2e
+codec = EventCodec()
+Z = "ks.enforcement.zhoushi"
+
+
+def body(event: Envelope, **payload: Any) -> dict[str, Any]:
+    """The JSON a department system sends, payload fields changed."""
+    data = json.loads(codec.to_json(event))
+    data["payload"].update(payload)
+    return data
+
+
+def act(event_type: str, fine: Envelope, source: str, **payload: Any) -> Envelope:
+    return model_for(event_type)(
+        event_type=event_type, source=source, subject=fine.subject,
+        payload={"case_number": fine.payload.case_number, **payload},
+    )  # fmt: skip
+
+
+def wait_records(gateway: Gateway, topic: str, done: Any, seconds: float = 60) -> list[Record]:
+    """Records of ``topic`` once ``done(records)`` holds (the worker is asynchronous)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        records = read(gateway.settings, topic, idle=0.5)
+        if done(records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.3)
+
+
+def test_a_bureau_cannot_launder_another_bureaus_penalty(gateway: Gateway, tmp_path: Path) -> None:
+    rng = random.Random(81)
+    firm = enterprise(rng)
+    fine = penalty(firm, rng, decided_on=date(2026, 4, 1))
+    h = fine.source
+    revoke = act("penalty.revoked", fine, Z, reason="撤销", revoked_on=date(2026, 5, 1))
+    again = act("penalty.revoked", fine, Z, reason="撤销", revoked_on=date(2026, 5, 2))
+    repair = act("penalty.repaired", fine, Z, repaired_on=date(2026, 6, 1),
+                 decision_number="昆信修复〔2026〕1号")  # fmt: skip
+    request = model_for("certificate.requested")(
+        event_type="certificate.requested", source="ks.finance", subject=firm.uscc,
+        payload={"period_start": date(2026, 1, 1), "period_end": date(2026, 12, 31),
+                 "purpose": "ipo", "requested_by": "ks.finance", "applicant": "张伟"},
+    )  # fmt: skip
+    z = gateway.key(Z)
+    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
+        post = gateway.http.post
+        amr = gateway.key("ks.amr")
+        assert post("/v1/events", json=body(registered(firm, rng)), headers=amr).status_code == 202
+        assert post("/v1/events", json=body(fine), headers=gateway.key(h)).status_code == 202
+        # In another's name: refused at the door, the field named.
+        forged = post("/v1/events", json=body(penalty(firm, rng, n=2), agency=h) | {"source": Z},
+                      headers=z)  # fmt: skip
+        assert forged.status_code == 403, forged.text
+        assert (forged.json()["error"], forged.json()["field"]) == (
+            "auth.bound_field", "payload.agency"
+        )  # fmt: skip
+        # On H's decision: the gateway cannot know whose it is; the worker does.
+        assert post("/v1/events", json=body(revoke), headers=z).status_code == 202
+        assert post("/v1/events", json=body(repair), headers=z).status_code == 403  # directory
+        asyncio.run(_publish(gateway, [again, repair]))  # straight to Kafka, as a producer could
+        dead = wait_records(gateway, "deadletter", lambda rs: len(rs) >= 3)
+        finance = gateway.key("ks.finance")
+        assert post("/v1/events", json=body(request), headers=finance).status_code == 202
+        tasks = wait_records(gateway, "events.task", lambda rs: any(
+            r.headers["event_type"] == "task.created"
+            and codec.decode(r.value or b"").payload.matter == "compliance-certificate"
+            for r in rs))  # fmt: skip
+        certificates = read(gateway.settings, "events.certificate", idle=1)
+        penalties = read(gateway.settings, "events.penalty", idle=0.5)
+    refused = {r.headers["event_id"]: r.headers for r in dead}
+    assert refused[str(repair.event_id)]["bus.reason"] == "auth.event_type"
+    for event in (revoke, again):
+        headers = refused[str(event.event_id)]
+        assert headers["bus.reason"] == "auth.not_owner"
+        assert headers["bus.field"] == "payload.case_number"
+        assert f"belongs to {h}" in headers["bus.error"]
+    assert {r.headers["event_id"] for r in penalties} == {str(fine.event_id)}  # nothing forged
+    assert not [r for r in certificates if r.headers["event_type"] == "certificate.issued"]
+    review = [codec.decode(r.value or b"").payload for r in tasks
+              if r.headers["event_type"] == "task.created"]  # fmt: skip
+    assert [t.assignee for t in review if t.matter == "compliance-certificate"] == [h]
+
+
+def test_the_owner_revokes_and_the_credit_office_repairs(gateway: Gateway, tmp_path: Path) -> None:
+    rng = random.Random(82)
+    firm = enterprise(rng)
+    fine, other = penalty(firm, rng, n=1), penalty(firm, rng, n=2)
+    revoke = act("penalty.revoked", fine, fine.source, reason="复议撤销", revoked_on=date.today())
+    repair = act("penalty.repaired", other, "ks.credit", repaired_on=date.today(),
+                 decision_number="昆信修复〔2026〕2号")  # fmt: skip
+    early = act("penalty.revoked", penalty(firm, rng, n=3), fine.source, reason="撤销",
+                revoked_on=date.today())  # fmt: skip
+    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
+        asyncio.run(_publish(gateway, [fine, other, revoke, repair, early]))
+        accepted = wait_records(gateway, "events.penalty", lambda rs: len(rs) >= 4)
+        dead = wait_records(gateway, "deadletter", lambda rs: len(rs) >= 1)
+    assert {r.headers["event_id"] for r in accepted} == {
+        str(e.event_id) for e in (fine, other, revoke, repair)
+    }
+    [unknown] = dead
+    assert unknown.headers["event_id"] == str(early.event_id)
+    assert unknown.headers["bus.reason"] == "auth.unknown_decision"
+
+
+def test_nobody_speaks_as_the_bus(gateway: Gateway, tmp_path: Path) -> None:
+    forged = build("certificate.issued", subject=enterprise(random.Random(83)).uscc)
+    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
+        asyncio.run(_publish(gateway, [forged]))
+        dead = wait_records(gateway, "deadletter", lambda rs: len(rs) >= 1)
+        certificates = read(gateway.settings, "events.certificate", idle=0.5)
+    assert [r.headers["bus.reason"] for r in dead] == ["auth.reserved_source"]
+    assert certificates == []
+    env = {**settings_env(gateway.settings), "COLUMNS": "200"}
+    issued = subprocess.run(
+        [sys.executable, "-m", "bus.cli", "gateway", "keys", "issue", "ks.bus"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert issued.returncode != 0
+    assert "reserved" in issued.stderr
+
+
+async def _publish(gateway: Gateway, events: list[Envelope]) -> None:
+    async with BusClient(gateway.settings) as client:
+        await client.publish_many(events)
