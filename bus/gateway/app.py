@@ -8,7 +8,6 @@ dead letters, so an integrator sees one vocabulary. It does not de-duplicate or 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
@@ -26,8 +25,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from bus.brokers import wait_for_broker
-from bus.certificates import SignedCertificate, Verifier
-from bus.client import BusClient, read_topic
+from bus.certificates import Verifier
+from bus.client import BusClient
 from bus.codec import EventCodec
 from bus.departments import Directory
 from bus.errors import (
@@ -37,6 +36,7 @@ from bus.errors import (
     SchemaError,
     ValidationFailed,
 )
+from bus.gateway.certificates import CertificateIndex
 from bus.gateway.inbox import TASK_STATES, Inboxes
 from bus.gateway.keys import authenticate, keys_path
 from bus.metrics import GatewayMetrics
@@ -163,6 +163,7 @@ class _State:
     metrics: GatewayMetrics
     client: BusClient | None = None
     inboxes: Inboxes | None = None
+    certificates: CertificateIndex | None = None
     recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
 
@@ -368,12 +369,13 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         inboxes = Inboxes(settings, state.directory.departments)
-        async with BusClient(settings, state.codec) as client, inboxes:
-            state.client, state.inboxes = client, inboxes
+        certificates = CertificateIndex(settings, state.codec, settings.data_dir / "keys")
+        async with BusClient(settings, state.codec) as client, inboxes, certificates:
+            state.client, state.inboxes, state.certificates = client, inboxes, certificates
             try:
                 yield
             finally:
-                state.client, state.inboxes = None, None
+                state.client, state.inboxes, state.certificates = None, None, None
 
     app = FastAPI(
         title="Collaboration bus gateway",
@@ -469,18 +471,17 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
     )
     async def get_certificate(serial: str, department: Department) -> JSONResponse:
         """The signed document, to hand to whoever needs it (they can verify it offline)."""
-        if not 8 <= len(serial) <= 64:
+        if not 8 <= len(serial) <= 64 or state.certificates is None:
             raise GatewayError(404, "certificate.not_found", f"no certificate {serial!r}")
-        topic = settings.topic("events.certificate")
-        async with contextlib.aclosing(read_topic(settings, topic, idle=0.5)) as records:
-            async for r in records:
-                if r.headers.get("event_type") != "certificate.issued" or not r.value:
-                    continue
-                event = state.codec.decode(r.value)
-                if event.payload.serial == serial:
-                    cert = SignedCertificate.from_payload(event.payload, uscc=event.subject)
-                    return JSONResponse(cert.model_dump(mode="json"))
-        raise GatewayError(404, "certificate.not_found", f"no certificate {serial!r}")
+        try:
+            cert = await state.certificates.get(serial)
+        except TimeoutError:
+            raise GatewayError(
+                503, "broker.unavailable", "the certificate index is not ready; try again"
+            ) from None
+        if cert is None:  # never issued, or its signature does not verify
+            raise GatewayError(404, "certificate.not_found", f"no certificate {serial!r}")
+        return JSONResponse(cert.model_dump(mode="json"))
 
     @app.post(
         "/v1/certificates/verify",

@@ -136,21 +136,52 @@ def test_the_owner_revokes_and_the_credit_office_repairs(gateway: Gateway, tmp_p
 
 
 def test_nobody_speaks_as_the_bus(gateway: Gateway, tmp_path: Path) -> None:
-    forged = build("certificate.issued", subject=enterprise(random.Random(83)).uscc)
-    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
-        asyncio.run(_publish(gateway, [forged]))
-        dead = wait_records(gateway, "deadletter", lambda rs: len(rs) >= 1)
-        certificates = read(gateway.settings, "events.certificate", idle=0.5)
-    assert [r.headers["bus.reason"] for r in dead] == ["auth.reserved_source"]
-    assert certificates == []
-    env = {**settings_env(gateway.settings), "COLUMNS": "200"}
-    issued = subprocess.run(
-        [sys.executable, "-m", "bus.cli", "gateway", "keys", "issue", "ks.bus"],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
-        check=False,
+    rng = random.Random(83)
+    firm = enterprise(rng)
+    forged = build("certificate.issued", subject=firm.uscc)
+    request = model_for("certificate.requested")(
+        event_type="certificate.requested", source="ks.finance", subject=firm.uscc,
+        payload={"period_start": date(2026, 1, 1), "period_end": date(2026, 12, 31),
+                 "purpose": "ipo", "requested_by": "ks.finance", "applicant": "张伟"},
     )  # fmt: skip
+    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
+        asyncio.run(_publish(gateway, [forged, registered(firm, rng), request]))
+        dead = wait_records(gateway, "deadletter", lambda rs: len(rs) >= 1)
+        certificates = wait_records(gateway, "events.certificate", lambda rs: any(
+            r.headers["event_type"] == "certificate.issued" for r in rs))  # fmt: skip
+    [genuine] = [r for r in certificates if r.headers["event_type"] == "certificate.issued"]
+    assert [r.headers["bus.reason"] for r in dead] == ["auth.reserved_source"]
+    # A forgery written past ingest, straight onto the canonical topic: never served or listed.
+    real = codec.decode(genuine.value or b"")
+    fake_payload = real.payload.model_copy(update={"serial": "KS-2026-FORGED000001"})
+    fake = real.model_copy(update={"payload": fake_payload, "event_id": forged.event_id})
+    asyncio.run(_send(gateway, gateway.settings.topic("events.certificate"), fake))
+    finance = gateway.key("ks.finance")
+    got = gateway.http.get(f"/v1/certificates/{real.payload.serial}", headers=finance)
+    assert got.status_code == 200, got.text
+    missing = gateway.http.get("/v1/certificates/KS-2026-FORGED000001", headers=finance)
+    assert missing.status_code == 404, missing.text
+    listed = _bus(gateway, "certificate", "list")
+    assert real.payload.serial in listed.stdout
+    assert "FORGED" not in listed.stdout
+    assert "1 certificate.issued on the topic do not verify" in listed.stderr
+    issued = _bus(gateway, "gateway", "keys", "issue", "ks.bus")
     assert issued.returncode != 0
     assert "reserved" in issued.stderr
+
+
+def _bus(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings_env(gateway.settings), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "bus.cli", *args],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+async def _send(gateway: Gateway, topic: str, event: Envelope) -> None:
+    async with BusClient(gateway.settings) as client:
+        await client.send_raw(topic, event.subject.encode(), codec.encode(event),
+                              event.kafka_headers())  # fmt: skip
 
 
 async def _publish(gateway: Gateway, events: list[Envelope]) -> None:
