@@ -278,20 +278,23 @@ async def _issued(s: Settings) -> tuple[list[Any], int]:
     from bus.client import read_topic
     from bus.codec import EventCodec
 
-    verifier = Verifier.from_paths([s.data_dir / "keys"])
     codec = EventCodec()
-    good, refused = [], 0
-    async for r in read_topic(s, s.topic("events.certificate"), idle=1.0):
-        if r.headers.get("event_type") != "certificate.issued":
-            continue
-        event = codec.decode(r.value or b"")
+    issued = [
+        codec.decode(r.value or b"")
+        async for r in read_topic(s, s.topic("events.certificate"), idle=1.0)
+        if r.headers.get("event_type") == "certificate.issued"
+    ]
+    if not issued:
+        return [], 0
+    verifier = Verifier.from_paths([s.data_dir / "keys"])
+    good = []
+    for event in issued:
         try:
             verifier.verify(SignedCertificate.from_payload(event.payload, uscc=event.subject))
         except (BusError, ValueError):
-            refused += 1
             continue
         good.append(event)
-    return good, refused
+    return good, len(issued) - len(good)
 
 
 def _verified(s: Settings) -> list[Any]:
@@ -378,7 +381,7 @@ def trace(
     broker: BrokerOpt = None,
 ) -> None:
     """Show a case, or everything about an enterprise, across departments, in order."""
-    from bus.trace import elapsed
+    from bus.trace import elapsed, participants
     from bus.trace import trace as run_trace
 
     s = _settings(broker)
@@ -388,12 +391,19 @@ def trace(
         raise _fail(BusError(f"nothing on the canonical topics for {key}"), hint)
     t = Table("time (UTC)", "after the previous", "event", "department", "what",
               title=f"trace {key}")  # fmt: skip
+    cases: dict[str, list[Any]] = {}
+    for step in steps:
+        cases.setdefault(step.correlation_id, []).append(step)
+    parties = {case: participants(group) for case, group in cases.items()}
     previous = None
     for step in steps:  # how long each step took: milliseconds in the bus, days in an office
         after = elapsed((step.at - previous).total_seconds()) if previous else "first"
         previous = step.at
+        who = step.source
+        if who not in parties[step.correlation_id]:  # wrote into a case it has no role in
+            who += " (not a participant)"
         t.add_row(f"{step.at:%Y-%m-%d %H:%M:%S.%f}"[:-3], after, step.event_type,
-                  step.source, step.summary)  # fmt: skip
+                  who, step.summary)  # fmt: skip
     console.print(t)
     console.print(f"{len(steps)} events, {len({s.source for s in steps})} departments")
 

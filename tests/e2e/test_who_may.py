@@ -170,6 +170,28 @@ def test_nobody_speaks_as_the_bus(gateway: Gateway, tmp_path: Path) -> None:
     assert "reserved" in issued.stderr
 
 
+def test_writing_into_another_case_does_not_join_it(gateway: Gateway, tmp_path: Path) -> None:
+    rng = random.Random(84)
+    firm, other = enterprise(rng), enterprise(rng)
+    reg = registered(firm, rng)
+    case = str(reg.correlation_id)
+    intruder = penalty(other, rng).model_copy(update={"correlation_id": reg.correlation_id})
+    tax = gateway.key("ks.tax")
+    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
+        asyncio.run(_publish(gateway, [reg]))
+        wait_records(gateway, "events.task", lambda rs: len(rs) >= 4)
+        z = gateway.key(intruder.source)
+        assert gateway.http.post("/v1/events", json=body(intruder), headers=z).status_code == 202
+        wait_records(gateway, "events.penalty", lambda rs: len(rs) >= 1)
+        seen = gateway.http.get(f"/v1/cases/{case}", headers=tax)
+        stolen = gateway.http.get(f"/v1/cases/{case}", headers=z)
+        traced = _bus(gateway, "trace", case)
+    assert seen.status_code == 200, seen.text
+    assert "penalty.imposed" not in [s["event_type"] for s in seen.json()["steps"]]
+    assert (stolen.status_code, stolen.json()["error"]) == (404, "case.not_found")
+    assert f"{intruder.source} (not a participant)" in traced.stdout, traced.stdout
+
+
 def _bus(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings_env(gateway.settings), "COLUMNS": "200"}
     return subprocess.run(
