@@ -214,6 +214,9 @@ def publish(
     for r in results:
         if r.accepted:
             verdict = f"[green]accepted[/] → {r.topic}"
+        elif r.reason and r.stage not in (None, "ingest"):  # accepted, then refused
+            bad += 1
+            verdict = f"[red]refused[/] by the {r.stage} agent: {r.reason}: {r.error}"
         elif r.reason:
             bad += 1
             verdict = f"[red]rejected[/] {r.reason}: {r.error}"
@@ -402,8 +405,9 @@ def trace(
         who = step.source
         if who not in parties[step.correlation_id]:  # wrote into a case it has no role in
             who += " (not a participant)"
+        what = f"REFUSED {step.refused}; {step.summary}" if step.refused else step.summary
         t.add_row(f"{step.at:%Y-%m-%d %H:%M:%S.%f}"[:-3], after, step.event_type,
-                  who, step.summary)  # fmt: skip
+                  who, what)  # fmt: skip
     console.print(t)
     console.print(f"{len(steps)} events, {len({s.source for s in steps})} departments")
 

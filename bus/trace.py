@@ -8,7 +8,7 @@ did what, and how long did each step take" without a developer.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from bus.client import read_topic
@@ -35,6 +35,7 @@ class Step:
     summary: str
     causation_id: str = ""
     named: tuple[str, ...] = ()  # departments the event names in a role
+    refused: str = ""  # the reason an agent refused it after ingest accepted it
 
 
 def participants(steps: list[Step]) -> set[str]:
@@ -92,8 +93,20 @@ async def trace(settings: Settings, key: str, max_seconds: float = 60.0) -> list
                               named))  # fmt: skip
         return steps
 
-    found = await asyncio.gather(*(one(t) for t in topics))
+    async def refusals() -> dict[str, str]:
+        """Event ids an agent refused after acceptance (a wrong answer to a task), and why."""
+        out = {}
+        topic = settings.topic("deadletter")
+        async for r in read_topic(settings, topic, idle=0.5, max_seconds=max_seconds):
+            if r.headers.get("bus.stage", "ingest") != "ingest" and "event_id" in r.headers:
+                out[r.headers["event_id"]] = r.headers.get("bus.reason", "?")
+        return out
+
+    found, refused = await asyncio.gather(asyncio.gather(*(one(t) for t in topics)), refusals())
     unique = {s.event_id: s for steps in found for s in steps}  # at-least-once copies once
+    for event_id, reason in refused.items():
+        if event_id in unique:
+            unique[event_id] = replace(unique[event_id], refused=reason)
     return sorted(unique.values(), key=lambda s: (s.at, s.event_id))
 
 

@@ -658,7 +658,7 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
             steps=[
                 {"at": s.at.isoformat(), "after_ms": round((s.at - t0).total_seconds() * 1000),
                  "event_type": s.event_type, "source": s.source, "subject": s.subject,
-                 "event_id": s.event_id, "summary": s.summary}
+                 "event_id": s.event_id, "summary": s.summary, "refused": s.refused or None}
                 for s in steps
             ],
         )  # fmt: skip

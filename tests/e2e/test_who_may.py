@@ -209,3 +209,39 @@ async def _send(gateway: Gateway, topic: str, event: Envelope) -> None:
 async def _publish(gateway: Gateway, events: list[Envelope]) -> None:
     async with BusClient(gateway.settings) as client:
         await client.publish_many(events)
+
+
+def test_a_refused_answer_is_reported_as_refused_not_accepted(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    rng = random.Random(85)
+    firm = enterprise(rng)
+    reg = registered(firm, rng)
+    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
+        asyncio.run(_publish(gateway, [reg]))
+        tasks = wait_records(gateway, "events.task", lambda rs: len(rs) >= 4)
+        created = [codec.decode(r.value or b"") for r in tasks]
+        hrss_task = next(t for t in created if t.payload.assignee == "ks.hrss")
+
+        def answer(source: str) -> Envelope:
+            return model_for("task.completed")(
+                event_type="task.completed", source=source, subject=firm.uscc,
+                correlation_id=hrss_task.correlation_id, causation_id=hrss_task.event_id,
+                payload={"task_id": hrss_task.payload.task_id, "outcome": "registered"},
+            )  # fmt: skip
+
+        wrong, right, again = answer("ks.tax"), answer("ks.hrss"), answer("ks.hrss")
+        (tmp_path / "answers.jsonl").write_text(
+            "".join(codec.to_json(e) + "\n" for e in (wrong, right))
+        )
+        published = _bus(gateway, "publish", str(tmp_path / "answers.jsonl"), "--wait", "60")
+        (tmp_path / "again.jsonl").write_text(codec.to_json(again) + "\n")
+        closed = _bus(gateway, "publish", str(tmp_path / "again.jsonl"), "--wait", "60")
+        traced = _bus(gateway, "trace", str(reg.correlation_id))
+    assert published.returncode == 1, published.stdout
+    assert "refused by the correlate agent: task.not_assignee" in published.stdout
+    assert "2 published, 1 accepted" in published.stdout
+    assert closed.returncode == 1, closed.stdout
+    assert "task.closed" in closed.stdout
+    assert "REFUSED task.not_assignee" in traced.stdout
+    assert "REFUSED task.closed" in traced.stdout
