@@ -128,3 +128,11 @@ def test_three_nodes_need_the_kafka_engine(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "--nodes 3 needs the kafka engine" in result.stderr
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    from bus.kafka_local import _cluster_id
+
+    ids = [_cluster_id() for _ in range(5000)]  # about 78 would start with '-' otherwise
+    assert all(len(i) == 22 for i in ids)
+    assert not [i for i in ids if i.startswith("-")]
