@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     ctx = Context(
         settings,
         EventCodec(),
-        Directory.load(settings.departments_file),
+        Directory.load(settings.departments_file, settings.policy_file),
         recent=Recent(RECENT_EVENTS if both else 0),
     )
     datadir = settings.data_dir / "worker" / settings.app_id

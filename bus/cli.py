@@ -26,7 +26,7 @@ from bus.cli_certificate import certificate_app
 from bus.cli_connect import connect
 from bus.cli_import import import_file
 from bus.cli_support import load_settings
-from bus.errors import BusError
+from bus.errors import BusError, ConfigurationError
 from bus.gateway.cli import gateway_app
 from bus.settings import Settings
 
@@ -214,6 +214,9 @@ def publish(
     for r in results:
         if r.accepted:
             verdict = f"[green]accepted[/] → {r.topic}"
+        elif r.reason and r.stage not in (None, "ingest"):  # accepted, then refused
+            bad += 1
+            verdict = f"[red]refused[/] by the {r.stage} agent: {r.reason}: {r.error}"
         elif r.reason:
             bad += 1
             verdict = f"[red]rejected[/] {r.reason}: {r.error}"
@@ -268,17 +271,44 @@ def deadletters(
     console.print(f"{len(rows)} dead letters shown")
 
 
-async def _issued(s: Settings) -> list[Any]:
-    """Every ``certificate.issued`` event on the canonical topic, oldest first."""
+async def _issued(s: Settings) -> tuple[list[Any], int]:
+    """Issued certificates whose signature verifies with the bus's keys, and how many did not.
+
+    Only what the bus signed is shown or exported: a ``certificate.issued`` that reached the
+    topic some other way is counted, never listed.
+    """
+    from bus.certificates import SignedCertificate, Verifier
     from bus.client import read_topic
     from bus.codec import EventCodec
 
     codec = EventCodec()
-    return [
+    issued = [
         codec.decode(r.value or b"")
         async for r in read_topic(s, s.topic("events.certificate"), idle=1.0)
         if r.headers.get("event_type") == "certificate.issued"
     ]
+    if not issued:
+        return [], 0
+    verifier = Verifier.from_paths([s.data_dir / "keys"])
+    good = []
+    for event in issued:
+        try:
+            verifier.verify(SignedCertificate.from_payload(event.payload, uscc=event.subject))
+        except (BusError, ValueError):
+            continue
+        good.append(event)
+    return good, len(issued) - len(good)
+
+
+def _verified(s: Settings) -> list[Any]:
+    try:
+        issued, refused = asyncio.run(_issued(s))
+    except ConfigurationError as exc:
+        raise _fail(exc, "The bus's public keys are in BUS_DATA_DIR/keys.") from None
+    if refused:
+        err.print(f"[yellow]{refused} certificate.issued on the topic do not verify with the "
+                  "bus's keys and are not shown[/]")  # fmt: skip
+    return issued
 
 
 @certificate_app.command("list")
@@ -286,10 +316,10 @@ def certificate_list(
     uscc: Annotated[str | None, typer.Option(help="Only this enterprise.")] = None,
     broker: BrokerOpt = None,
 ) -> None:
-    """List issued certificates: serial, enterprise, result, when."""
+    """List issued certificates whose signature verifies: serial, enterprise, result, when."""
     s = _settings(broker)
     t = Table("serial", "uscc", "enterprise", "result", "issued at")
-    for e in sorted(asyncio.run(_issued(s)), key=lambda e: e.payload.issued_at):
+    for e in sorted(_verified(s), key=lambda e: e.payload.issued_at):
         if uscc is None or e.subject == uscc:
             p = e.payload
             t.add_row(p.serial, e.subject, p.enterprise_name, str(p.result),
@@ -307,7 +337,7 @@ def certificate_export(
     from bus.certificates import SignedCertificate
 
     s = _settings(broker)
-    found = [e for e in asyncio.run(_issued(s)) if e.payload.serial == serial]
+    found = [e for e in _verified(s) if e.payload.serial == serial]
     if not found:
         raise _fail(BusError(f"no certificate with serial {serial}"), "`bus certificate list`")
     cert = SignedCertificate.from_payload(found[0].payload, uscc=found[0].subject)
@@ -354,7 +384,7 @@ def trace(
     broker: BrokerOpt = None,
 ) -> None:
     """Show a case, or everything about an enterprise, across departments, in order."""
-    from bus.trace import elapsed
+    from bus.trace import elapsed, participants
     from bus.trace import trace as run_trace
 
     s = _settings(broker)
@@ -364,12 +394,20 @@ def trace(
         raise _fail(BusError(f"nothing on the canonical topics for {key}"), hint)
     t = Table("time (UTC)", "after the previous", "event", "department", "what",
               title=f"trace {key}")  # fmt: skip
+    cases: dict[str, list[Any]] = {}
+    for step in steps:
+        cases.setdefault(step.correlation_id, []).append(step)
+    parties = {case: participants(group) for case, group in cases.items()}
     previous = None
     for step in steps:  # how long each step took: milliseconds in the bus, days in an office
         after = elapsed((step.at - previous).total_seconds()) if previous else "first"
         previous = step.at
+        who = step.source
+        if who not in parties[step.correlation_id]:  # wrote into a case it has no role in
+            who += " (not a participant)"
+        what = f"REFUSED {step.refused}; {step.summary}" if step.refused else step.summary
         t.add_row(f"{step.at:%Y-%m-%d %H:%M:%S.%f}"[:-3], after, step.event_type,
-                  step.source, step.summary)  # fmt: skip
+                  who, what)  # fmt: skip
     console.print(t)
     console.print(f"{len(steps)} events, {len({s.source for s in steps})} departments")
 

@@ -2,12 +2,13 @@
 
 Kept as data (``bus/data/departments.yaml``) so operators review changes like code. The
 ingest agent asks ``Directory.authorise`` for every event; a Kafka ACL or gateway credential
-proves *who* is publishing, this file says *what* they may publish.
+proves *who* is publishing, this file says *what* they may publish, and the policy beside it
+(``bus.policy``) on *which objects*.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from importlib import resources
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.errors import AuthorisationError, ConfigurationError
+from bus.policy import Policy
 from bus.schemas.events import EVENT_TYPES
 from bus.schemas.types import DepartmentCode
 
@@ -46,10 +48,11 @@ class Directory:
     """All departments by code, with a per-(source, type) answer cache for the hot path."""
 
     departments: dict[str, Department]
+    policy: Policy = field(default_factory=Policy)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> Directory:
-        """Read and validate a directory file (the shipped one by default)."""
+    def load(cls, path: Path | None = None, policy: Path | None = None) -> Directory:
+        """Read and validate a directory file and the policy beside it (shipped by default)."""
         source = path or Path(str(resources.files("bus") / "data" / "departments.yaml"))
         try:
             raw = yaml.safe_load(source.read_text(encoding="utf-8"))
@@ -71,7 +74,10 @@ class Directory:
                         "which matches no known event type"
                     )
             by_code[d.code] = d
-        return cls(by_code)
+        # An operator's policy must name this directory's codes; the shipped one names
+        # Kunshan's, which a directory of its own (a test's, another city's) may lack.
+        codes = frozenset(by_code) if policy is not None else None
+        return cls(by_code, Policy.load(policy, codes))
 
     def get(self, code: str) -> Department | None:
         """The department with this code, if listed."""

@@ -7,7 +7,7 @@
     │   ├── ValidationFailed        decoded, but a field is wrong (names the field)
     │   ├── UnknownEventType        no schema is registered for ``event_type``
     │   └── IncompatibleSchema      a schema change would break existing readers
-    ├── AuthorisationError          the source may not publish this event type
+    ├── AuthorisationError          the source may not publish this, or act on that object
     ├── DuplicateEvent              the ``event_id`` was seen before (not an error for callers)
     ├── BrokerError                 the Kafka-protocol broker is unreachable or misbehaves
     └── ConnectorError              a connector failed (``retriable`` says whether to try again)
@@ -79,9 +79,13 @@ class IncompatibleSchema(SchemaError):
 
 
 class AuthorisationError(BusError):
-    """The source department is unknown or may not publish this event type."""
+    """The source may not publish this event type, or not act on this object (``field``)."""
 
     reason = "auth.event_type"
+
+    def __init__(self, message: str, *, reason: str | None = None, field: str | None = None):
+        super().__init__(message, reason=reason)
+        self.field = field
 
 
 class DuplicateEvent(BusError):

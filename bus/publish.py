@@ -18,7 +18,7 @@ from bus.agents.out import KEPT_ON_REJECTION
 from bus.client import BusClient, Record, read_topic, start_or_close, topic_partitions
 from bus.schemas.events import FAMILIES
 from bus.settings import Settings
-from bus.topics import INGRESS, REPLAYED
+from bus.topics import CORRELATE_SEEN, INGRESS, REPLAYED
 
 
 @dataclass
@@ -33,6 +33,13 @@ class Verdict:
     topic: str | None = None
     reason: str | None = None
     error: str | None = None
+    stage: str | None = None  # where it was refused: ingest, or an agent after acceptance
+    settled: bool = False  # the verdict is final (an answer to a task waits for correlate)
+
+
+#: Event types the correlate agent may still refuse after ingest accepted them: answers to
+#: tasks, which only the assignee of an open task may give (task.not_assignee, task.closed).
+DECIDED_BY_CORRELATE = ("task.accepted", "task.completed", "task.rejected", "approval.opinion")
 
 
 def _prepare(raw: bytes) -> tuple[bytes, str | None, str | None]:
@@ -61,11 +68,21 @@ async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicParti
         await consumer.stop()
 
 
+async def verdict_offsets(settings: Settings) -> dict[TopicPartition, int]:
+    """Where the topics that hold verdicts end now: read from there after publishing."""
+    topics = [settings.topic(f"events.{f}") for f in FAMILIES]
+    topics += [settings.topic("deadletter"), settings.topic(CORRELATE_SEEN.name)]
+    return await _end_offsets(settings, topics)
+
+
 async def publish_and_wait(
     settings: Settings, lines: list[tuple[int, bytes]], wait: float
 ) -> list[Verdict]:
     """Publish each line to ingress; for ``wait`` seconds, match canonical and dead letters."""
-    outputs = [settings.topic(f"events.{f}") for f in FAMILIES] + [settings.topic("deadletter")]
+    outputs = [settings.topic(f"events.{f}") for f in FAMILIES] + [
+        settings.topic("deadletter"),
+        settings.topic(CORRELATE_SEEN.name),
+    ]
     start = await _end_offsets(settings, outputs) if wait > 0 else {}
     prepared = [(n, *_prepare(raw)) for n, raw in lines]
     async with BusClient(settings) as client:
@@ -89,8 +106,20 @@ async def _collect(
             by_id.setdefault(v.event_id, []).append(v)
     open_ = len(verdicts)
     deadletter = settings.topic("deadletter")
+    handled = settings.topic(CORRELATE_SEEN.name)
+    waiting: dict[str, Verdict] = {}  # accepted, the correlate agent's word still to come
+    # Handled by correlate: final unless its dead letter, written before, shows up late (it
+    # may come through another broker's fetch).
+    handled_at: dict[str, float] = {}
     consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None, enable_auto_commit=False)
     await start_or_close(consumer)
+
+    def settle(v: Verdict) -> None:
+        nonlocal open_
+        if not v.settled:
+            v.settled = True
+            open_ -= 1
+
     try:
         consumer.assign(list(start))
         for tp, offset in start.items():
@@ -100,20 +129,40 @@ async def _collect(
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for r in records:
+                    if r.topic == handled:  # ids the correlate agent handled, 16 bytes each
+                        value = r.value or b""
+                        for i in range(0, len(value), 16):
+                            handled_at.setdefault(str(uuid.UUID(bytes=value[i : i + 16])),
+                                                  time.monotonic())  # fmt: skip
+                        continue
                     headers = {k: v.decode(errors="replace") for k, v in (r.headers or ())}
-                    if r.topic == deadletter:
+                    if r.topic == deadletter and headers.get("bus.stage", "ingest") != "ingest":
+                        refused = waiting.pop(headers.get("event_id", ""), None)
+                        if refused is not None:  # accepted, then refused by an agent
+                            refused.accepted, refused.stage = False, headers.get("bus.stage")
+                            refused.reason = headers.get("bus.reason")
+                            refused.error = headers.get("bus.error")
+                            settle(refused)
+                    elif r.topic == deadletter:
                         rejected = by_origin.get(headers.get("bus.origin", ""))
                         if rejected is None or rejected.reason:
                             continue
                         rejected.reason = headers.get("bus.reason")
                         rejected.error = headers.get("bus.error")
+                        rejected.stage = "ingest"
+                        settle(rejected)
                     else:
                         candidates = by_id.get(headers.get("event_id", ""), [])
                         taken = next((c for c in candidates if not (c.accepted or c.reason)), None)
                         if taken is None:
                             continue
                         taken.accepted, taken.topic = True, r.topic
-                    open_ -= 1
+                        if taken.event_type in DECIDED_BY_CORRELATE and taken.event_id:
+                            waiting[taken.event_id] = taken
+                        else:
+                            settle(taken)
+            for event_id in [i for i in waiting if time.monotonic() - handled_at.get(i, 1e18) > 1]:
+                settle(waiting.pop(event_id))
     finally:
         await consumer.stop()
 

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     departments_file: Path | None = Field(
         default=None, description="Department directory YAML; the shipped one when unset"
     )
+    policy_file: Path | None = Field(
+        default=None,
+        description="Who may act on whose decisions (YAML); the shipped one when unset",
+    )
     subscriptions_file: Path | None = Field(
         default=None, description="Inbox subscriptions YAML; the shipped one when unset"
     )

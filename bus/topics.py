@@ -58,6 +58,14 @@ INGEST_SEEN = TopicSpec(
     30 * DAY_MS,
 )
 
+INGEST_OWNERS = TopicSpec(
+    "state.ingest-owners",
+    "state",
+    "who made each decision (a penalty, a licence) per enterprise, for the policy's ownership "
+    "checks; compacted",
+    compacted=True,
+)
+
 CORRELATE_RECORDS = TopicSpec(
     "state.correlate-records",
     "state",
@@ -116,6 +124,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     *(canonical(f) for f in FAMILIES),
     DEADLETTER,
     INGEST_SEEN,
+    INGEST_OWNERS,
     CORRELATE_RECORDS,
     CORRELATE_SEEN,
     REPLAYED,

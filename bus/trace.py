@@ -8,7 +8,7 @@ did what, and how long did each step take" without a developer.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from bus.client import read_topic
@@ -16,6 +16,10 @@ from bus.codec import EventCodec
 from bus.schemas.events import FAMILIES
 from bus.schemas.uscc import is_valid_uscc
 from bus.settings import Settings
+
+BUS = "ks.bus"
+#: Payload fields in which the bus names who takes part in a case (assignees, supervisors).
+_ROLES = ("assignee", "supervisor", "escalated_to")
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,27 @@ class Step:
     event_id: str
     correlation_id: str
     summary: str
+    causation_id: str = ""
+    named: tuple[str, ...] = ()  # departments the event names in a role
+    refused: str = ""  # the reason an agent refused it after ingest accepted it
+
+
+def participants(steps: list[Step]) -> set[str]:
+    """Who takes part in a case, as the bus decided it, not as anyone wrote into it.
+
+    The bus, the publisher of the event the bus acted on (the requester), and the departments
+    the bus named in its own events (assignees, supervisors). Before the bus has acted, the
+    publisher of the earliest event. A department that merely published an event carrying
+    the case's correlation id is not among them.
+    """
+    ours = [s for s in steps if s.source == BUS]
+    if not ours:
+        return {BUS, steps[0].source} if steps else {BUS}
+    causes = {s.causation_id for s in ours}
+    found = {BUS} | {s.source for s in steps if s.event_id in causes}
+    for s in ours:
+        found.update(s.named)
+    return found
 
 
 def _summary(event: object) -> str:
@@ -62,12 +87,26 @@ async def trace(settings: Settings, key: str, max_seconds: float = 60.0) -> list
             elif h.get("correlation_id") != key:
                 continue
             e = codec.decode(r.value or b"")
+            named = tuple(str(v) for f in _ROLES if (v := getattr(e.payload, f, None)))
             steps.append(Step(e.occurred_at, e.event_type, e.source, e.subject, str(e.event_id),
-                              e.correlation_id, _summary(e)))  # fmt: skip
+                              e.correlation_id, _summary(e), str(e.causation_id or ""),
+                              named))  # fmt: skip
         return steps
 
-    found = await asyncio.gather(*(one(t) for t in topics))
+    async def refusals() -> dict[str, str]:
+        """Event ids an agent refused after acceptance (a wrong answer to a task), and why."""
+        out = {}
+        topic = settings.topic("deadletter")
+        async for r in read_topic(settings, topic, idle=0.5, max_seconds=max_seconds):
+            if r.headers.get("bus.stage", "ingest") != "ingest" and "event_id" in r.headers:
+                out[r.headers["event_id"]] = r.headers.get("bus.reason", "?")
+        return out
+
+    found, refused = await asyncio.gather(asyncio.gather(*(one(t) for t in topics)), refusals())
     unique = {s.event_id: s for steps in found for s in steps}  # at-least-once copies once
+    for event_id, reason in refused.items():
+        if event_id in unique:
+            unique[event_id] = replace(unique[event_id], refused=reason)
     return sorted(unique.values(), key=lambda s: (s.at, s.event_id))
 
 

@@ -49,9 +49,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bus.departments import Directory
 from bus.errors import BusError, ConfigurationError, ConnectorError, ValidationFailed
-from bus.publish import Verdict, _collect, _end_offsets
+from bus.publish import Verdict, _collect, verdict_offsets
 from bus.schemas.envelope import Envelope
-from bus.schemas.events import FAMILIES
 from bus.settings import Settings
 from connectors.base import Guarantee, Source
 
@@ -416,9 +415,7 @@ class FileImportSource(Source):
         if report is None or report.rejections:
             raise ConnectorError(f"{self.name}: run() before start()", reason="connector.state")
         t0 = time.perf_counter()
-        outputs = [self.settings.topic(f"events.{f}") for f in FAMILIES]
-        outputs.append(self.settings.topic("deadletter"))
-        start = await _end_offsets(self.settings, outputs) if self.wait > 0 else {}
+        start = await verdict_offsets(self.settings) if self.wait > 0 else {}
         verdicts: list[Verdict] = []
         total = len(self._events)
         for i in range(0, total, self.batch_size):

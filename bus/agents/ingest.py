@@ -2,7 +2,8 @@
 
 Each record of the ingress topic is, in order: size-checked, decoded (Confluent Avro or
 JSON), validated against its event type's model (USCC check included), authorised against
-the department directory, and de-duplicated by ``event_id``. Accepted events go to their
+the department directory and the policy (who may act on whose decision), and de-duplicated by
+``event_id``. Accepted events go to their
 family's canonical topic, keyed by subject, as Avro; everything else goes to dead letters
 with the original bytes and a machine-readable reason. Nothing stops the agent and nothing
 is dropped: an unexpected exception dead-letters the record with reason ``ingest.crash``.
@@ -21,11 +22,11 @@ from typing import TYPE_CHECKING
 
 from bus.agents.out import Out, deadletter_headers
 from bus.agents.runtime import BatchAgent, Record
-from bus.agents.stores import SeenStore
+from bus.agents.stores import KeyedStore, SeenStore
 from bus.errors import BusError, DecodeError, DuplicateEvent
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import EVENT_TYPES
-from bus.topics import DEADLETTER, INGEST_SEEN, INGRESS, canonical_topic
+from bus.topics import DEADLETTER, INGEST_OWNERS, INGEST_SEEN, INGRESS, canonical_topic
 
 if TYPE_CHECKING:
     from bus.app import Context
@@ -62,6 +63,7 @@ class Ingestor:
             )
         event = self.codec.decode_any(value)
         self.directory.authorise(event.source, event.event_type)
+        self.directory.policy.check(event)
         # Avro that validated is already canonical: forward it byte for byte.
         out = value if value[:1] == b"\x00" else self.codec.encode(event)
         return Accepted(event, out)
@@ -75,7 +77,9 @@ class IngestAgent(BatchAgent):
     def __init__(self, ctx: Context) -> None:
         settings = ctx.settings
         self.seen = SeenStore(settings.topic(INGEST_SEEN.name))
-        super().__init__(ctx, [settings.topic(INGRESS.name)], stores=[self.seen])
+        self.owners = KeyedStore(settings.topic(INGEST_OWNERS.name))
+        super().__init__(ctx, [settings.topic(INGRESS.name)], stores=[self.seen, self.owners])
+        self.policy = ctx.directory.policy
         self.ingestor = Ingestor(ctx)
         self.recent = ctx.recent
         self.deadletter = settings.topic(DEADLETTER.name)
@@ -93,6 +97,7 @@ class IngestAgent(BatchAgent):
                 batch = accepted.setdefault(r.partition, {})
                 if self.seen.seen(r.partition, key) or key in batch:
                     raise DuplicateEvent(f"event_id {ok.event.event_id} was already accepted")
+                self._authorise_act(r.partition, ok.event)
                 batch[key] = None
                 if ok.value is r.value:  # forwarded as it came: correlate reads these bytes
                     self.recent.keep(ok.value, ok.event)
@@ -123,3 +128,18 @@ class IngestAgent(BatchAgent):
         for (event_type, source), n in typed.items():  # sources are directory codes: bounded
             counter.labels(self.name, event_type, source).inc(n)
         return outs
+
+    def _authorise_act(self, partition: int, event: Envelope) -> None:
+        """The policy's ownership check: who made the decision this event acts on?
+
+        Owners are kept per ingress partition, as the seen ids are: every event about one
+        enterprise lands on the partition of its subject.
+        """
+        found = self.policy.decision_of(event)
+        if found is None:
+            return
+        act, key = found
+        owner = self.owners.get(partition, key)
+        self.policy.authorise_act(event, act, owner)
+        if owner is None:  # the decision itself: its publisher owns it from now on
+            self.owners.put(partition, key, event.source)

@@ -9,6 +9,7 @@ written (after the batch's outputs are acknowledged); the stores decide *what* t
 * ``SeenStore`` — ids already handled (de-duplication); one record per batch, time-retained.
 * ``PartedStore`` — one object per key (an enterprise's record), written part by part
   (one changelog record per changed part per batch), compacted.
+* ``KeyedStore`` — one short text per key (who owns a decision), compacted.
 """
 
 from __future__ import annotations
@@ -201,6 +202,59 @@ class PartedStore(Generic[V]):
             if obj is None:
                 obj = data[key] = self._new(key)
             self._apply_part(obj, part, r.value)
+
+        parts = list(partitions)
+        for p in parts:
+            self._data.setdefault(p, {})
+        return await read_changelog(kafka, self.topic, parts, apply)
+
+
+class KeyedStore:
+    """One short text per key, per partition, in a compacted changelog topic."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._data: dict[int, dict[str, str]] = {}
+        self._pending: dict[int, dict[str, str]] = {}
+
+    def get(self, partition: int, key: str) -> str | None:
+        """The value of ``key`` in ``partition``, if any."""
+        return self._data.get(partition, {}).get(key)
+
+    def put(self, partition: int, key: str, value: str) -> None:
+        """Hold ``value`` now; it becomes durable with the batch's changelog."""
+        self._data.setdefault(partition, {})[key] = value
+        self._pending.setdefault(partition, {})[key] = value
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._data.values())
+
+    def take_pending(self) -> list[Out]:
+        """One changelog record per key written since the last call."""
+        outs = [
+            Out(self.topic, value.encode(), key=key.encode(), partition=p)
+            for p, keys in self._pending.items()
+            for key, value in keys.items()
+        ]
+        self._pending = {}
+        return outs
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget partitions."""
+        for p in partitions:
+            self._data.pop(p, None)
+            self._pending.pop(p, None)
+
+    async def restore(self, kafka: dict[str, Any], partitions: Iterable[int]) -> int:
+        """Rebuild ``partitions`` from their changelog."""
+
+        def apply(r: ConsumerRecord[bytes, bytes]) -> None:
+            data = self._data.setdefault(r.partition, {})
+            key = (r.key or b"").decode()
+            if r.value is None:
+                data.pop(key, None)
+            else:
+                data[key] = r.value.decode()
 
         parts = list(partitions)
         for p in parts:

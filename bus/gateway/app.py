@@ -8,7 +8,6 @@ dead letters, so an integrator sees one vocabulary. It does not de-duplicate or 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
@@ -26,11 +25,18 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from bus.brokers import wait_for_broker
-from bus.certificates import SignedCertificate, Verifier
-from bus.client import BusClient, read_topic
+from bus.certificates import Verifier
+from bus.client import BusClient
 from bus.codec import EventCodec
 from bus.departments import Directory
-from bus.errors import BusError, ConfigurationError, SchemaError, ValidationFailed
+from bus.errors import (
+    AuthorisationError,
+    BusError,
+    ConfigurationError,
+    SchemaError,
+    ValidationFailed,
+)
+from bus.gateway.certificates import CertificateIndex
 from bus.gateway.inbox import TASK_STATES, Inboxes
 from bus.gateway.keys import authenticate, keys_path
 from bus.metrics import GatewayMetrics
@@ -157,6 +163,7 @@ class _State:
     metrics: GatewayMetrics
     client: BusClient | None = None
     inboxes: Inboxes | None = None
+    certificates: CertificateIndex | None = None
     recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
 
@@ -239,6 +246,10 @@ def _check(state: _State, department: str, obj: Any) -> Envelope:
         state.directory.authorise(department, event.event_type)
     except BusError as exc:
         raise GatewayError(403, exc.reason, exc.message, field="event_type") from None
+    try:
+        state.directory.policy.check(event)
+    except AuthorisationError as exc:
+        raise GatewayError(403, exc.reason, exc.message, field=exc.field) from None
     size = len(state.codec.encode(event))
     if size > state.settings.max_event_bytes:
         raise GatewayError(
@@ -350,7 +361,7 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
     state = _State(
         settings=settings,
         codec=EventCodec(),
-        directory=Directory.load(settings.departments_file),
+        directory=Directory.load(settings.departments_file, settings.policy_file),
         keys=keys_path(settings.data_dir),
         metrics=metrics or GatewayMetrics(),
     )
@@ -358,12 +369,13 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         inboxes = Inboxes(settings, state.directory.departments)
-        async with BusClient(settings, state.codec) as client, inboxes:
-            state.client, state.inboxes = client, inboxes
+        certificates = CertificateIndex(settings, state.codec, settings.data_dir / "keys")
+        async with BusClient(settings, state.codec) as client, inboxes, certificates:
+            state.client, state.inboxes, state.certificates = client, inboxes, certificates
             try:
                 yield
             finally:
-                state.client, state.inboxes = None, None
+                state.client, state.inboxes, state.certificates = None, None, None
 
     app = FastAPI(
         title="Collaboration bus gateway",
@@ -459,18 +471,17 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
     )
     async def get_certificate(serial: str, department: Department) -> JSONResponse:
         """The signed document, to hand to whoever needs it (they can verify it offline)."""
-        if not 8 <= len(serial) <= 64:
+        if not 8 <= len(serial) <= 64 or state.certificates is None:
             raise GatewayError(404, "certificate.not_found", f"no certificate {serial!r}")
-        topic = settings.topic("events.certificate")
-        async with contextlib.aclosing(read_topic(settings, topic, idle=0.5)) as records:
-            async for r in records:
-                if r.headers.get("event_type") != "certificate.issued" or not r.value:
-                    continue
-                event = state.codec.decode(r.value)
-                if event.payload.serial == serial:
-                    cert = SignedCertificate.from_payload(event.payload, uscc=event.subject)
-                    return JSONResponse(cert.model_dump(mode="json"))
-        raise GatewayError(404, "certificate.not_found", f"no certificate {serial!r}")
+        try:
+            cert = await state.certificates.get(serial)
+        except TimeoutError:
+            raise GatewayError(
+                503, "broker.unavailable", "the certificate index is not ready; try again"
+            ) from None
+        if cert is None:  # never issued, or its signature does not verify
+            raise GatewayError(404, "certificate.not_found", f"no certificate {serial!r}")
+        return JSONResponse(cert.model_dump(mode="json"))
 
     @app.post(
         "/v1/certificates/verify",
@@ -622,31 +633,32 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
         summary="Every event of one case, in order, across departments",
     )
     async def get_case(correlation_id: str, department: Department) -> CaseTrace:
-        """The case's events from the evidence log, for a department that took part in it.
+        """The case's events from the evidence log, for a department that takes part in it.
 
-        A department that published an event of the case, or received one in its inbox,
-        may read it; others get 403.
+        Participants are those the bus gave a role (the requester, assignees, supervisors) and
+        departments whose inbox received an event of the case; events others wrote into the
+        case are not shown. Anyone else gets 404, as for a case that does not exist.
         """
-        from bus.trace import trace
+        from bus.trace import participants, trace
 
+        missing = GatewayError(  # the same answer for a case that is not yours
+            404, "case.not_found", f"no case {correlation_id[:128]!r}", field="correlation_id"
+        )
         if not 1 <= len(correlation_id) <= 128:
-            raise GatewayError(404, "case.not_found", "no such case", field="correlation_id")
+            raise missing
+        received = await _inboxes(state, department).received(department, correlation_id)
         steps = await trace(settings, correlation_id, max_seconds=20)
-        if not steps:
-            raise GatewayError(404, "case.not_found", f"no case {correlation_id!r}",
-                               field="correlation_id")  # fmt: skip
-        inboxes = _inboxes(state, department)
-        if department not in {s.source for s in steps} and not await inboxes.received(
-            department, correlation_id
-        ):
-            raise GatewayError(403, "auth.case", f"{department} took no part in this case")
+        parties = participants(steps)
+        if not steps or not (received or department in parties):
+            raise missing
+        steps = [s for s in steps if s.source in parties]  # not what outsiders wrote into it
         t0 = steps[0].at
         return CaseTrace(
             correlation_id=correlation_id,
             steps=[
                 {"at": s.at.isoformat(), "after_ms": round((s.at - t0).total_seconds() * 1000),
                  "event_type": s.event_type, "source": s.source, "subject": s.subject,
-                 "event_id": s.event_id, "summary": s.summary}
+                 "event_id": s.event_id, "summary": s.summary, "refused": s.refused or None}
                 for s in steps
             ],
         )  # fmt: skip

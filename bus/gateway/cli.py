@@ -55,7 +55,9 @@ def keys_issue(
 
     s = _settings()
     try:
-        key = issue_key(keys_path(s.data_dir), department, Directory.load(s.departments_file))
+        key = issue_key(
+            keys_path(s.data_dir), department, Directory.load(s.departments_file, s.policy_file)
+        )
     except BusError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None

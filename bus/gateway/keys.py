@@ -104,6 +104,12 @@ def issue_key(path: Path, department: str, directory: Directory | None = None) -
             f"department {department!r} is not in the department directory",
             reason="auth.unknown_source",
         )
+    if department in directory.policy.reserved:
+        raise ConfigurationError(
+            f"{department} is the bus's own identity (reserved in the policy): no key is "
+            "issued for it",
+            reason="auth.reserved_source",
+        )
     key_id = f"gk_{secrets.token_hex(8)}"
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_bytes(16)

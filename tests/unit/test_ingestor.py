@@ -68,9 +68,14 @@ def test_json_is_accepted_and_converted_to_avro(ingestor: Ingestor, codec: Event
     assert codec.decode(accepted.value).model_dump() == event.model_dump()
 
 
-def test_every_owner_gets_through(ingestor: Ingestor, codec: EventCodec) -> None:
+def test_every_owner_gets_through_but_the_bus_itself(ingestor: Ingestor, codec: EventCodec) -> None:
     for event_type in EVENT_TYPES:
-        assert ingestor.check(codec.encode(build(event_type))).event.event_type == event_type
+        event = build(event_type)
+        if event.source == "ks.bus":  # the bus writes its decisions to the canonical topics
+            exc = reason_of(ingestor, codec.encode(event))
+            assert (exc.reason, getattr(exc, "field", None)) == ("auth.reserved_source", "source")
+        else:
+            assert ingestor.check(codec.encode(event)).event.event_type == event_type
 
 
 def test_event_of_exactly_the_limit_is_accepted(codec: EventCodec) -> None:
