@@ -288,16 +288,22 @@ async def _publish(state: _State, events: list[Envelope]) -> list[str]:
             field="event_id" if len(events) == 1 else f"{replays[0]['index']}.event_id",
             extra={"event_ids": [r["event_id"] for r in replays]},
         )  # fmt: skip
-    try:
-        receipts = await state.client.publish_many(events)
-    except KafkaError as exc:
-        raise GatewayError(
-            503, "broker.unavailable", f"could not publish to the bus: {exc}"
-        ) from None
-    ids = [str(r.event_id) for r in receipts]
-    state.metrics.published.labels(events[0].source).inc(len(ids))  # one department per call
+    # Held before the first await: a concurrent request with the same id is refused now, not
+    # published beside this one; released again if the broker does not take the events.
+    ids = [str(e.event_id) for e in events]
     for event_id in ids:
         state.recent[event_id] = None
+    try:
+        await state.client.publish_many(events)
+    except BaseException as exc:  # a cancelled request too: ingest still refuses a copy
+        for event_id in ids:
+            state.recent.pop(event_id, None)
+        if isinstance(exc, KafkaError):
+            raise GatewayError(
+                503, "broker.unavailable", f"could not publish to the bus: {exc}"
+            ) from None
+        raise
+    state.metrics.published.labels(events[0].source).inc(len(ids))  # one department per call
     while len(state.recent) > RECENT_IDS:
         state.recent.popitem(last=False)
     return ids

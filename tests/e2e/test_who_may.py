@@ -19,6 +19,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bus.client import BusClient, Record
@@ -245,3 +246,20 @@ def test_a_refused_answer_is_reported_as_refused_not_accepted(
     assert "task.closed" in closed.stdout
     assert "REFUSED task.not_assignee" in traced.stdout
     assert "REFUSED task.closed" in traced.stdout
+
+
+def test_concurrent_posts_of_one_event_id_publish_it_once(gateway: Gateway) -> None:
+    event = penalty(enterprise(random.Random(86)), random.Random(86))
+    headers = gateway.key(event.source)
+
+    async def post_all() -> list[int]:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            answers = await asyncio.gather(
+                *(http.post("/v1/events", json=body(event), headers=headers) for _ in range(8))
+            )
+        return sorted(a.status_code for a in answers)
+
+    codes = asyncio.run(post_all())
+    ingress = read(gateway.settings, "ingress", idle=0.5)
+    assert codes == [202] + [409] * 7
+    assert [r.headers["event_id"] for r in ingress] == [str(event.event_id)]
