@@ -211,7 +211,7 @@ class OutboxSource(Source):
         self.schema = options.schema_name
         self.table = options.table
         self.department = options.department
-        self.directory = Directory.load(settings.departments_file)
+        self.directory = Directory.load(settings.departments_file, settings.policy_file)
         if self.directory.get(self.department) is None:
             raise ConfigurationError(
                 f"department {self.department!r} is not in the department directory"
@@ -349,6 +349,7 @@ class OutboxSource(Source):
             payload = json.loads(row.payload, parse_float=Decimal)  # money stays exact
             event = self.codec.from_json({**fields, "payload": payload})
             self.directory.authorise(event.source, event.event_type)
+            self.directory.policy.check(event)
         except BusError as exc:
             error = f"{exc.reason}: {exc.message}"
         limit = self.settings.max_event_bytes

@@ -44,12 +44,12 @@ from bus.settings import Settings
 from connectors import registry
 from connectors.base import ConnectorMetrics, Source
 from connectors.outbox import OutboxOptions, OutboxSource, create_outbox, outbox_ddl
+from tests.connectors import contract
 from tests.connectors.contract import (
     FAST,
     SourceContract,
     TopicWatcher,
     metric,
-    sample_events,
     wait_until,
 )
 
@@ -63,6 +63,17 @@ CASES = """CREATE TABLE {schema}.cases (
 
 
 # --- the case system ----------------------------------------------------------------------
+
+
+def sample_events(n: int, *, subjects: int = 3) -> list[Envelope]:
+    """Penalties as this bureau's case system decides them: in its own name (the policy)."""
+    return [
+        e.model_copy(update={
+            "source": DEPARTMENT,
+            "payload": e.payload.model_copy(update={"agency": DEPARTMENT}),
+        })
+        for e in contract.sample_events(n, subjects=subjects)
+    ]  # fmt: skip
 
 
 @dataclass
