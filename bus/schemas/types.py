@@ -13,9 +13,16 @@ import re
 import unicodedata
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 from pydantic_core import PydanticCustomError
 
 from bus.schemas.uscc import uscc_problem
@@ -48,9 +55,11 @@ def _kind(c: str) -> str:
     return "a control character"
 
 
-def _text_checker(forbidden: re.Pattern[str], what: str) -> AfterValidator:
-    def check(value: str) -> str:
-        found = forbidden.search(value)
+def _text_checker(forbidden: re.Pattern[str], what: str) -> BeforeValidator:
+    # Before stripping: a control character at either end is refused, not silently dropped
+    # (Avro is forwarded as written, and readers other than the bus would still see it).
+    def check(value: Any) -> Any:
+        found = forbidden.search(value) if isinstance(value, str) else None
         if found is not None:
             c = found.group()
             raise PydanticCustomError(
@@ -63,7 +72,7 @@ def _text_checker(forbidden: re.Pattern[str], what: str) -> AfterValidator:
             )
         return value
 
-    return AfterValidator(check)
+    return BeforeValidator(check)
 
 
 def date_range_error(value: date) -> PydanticCustomError:
@@ -104,19 +113,20 @@ def _plausible_day(value: date) -> date:
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must be timezone-aware (e.g. 2026-03-02T09:30:00+08:00)")
-    # Bounded before converting: at year 1 or 9999 the conversion itself overflows.
-    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+    # Roughly bounded before converting (at year 1 or 9999 the conversion overflows), then
+    # exactly in UTC, the form that is stored and validated again when read.
+    if not EARLIEST_YEAR - 1 <= value.year <= LATEST_YEAR + 1:
         raise date_range_error(value)
-    return value.astimezone(UTC)
+    utc = value.astimezone(UTC)
+    if not EARLIEST_YEAR <= utc.year <= LATEST_YEAR:
+        raise date_range_error(value)
+    return utc
 
 
 _ONE_LINE = _text_checker(_NOT_IN_LINE, "a single-line field")
 
 Line = Annotated[str, _ONE_LINE]
-"""Single-line text or an identifier: no control, bidi or line-break characters.
-
-Add length limits with ``Field`` or ``StringConstraints`` before it, never after.
-"""
+"""Single-line text or an identifier: no control, bidi or line-break characters."""
 
 Lines = Annotated[str, _text_checker(_NOT_IN_LINES, "free text")]
 """Free text over several lines: as ``Line``, but ``\\n`` is allowed."""

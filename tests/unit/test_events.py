@@ -519,3 +519,24 @@ def test_dates_of_one_payload_in_the_wrong_order_are_refused(
         "schema.date_order",
         field,
     )
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "accepted"),
+    [
+        ("1949-01-01T00:00:00+08:00", False),  # 1948-12-31T16:00Z: kept in UTC, so refused
+        ("1949-01-01T08:00:00+08:00", True),
+        ("2100-12-31T23:59:59-01:00", False),  # 2101-01-01T00:59:59Z
+        ("2100-12-31T23:59:59+01:00", True),
+    ],
+)
+def test_instant_bounds_hold_in_utc_as_stored(occurred_at: str, accepted: bool) -> None:
+    """Checked on the local value only, 1949-01-01T00:00+08:00 was accepted and then refused
+    when the stored UTC form was read back: the fuzz tests found it."""
+    if accepted:
+        event = build("penalty.revoked", occurred_at=occurred_at)
+        assert model_for("penalty.revoked").model_validate(event.model_dump()) == event
+    else:
+        with pytest.raises(ValidationError) as info:
+            build("penalty.revoked", occurred_at=occurred_at)
+        assert info.value.errors()[0]["type"] == "schema.date_range"

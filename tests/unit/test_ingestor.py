@@ -204,6 +204,9 @@ def test_hostile_envelope_fields(
     [
         ({"case_number": "昆花综执罚决字〔2026〕\u202e号3210第"}, "schema.text"),
         ({"case_number": "昆花综执罚决字\x00〔2026〕"}, "schema.text"),
+        # At either end too: stripping would hide it from the bus, not from other readers
+        ({"case_number": "昆花综执罚决字〔2026〕第0123号\x85"}, "schema.text"),
+        ({"violation": "\u2028施工工地未采取扬尘防治措施"}, "schema.text"),
         ({"decided_on": date(1, 1, 1)}, "schema.date_range"),
         ({"decided_on": date(9999, 12, 31)}, "schema.date_range"),
         ({"decided_on": date(2026, 3, 9)}, "schema.date_order"),  # occurred 2026-03-02
