@@ -37,7 +37,7 @@ EARLIEST_YEAR = 1949
 LATEST_YEAR = 2100
 """Room for long validity and publicity periods; sentinels such as 9999-12-31 are refused."""
 
-EARLIEST_OFFSET = timedelta(hours=14)
+EASTERNMOST_OFFSET = timedelta(hours=14)
 """The most eastern UTC offset (UTC+14): no calendar day anywhere is later than UTC + 14 h."""
 
 # C0 and C1 controls and DEL; bidi embeddings, overrides, isolates and marks; line and
@@ -94,7 +94,7 @@ def out_of_order(field: str, problem: str) -> PydanticCustomError:
 
 def latest_day(instant: datetime) -> date:
     """The latest calendar day it is anywhere on earth at ``instant`` (at UTC+14)."""
-    return (instant.astimezone(UTC) + EARLIEST_OFFSET).date()
+    return (instant.astimezone(UTC) + EASTERNMOST_OFFSET).date()
 
 
 def _check_uscc(value: str) -> str:
