@@ -50,7 +50,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
@@ -70,14 +70,15 @@ from pydantic import (
     model_validator,
 )
 
-from bus.errors import BusError, ConfigurationError, ValidationFailed
+from bus.codec import check_json_depth
+from bus.errors import BusError, ConfigurationError, DecodeError, ValidationFailed
 from bus.schemas.certificate import (
     CertificateIssued,
     CertificatePurpose,
     CertificateResult,
     RecordedPenalty,
 )
-from bus.schemas.types import DepartmentCode, Uscc, UtcDatetime
+from bus.schemas.types import Day, DepartmentCode, Line, Uscc, UtcDatetime, out_of_order
 
 FORMAT: Final = "gov.ks.bus.certificate/1"
 """The ``format`` tag of this document layout; a new layout gets a new tag."""
@@ -126,11 +127,11 @@ class UnsignedCertificate(BaseModel):
 
     format: Literal["gov.ks.bus.certificate/1"] = FORMAT
     uscc: Uscc
-    enterprise_name: str = Field(min_length=1, max_length=200)  # as the payload allows
-    serial: str = Field(min_length=8, max_length=64)
-    request_event_id: str
-    period_start: date
-    period_end: date
+    enterprise_name: Line = Field(min_length=1, max_length=200)  # as the payload allows
+    serial: Line = Field(min_length=8, max_length=64)
+    request_event_id: Line
+    period_start: Day
+    period_end: Day
     purpose: CertificatePurpose
     result: CertificateResult
     record: list[RecordedPenalty] = Field(default_factory=list)
@@ -140,7 +141,7 @@ class UnsignedCertificate(BaseModel):
     @model_validator(mode="after")
     def _period_in_order(self) -> Self:
         if self.period_end < self.period_start:
-            raise ValueError("period_end must not be before period_start")
+            raise out_of_order("period_end", "period_end must not be before period_start")
         return self
 
 
@@ -465,6 +466,12 @@ class Verifier:
         for anything that is not a well-formed certificate, then ``BusError`` as ``verify``.
         """
         try:
+            check_json_depth(data)
+        except DecodeError as exc:
+            raise ValidationFailed(
+                f"certificate is malformed: {exc.message}", reason=REASON_MALFORMED
+            ) from None
+        try:
             raw = json.loads(
                 data.decode("utf-8"),
                 object_pairs_hook=_no_duplicates,
@@ -480,6 +487,10 @@ class Verifier:
                 f"certificate is malformed: not JSON ({exc.msg}, line {exc.lineno} "
                 f"column {exc.colno})",
                 reason=REASON_MALFORMED,
+            ) from None
+        except (ValueError, RecursionError) as exc:  # e.g. an integer of over 4300 digits
+            raise ValidationFailed(
+                f"certificate is malformed: not JSON ({exc})", reason=REASON_MALFORMED
             ) from None
         if not isinstance(raw, dict):
             raise ValidationFailed(

@@ -3,16 +3,20 @@
 Wire format: byte ``0x00``, the schema id as 4 bytes big-endian, then the Avro body written
 with that schema. Any Confluent-compatible consumer can read it given the schemas. JSON is
 accepted where people and foreign systems publish (gateway, file import, ``bus publish``),
-validated against the same models, and converted to Avro once.
+validated against the same models, and converted to Avro once. JSON from outside is read by
+``load_json``, which refuses nesting deeper than ``MAX_JSON_DEPTH`` before parsing.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import re
 import struct
 import time
 from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fastavro
@@ -22,9 +26,56 @@ from bus.errors import DecodeError, ValidationFailed
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for, spec_for
 from bus.schemas.registry import LocalSchemaRegistry, SchemaRegistry
+from bus.schemas.types import REASON_DATE_ORDER, REASON_DATE_RANGE, REASON_TEXT
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
+
+MAX_JSON_DEPTH = 32
+"""Levels of nested objects and arrays in a JSON document: an event needs 4, a batch 5."""
+
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+"""How far in the future an edge accepts ``occurred_at``: the publishers' clocks drift."""
+
+_REASONS = frozenset({REASON_TEXT, REASON_DATE_RANGE, REASON_DATE_ORDER})
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
+
+
+def check_json_depth(data: bytes | str, limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise ``DecodeError`` (``schema.too_deep``) if ``data`` nests deeper than ``limit``.
+
+    Brackets are counted outside strings before anything is parsed, so a hostile document
+    never reaches the recursive parser; documents with few brackets pass at once.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit:
+        raise DecodeError(
+            f"JSON nests objects and arrays deeper than {limit} levels",
+            reason="schema.too_deep",
+        )
+
+
+def load_json(data: bytes | str, **options: Any) -> Any:
+    """Parse JSON from outside: ``DecodeError`` (``schema.decode`` / ``.too_deep``) or a value.
+
+    ``options`` go to ``json.loads`` (hooks, ``parse_float``).
+    """
+    check_json_depth(data)
+    try:
+        return json.loads(data, **options)
+    except (ValueError, UnicodeDecodeError) as exc:  # also integers of over 4300 digits
+        raise DecodeError(f"not valid JSON: {exc}") from None
+    except RecursionError:  # bounded above; only a caller already deep in its stack gets here
+        raise DecodeError(
+            f"JSON nests deeper than {MAX_JSON_DEPTH} levels", reason="schema.too_deep"
+        ) from None
 
 
 def validation_failed(exc: ValidationError) -> ValidationFailed:
@@ -32,14 +83,25 @@ def validation_failed(exc: ValidationError) -> ValidationFailed:
     errors = exc.errors(include_url=False)
     parts = []
     for err in errors[:3]:
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = _where(err)
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"{loc or '(event)'}: {msg}")
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
-    first = errors[0]["loc"] if errors else ()
-    field = ".".join(str(p) for p in first) or None
-    reason = "schema.uscc" if "unified social credit code" in parts[0] else None
+    field = (_where(errors[0]) or None) if errors else None
+    kind = errors[0]["type"] if errors else ""
+    reason = kind if kind in _REASONS else None
+    if "unified social credit code" in parts[0]:
+        reason = "schema.uscc"
     return ValidationFailed("; ".join(parts) + more, field=field, reason=reason)
+
+
+def _where(err: Any) -> str:
+    """The dotted path of an error; a model validator names its field in the context."""
+    loc = ".".join(str(p) for p in err["loc"])
+    named = (err.get("ctx") or {}).get("field")
+    if isinstance(named, str):
+        loc = f"{loc}.{named}" if loc else named
+    return loc
 
 
 class EventCodec:
@@ -82,14 +144,11 @@ class EventCodec:
         return self._validate(record, schema.subject, schema.version)
 
     def from_json(self, data: bytes | str | dict[str, Any]) -> Envelope:
-        """Validate a JSON envelope (bytes, text or already parsed) into the typed envelope."""
-        if isinstance(data, dict):
-            obj: Any = data
-        else:
-            try:
-                obj = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise DecodeError(f"not valid JSON: {exc}") from exc
+        """Validate a JSON envelope (bytes, text or already parsed) into the typed envelope.
+
+        JSON comes from outside, so ``occurred_at`` may not be in the future either.
+        """
+        obj: Any = data if isinstance(data, dict) else load_json(data)
         if not isinstance(obj, dict):
             raise DecodeError(f"an event must be a JSON object, got {type(obj).__name__}")
         event_type = obj.get("event_type")
@@ -99,12 +158,12 @@ class EventCodec:
         version = obj.get("schema_version", 1)
         if not isinstance(version, int) or isinstance(version, bool):
             raise ValidationFailed("schema_version: must be an integer", field="schema_version")
-        return self._validate(obj, event_type, version)
+        return _not_future(self._validate(obj, event_type, version))
 
     def decode_any(self, data: bytes) -> Envelope:
         """Ingress accepts both: Avro when it starts with the magic byte, JSON otherwise."""
         if data[:1] == b"\x00":
-            return self.decode(data)
+            return _not_future(self.decode(data))
         return self.from_json(data)
 
     @staticmethod
@@ -119,6 +178,26 @@ class EventCodec:
             return model.model_validate(obj)
         except ValidationError as exc:
             raise validation_failed(exc) from None
+        except OverflowError as exc:  # the types bound what they can; this is the backstop
+            raise ValidationFailed(f"a value is out of range: {exc}") from None
+        except RecursionError:
+            raise DecodeError("the event nests too deeply", reason="schema.too_deep") from None
+
+
+def _not_future(event: Envelope, now: datetime | None = None) -> Envelope:
+    """Refuse at the edges an event that claims to have happened after ``now`` + skew.
+
+    Not a model rule: decoding stays a function of the bytes (``Recent`` relies on it).
+    """
+    latest = (now or datetime.now(UTC)) + MAX_CLOCK_SKEW
+    if event.occurred_at > latest:
+        raise ValidationFailed(
+            f"occurred_at: {event.occurred_at.isoformat()} is in the future "
+            f"(more than {MAX_CLOCK_SKEW.total_seconds():.0f} s ahead of this clock)",
+            field="occurred_at",
+            reason=REASON_DATE_RANGE,
+        )
+    return event
 
 
 class Recent:

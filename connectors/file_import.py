@@ -35,7 +35,6 @@ import asyncio
 import csv
 import hashlib
 import io
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -47,8 +46,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bus.codec import load_json
 from bus.departments import Directory
-from bus.errors import BusError, ConfigurationError, ConnectorError, ValidationFailed
+from bus.errors import BusError, ConfigurationError, ConnectorError, DecodeError, ValidationFailed
 from bus.publish import Verdict, _collect, verdict_offsets
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
@@ -295,9 +295,9 @@ class FileImportSource(Source):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                report.rejections.append(Rejection(n, None, "schema.decode", f"not JSON: {exc}"))
+                obj = load_json(line)
+            except DecodeError as exc:  # not JSON, or nested too deeply (schema.too_deep)
+                report.rejections.append(Rejection(n, None, exc.reason, exc.message))
                 continue
             if not isinstance(obj, dict):
                 report.rejections.append(Rejection(

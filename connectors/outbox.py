@@ -42,6 +42,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from bus.codec import load_json
 from bus.departments import Directory
 from bus.errors import BusError, ConfigurationError, ConnectorError
 from bus.schemas.envelope import Envelope
@@ -346,7 +347,7 @@ class OutboxSource(Source):
         error: str | None = None
         event: Envelope | None = None
         try:
-            payload = json.loads(row.payload, parse_float=Decimal)  # money stays exact
+            payload = load_json(row.payload, parse_float=Decimal)  # money stays exact
             event = self.codec.from_json({**fields, "payload": payload})
             self.directory.authorise(event.source, event.event_type)
             self.directory.policy.check(event)

@@ -61,7 +61,8 @@ from pydantic import (
 )
 
 from bus.certificates import KEY_ID_PATTERN, Signer
-from bus.errors import BusError, ConfigurationError, ConnectorError
+from bus.codec import load_json
+from bus.errors import BusError, ConfigurationError, ConnectorError, DecodeError
 from bus.schemas.types import DepartmentCode
 from bus.settings import Settings
 from bus.topics import inbox_topic
@@ -82,6 +83,9 @@ REASON_UNKNOWN_KEY = "webhook.unknown_key"
 REASON_BAD_SIGNATURE = "webhook.bad_signature"
 REASON_WRONG_DEPARTMENT = "webhook.wrong_department"
 REASON_MALFORMED = "webhook.malformed"
+
+MAX_TIMESTAMP_DIGITS = 12
+"""Digits of ``t``: Unix seconds have 10 until the year 2286."""
 
 RETRIABLE_STATUS = frozenset({408, 425, 429})
 """Besides 5xx: the receiver is busy or slow, the same request may succeed later."""
@@ -126,9 +130,16 @@ def _parse_signature(value: str) -> tuple[int, dict[str, str]]:
         if not sep or not item:
             raise _unsigned(f"{SIGNATURE_HEADER} is malformed: {value[:200]!r}")
         fields[name] = item
-    stamp = fields.pop("t", "")
-    if not stamp.isdigit():
+    if "t" not in fields:
         raise _unsigned(f"{SIGNATURE_HEADER} has no t=<unix seconds>: {value[:200]!r}")
+    stamp = fields.pop("t")
+    # ASCII digits only (str.isdigit also takes '²'), and few: int() of a huge one fails
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= MAX_TIMESTAMP_DIGITS):
+        raise BusError(
+            f"{SIGNATURE_HEADER} t= must be Unix seconds (up to {MAX_TIMESTAMP_DIGITS} "
+            f"digits): {stamp[:40]!r}",
+            reason=REASON_MALFORMED,
+        )
     return int(stamp), fields
 
 
@@ -205,9 +216,9 @@ def verify_webhook(
                 reason=REASON_BAD_SIGNATURE,
             ) from None
     try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BusError("signed body is not JSON", reason=REASON_MALFORMED) from None
+        parsed = load_json(body)
+    except DecodeError as exc:
+        raise BusError(f"signed body: {exc.message}", reason=REASON_MALFORMED) from None
     if not isinstance(parsed, dict) or not isinstance(parsed.get("deliveries"), list):
         raise BusError("signed body has no deliveries list", reason=REASON_MALFORMED)
     if department is not None and parsed.get("department") != department:

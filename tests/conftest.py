@@ -22,7 +22,7 @@ from bus.kafka_local import LOCAL_ENGINES, KafkaCluster, LocalBroker, local_brok
 from bus.settings import Settings
 from bus.topics import create_topics
 
-pytest_plugins = ["tests.postgres"]
+pytest_plugins = ["tests.postgres", "tests.fuzzstats"]
 
 
 def chosen_engine() -> str:

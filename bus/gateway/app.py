@@ -8,7 +8,6 @@ dead letters, so an integrator sees one vocabulary. It does not de-duplicate or 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import OrderedDict
@@ -20,19 +19,22 @@ from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from bus.brokers import wait_for_broker
 from bus.certificates import Verifier
 from bus.client import BusClient
-from bus.codec import EventCodec
+from bus.codec import EventCodec, load_json
 from bus.departments import Directory
 from bus.errors import (
     AuthorisationError,
     BusError,
     ConfigurationError,
+    DecodeError,
     SchemaError,
     ValidationFailed,
 )
@@ -200,8 +202,8 @@ Department = Annotated[str, Depends(_department)]
 
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and len(declared) < 19 and int(declared) > limit:
         raise GatewayError(413, "size.too_large", f"body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
@@ -215,9 +217,46 @@ async def _body(request: Request, limit: int) -> bytes:
 
 def _parse(data: bytes) -> Any:
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise GatewayError(400, "schema.decode", f"not valid JSON: {exc}") from None
+        return load_json(data)
+    except DecodeError as exc:  # not JSON, or nested deeper than MAX_JSON_DEPTH
+        raise GatewayError(400, exc.reason, exc.message) from None
+
+
+_PARAM_REASONS = {
+    "query": "query.invalid",
+    "path": "path.invalid",
+    "header": "header.invalid",
+    "cookie": "cookie.invalid",
+    "body": "schema.validation",
+}
+
+
+def _invalid_request(exc: RequestValidationError) -> GatewayError:
+    """The framework's own check of parameters, answered in the gateway's error body.
+
+    ``query.invalid`` (``path.invalid`` ...) with ``field`` naming the parameter; the message
+    is pydantic's, never the value sent.
+    """
+    errors = exc.errors()
+    loc = [str(p) for p in errors[0].get("loc", ())] if errors else []
+    reason = _PARAM_REASONS.get(loc[0] if loc else "", "request.invalid")
+    name = ".".join(loc[1:]) or None
+    msg = str(errors[0].get("msg", "invalid")) if errors else "invalid request"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return GatewayError(422, reason, f"{name or 'request'}: {msg}{more}", field=name)
+
+
+_HTTP_REASONS = {404: "route.unknown", 405: "route.method"}
+
+
+def _http_error(exc: HTTPException) -> GatewayError:
+    """The router's 404 / 405 (and any other HTTP error) in the gateway's body."""
+    reason = _HTTP_REASONS.get(exc.status_code, f"http.{exc.status_code}")
+    message = {404: "no such route", 405: "method not allowed on this route"}.get(
+        exc.status_code, str(exc.detail)
+    )
+    headers = dict(exc.headers) if exc.headers else None
+    return GatewayError(exc.status_code, reason, message, headers=headers)
 
 
 def _check(state: _State, department: str, obj: Any) -> Envelope:
@@ -396,6 +435,14 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await _gateway_error(request, _invalid_request(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http_exception(request: Request, exc: HTTPException) -> JSONResponse:
+        return await _gateway_error(request, _http_error(exc))
 
     app.add_middleware(_Measure, metrics=state.metrics)
 

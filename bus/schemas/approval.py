@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
 from enum import StrEnum
 
 from pydantic import Field
 
-from bus.schemas.types import DepartmentCode, Payload, Text
+from bus.schemas.types import Day, DepartmentCode, Line, Lines, Payload, Text
 
 ApplicationNumber = Field(min_length=4, max_length=64, description="e.g. KS-SP-2026-000123")
 
@@ -22,19 +21,19 @@ class Opinion(StrEnum):
 class ApprovalRequested(Payload):
     """The approval bureau asks the named departments for their opinions, in parallel."""
 
-    application_number: str = ApplicationNumber
+    application_number: Line = ApplicationNumber
     title: Text = Field(description="e.g. 建设工程施工许可 (construction permit)")
     departments: list[DepartmentCode] = Field(min_length=1, max_length=20)
     applicant: Text
-    submitted_on: date
+    submitted_on: Day
 
 
 class ApprovalOpinion(Payload):
     """One department's opinion on an application."""
 
-    application_number: str = ApplicationNumber
+    application_number: Line = ApplicationNumber
     opinion: Opinion
-    note: str | None = Field(default=None, max_length=2000)
+    note: Lines | None = Field(default=None, max_length=2000)
 
 
 class DepartmentOpinion(Payload):
@@ -42,12 +41,12 @@ class DepartmentOpinion(Payload):
 
     department: DepartmentCode
     opinion: Opinion
-    note: str | None = None
+    note: Lines | None = None
 
 
 class ApprovalDecided(Payload):
     """The decision once every opinion is in: approved only if all approve."""
 
-    application_number: str = ApplicationNumber
+    application_number: Line = ApplicationNumber
     decision: Opinion
     opinions: list[DepartmentOpinion]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 from pydantic import Field
 
-from bus.schemas.types import Money, Payload, Text
+from bus.schemas.types import Day, Money, Payload, Text
 
 
 class EnterpriseRegistered(Payload):
@@ -22,7 +20,7 @@ class EnterpriseRegistered(Payload):
     industry_code: str = Field(pattern=r"^[A-T]\d{2,4}$", description="GB/T 4754 industry code")
     town: Text = Field(description="Town or district where it sits, e.g. Huaqiao")
     address: Text
-    established_on: date
+    established_on: Day
 
 
 class EnterpriseChanged(Payload):
@@ -35,11 +33,11 @@ class EnterpriseChanged(Payload):
     industry_code: str | None = Field(default=None, pattern=r"^[A-T]\d{2,4}$")
     town: Text | None = None
     address: Text | None = None
-    effective_on: date
+    effective_on: Day
 
 
 class EnterpriseDeregistered(Payload):
     """The enterprise was deregistered (注销); its record is kept as evidence."""
 
     reason: Text
-    deregistered_on: date
+    deregistered_on: Day

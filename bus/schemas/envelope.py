@@ -11,9 +11,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
-from bus.schemas.types import DepartmentCode, UtcDatetime
+from bus.schemas.types import DepartmentCode, Line, Payload, UtcDatetime
 
 EVENT_TYPE_PATTERN = r"^[a-z][a-z_]*(\.[a-z][a-z_]*)+$"
 
@@ -28,8 +29,8 @@ class Envelope(BaseModel):
     schema_version: int = Field(default=1, ge=1)
     source: DepartmentCode
     occurred_at: UtcDatetime = Field(default_factory=lambda: datetime.now(UTC))
-    subject: str = Field(min_length=1, max_length=64)
-    correlation_id: str = Field(default="", max_length=128)
+    subject: Line = Field(min_length=1, max_length=64)
+    correlation_id: Line = Field(default="", max_length=128)
     causation_id: uuid.UUID | None = None
     payload: Any
 
@@ -37,6 +38,19 @@ class Envelope(BaseModel):
         """An original event starts its own case: correlation defaults to its id."""
         if not self.correlation_id:
             object.__setattr__(self, "correlation_id", str(self.event_id))
+
+    @model_validator(mode="after")
+    def _payload_fits_occurred_at(self) -> Self:
+        if isinstance(self.payload, Payload):
+            try:
+                self.payload.check_occurred_at(self.occurred_at)
+            except PydanticCustomError as exc:  # name the field from the envelope down
+                ctx = exc.context or {}
+                field = f"payload.{ctx['field']}" if "field" in ctx else "payload"
+                raise PydanticCustomError(
+                    exc.type, exc.message_template, {**ctx, "field": field}
+                ) from None
+        return self
 
     def caused(self, event_type: str, payload: Any, *, source: str, **fields: Any) -> Self:
         """A follow-up event in the same case, caused by this one (same subject)."""

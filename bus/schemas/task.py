@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bus.schemas.types import DepartmentCode, Payload, Text, UtcDatetime
+from bus.schemas.types import DepartmentCode, Line, Lines, Payload, Text, UtcDatetime
 
 TaskId = Field(min_length=8, max_length=64, description="Stable id: same case, same task id")
 
@@ -17,8 +17,8 @@ TaskId = Field(min_length=8, max_length=64, description="Stable id: same case, s
 class TaskCreated(Payload):
     """A department is asked to act on a case, by a deadline counted in working days."""
 
-    task_id: str = TaskId
-    matter: str = Field(min_length=1, max_length=64, description="The matter that created it")
+    task_id: Line = TaskId
+    matter: Line = Field(min_length=1, max_length=64, description="The matter that created it")
     title: Text
     assignee: DepartmentCode
     due_at: UtcDatetime
@@ -26,35 +26,35 @@ class TaskCreated(Payload):
     supervisor: DepartmentCode | None = Field(
         default=None, description="Who is told when the task is late"
     )
-    evidence: list[str] = Field(default_factory=list, description="e.g. penalty case numbers")
+    evidence: list[Line] = Field(default_factory=list, description="e.g. penalty case numbers")
 
 
 class TaskAccepted(Payload):
     """The assignee took the task on."""
 
-    task_id: str = TaskId
-    note: str | None = Field(default=None, max_length=500)
+    task_id: Line = TaskId
+    note: Lines | None = Field(default=None, max_length=500)
 
 
 class TaskCompleted(Payload):
     """The assignee finished the task with an outcome (e.g. ``confirmed`` or ``cleared``)."""
 
-    task_id: str = TaskId
-    outcome: str = Field(min_length=1, max_length=64)
-    note: str | None = Field(default=None, max_length=2000)
+    task_id: Line = TaskId
+    outcome: Line = Field(min_length=1, max_length=64)
+    note: Lines | None = Field(default=None, max_length=2000)
 
 
 class TaskRejected(Payload):
     """The assignee declined the task (not theirs, already handled, ...)."""
 
-    task_id: str = TaskId
+    task_id: Line = TaskId
     reason: Text
 
 
 class TaskOverdue(Payload):
     """The deadline passed without a completion; published once per task."""
 
-    task_id: str = TaskId
+    task_id: Line = TaskId
     assignee: DepartmentCode
     due_at: UtcDatetime
 
@@ -62,6 +62,6 @@ class TaskOverdue(Payload):
 class TaskEscalated(Payload):
     """The late task was brought to the supervising office; published once per task."""
 
-    task_id: str = TaskId
+    task_id: Line = TaskId
     escalated_to: DepartmentCode
     reason: Text

@@ -220,17 +220,19 @@ def test_json_lines_rejects_what_is_not_an_event(settings: Settings, tmp_path: P
     twin = json.loads(good[0])
     unknown = json.loads(good[1]) | {"event_type": "penalty.forgiven"}
     path = tmp_path / "x.jsonl"
+    deep = "[" * 100_000 + "]" * 100_000  # used to stop the whole import (RecursionError)
     path.write_text("\n".join([good[0], "{oops", "[1]", json.dumps(twin), json.dumps(unknown),
-                               "", good[2]]) + "\n")  # fmt: skip
+                               "", deep, good[2]]) + "\n")  # fmt: skip
     report = importer(settings, path).check()
     assert [(r.line, r.field, r.reason) for r in report.rejections] == [
         (2, None, "schema.decode"),
         (3, None, "schema.decode"),
         (4, "event_id", "import.duplicate_row"),
         (5, "event_type", "schema.unknown_type"),
+        (7, None, "schema.too_deep"),
     ]
     assert "also on line 1" in report.rejections[2].message
-    assert report.rows == 6
+    assert report.rows == 7
 
 
 def test_a_row_from_another_department_is_refused_when_a_source_is_given(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -457,6 +459,30 @@ def test_hmac_signature_verifies_with_the_secret_only(tmp_path: Path) -> None:
     with pytest.raises(BusError) as scheme:
         verify_webhook(headers, body, keys={"huaqiao-2026": Signer.generate("x").public_key})
     assert scheme.value.reason == "webhook.unsigned"
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["9" * 5000, "9" * 400, "1" * 13, "²", "١٧٦٧٢٢٥٦٠٠", "-1", "1767225600.5", "0x69"],
+)
+def test_a_malformed_or_oversized_timestamp_is_webhook_malformed(stamp: str) -> None:
+    """int() of 5000 digits raised ValueError, 400 digits OverflowError, '²' ValueError."""
+    body = b'{"department":"ks.enforcement.huaqiao","deliveries":[]}'
+    headers = {SIGNATURE_HEADER: f"t={stamp},hmac-sha256=00", KEY_ID_HEADER: "k"}
+    with pytest.raises(BusError) as caught:
+        verify_webhook(headers, body, secret="s3cret")
+    assert caught.value.reason == "webhook.malformed"
+    assert "t=" in str(caught.value)
+
+
+def test_a_signed_body_nested_too_deep_is_webhook_malformed() -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    now = int(time.time())
+    mac = hmac.new(b"s3cret", signed_bytes(now, body), hashlib.sha256).hexdigest()
+    headers = {SIGNATURE_HEADER: f"t={now},hmac-sha256={mac}"}
+    with pytest.raises(BusError) as caught:
+        verify_webhook(headers, body, secret="s3cret")
+    assert caught.value.reason == "webhook.malformed"
 
 
 def test_the_receiver_code_in_the_docs_verifies_a_signed_request(tmp_path: Path) -> None:

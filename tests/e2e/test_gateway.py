@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from bus.certificates import Signer
 from bus.client import Record, read_topic
 from bus.codec import EventCodec
 from bus.processes import WorkerProcess, settings_env
@@ -115,6 +116,44 @@ def test_malformed_json_is_refused_as_schema_decode(gateway: Gateway) -> None:
     assert r.status_code == 400
     assert r.json()["error"] == "schema.decode"
     assert read(gateway.settings, "ingress", idle=0.3) == []
+
+
+def test_hostile_requests_get_a_precise_4xx_and_no_traceback(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """What an attacker found against a running gateway: each used to be a 500 with a full
+    traceback in the log (verify without a key), or FastAPI's ``{"detail": [...]}``."""
+    event, body = a_penalty(6)
+    headers = gateway.key(event.source)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    overflow = {**body, "occurred_at": "9999-12-31T23:59:59-01:00"}
+    bidi = {**body, "payload": {**body["payload"], "case_number": "昆花综执罚决字\u202e号3210第"}}
+    answers = {
+        "deep event": gateway.http.post("/v1/events", content=deep, headers=headers),
+        "overflow": gateway.http.post("/v1/events", json=overflow, headers=headers),
+        "bidi": gateway.http.post("/v1/events", json=bidi, headers=headers),
+        "query": gateway.http.get("/v1/inbox?cursor=-1", headers=headers),
+        "route": gateway.http.get("/v1/nowhere", headers=headers),
+        "method": gateway.http.delete("/v1/events", headers=headers),
+    }
+    got = {k: (r.status_code, r.json()["error"], r.json()["field"]) for k, r in answers.items()}
+    assert got == {
+        "deep event": (400, "schema.too_deep", None),
+        "overflow": (422, "schema.date_range", "occurred_at"),
+        "bidi": (422, "schema.text", "payload.case_number"),
+        "query": (422, "query.invalid", "cursor"),
+        "route": (404, "route.unknown", None),
+        "method": (405, "route.method", None),
+    }  # fmt: skip
+    keys = gateway.settings.data_dir / "keys"  # as a worker publishes them
+    keys.mkdir(parents=True, exist_ok=True)
+    Signer.generate("ks-bus-1").save_public_key(keys / "ks-bus-1.pub")
+    verify = gateway.http.post("/v1/certificates/verify", content=deep)  # no key needed
+    assert verify.status_code == 200, verify.text
+    assert verify.json()["reason"] == "certificate.malformed"
+    assert read(gateway.settings, "ingress", idle=0.3) == []
+    log = (tmp_path / "gateway.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
 
 
 def test_a_field_of_the_wrong_type_is_named(gateway: Gateway) -> None:

@@ -25,6 +25,7 @@ import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from bus.certificates import (
@@ -364,6 +365,48 @@ def test_a_malformed_certificate_names_the_field(
     assert exc.value.field == field
     if field:
         assert repr(field) in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (_set("enterprise_name", "昆山花桥\u202e司公限有技科"), "enterprise_name"),
+        (_set("record.0.case_number", "昆花综执罚决字\x00〔2024〕"), "record.0.case_number"),
+        (_set("serial", "KS-2026-\x1b[8m"), "serial"),
+        (_set("period_start", "0001-01-01"), "period_start"),
+        (_set("issued_at", "9999-12-31T23:59:59-01:00"), "issued_at"),  # used to overflow
+    ],
+)
+def test_hostile_text_and_dates_are_malformed_not_signed_or_crashing(
+    mutate: Mutation, field: str, certificate: SignedCertificate, verifier: Verifier
+) -> None:
+    raw = raw_of(certificate)
+    mutate(raw)
+    with pytest.raises(ValidationFailed) as exc:
+        verifier.verify_bytes(json.dumps(raw, ensure_ascii=False).encode())
+    assert (exc.value.reason, exc.value.field) == ("certificate.malformed", field)
+
+
+def test_no_certificate_with_a_bidi_override_can_be_drafted() -> None:
+    with pytest.raises(ValidationError) as exc:
+        draft(enterprise_name="昆山\u202e司公限有")
+    assert exc.value.errors()[0]["type"] == "schema.text"
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "deeper than 32 levels"),
+        (b'{"serial": ' + b"[" * 2000 + b"]" * 2000 + b"}", "deeper than 32 levels"),
+        (b'{"serial": ' + b"7" * 5000 + b"}", "4300 digits"),
+    ],
+)
+def test_hostile_json_is_malformed_not_a_crash(data: bytes, words: str, verifier: Verifier) -> None:
+    """Anyone may ask the gateway to verify: these used to end in a 500."""
+    with pytest.raises(ValidationFailed) as exc:
+        verifier.verify_bytes(data)
+    assert exc.value.reason == "certificate.malformed"
+    assert words in str(exc.value)
 
 
 def test_a_duplicated_member_is_refused(certificate: SignedCertificate, verifier: Verifier) -> None:

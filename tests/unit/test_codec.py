@@ -11,6 +11,7 @@ import io
 import json
 import struct
 import time
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from bus.codec import EventCodec
+from bus.codec import MAX_CLOCK_SKEW, MAX_JSON_DEPTH, EventCodec, check_json_depth, load_json
 from bus.errors import DecodeError, UnknownEventType, ValidationFailed
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import EVENT_TYPES
@@ -271,6 +272,126 @@ def test_from_json_counts_errors_beyond_three(codec: EventCodec) -> None:
         codec.from_json(obj)
     assert str(info.value).endswith("(+4 more)")  # 7 required payload fields missing
     assert str(info.value).count("Field required") == 3
+
+
+# --- hostile JSON ----------------------------------------------------------------------------
+
+
+def nested(depth: int, inside: str = "1") -> str:
+    """``depth`` levels of arrays and objects, alternating, around ``inside``."""
+    opens = "".join('{"a":' if i % 2 else "[" for i in range(depth))
+    closes = "".join("}" if i % 2 else "]" for i in reversed(range(depth)))
+    return opens + inside + closes
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1000, 200_000])
+def test_json_nested_too_deep_is_refused_before_parsing(codec: EventCodec, depth: int) -> None:
+    """Python's parser recurses: 1000 levels used to raise RecursionError, not a BusError."""
+    text = nested(depth)
+    for data in (text, text.encode()):
+        with pytest.raises(DecodeError) as info:
+            codec.from_json(data)
+        assert info.value.reason == "schema.too_deep"
+        assert str(MAX_JSON_DEPTH) in str(info.value)
+
+
+def test_json_nested_too_deep_inside_an_event_is_refused(codec: EventCodec) -> None:
+    obj = json.loads(codec.to_json(build("penalty.imposed")))
+    obj["payload"]["case_number"] = "@deep@"
+    text = json.dumps(obj).replace('"@deep@"', nested(5000))
+    with pytest.raises(DecodeError) as info:
+        codec.from_json(text.encode())
+    assert info.value.reason == "schema.too_deep"
+
+
+def test_json_at_the_depth_limit_is_parsed() -> None:
+    assert load_json(nested(MAX_JSON_DEPTH)) is not None
+    with pytest.raises(DecodeError):
+        load_json(nested(MAX_JSON_DEPTH + 1))
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    text = json.dumps({"note": "[" * 5000 + '\\"{' * 100, "x": [["]]]]"]]})
+    assert load_json(text)["x"] == [["]]]]"]]
+    check_json_depth(text.encode())
+
+
+def test_huge_integers_are_a_decode_error_not_a_crash(codec: EventCodec) -> None:
+    text = '{"event_type": "penalty.imposed", "schema_version": ' + "9" * 5000 + "}"
+    with pytest.raises(DecodeError) as info:
+        codec.from_json(text)
+    assert info.value.reason == "schema.decode"
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "reason"),
+    [
+        ("9999-12-31T23:59:59-01:00", "schema.date_range"),
+        ("0001-01-01T00:00:00+14:00", "schema.date_range"),
+        ("1900-01-01T00:00:00+08:00", "schema.date_range"),
+    ],
+)
+def test_extreme_instants_get_a_reason_not_an_overflow(
+    codec: EventCodec, occurred_at: str, reason: str
+) -> None:
+    obj = json.loads(codec.to_json(build("penalty.imposed")))
+    with pytest.raises(ValidationFailed) as info:
+        codec.from_json({**obj, "occurred_at": occurred_at})
+    assert (info.value.reason, info.value.field) == (reason, "occurred_at")
+
+
+def test_an_event_from_the_future_is_refused_at_the_edge(codec: EventCodec) -> None:
+    """Decoding from a canonical topic does not look at the clock; the edges do."""
+    ahead = datetime.now(UTC) + MAX_CLOCK_SKEW + timedelta(minutes=1)
+    event = build("penalty.revoked", occurred_at=ahead)
+    with pytest.raises(ValidationFailed) as info:
+        codec.from_json(codec.to_json(event))
+    assert (info.value.reason, info.value.field) == ("schema.date_range", "occurred_at")
+    with pytest.raises(ValidationFailed):
+        codec.decode_any(codec.encode(event))
+    assert codec.decode(codec.encode(event)) == event
+    within = build("penalty.revoked", occurred_at=datetime.now(UTC) + timedelta(minutes=1))
+    assert codec.from_json(codec.to_json(within)) == within
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("case_number", "昆花综执罚决字\u202e〔2026〕", "schema.text"),
+        ("case_number", "昆花综执罚决字\x00〔2026〕", "schema.text"),
+        ("decided_on", "9999-12-31", "schema.date_range"),
+        ("decided_on", "2026-03-05", "schema.date_order"),  # occurred 2026-03-02
+        ("publicity_until", "2026-01-01", "schema.date_order"),
+    ],
+)
+def test_hostile_payload_values_get_precise_reasons(
+    codec: EventCodec, field: str, value: str, reason: str
+) -> None:
+    obj = json.loads(codec.to_json(build("penalty.imposed")))
+    obj["payload"][field] = value
+    with pytest.raises(ValidationFailed) as info:
+        codec.from_json(obj)
+    assert (info.value.reason, info.value.field) == (reason, f"payload.{field}")
+    assert str(info.value).startswith(f"payload.{field}: ")
+
+
+def test_avro_written_straight_is_held_to_the_same_rules(codec: EventCodec) -> None:
+    """A producer on Kafka can write any Avro the schema allows: year 1, NUL, U+202E."""
+    event = build("penalty.imposed")
+    schema = codec.registry.get("penalty.imposed", 1)
+    for change, reason in [
+        ({"decided_on": date(1, 1, 1)}, "schema.date_range"),
+        ({"case_number": "AB\u202eCD-0123"}, "schema.text"),
+        ({"violation": "\x1b[2J"}, "schema.text"),
+    ]:
+        record = event.model_dump()
+        record["payload"].update(change)
+        buf = io.BytesIO()
+        buf.write(struct.pack(">bI", 0, schema.id))
+        fastavro.schemaless_writer(buf, schema.parsed, record)
+        with pytest.raises(ValidationFailed) as info:
+            codec.decode(buf.getvalue())
+        assert info.value.reason == reason, change
 
 
 # --- decode_any ------------------------------------------------------------------------------

@@ -335,3 +335,208 @@ def test_model_for_unknown_version_names_the_known_ones() -> None:
         model_for("penalty.imposed", 2)
     assert info.value.reason == "schema.unknown_version"
     assert str(info.value) == "penalty.imposed has no schema_version 2; known: [1]"
+
+
+# --- hostile text and dates ----------------------------------------------------------------
+
+
+def string_paths(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """The path of every string in an event's field values (dates and numbers excluded)."""
+    if isinstance(value, str):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in string_paths(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in string_paths(v, (*path, i))]
+    return []
+
+
+def with_value(data: Any, path: tuple[str | int, ...], value: Any) -> Any:
+    """A copy of ``data`` with the value at ``path`` replaced."""
+    if not path:
+        return value
+    head, *rest = path
+    if isinstance(data, list):
+        return [with_value(v, tuple(rest), value) if i == head else v for i, v in enumerate(data)]
+    return {k: with_value(v, tuple(rest), value) if k == head else v for k, v in data.items()}
+
+
+def every_text_field() -> list[tuple[str, tuple[str | int, ...]]]:
+    return [
+        (t, path)
+        for t in sorted(EVENT_TYPES)
+        for path in string_paths(fields(t))
+        if path not in {("event_type",), ("source",)}  # literal and pattern: never free text
+    ]
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x7f", "\x9b", "\u202e", "\u2067", "\u200f"])
+@pytest.mark.parametrize(("event_type", "path"), every_text_field())
+def test_control_and_bidi_characters_are_refused_in_every_text_field(
+    event_type: str, path: tuple[str | int, ...], char: str
+) -> None:
+    """No string of any event type carries a C0/C1 control or a bidi override onto the bus:
+    a case number with U+202E would read differently in every inbox and certificate."""
+    data = fields(event_type)
+    original = data
+    for p in path:
+        original = original[p]
+    assert isinstance(original, str)
+    hostile = original[:2] + char + original[2:]
+    with pytest.raises(ValidationError) as info:
+        model_for(event_type)(**with_value(data, path, hostile))
+    assert locs(info.value) == [".".join(str(p) for p in path)]
+
+
+@pytest.mark.parametrize(
+    ("event_type", "field", "value"),
+    [
+        ("penalty.imposed", "case_number", "昆花综执罚决字\u202e号0123第"),
+        ("penalty.imposed", "case_number", "AB\x00CD"),
+        ("penalty.imposed", "violation", "施工工地\n未采取扬尘防治措施"),
+        ("penalty.imposed", "violation", "施工工地\u2028未采取"),
+        ("penalty.repaired", "decision_number", "昆信修复\x1b[31m"),
+        ("licence.granted", "licence_number", "JY1320\u2066583"),
+        ("task.completed", "note", "line one\n\u202eenil owt"),
+        ("task.completed", "note", "line one\r\nline two"),
+        ("approval.opinion", "note", "同意\x07"),
+    ],
+)
+def test_text_problems_have_their_own_error_type(event_type: str, field: str, value: str) -> None:
+    data = fields(event_type)
+    data["payload"][field] = value
+    with pytest.raises(ValidationError) as info:
+        model_for(event_type)(**data)
+    [error] = info.value.errors()
+    assert (".".join(map(str, error["loc"])), error["type"]) == (f"payload.{field}", "schema.text")
+    assert "U+" in error["msg"]
+
+
+def test_free_text_may_span_lines_and_a_case_number_may_not() -> None:
+    data = fields("approval.opinion")
+    data["payload"]["note"] = "同意。\n请于三日内补正材料。"
+    assert model_for("approval.opinion")(**data).payload.note.count("\n") == 1
+    data = fields("penalty.imposed")
+    data["payload"]["case_number"] = "昆花综执罚决字\n〔2026〕第0123号"
+    with pytest.raises(ValidationError):
+        model_for("penalty.imposed")(**data)
+
+
+def test_other_scripts_and_joiners_are_text() -> None:
+    """Only controls, bidi controls and line breaks are refused, not writing systems."""
+    data = fields("enterprise.registered")
+    data["payload"]["name"] = "ئۇيغۇر تېخنىكا شىركىتى 👩‍💻 café"  # Uyghur, a ZWJ emoji, é
+    assert model_for("enterprise.registered")(**data).payload.name.startswith("ئۇيغۇر")
+
+
+@pytest.mark.parametrize(
+    ("event_type", "field", "value"),
+    [
+        ("penalty.imposed", "decided_on", date(1, 1, 1)),
+        ("penalty.imposed", "decided_on", date(9999, 12, 31)),
+        ("penalty.imposed", "publicity_until", date(9999, 12, 31)),
+        ("enterprise.registered", "established_on", date(1948, 12, 31)),
+        ("licence.granted", "valid_until", date(2101, 1, 1)),
+        ("certificate.requested", "period_start", "0001-01-01"),
+        ("task.created", "due_at", datetime(9999, 12, 31, 23, 59, tzinfo=UTC)),
+        ("certificate.issued", "issued_at", "0001-01-01T00:00:00+00:00"),
+    ],
+)
+def test_dates_outside_the_plausible_years_are_refused(
+    event_type: str, field: str, value: Any
+) -> None:
+    data = fields(event_type)
+    data["payload"][field] = value
+    with pytest.raises(ValidationError) as info:
+        model_for(event_type)(**data)
+    [error] = info.value.errors()
+    assert (".".join(map(str, error["loc"])), error["type"]) == (
+        f"payload.{field}",
+        "schema.date_range",
+    )
+    assert "1949..2100" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "9999-12-31T23:59:59-01:00",  # converting to UTC overflows
+        "0001-01-01T00:00:00+01:00",  # likewise, the other way
+        "0001-01-01T00:00:00Z",
+        "2101-01-01T00:00:00Z",
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+    ],
+)
+def test_occurred_at_near_the_datetime_limits_is_refused_not_overflowing(occurred_at: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        build("penalty.imposed", occurred_at=occurred_at)
+    [error] = info.value.errors()
+    assert (error["loc"], error["type"]) == (("occurred_at",), "schema.date_range")
+
+
+def test_the_bounds_themselves_are_allowed() -> None:
+    data = fields("licence.granted")
+    data["payload"].update(valid_from=date(1949, 1, 1), valid_until=date(2100, 12, 31))
+    assert model_for("licence.granted")(**data).payload.valid_until == date(2100, 12, 31)
+
+
+def test_a_penalty_decided_after_it_occurred_is_refused() -> None:
+    data = fields("penalty.imposed", occurred_at=datetime(2026, 3, 2, 9, 30, tzinfo=CST))
+    data["payload"]["decided_on"] = date(2026, 3, 3)
+    with pytest.raises(ValidationError) as info:
+        model_for("penalty.imposed")(**data)
+    [error] = info.value.errors()
+    assert error["type"] == "schema.date_order"
+    assert error["ctx"]["field"] == "payload.decided_on"
+
+
+def test_a_penalty_decided_on_the_local_day_it_occurred_is_allowed() -> None:
+    """07:00 in Kunshan is the day before in UTC: the local day must still count."""
+    data = fields("penalty.imposed", occurred_at=datetime(2026, 3, 2, 7, 0, tzinfo=CST))
+    data["payload"]["decided_on"] = date(2026, 3, 2)
+    event = model_for("penalty.imposed")(**data)
+    assert event.occurred_at.date() == date(2026, 3, 1)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "changes", "field"),
+    [
+        ("penalty.imposed", {"publicity_until": date(2026, 2, 9)}, "publicity_until"),
+        ("licence.granted", {"valid_until": date(2026, 1, 4)}, "valid_until"),
+        ("certificate.requested", {"period_end": date(2022, 12, 31)}, "period_end"),
+    ],
+)
+def test_dates_of_one_payload_in_the_wrong_order_are_refused(
+    event_type: str, changes: dict[str, Any], field: str
+) -> None:
+    data = fields(event_type)
+    data["payload"].update(changes)
+    with pytest.raises(ValidationError) as info:
+        model_for(event_type)(**data)
+    [error] = info.value.errors()
+    assert (error["loc"], error["type"], error["ctx"]["field"]) == (
+        ("payload",),
+        "schema.date_order",
+        field,
+    )
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "accepted"),
+    [
+        ("1949-01-01T00:00:00+08:00", False),  # 1948-12-31T16:00Z: kept in UTC, so refused
+        ("1949-01-01T08:00:00+08:00", True),
+        ("2100-12-31T23:59:59-01:00", False),  # 2101-01-01T00:59:59Z
+        ("2100-12-31T23:59:59+01:00", True),
+    ],
+)
+def test_instant_bounds_hold_in_utc_as_stored(occurred_at: str, accepted: bool) -> None:
+    """Checked on the local value only, 1949-01-01T00:00+08:00 was accepted and then refused
+    when the stored UTC form was read back: the fuzz tests found it."""
+    if accepted:
+        event = build("penalty.revoked", occurred_at=occurred_at)
+        assert model_for("penalty.revoked").model_validate(event.model_dump()) == event
+    else:
+        with pytest.raises(ValidationError) as info:
+            build("penalty.revoked", occurred_at=occurred_at)
+        assert info.value.errors()[0]["type"] == "schema.date_range"

@@ -6,6 +6,7 @@ plus the dead-letter headers that explain a rejection.
 from __future__ import annotations
 
 import json
+from datetime import date
 from typing import Any
 
 import pytest
@@ -167,6 +168,63 @@ def test_unauthorised_source(ingestor: Ingestor, codec: EventCodec) -> None:
 def test_unknown_source(ingestor: Ingestor, codec: EventCodec) -> None:
     exc = reason_of(ingestor, json_bytes(codec, source="ks.enforcement.shanghai"))
     assert exc.reason == "auth.unknown_source"
+
+
+# --- hostile records: a precise reason, never ingest.crash ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        b'{"event_type": "penalty.imposed", "payload": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ],
+)
+def test_deep_nesting_is_too_deep_not_a_crash(ingestor: Ingestor, value: bytes) -> None:
+    exc = reason_of(ingestor, value)
+    assert exc.reason == "schema.too_deep"
+    assert "32 levels" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason", "field"),
+    [
+        ({"occurred_at": "9999-12-31T23:59:59-01:00"}, "schema.date_range", "occurred_at"),
+        ({"occurred_at": "0001-01-01T00:00:00+01:00"}, "schema.date_range", "occurred_at"),
+        ({"occurred_at": "2999-01-01T00:00:00Z"}, "schema.date_range", "occurred_at"),
+        ({"correlation_id": "case-1\u202e"}, "schema.text", "correlation_id"),
+        ({"correlation_id": "case-1\r\nbus.reason: forged"}, "schema.text", "correlation_id"),
+    ],
+)
+def test_hostile_envelope_fields(
+    ingestor: Ingestor, codec: EventCodec, changes: dict[str, Any], reason: str, field: str
+) -> None:
+    exc = reason_of(ingestor, json_bytes(codec, **changes))
+    assert (exc.reason, getattr(exc, "field", None)) == (reason, field)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"case_number": "昆花综执罚决字〔2026〕\u202e号3210第"}, "schema.text"),
+        ({"case_number": "昆花综执罚决字\x00〔2026〕"}, "schema.text"),
+        # At either end too: stripping would hide it from the bus, not from other readers
+        ({"case_number": "昆花综执罚决字〔2026〕第0123号\x85"}, "schema.text"),
+        ({"violation": "\u2028施工工地未采取扬尘防治措施"}, "schema.text"),
+        ({"decided_on": date(1, 1, 1)}, "schema.date_range"),
+        ({"decided_on": date(9999, 12, 31)}, "schema.date_range"),
+        ({"decided_on": date(2026, 3, 9)}, "schema.date_order"),  # occurred 2026-03-02
+    ],
+)
+def test_avro_written_straight_to_kafka_is_checked_like_json(
+    ingestor: Ingestor, codec: EventCodec, change: dict[str, Any], reason: str
+) -> None:
+    event = build("penalty.imposed")
+    forged = event.model_copy(update={"payload": event.payload.model_copy(update=change)})
+    exc = reason_of(ingestor, codec.encode(forged))  # model_copy skips validation
+    assert exc.reason == reason
+    assert getattr(exc, "field", None) == "payload." + next(iter(change))
 
 
 # --- dead-letter headers --------------------------------------------------------------------
