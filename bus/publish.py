@@ -111,6 +111,7 @@ async def _collect(
     # Handled by correlate: final unless its dead letter, written before, shows up late (it
     # may come through another broker's fetch).
     handled_at: dict[str, float] = {}
+    refusals: dict[str, dict[str, str]] = {}
     consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None, enable_auto_commit=False)
     await start_or_close(consumer)
 
@@ -137,12 +138,9 @@ async def _collect(
                         continue
                     headers = {k: v.decode(errors="replace") for k, v in (r.headers or ())}
                     if r.topic == deadletter and headers.get("bus.stage", "ingest") != "ingest":
-                        refused = waiting.pop(headers.get("event_id", ""), None)
-                        if refused is not None:  # accepted, then refused by an agent
-                            refused.accepted, refused.stage = False, headers.get("bus.stage")
-                            refused.reason = headers.get("bus.reason")
-                            refused.error = headers.get("bus.error")
-                            settle(refused)
+                        # accepted, then refused by an agent; read perhaps before the canonical
+                        # record itself (another partition), so kept until that one comes too
+                        refusals.setdefault(headers.get("event_id", ""), headers)
                     elif r.topic == deadletter:
                         rejected = by_origin.get(headers.get("bus.origin", ""))
                         if rejected is None or rejected.reason:
@@ -161,8 +159,15 @@ async def _collect(
                             waiting[taken.event_id] = taken
                         else:
                             settle(taken)
-            for event_id in [i for i in waiting if time.monotonic() - handled_at.get(i, 1e18) > 1]:
-                settle(waiting.pop(event_id))
+            for event_id in list(waiting):
+                if (refusal := refusals.get(event_id)) is not None:
+                    refused = waiting.pop(event_id)
+                    refused.accepted, refused.stage = False, refusal.get("bus.stage")
+                    refused.reason = refusal.get("bus.reason")
+                    refused.error = refusal.get("bus.error")
+                    settle(refused)
+                elif time.monotonic() - handled_at.get(event_id, 1e18) > 1:
+                    settle(waiting.pop(event_id))
     finally:
         await consumer.stop()
 

@@ -376,10 +376,13 @@ def test_deep_nesting(fuzz_counts: Counter[str], depth: int, opener: str, where:
 
 
 def test_the_seeds_are_accepted() -> None:
-    """The mutations start from events the bus accepts, as JSON and as Avro."""
+    """The mutations start from valid events: accepted, as JSON and as Avro, but for those in
+    the bus's own name, which ingest refuses from outside (their schemas are fuzzed all the
+    same: decoding and validation come first)."""
     for event in SEEDS:
+        expected = "auth.reserved_source" if event.source == "ks.bus" else "accepted"
         for value in (codec.to_json(event).encode(), codec.encode(event)):
-            assert outcome_of(value) == "accepted"
+            assert outcome_of(value) == expected
 
 
 @pytest.mark.parametrize("reason", sorted({"schema.too_deep", "schema.text", "schema.date_range",
