@@ -8,10 +8,12 @@ import time
 
 from bench.cpu import CpuSampler, cpu_seconds, per_event
 
+# Busy for 0.6 s of its own CPU time, not of the clock: on a loaded machine the child gets a
+# share of a core, and a wall-clock spin would spend less CPU than the test expects.
 BUSY_THEN_IDLE = """
 import time
-end = time.monotonic() + 0.6
-while time.monotonic() < end:
+end = time.process_time() + 0.6
+while time.process_time() < end:
     pass
 print("idle", flush=True)
 time.sleep(30)
