@@ -131,7 +131,12 @@ async def main(args: argparse.Namespace) -> None:
             n = args.events
             events = penalties(2 * n + 200, seed=5)
             source = events[0].source
-            same = [e.model_copy(update={"source": source}) for e in events]
+            same = [  # one bureau's decisions, in its own name (the policy's bound fields)
+                e.model_copy(update={
+                    "source": source, "payload": e.payload.model_copy(update={"agency": source}),
+                })
+                for e in events
+            ]  # fmt: skip
             key = issue_key(keys_path(settings.data_dir), source)
             bodies = [codec.to_json(e).encode() for e in same]
             warmup, singles, rest = bodies[:200], bodies[200 : 200 + n], same[200 + n :]
