@@ -61,7 +61,6 @@ _LOCAL_SETTINGS = {
     "transaction.state.log.num.partitions": "6",
     "num.network.threads": "2",
     "num.io.threads": "4",
-    "log.flush.interval.messages": "9223372036854775807",
 }
 _LOG4J = """\
 status = warn
