@@ -193,6 +193,8 @@ def _run_demo(console: Console, *, engine: str, keep_running: bool, seed: int) -
                 pass
         verdict = "[green]all events ended where they should[/]" if ok else "[red]unexpected[/]"
         console.print(f"[bold]8.[/] {verdict}; stopping")
+        if engine != "kafka":
+            console.print("The same on Apache Kafka (needs java and mvn): bus demo --engine kafka")
         code = 0 if ok else 1
         return code
     finally:

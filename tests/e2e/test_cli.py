@@ -197,6 +197,7 @@ def test_demo_plays_the_scenarios_and_exits_zero(postgres_dsn: str) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "all events ended where they should" in out
+    assert "bus demo --engine kafka" in out
     for reason in ("duplicate.event_id", "schema.uscc", "auth.event_type", "schema.validation",
                    "schema.decode", "schema.unknown_type"):  # fmt: skip
         assert reason in out
