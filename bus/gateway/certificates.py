@@ -66,7 +66,8 @@ class CertificateIndex:
         )  # fmt: skip
         await consumer.start()
         self._consumer = consumer
-        tps = [TopicPartition(topic, p) for p in (await topic_partitions(consumer, [topic]))[topic]]
+        known = await topic_partitions(consumer, [topic])  # a missing topic: nothing to index
+        tps = [TopicPartition(topic, p) for p in known.get(topic, ())]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
