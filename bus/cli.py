@@ -376,6 +376,32 @@ def status(broker: BrokerOpt = None) -> None:
                   f"{tk['closed']} closed")  # fmt: skip
 
 
+migrate_app = typer.Typer(help="One-off steps when upgrading the bus.", no_args_is_help=True)
+app.add_typer(migrate_app, name="migrate")
+
+
+@migrate_app.command("owners")
+def migrate_owners(
+    broker: BrokerOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be written.")] = False,
+) -> None:
+    """Record who made the decisions already on the canonical topics, for the policy's checks.
+
+    Decisions published before the policy existed have no owner, so revoking or repairing
+    them is refused as auth.unknown_decision. Run once, with every worker stopped.
+    """
+    from bus.migrate import migrate_owners as run
+
+    try:
+        report = asyncio.run(run(_settings(broker), dry_run=dry_run))
+    except BusError as exc:
+        raise _fail(exc) from None
+    for line in report.skipped:
+        console.print(f"skipped (the policy refuses it): {line}", markup=False)
+    verb = "would add" if dry_run else "added"
+    console.print(f"owners: {report.known} known, {verb} {len(report.added)}")
+
+
 @app.command()
 def trace(
     key: Annotated[

@@ -73,6 +73,19 @@ async def _agent(
     return status
 
 
+async def group_members(settings: Settings, agent: str) -> int | None:
+    """How many members an agent's consumer group has; ``None`` if the broker cannot say."""
+    admin = AIOKafkaAdminClient(**settings.kafka(), request_timeout_ms=2000)
+    try:
+        await admin.start()
+        [response] = await admin.describe_consumer_groups([f"{settings.app_id}.{agent}"])
+        return sum(len(g[5]) for g in response.groups)
+    except Exception:
+        return None
+    finally:
+        await admin.close()
+
+
 async def collect(settings: Settings) -> Status:
     """Ask the broker everything ``bus status`` shows."""
     status = Status(settings.broker, reachable=True)

@@ -387,18 +387,10 @@ def _inboxes(state: _State, department: str) -> Inboxes:
 
 async def _worker_alive(settings: Settings) -> str:
     """ok when the ingest agent's consumer group has members; unknown if the broker can't say."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from bus.status import group_members
 
-    admin = AIOKafkaAdminClient(**settings.kafka(), request_timeout_ms=2000)
-    try:
-        await admin.start()
-        [response] = await admin.describe_consumer_groups([f"{settings.app_id}.ingest"])
-        members = sum(len(g[5]) for g in response.groups)
-        return "ok" if members else "down"
-    except Exception:
-        return "unknown"
-    finally:
-        await admin.close()
+    members = await group_members(settings, "ingest")
+    return "unknown" if members is None else "ok" if members else "down"
 
 
 def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> FastAPI:

@@ -263,3 +263,37 @@ def test_concurrent_posts_of_one_event_id_publish_it_once(gateway: Gateway) -> N
     ingress = read(gateway.settings, "ingress", idle=0.5)
     assert codes == [202] + [409] * 7
     assert [r.headers["event_id"] for r in ingress] == [str(event.event_id)]
+
+
+def test_decisions_from_before_the_policy_get_their_owners(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """An upgrade: penalties already on the canonical topic, an owners store that never saw them."""
+    rng = random.Random(87)
+    firm = enterprise(rng)
+    fine = penalty(firm, rng, decided_on=date(2026, 3, 2))
+    h = fine.source
+    penalties = gateway.settings.topic("events.penalty")
+    asyncio.run(_send(gateway, penalties, fine))  # accepted by a bus that had no policy yet
+    by_z = act("penalty.revoked", fine, Z, reason="撤销", revoked_on=date(2026, 5, 1))
+    by_h = act("penalty.revoked", fine, h, reason="撤销", revoked_on=date(2026, 5, 2))
+    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
+        busy = _bus(gateway, "migrate", "owners")
+        asyncio.run(_publish(gateway, [by_h]))
+        dead = wait_records(gateway, "deadletter", lambda rs: len(rs) >= 1)
+    assert busy.returncode != 0
+    assert "stop every worker first" in busy.stdout + busy.stderr
+    assert dead[0].headers["bus.reason"] == "auth.unknown_decision"  # the gap being closed
+    dry = _bus(gateway, "migrate", "owners", "--dry-run")
+    assert "would add 1" in dry.stdout, dry.stdout + dry.stderr
+    first = _bus(gateway, "migrate", "owners")
+    second = _bus(gateway, "migrate", "owners")
+    assert "added 1" in first.stdout, first.stdout + first.stderr
+    assert "1 known, added 0" in second.stdout, second.stdout + second.stderr  # idempotent
+    with WorkerProcess(gateway.settings, tmp_path / "worker2.log"):
+        asyncio.run(_publish(gateway, [by_z, by_h]))
+        dead = wait_records(gateway, "deadletter", lambda rs: len(rs) >= 2)
+        accepted = wait_records(gateway, "events.penalty", lambda rs: len(rs) >= 2)
+    reasons = {r.headers["event_id"]: r.headers["bus.reason"] for r in dead}
+    assert reasons[str(by_z.event_id)] == "auth.not_owner"
+    assert str(by_h.event_id) in {r.headers["event_id"] for r in accepted}
