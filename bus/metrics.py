@@ -91,6 +91,10 @@ class GatewayMetrics:
             f"{prefix}_gateway_published", "Events the gateway put on ingress, by department",
             ["department"], registry=r,
         )  # fmt: skip
+        self.case_reads = Counter(
+            f"{prefix}_gateway_case_reads", "Cases read from the evidence log for GET /v1/cases "
+            "(only for departments that take part, or just published into the case)", registry=r,
+        )  # fmt: skip
 
 
 class MetricsServer(Service):

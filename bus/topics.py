@@ -86,6 +86,16 @@ REPLAYED = TopicSpec(
     compacted=True,
 )
 
+CASE_PARTIES = TopicSpec(
+    "state.case-parties",
+    "state",
+    "who takes part in each case the bus runs (requester, assignees, supervisors), by "
+    "correlation id, so the gateway answers an outsider without reading the case; compacted",
+    compacted=True,
+    subject_keyed=False,
+    partitions=1,
+)
+
 
 def canonical(family: str) -> TopicSpec:
     """The canonical topic of one event family (validated, authorised, de-duplicated)."""
@@ -128,6 +138,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     CORRELATE_RECORDS,
     CORRELATE_SEEN,
     REPLAYED,
+    CASE_PARTIES,
 )
 
 

@@ -18,6 +18,7 @@ derived from the request's event id, so re-processing a request reproduces the s
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -35,7 +36,13 @@ from bus.matters import Matter, TaskTemplate, load_matters
 from bus.record import EnterpriseRecord, TaskEntry, apply_part, encode_part
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import FAMILIES, model_for
-from bus.topics import CORRELATE_RECORDS, CORRELATE_SEEN, DEADLETTER, canonical_topic
+from bus.topics import (
+    CASE_PARTIES,
+    CORRELATE_RECORDS,
+    CORRELATE_SEEN,
+    DEADLETTER,
+    canonical_topic,
+)
 from bus.workdays import CHINA_TZ, WorkingCalendar
 
 if TYPE_CHECKING:
@@ -210,7 +217,11 @@ class CorrelateAgent(BatchAgent):
             action = matter.decision.otherwise if on_record else matter.decision.when_clean
             self.decided += 1
             if action == "issue_certificate":
-                return [self._certificate(event, record, on_record)]
+                parties = {event.source, getattr(p, "requested_by", None)}
+                return [
+                    self._parties(event.correlation_id, parties),
+                    self._certificate(event, record, on_record),
+                ]
             by_agency: dict[str, list[str]] = {}
             for entry in on_record:
                 by_agency.setdefault(entry.agency or "unknown", []).append(entry.case_number)
@@ -338,6 +349,10 @@ class CorrelateAgent(BatchAgent):
                 )  # fmt: skip
                 outs.append(self._out(created, assignee))
         if tasks:
+            parties = {trigger.source, getattr(trigger.payload, "requested_by", None)}
+            parties |= {t.assignee for t in record.tasks.values() if t.case == case}
+            parties |= {t.supervisor for t in record.tasks.values() if t.case == case}
+            outs.append(self._parties(trigger.correlation_id, parties))
             record.reviews[case] = {
                 "matter": matter.name, "opened_at": time.time(), "tasks": tasks,
                 "request": trigger.model_dump(mode="json"),
@@ -543,6 +558,15 @@ class CorrelateAgent(BatchAgent):
         if event_type == "task.escalated" and task.supervisor:
             notify.append(task.supervisor)
         return self._out(event, *notify)
+
+    def _parties(self, correlation_id: str, parties: set[str | None]) -> Out:
+        """Who takes part in a case, for the gateway's access check (``state.case-parties``)."""
+        names = sorted(p for p in parties if p)
+        return Out(
+            self.ctx.settings.topic(CASE_PARTIES.name),
+            json.dumps(names).encode(),
+            key=correlation_id.encode(),
+        )
 
     def _out(self, event: Envelope, *notify: str | None) -> Out:
         """A decision of the bus for its canonical topic; ``notify``: who must receive it."""

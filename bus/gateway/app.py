@@ -38,6 +38,7 @@ from bus.errors import (
     SchemaError,
     ValidationFailed,
 )
+from bus.gateway.cases import CaseIndex
 from bus.gateway.certificates import CertificateIndex
 from bus.gateway.inbox import TASK_STATES, Inboxes
 from bus.gateway.keys import authenticate, keys_path
@@ -166,6 +167,7 @@ class _State:
     client: BusClient | None = None
     inboxes: Inboxes | None = None
     certificates: CertificateIndex | None = None
+    cases: CaseIndex | None = None
     recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
 
@@ -334,6 +336,9 @@ async def _publish(state: _State, events: list[Envelope]) -> list[str]:
         state.recent[event_id] = None
     try:
         await state.client.publish_many(events)
+        if state.cases is not None:
+            for e in events:
+                state.cases.published(e.source, e.correlation_id)
     except BaseException as exc:  # a cancelled request too: ingest still refuses a copy
         for event_id in ids:
             state.recent.pop(event_id, None)
@@ -407,12 +412,14 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         inboxes = Inboxes(settings, state.directory.departments)
         certificates = CertificateIndex(settings, state.codec, settings.data_dir / "keys")
-        async with BusClient(settings, state.codec) as client, inboxes, certificates:
-            state.client, state.inboxes, state.certificates = client, inboxes, certificates
+        cases = CaseIndex(settings)
+        async with BusClient(settings, state.codec) as client, inboxes, certificates, cases:
+            state.client, state.inboxes = client, inboxes
+            state.certificates, state.cases = certificates, cases
             try:
                 yield
             finally:
-                state.client, state.inboxes, state.certificates = None, None, None
+                state.client, state.inboxes, state.certificates, state.cases = (None,) * 4
 
     app = FastAPI(
         title="Collaboration bus gateway",
@@ -680,22 +687,34 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
     async def get_case(correlation_id: str, department: Department) -> CaseTrace:
         """The case's events from the evidence log, for a department that takes part in it.
 
-        Participants are those the bus gave a role (the requester, assignees, supervisors) and
-        departments whose inbox received an event of the case; events others wrote into the
-        case are not shown. Anyone else gets 404, as for a case that does not exist.
+        Participants are those the bus gave a role (the requester, assignees, supervisors),
+        departments whose inbox received an event of the case, and, until the bus acts on it,
+        whoever published it through this gateway. Access is decided from memory before the
+        case is read; anyone else gets 404, as for a case that does not exist. Events others
+        wrote into the case are not shown.
         """
         from bus.trace import participants, trace
 
         missing = GatewayError(  # the same answer for a case that is not yours
             404, "case.not_found", f"no case {correlation_id[:128]!r}", field="correlation_id"
         )
-        if not 1 <= len(correlation_id) <= 128:
+        if not 1 <= len(correlation_id) <= 128 or state.cases is None:
             raise missing
-        received = await _inboxes(state, department).received(department, correlation_id)
+        try:
+            named = await _inboxes(state, department).received(department, correlation_id) or (
+                await state.cases.named(department, correlation_id)
+            )
+        except TimeoutError:
+            raise GatewayError(
+                503, "broker.unavailable", "the case index is not ready; try again"
+            ) from None
+        if not (named or state.cases.recently_published(department, correlation_id)):
+            raise missing
+        state.metrics.case_reads.inc()
         steps = await trace(settings, correlation_id, max_seconds=20)
         parties = participants(steps)
-        if not steps or not (received or department in parties):
-            raise missing
+        if not steps or not (named or department in parties):
+            raise missing  # published into it, but the case is another's
         steps = [s for s in steps if s.source in parties]  # not what outsiders wrote into it
         t0 = steps[0].at
         return CaseTrace(

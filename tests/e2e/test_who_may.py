@@ -184,13 +184,26 @@ def test_writing_into_another_case_does_not_join_it(gateway: Gateway, tmp_path: 
         z = gateway.key(intruder.source)
         assert gateway.http.post("/v1/events", json=body(intruder), headers=z).status_code == 202
         wait_records(gateway, "events.penalty", lambda rs: len(rs) >= 1)
+        outsider = gateway.key("ks.finance")
+        before = _case_reads(gateway)
+        guesses = [gateway.http.get(f"/v1/cases/{case}", headers=outsider) for _ in range(5)]
+        after_outsider = _case_reads(gateway)
         seen = gateway.http.get(f"/v1/cases/{case}", headers=tax)
         stolen = gateway.http.get(f"/v1/cases/{case}", headers=z)
         traced = _bus(gateway, "trace", case)
+    assert {g.status_code for g in guesses} == {404}
+    assert after_outsider == before  # an outsider's guesses never read the evidence log
+    assert _case_reads(gateway) == before + 2  # the assignee, and Z who just published into it
     assert seen.status_code == 200, seen.text
     assert "penalty.imposed" not in [s["event_type"] for s in seen.json()["steps"]]
     assert (stolen.status_code, stolen.json()["error"]) == (404, "case.not_found")
     assert f"{intruder.source} (not a participant)" in traced.stdout, traced.stdout
+
+
+def _case_reads(gateway: Gateway) -> float:
+    text = gateway.http.get("/metrics").text
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("bus_gateway_case_reads_total"))  # fmt: skip
 
 
 def _bus(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
