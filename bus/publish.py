@@ -33,6 +33,7 @@ class Verdict:
     topic: str | None = None
     reason: str | None = None
     error: str | None = None
+    field: str | None = None  # the field at fault, when the refusal names one
     stage: str | None = None  # where it was refused: ingest, or an agent after acceptance
     settled: bool = False  # the verdict is final (an answer to a task waits for correlate)
 
@@ -96,6 +97,23 @@ async def publish_and_wait(
     return verdicts
 
 
+async def await_verdicts(
+    settings: Settings,
+    start: dict[TopicPartition, int],
+    published: list[tuple[str, str, str]],
+    wait: float,
+) -> list[Verdict]:
+    """Verdicts of events already published: ``(event_id, event_type, origin)`` each.
+
+    ``start`` comes from :func:`verdict_offsets`, taken before publishing; ``origin`` is the
+    ingress ``topic/partition/offset`` the broker acknowledged.
+    """
+    verdicts = [Verdict(i, eid, etype, origin) for i, (eid, etype, origin) in enumerate(published)]
+    if wait > 0 and verdicts:
+        await _collect(settings, start, verdicts, wait)
+    return verdicts
+
+
 async def _collect(
     settings: Settings, start: dict[TopicPartition, int], verdicts: list[Verdict], wait: float
 ) -> None:
@@ -147,6 +165,7 @@ async def _collect(
                             continue
                         rejected.reason = headers.get("bus.reason")
                         rejected.error = headers.get("bus.error")
+                        rejected.field = headers.get("bus.field")
                         rejected.stage = "ingest"
                         settle(rejected)
                     else:
@@ -165,6 +184,7 @@ async def _collect(
                     refused.accepted, refused.stage = False, refusal.get("bus.stage")
                     refused.reason = refusal.get("bus.reason")
                     refused.error = refusal.get("bus.error")
+                    refused.field = refusal.get("bus.field")
                     settle(refused)
                 elif time.monotonic() - handled_at.get(event_id, 1e18) > 1:
                     settle(waiting.pop(event_id))

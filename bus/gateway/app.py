@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 
 from bus.brokers import wait_for_broker
 from bus.certificates import Verifier
-from bus.client import BusClient
+from bus.client import BusClient, Receipt
 from bus.codec import EventCodec, load_json
 from bus.departments import Directory
 from bus.errors import (
@@ -43,6 +43,7 @@ from bus.gateway.certificates import CertificateIndex
 from bus.gateway.inbox import TASK_STATES, Inboxes
 from bus.gateway.keys import authenticate, keys_path
 from bus.metrics import GatewayMetrics
+from bus.publish import Verdict, await_verdicts, verdict_offsets
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
 
@@ -110,11 +111,25 @@ class ErrorBody(BaseModel):
     message: str
 
 
+class EventVerdict(BaseModel):
+    """What the bus made of a published event, when the request asked to wait for it."""
+
+    event_id: str
+    verdict: Literal["accepted", "refused", "pending"] = Field(
+        description="accepted onto a canonical topic (and, for a task answer, taken by the "
+        "worker); refused with a reason; pending: no verdict within the wait"
+    )
+    refusal: ErrorBody | None = Field(
+        default=None, description="Why it was refused, as a dead letter records it"
+    )
+
+
 class Accepted(BaseModel):
-    """The event is on the ingress topic."""
+    """The event is on the ingress topic; with ``wait``, also what the bus made of it."""
 
     event_id: str
     status: str = "accepted_for_processing"
+    verdict: EventVerdict | None = None
 
 
 class BatchAccepted(BaseModel):
@@ -122,6 +137,9 @@ class BatchAccepted(BaseModel):
 
     event_ids: list[str]
     status: str = "accepted_for_processing"
+    verdicts: list[EventVerdict] | None = Field(
+        default=None, description="With ``wait``: one per event, in request order"
+    )
 
 
 class Health(BaseModel):
@@ -200,6 +218,14 @@ async def _department(
 
 
 Department = Annotated[str, Depends(_department)]
+Wait = Annotated[
+    float,
+    Query(
+        ge=0, le=30,
+        description="Seconds to wait for the bus's verdict on each event (accepted, or refused "
+        "and why, also by the worker for a task answer); 0 answers once it is on ingress",
+    ),
+]  # fmt: skip
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -315,7 +341,7 @@ def _refuse_replays(state: _State, events: list[Envelope]) -> list[dict[str, Any
     return replays
 
 
-async def _publish(state: _State, events: list[Envelope]) -> list[str]:
+async def _publish(state: _State, events: list[Envelope]) -> list[Receipt]:
     """Publish, unless an event id was published before: then 409 and nothing is published.
 
     The gateway remembers the last ``RECENT_IDS`` ids it published; older replays, and
@@ -335,7 +361,7 @@ async def _publish(state: _State, events: list[Envelope]) -> list[str]:
     for event_id in ids:
         state.recent[event_id] = None
     try:
-        await state.client.publish_many(events)
+        receipts = await state.client.publish_many(events)
         if state.cases is not None:
             for e in events:
                 state.cases.published(e.source, e.correlation_id)
@@ -350,7 +376,34 @@ async def _publish(state: _State, events: list[Envelope]) -> list[str]:
     state.metrics.published.labels(events[0].source).inc(len(ids))  # one department per call
     while len(state.recent) > RECENT_IDS:
         state.recent.popitem(last=False)
-    return ids
+    return receipts
+
+
+def _verdict(v: Verdict) -> EventVerdict:
+    if v.reason:
+        refusal = ErrorBody(error=v.reason, field=v.field, message=v.error or v.reason)
+        return EventVerdict(event_id=str(v.event_id), verdict="refused", refusal=refusal)
+    verdict = "accepted" if v.accepted and v.settled else "pending"
+    return EventVerdict(event_id=str(v.event_id), verdict=verdict)
+
+
+async def _publish_and_judge(
+    state: _State, events: list[Envelope], wait: float
+) -> tuple[list[str], list[EventVerdict] | None]:
+    """Publish; with ``wait`` > 0, also wait up to that long for each event's verdict."""
+    if wait <= 0:
+        return [str(r.event_id) for r in await _publish(state, events)], None
+    try:
+        start = await verdict_offsets(state.settings)
+    except KafkaError as exc:
+        raise GatewayError(503, "broker.unavailable", f"could not reach the bus: {exc}") from None
+    receipts = await _publish(state, events)
+    published = [
+        (str(e.event_id), e.event_type, f"{r.topic}/{r.partition}/{r.offset}")
+        for e, r in zip(events, receipts, strict=True)
+    ]
+    verdicts = [_verdict(v) for v in await await_verdicts(state.settings, start, published, wait)]
+    return [v.event_id for v in verdicts], verdicts
 
 
 class _Measure:
@@ -458,12 +511,12 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
             }
         },
     )
-    async def publish_event(request: Request, department: Department) -> Accepted:
+    async def publish_event(request: Request, department: Department, wait: Wait = 0) -> Accepted:
         """Validate and authorise one event as the key's department, then publish it."""
         obj = _parse(await _body(request, settings.max_event_bytes))
         event = _check(state, department, obj)
-        (event_id,) = await _publish(state, [event])
-        return Accepted(event_id=event_id)
+        (event_id,), verdicts = await _publish_and_judge(state, [event], wait)
+        return Accepted(event_id=event_id, verdict=verdicts[0] if verdicts else None)
 
     @app.post(
         "/v1/events:batch",
@@ -482,7 +535,9 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
             }
         },
     )
-    async def publish_batch(request: Request, department: Department) -> BatchAccepted:
+    async def publish_batch(
+        request: Request, department: Department, wait: Wait = 0
+    ) -> BatchAccepted:
         """Check every event first; publish none unless all pass (422 lists each bad one)."""
         items = _parse(await _body(request, settings.max_event_bytes * 16))
         if not isinstance(items, list) or not items or len(items) > MAX_BATCH:
@@ -505,7 +560,8 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
                 f"{len(bad)} of {len(items)} events are invalid; nothing was published",
                 extra={"items": bad},
             )
-        return BatchAccepted(event_ids=await _publish(state, events))
+        event_ids, verdicts = await _publish_and_judge(state, events, wait)
+        return BatchAccepted(event_ids=event_ids, verdicts=verdicts)
 
     app.add_api_route(  # the same route under a slash, for clients that dislike ':'
         "/v1/events/batch",
@@ -675,8 +731,8 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
         if "event_id" in body:
             obj["event_id"] = body["event_id"]
         event = _check(state, department, obj)
-        (event_id,) = await _publish(state, [event])
-        return Accepted(event_id=event_id)
+        (receipt,) = await _publish(state, [event])
+        return Accepted(event_id=str(receipt.event_id))
 
     @app.get(
         "/v1/cases/{correlation_id}",

@@ -18,6 +18,7 @@ import time
 from datetime import date
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -310,3 +311,43 @@ def test_decisions_from_before_the_policy_get_their_owners(
     reasons = {r.headers["event_id"]: r.headers["bus.reason"] for r in dead}
     assert reasons[str(by_z.event_id)] == "auth.not_owner"
     assert str(by_h.event_id) in {r.headers["event_id"] for r in accepted}
+
+
+def test_the_gateway_tells_the_final_verdict_when_asked_to_wait(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    rng = random.Random(88)
+    firm = enterprise(rng)
+    reg = registered(firm, rng)
+    fine = penalty(firm, rng, decided_on=date(2026, 4, 1))
+    revoke = act("penalty.revoked", fine, Z, reason="撤销", revoked_on=date(2026, 5, 1))
+    post = gateway.http.post
+    with WorkerProcess(gateway.settings, tmp_path / "worker.log"):
+        asyncio.run(_publish(gateway, [reg, fine]))
+        tasks = wait_records(gateway, "events.task", lambda rs: len(rs) >= 4)
+        task = next(e for r in tasks if (e := codec.decode(r.value or b"")).payload.assignee
+                    == "ks.hrss")  # fmt: skip
+
+        def answer(source: str) -> dict[str, Any]:
+            return json.loads(codec.to_json(model_for("task.completed")(
+                event_type="task.completed", source=source, subject=firm.uscc,
+                correlation_id=task.correlation_id, causation_id=task.event_id,
+                payload={"task_id": task.payload.task_id, "outcome": "registered"},
+            )))  # fmt: skip
+
+        quick = post("/v1/events", json=body(revoke), headers=gateway.key(Z))
+        owner = post("/v1/events?wait=30", json=body(revoke) | {"event_id": str(uuid4())},
+                     headers=gateway.key(Z))  # fmt: skip
+        wrong = post("/v1/events?wait=30", json=answer("ks.tax"), headers=gateway.key("ks.tax"))
+        batch = post("/v1/events:batch?wait=30", json=[answer("ks.hrss"), answer("ks.hrss")],
+                     headers=gateway.key("ks.hrss"))  # fmt: skip
+    assert quick.status_code == 202
+    assert quick.json()["verdict"] is None  # not asked to wait: on ingress, nothing more said
+    assert owner.json()["verdict"]["verdict"] == "refused", owner.text
+    assert owner.json()["verdict"]["refusal"]["error"] == "auth.not_owner"
+    assert owner.json()["verdict"]["refusal"]["field"] == "payload.case_number"
+    assert wrong.json()["verdict"]["verdict"] == "refused", wrong.text
+    assert wrong.json()["verdict"]["refusal"]["error"] == "task.not_assignee"
+    verdicts = batch.json()["verdicts"]
+    assert [v["verdict"] for v in verdicts] == ["accepted", "refused"], batch.text
+    assert verdicts[1]["refusal"]["error"] == "task.closed"
