@@ -14,7 +14,9 @@ import signal
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -25,7 +27,8 @@ from rich.table import Table
 from bus.cli_certificate import certificate_app
 from bus.cli_connect import connect
 from bus.cli_import import import_file
-from bus.cli_support import load_settings
+from bus.cli_support import BrokerOpt, TzOpt, load_settings, local_time, time_zone
+from bus.cli_tasks import inbox, tasks
 from bus.errors import BusError, ConfigurationError
 from bus.gateway.cli import gateway_app
 from bus.settings import Settings
@@ -49,9 +52,25 @@ app.command("import")(import_file)
 console = Console()
 err = Console(stderr=True)
 
-BrokerOpt = Annotated[
-    str | None, typer.Option("--broker", "-b", help="Kafka bootstrap, overrides BUS_BROKER.")
-]
+
+def _show_version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"bus {version('collaboration-bus')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("bus (version unknown: not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Show the version and exit.", is_eager=True,
+                     callback=_show_version),
+    ] = False,
+) -> None:  # fmt: skip
+    """The inter-departmental collaboration bus."""
 
 
 def _settings(broker: str | None = None, **overrides: Any) -> Settings:
@@ -376,23 +395,33 @@ def status(broker: BrokerOpt = None) -> None:
                   f"{tk['closed']} closed")  # fmt: skip
 
 
+app.command("tasks")(tasks)
+app.command("inbox")(inbox)
+
+
 @app.command()
 def trace(
     key: Annotated[
         str, typer.Argument(help="A correlation id (a case) or a USCC (an enterprise).")
     ],
+    tz: TzOpt = None,
     broker: BrokerOpt = None,
 ) -> None:
-    """Show a case, or everything about an enterprise, across departments, in order."""
+    """Show a case, or everything about an enterprise, across departments, in order.
+
+    Times are on this machine's clock (the TZ variable) unless --tz names a zone; the
+    header says which.
+    """
     from bus.trace import elapsed, participants
     from bus.trace import trace as run_trace
 
+    zone, zone_name = time_zone(tz)
     s = _settings(broker)
     steps = asyncio.run(run_trace(s, key))
     if not steps:
         hint = "A case is named by its first event's event_id (bus publish prints it)."
         raise _fail(BusError(f"nothing on the canonical topics for {key}"), hint)
-    t = Table("time (UTC)", "after the previous", "event", "department", "what",
+    t = Table(f"time ({zone_name})", "after the previous", "event", "department", "what",
               title=f"trace {key}")  # fmt: skip
     cases: dict[str, list[Any]] = {}
     for step in steps:
@@ -406,7 +435,7 @@ def trace(
         if who not in parties[step.correlation_id]:  # wrote into a case it has no role in
             who += " (not a participant)"
         what = f"REFUSED {step.refused}; {step.summary}" if step.refused else step.summary
-        t.add_row(f"{step.at:%Y-%m-%d %H:%M:%S.%f}"[:-3], after, step.event_type,
+        t.add_row(local_time(step.at, zone, ms=True), after, step.event_type,
                   who, what)  # fmt: skip
     console.print(t)
     console.print(f"{len(steps)} events, {len({s.source for s in steps})} departments")
@@ -562,11 +591,33 @@ def _reflow_help(t: typer.Typer) -> None:
 _reflow_help(app)
 
 
+def _plain_flags(command: Any) -> None:
+    """Show flags as ``--x / --no-x`` alone: Typer's help prints ``<bool>`` beside them.
+
+    A flag takes no value, so a type beside it reads as if it wanted one (``--json <bool>``).
+    An empty metavar is what the help shows in the type column instead.
+    """
+    names = SimpleNamespace(help_option_names=["--help"])  # all get_help_option reads
+    params = [*command.params, command.get_help_option(names)]
+    for param in params:
+        if param is not None and getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _plain_flags(sub)
+
+
+def command() -> Any:
+    """The ``bus`` command tree, as ``main`` runs it."""
+    tree = typer.main.get_command(app)
+    _plain_flags(tree)
+    return tree
+
+
 def main() -> None:
     """Console entry point: a broker that cannot be reached is an answer, not a traceback."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        app()
+        command()()
     except KafkaConnectionError as exc:
         err.print(
             "[red]error:[/] cannot reach the Kafka broker. Is it running? `bus settings` "

@@ -45,12 +45,32 @@ def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
     [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["broker"], ["demo"],
      ["schemas", "check"], ["settings"], ["certificate", "verify"], ["certificate", "export"],
      ["certificate", "list"], ["trace"], ["deadletters", "replay"],
-     ["deadletters", "show"], ["status"], ["import"], ["connect"]],
+     ["deadletters", "show"], ["status"], ["import"], ["connect"], ["tasks"], ["inbox"],
+     ["gateway", "run"], ["gateway", "keys", "list"], ["certificate", "keygen"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     result = bus(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
+    assert "<bool>" not in result.stdout  # a flag takes no value; none is shown
+
+
+def test_help_shows_flags_without_a_value() -> None:
+    demo = bus("demo", "--help").stdout
+    assert re.search(r"--keep-running\s+--no-keep-running\s+Keep broker", demo), demo
+    dead = bus("deadletters", "--help").stdout
+    assert re.search(r"--json\s+JSON lines for scripts", dead), dead
+    assert re.search(r"--limit\s+<int>", dead), dead  # options with a value keep their type
+
+
+def test_version() -> None:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    expected = tomllib.loads(pyproject.read_text())["project"]["version"]
+    result = bus("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"bus {expected}"
 
 
 @pytest.mark.parametrize(
@@ -88,7 +108,7 @@ def test_help_paragraphs_are_reflowed_not_broken_where_the_source_wraps(
     "command",
     [["publish", "-"], ["deadletters"], ["deadletters", "replay", "--reason", "schema."],
      ["trace", "91320583HE0CTA587R"], ["certificate", "list"], ["topics", "create"],
-     ["status"]],
+     ["status"], ["tasks"], ["inbox", "ks.tax"]],
 )  # fmt: skip
 def test_no_broker_is_an_error_message_not_a_traceback(command: list[str]) -> None:
     closed = free_port()
@@ -410,3 +430,103 @@ def test_status_shows_workers_partitions_dead_letters_and_tasks(
     assert down.stdout.count("no worker running") == 2
     unreachable = bus("status", settings=settings.model_copy(update={"broker": "127.0.0.1:1"}))
     assert unreachable.returncode == 1
+
+
+def _wait_for(check: object, seconds: float = 60) -> object:
+    """``check()`` once it is truthy; polls (the worker is asynchronous), gives up after a while."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()  # type: ignore[operator]
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.3)
+
+
+@pytest.mark.timeout(300)
+def test_tasks_inbox_and_local_times_from_the_command_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import random
+
+    from bus.samples import enterprise, registered
+    from bus.schemas.events import model_for
+
+    rng = random.Random(97)
+    firm = enterprise(rng)
+    reg = registered(firm, rng)
+    codec = EventCodec()
+    (tmp_path / "reg.json").write_text(codec.to_json(reg))
+    # The worker sees a clock a month ahead: the four tell-us-once tasks are late at once.
+    late = settings.model_copy(update={"clock_skew": 30 * 86400.0, "task_check_interval": 0.2})
+
+    def tasks(*args: str) -> list[dict[str, object]]:
+        result = bus("tasks", "--json", *args, settings=settings)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+    with WorkerProcess(late, tmp_path / "worker.log"):
+        assert bus("publish", str(tmp_path / "reg.json"), settings=settings).returncode == 0
+        overdue = _wait_for(lambda: [t for t in tasks() if t["state"] == "escalated"]
+                            if len(tasks("--state", "escalated")) == 4 else None)  # fmt: skip
+        assert overdue, tasks("--state", "all")
+        tax = next(t for t in tasks("--department", "ks.tax"))
+        done = model_for("task.completed")(
+            event_type="task.completed", source="ks.tax", subject=firm.uscc,
+            correlation_id=str(tax["correlation_id"]),
+            payload={"task_id": tax["task_id"], "outcome": "registered"},
+        )  # fmt: skip
+        (tmp_path / "done.json").write_text(codec.to_json(done))
+        assert bus("publish", str(tmp_path / "done.json"), settings=settings).returncode == 0
+        assert _wait_for(lambda: tasks("--state", "completed")), tasks("--state", "all")
+        listing = bus("tasks", settings=settings)
+        one = bus("tasks", str(tax["task_id"]), settings=settings)
+        unknown = bus("tasks", "no-such-task", settings=settings)
+        everything = bus("inbox", "ks.tax", "--json", "--limit", "100", settings=settings)
+        newest = bus("inbox", "ks.tax", "--limit", "2", settings=settings)
+        nobody = bus("inbox", "ks.nobody", settings=settings)
+        shanghai = bus("trace", str(reg.event_id), settings=settings, env={"TZ": "Asia/Shanghai"})
+        utc = bus("trace", str(reg.event_id), "--tz", "UTC", settings=settings)
+        bad_zone = bus("trace", str(reg.event_id), "--tz", "Mars/Olympus", settings=settings)
+    # Open tasks: the three not completed, each late, counted by department.
+    assert listing.returncode == 0, listing.stderr
+    assert "3 tasks shown" in listing.stdout, listing.stdout
+    town = f"ks.town.{firm.town.lower()}"
+    summary = next(ln for ln in listing.stdout.splitlines() if "overdue by department" in ln)
+    assert summary.endswith(f"ks.housingfund 1, ks.hrss 1, {town} 1"), summary
+    assert "ks.tax" not in summary
+    # One task: its facts and its whole history, in order.
+    assert one.returncode == 0, one.stderr
+    history = [e for e in ("task.created", "task.overdue", "task.escalated", "task.completed")
+               if e in one.stdout]  # fmt: skip
+    assert history == ["task.created", "task.overdue", "task.escalated", "task.completed"]
+    positions = [one.stdout.index(e) for e in history]
+    assert positions == sorted(positions), one.stdout
+    assert "registered" in one.stdout  # the outcome
+    assert unknown.returncode == 1
+    assert "no task 'no-such-task'" in unknown.stderr
+    # The inbox, newest last: --limit 2 shows the last two of everything, in order.
+    items = [json.loads(line) for line in everything.stdout.splitlines() if line.strip()]
+    cursors = [i["cursor"] for i in items]
+    assert cursors == sorted(cursors), everything.stdout
+    assert len(items) >= 3, everything.stdout
+    assert newest.returncode == 0, newest.stderr
+    assert "2 newest items shown" in newest.stdout
+    shown = [int(c) for c in re.findall(r"│\s*(\d+)\s*│\s*\d{4}-", newest.stdout)]
+    assert shown == cursors[-2:], newest.stdout
+    assert nobody.returncode == 1
+    assert "no department 'ks.nobody'" in nobody.stderr
+    # Local times, with the zone named; the same moments in UTC are 8 hours earlier.
+    assert shanghai.returncode == 0, shanghai.stderr
+    assert "time (CST, UTC+08:00)" in shanghai.stdout, shanghai.stdout
+    assert "time (UTC)" in utc.stdout, utc.stdout
+    first = [
+        re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.\d{3}", r.stdout) for r in (shanghai, utc)
+    ]
+    assert first[0] is not None, shanghai.stdout
+    assert first[1] is not None, utc.stdout
+    from datetime import datetime, timedelta
+
+    here, there = (datetime.fromisoformat(m.group(1)) for m in first if m is not None)
+    assert here - there == timedelta(hours=8)
+    assert bad_zone.returncode == 2
+    assert "not a time zone" in bad_zone.stderr
