@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -140,7 +141,7 @@ def topics_create(broker: BrokerOpt = None) -> None:
     """Create every topic of the catalogue that does not exist yet (idempotent)."""
     from rich.progress import Progress
 
-    from bus.topics import create_topics
+    from bus.topics import create_topics, partitions_on_broker
 
     s = _settings(broker)
     try:
@@ -151,11 +152,20 @@ def topics_create(broker: BrokerOpt = None) -> None:
                 bar.update(task, completed=done, total=total)
 
             created = asyncio.run(create_topics(s, progress=step))
+        counts = asyncio.run(partitions_on_broker(s))
     except Exception as exc:
         raise _fail(exc, f"Is a broker running at {s.broker}? (bus broker starts one)") from None
     for name in created:
         console.print(f"created {name}")
-    console.print(f"{len(created)} created, topics up to date ({s.partitions} partitions)")
+    by_count = Counter(have for have, _ in counts.values())
+    on_broker = ", ".join(f"{n} with {p} partition{'s' if p != 1 else ''}"
+                          for p, n in sorted(by_count.items(), reverse=True))  # fmt: skip
+    console.print(f"{len(created)} created, topics up to date; on the broker: {on_broker}")
+    differ = sorted({have for have, want in counts.values() if have != want})
+    if differ:
+        err.print(f"[yellow]BUS_PARTITIONS is {s.partitions}, but topics on the broker have "
+                  f"{', '.join(map(str, differ))}: set BUS_PARTITIONS to what they have (a new "
+                  "count needs new topics: docs/operations.md, Sizing)[/]")  # fmt: skip
 
 
 @topics_app.command("list")
@@ -556,17 +566,22 @@ def schemas_export(
 @app.command()
 def demo(
     keep_running: Annotated[
-        bool, typer.Option(help="Keep broker and worker up after the scenarios.")
+        bool, typer.Option(help="Keep broker, worker and gateway up after the scenarios.")
     ] = False,
     engine: Annotated[
         str, typer.Option(help="noida (Python only), tansu, or kafka (Apache Kafka: java, mvn).")
     ] = "noida",
-) -> None:
+    data_dir: Annotated[
+        Path,
+        typer.Option(help="The demo's BUS_DATA_DIR, kept after it stops: its signing key verifies "
+                     "the certificates it issued."),
+    ] = Path("var/demo"),
+) -> None:  # fmt: skip
     """Start a broker and a worker, play the reference scenarios, show what happened."""
     from bus.demo import run_demo
 
     try:
-        code = run_demo(console, engine=engine, keep_running=keep_running)
+        code = run_demo(console, engine=engine, keep_running=keep_running, data_dir=data_dir)
     except BusError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)

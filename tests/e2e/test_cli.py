@@ -30,13 +30,13 @@ pytestmark = pytest.mark.e2e
 
 
 def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
-        timeout: float = 120, env: dict[str, str] | None = None,
+        timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None,
         ) -> subprocess.CompletedProcess[str]:  # fmt: skip
     env = {**os.environ, "COLUMNS": "200", **(settings_env(settings) if settings else {}),
            **(env or {})}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "bus.cli", *args],
-        env=env, input=stdin, capture_output=True, text=True, timeout=timeout,
+        env=env, input=stdin, capture_output=True, text=True, timeout=timeout, cwd=cwd,
     )  # fmt: skip
 
 
@@ -159,6 +159,16 @@ def test_topics_create_makes_the_catalogue_and_an_inbox_per_department(
     assert found[fresh.topic("events.penalty")] == fresh.partitions
 
 
+def test_topics_create_reports_the_partitions_the_broker_has(settings: Settings) -> None:
+    # The topics were made with 3 partitions; this run's settings say 6.
+    result = bus("topics", "create", settings=settings.model_copy(update={"partitions": 6}))
+    assert result.returncode == 0, result.stderr
+    assert "0 created" in result.stdout
+    assert re.search(r"\d+ with 3 partitions, \d+ with 1 partition\b", result.stdout), result.stdout
+    assert "6 partitions" not in result.stdout
+    assert "BUS_PARTITIONS is 6, but topics on the broker have 3" in result.stderr, result.stderr
+
+
 def test_topics_create_says_what_to_do_without_a_broker(tmp_path: Path) -> None:
     s = Settings(broker="127.0.0.1:1", data_dir=tmp_path)
     result = bus("topics", "create", settings=s, timeout=120)
@@ -212,12 +222,15 @@ def test_schemas_check_passes_on_the_shipped_contract() -> None:
     assert "agree" in result.stdout
 
 
-def test_demo_plays_the_scenarios_and_exits_zero(postgres_dsn: str) -> None:
-    result = bus("demo", timeout=180, env={"BUS_DEMO_POSTGRES": postgres_dsn})
+def test_demo_plays_the_scenarios_and_exits_zero(postgres_dsn: str, tmp_path: Path) -> None:
+    result = bus("demo", timeout=180, env={"BUS_DEMO_POSTGRES": postgres_dsn}, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "all events ended where they should" in out
     assert "bus demo --engine kafka" in out
+    # Its data directory stays, with the key the demo's certificates verify with.
+    assert "Kept: var/demo (BUS_DATA_DIR)" in out, out[-2000:]
+    assert (tmp_path / "var" / "demo" / "keys" / "ks-bus-1.pub").is_file()
     for reason in ("duplicate.event_id", "schema.uscc", "auth.event_type", "schema.validation",
                    "schema.decode", "schema.unknown_type"):  # fmt: skip
         assert reason in out
@@ -236,11 +249,22 @@ def test_demo_plays_the_scenarios_and_exits_zero(postgres_dsn: str) -> None:
     assert "trigger not found" not in out
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_demo_keep_running_says_how_to_reach_it_and_stops_everything(stop: int) -> None:
-    env = {**os.environ, "COLUMNS": "200"}
+def test_demo_keep_running_says_how_to_reach_it_and_stops_everything(
+    stop: int, tmp_path: Path
+) -> None:
+    import shlex
+
+    import httpx
+
+    # A newcomer after `make demo`: .venv/bin is not on PATH, so plain `bus` would not run.
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and d != venv_bin)  # fmt: skip
+    env = {**os.environ, "COLUMNS": "200", "PATH": path}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "bus.cli", "demo", "--keep-running"],
+        [sys.executable, "-m", "bus.cli", "demo", "--keep-running"], cwd=tmp_path,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -252,25 +276,62 @@ def test_demo_keep_running_says_how_to_reach_it_and_stops_everything(stop: int) 
                 break
         printed = "".join(lines)
         export = next(ln for ln in lines if ln.strip().startswith("export "))
-        assigned = dict(re.findall(r"(BUS_\w+)=(\S+)", export))
-        assert set(assigned) == {"BUS_BROKER", "BUS_TOPIC_PREFIX", "BUS_APP_ID"}, printed[-2000:]
+        assigned = {k: shlex.split(v)[0] for k, v in re.findall(r"(BUS_\w+)=(\S+)", export)}
+        assert set(assigned) == {"BUS_BROKER", "BUS_TOPIC_PREFIX", "BUS_APP_ID", "BUS_PARTITIONS",
+                                 "BUS_DATA_DIR"}, printed[-2000:]  # fmt: skip
+        hint = re.search(r"^\s+(.+?) status; ", printed, re.M)
+        assert hint is not None, printed[-2000:]
+        command = shlex.split(hint.group(1))
+        assert command != ["bus"], "plain `bus` is not on this PATH"
         reach = {**env, **assigned}
-        status = subprocess.run([sys.executable, "-m", "bus.cli", "status"], env=reach,
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            """The printed command, as a person pastes it, in the directory the demo ran in."""
+            return subprocess.run([*command, *args], env=reach, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=60)  # fmt: skip
+
+        status = run("status")
         assert status.returncode == 0, status.stderr
         assert "no worker running" not in status.stdout, status.stdout
         assert "ingress/0" in status.stdout
-        uscc = re.search(r"bus trace (\S+)", printed)
+        uscc = re.search(r"trace (\S+)", printed)
         assert uscc is not None, printed[-2000:]
-        trace = subprocess.run([sys.executable, "-m", "bus.cli", "trace", uscc.group(1)],
-                               env=reach, capture_output=True, text=True, timeout=60)  # fmt: skip
+        trace = run("trace", uscc.group(1))
         assert trace.returncode == 0, trace.stderr
         assert "enterprise.registered" in trace.stdout
+        # topics create reports what the broker has: the demo's 3 partitions, not a default.
+        topics = run("topics", "create")
+        assert topics.returncode == 0, topics.stderr
+        assert "0 created" in topics.stdout
+        assert re.search(r"\d+ with 3 partitions", topics.stdout), topics.stdout
+        assert "BUS_PARTITIONS is" not in topics.stderr, topics.stderr
+        # Certificates: listed, exported, verified by the printed key and by the gateway.
+        listing = run("certificate", "list")
+        assert listing.returncode == 0, listing.stderr
+        serial = next(w for w in listing.stdout.split() if w.startswith("KS-2"))
+        exported = run("certificate", "export", serial, "-o", "c.json")
+        assert exported.returncode == 0, exported.stderr
+        key = re.search(r"verify c\.json -k (\S+)", printed)
+        assert key is not None, printed[-2000:]
+        assert (tmp_path / key.group(1)).is_file()
+        url = re.search(r"Gateway: (http://\S+) ", printed)
+        assert url is not None, printed[-2000:]
+        with httpx.Client(base_url=url.group(1), timeout=30) as http:
+            assert http.get("/healthz").status_code == 200
+            assert http.get("/docs").status_code == 200
+            verdict = http.post("/v1/certificates/verify",
+                                content=(tmp_path / "c.json").read_bytes())  # fmt: skip
+            assert verdict.json()["valid"] is True, verdict.text
         demo.send_signal(stop)
         assert demo.wait(60) == 0
-        host, port = assigned["BUS_BROKER"].removeprefix("kafka://").rsplit(":", 1)
-        with pytest.raises(ConnectionRefusedError):  # its broker went with it, worker first
-            socket.create_connection((host, int(port)), timeout=2).close()
+        for address in (assigned["BUS_BROKER"].removeprefix("kafka://"),
+                        url.group(1).removeprefix("http://")):  # fmt: skip
+            host, port = address.rsplit(":", 1)
+            with pytest.raises(ConnectionRefusedError):  # broker and gateway went with it
+                socket.create_connection((host, int(port)), timeout=2).close()
+        # The key outlives the demo: what it exported still verifies.
+        after = run("certificate", "verify", "c.json", "-k", key.group(1))
+        assert after.returncode == 0, after.stdout + after.stderr
     finally:
         if demo.poll() is None:
             demo.kill()
