@@ -12,9 +12,12 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -25,7 +28,8 @@ from rich.table import Table
 from bus.cli_certificate import certificate_app
 from bus.cli_connect import connect
 from bus.cli_import import import_file
-from bus.cli_support import load_settings
+from bus.cli_support import BrokerOpt, TzOpt, load_settings, local_time, time_zone
+from bus.cli_tasks import inbox, tasks
 from bus.errors import BusError, ConfigurationError
 from bus.gateway.cli import gateway_app
 from bus.settings import Settings
@@ -49,9 +53,25 @@ app.command("import")(import_file)
 console = Console()
 err = Console(stderr=True)
 
-BrokerOpt = Annotated[
-    str | None, typer.Option("--broker", "-b", help="Kafka bootstrap, overrides BUS_BROKER.")
-]
+
+def _show_version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"bus {version('collaboration-bus')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("bus (version unknown: not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Show the version and exit.", is_eager=True,
+                     callback=_show_version),
+    ] = False,
+) -> None:  # fmt: skip
+    """The inter-departmental collaboration bus."""
 
 
 def _settings(broker: str | None = None, **overrides: Any) -> Settings:
@@ -121,7 +141,7 @@ def topics_create(broker: BrokerOpt = None) -> None:
     """Create every topic of the catalogue that does not exist yet (idempotent)."""
     from rich.progress import Progress
 
-    from bus.topics import create_topics
+    from bus.topics import create_topics, partitions_on_broker
 
     s = _settings(broker)
     try:
@@ -132,11 +152,20 @@ def topics_create(broker: BrokerOpt = None) -> None:
                 bar.update(task, completed=done, total=total)
 
             created = asyncio.run(create_topics(s, progress=step))
+        counts = asyncio.run(partitions_on_broker(s))
     except Exception as exc:
         raise _fail(exc, f"Is a broker running at {s.broker}? (bus broker starts one)") from None
     for name in created:
         console.print(f"created {name}")
-    console.print(f"{len(created)} created, topics up to date ({s.partitions} partitions)")
+    by_count = Counter(have for have, _ in counts.values())
+    on_broker = ", ".join(f"{n} with {p} partition{'s' if p != 1 else ''}"
+                          for p, n in sorted(by_count.items(), reverse=True))  # fmt: skip
+    console.print(f"{len(created)} created, topics up to date; on the broker: {on_broker}")
+    differ = sorted({have for have, want in counts.values() if have != want})
+    if differ:
+        err.print(f"[yellow]BUS_PARTITIONS is {s.partitions}, but topics on the broker have "
+                  f"{', '.join(map(str, differ))}: set BUS_PARTITIONS to what they have (a new "
+                  "count needs new topics: docs/operations.md, Sizing)[/]")  # fmt: skip
 
 
 @topics_app.command("list")
@@ -402,23 +431,33 @@ def migrate_owners(
     console.print(f"owners: {report.known} known, {verb} {len(report.added)}")
 
 
+app.command("tasks")(tasks)
+app.command("inbox")(inbox)
+
+
 @app.command()
 def trace(
     key: Annotated[
         str, typer.Argument(help="A correlation id (a case) or a USCC (an enterprise).")
     ],
+    tz: TzOpt = None,
     broker: BrokerOpt = None,
 ) -> None:
-    """Show a case, or everything about an enterprise, across departments, in order."""
+    """Show a case, or everything about an enterprise, across departments, in order.
+
+    Times are on this machine's clock (the TZ variable) unless --tz names a zone; the
+    header says which.
+    """
     from bus.trace import elapsed, participants
     from bus.trace import trace as run_trace
 
+    zone, zone_name = time_zone(tz)
     s = _settings(broker)
     steps = asyncio.run(run_trace(s, key))
     if not steps:
         hint = "A case is named by its first event's event_id (bus publish prints it)."
         raise _fail(BusError(f"nothing on the canonical topics for {key}"), hint)
-    t = Table("time (UTC)", "after the previous", "event", "department", "what",
+    t = Table(f"time ({zone_name})", "after the previous", "event", "department", "what",
               title=f"trace {key}")  # fmt: skip
     cases: dict[str, list[Any]] = {}
     for step in steps:
@@ -432,7 +471,7 @@ def trace(
         if who not in parties[step.correlation_id]:  # wrote into a case it has no role in
             who += " (not a participant)"
         what = f"REFUSED {step.refused}; {step.summary}" if step.refused else step.summary
-        t.add_row(f"{step.at:%Y-%m-%d %H:%M:%S.%f}"[:-3], after, step.event_type,
+        t.add_row(local_time(step.at, zone, ms=True), after, step.event_type,
                   who, what)  # fmt: skip
     console.print(t)
     console.print(f"{len(steps)} events, {len({s.source for s in steps})} departments")
@@ -553,17 +592,22 @@ def schemas_export(
 @app.command()
 def demo(
     keep_running: Annotated[
-        bool, typer.Option(help="Keep broker and worker up after the scenarios.")
+        bool, typer.Option(help="Keep broker, worker and gateway up after the scenarios.")
     ] = False,
     engine: Annotated[
         str, typer.Option(help="noida (Python only), tansu, or kafka (Apache Kafka: java, mvn).")
     ] = "noida",
-) -> None:
+    data_dir: Annotated[
+        Path,
+        typer.Option(help="The demo's BUS_DATA_DIR, kept after it stops: its signing key verifies "
+                     "the certificates it issued."),
+    ] = Path("var/demo"),
+) -> None:  # fmt: skip
     """Start a broker and a worker, play the reference scenarios, show what happened."""
     from bus.demo import run_demo
 
     try:
-        code = run_demo(console, engine=engine, keep_running=keep_running)
+        code = run_demo(console, engine=engine, keep_running=keep_running, data_dir=data_dir)
     except BusError as exc:
         raise _fail(exc) from None
     raise typer.Exit(code)
@@ -588,11 +632,33 @@ def _reflow_help(t: typer.Typer) -> None:
 _reflow_help(app)
 
 
+def _plain_flags(command: Any) -> None:
+    """Show flags as ``--x / --no-x`` alone: Typer's help prints ``<bool>`` beside them.
+
+    A flag takes no value, so a type beside it reads as if it wanted one (``--json <bool>``).
+    An empty metavar is what the help shows in the type column instead.
+    """
+    names = SimpleNamespace(help_option_names=["--help"])  # all get_help_option reads
+    params = [*command.params, command.get_help_option(names)]
+    for param in params:
+        if param is not None and getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _plain_flags(sub)
+
+
+def command() -> Any:
+    """The ``bus`` command tree, as ``main`` runs it."""
+    tree = typer.main.get_command(app)
+    _plain_flags(tree)
+    return tree
+
+
 def main() -> None:
     """Console entry point: a broker that cannot be reached is an answer, not a traceback."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        app()
+        command()()
     except KafkaConnectionError as exc:
         err.print(
             "[red]error:[/] cannot reach the Kafka broker. Is it running? `bus settings` "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime, tzinfo
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 from rich.console import Console
@@ -10,6 +12,19 @@ from rich.console import Console
 from bus.settings import Settings, invalid_settings
 
 err = Console(stderr=True)
+
+BrokerOpt = Annotated[
+    str | None, typer.Option("--broker", "-b", help="Kafka bootstrap, overrides BUS_BROKER.")
+]
+
+TzOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tz",
+        help="Show times in this zone, e.g. Asia/Shanghai or UTC; default: this machine's "
+        "(the TZ variable).",
+    ),
+]
 
 
 def load_settings(**values: Any) -> Settings:
@@ -19,3 +34,35 @@ def load_settings(**values: Any) -> Settings:
     except ValueError as exc:
         err.print(f"[red]invalid settings:[/]\n{invalid_settings(exc)}", highlight=False)
         raise typer.Exit(2) from None
+
+
+def time_zone(name: str | None) -> tuple[tzinfo, str]:
+    """The zone to show times in, and its name for a column header; exit 2 on a wrong name.
+
+    Operators read times on their own clock: the bus stores UTC, but "09:30" in a trace
+    should be the office's 09:30. The header names the zone so nobody has to guess.
+    """
+    if name is None:
+        local = datetime.now().astimezone()
+        assert local.tzinfo is not None
+        return local.tzinfo, _label(local)
+    try:
+        zone = ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        err.print(f"[red]--tz {name!r}:[/] not a time zone; use e.g. Asia/Shanghai or UTC")
+        raise typer.Exit(2) from None
+    return zone, _label(datetime.now(zone), name)
+
+
+def _label(moment: datetime, key: str | None = None) -> str:
+    """``UTC``, ``Asia/Shanghai, UTC+08:00`` or ``CST, UTC+08:00``."""
+    offset = moment.strftime("%z")
+    if offset == "+0000" and key in (None, "UTC"):
+        return "UTC"
+    return f"{key or moment.tzname()}, UTC{offset[:3]}:{offset[3:]}"
+
+
+def local_time(moment: datetime, zone: tzinfo, *, ms: bool = False) -> str:
+    """``moment`` on the zone's clock, to the second (or millisecond)."""
+    text = f"{moment.astimezone(zone):%Y-%m-%d %H:%M:%S.%f}"
+    return text[:-3] if ms else text[:-7]

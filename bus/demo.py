@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shlex
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -27,9 +30,9 @@ from rich.table import Table
 from bus.brokers import free_port
 from bus.client import BusClient, read_topic
 from bus.codec import EventCodec
-from bus.demo_edge import play_edge
+from bus.demo_edge import play_edge, start_gateway
 from bus.kafka_local import local_broker
-from bus.processes import WorkerProcess
+from bus.processes import WorkerProcess, terminate
 from bus.publish import Verdict, list_deadletters, publish_and_wait
 from bus.samples import TOWN_NAMES, TOWNS, Enterprise, enterprise, penalty, registered
 from bus.schemas.envelope import Envelope
@@ -125,17 +128,42 @@ def _expected(v: Verdict, s: Scenario) -> bool:
     return v.accepted if s.expect == "accepted" else v.reason == s.expect
 
 
+DATA_DIR = Path("var/demo")
+"""The demo's ``BUS_DATA_DIR``: kept after it stops, for its signing key (see ``run_demo``)."""
+
+
+def bus_command() -> str:
+    """How to type ``bus`` in the shell that started this process.
+
+    ``make demo`` runs ``.venv/bin/bus`` without putting ``.venv/bin`` on PATH, so a hint
+    saying plain ``bus`` would fail for a newcomer: name the path unless PATH finds this one.
+    """
+    here = Path(sys.executable).parent / "bus"
+    found = shutil.which("bus")
+    if found and here.exists() and Path(found).resolve() == here.resolve():
+        return "bus"
+    if not here.exists():
+        return f"{shlex.quote(sys.executable)} -m bus.cli"
+    try:
+        return str(here.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return shlex.quote(str(here.absolute()))
+
+
 def run_demo(
-    console: Console, *, engine: str = "noida", keep_running: bool = False, seed: int = 2026
-) -> int:
+    console: Console, *, engine: str = "noida", keep_running: bool = False, seed: int = 2026,
+    data_dir: Path = DATA_DIR,
+) -> int:  # fmt: skip
     """Play the scenarios against a fresh embedded broker and worker; 0 when all went right.
 
     SIGTERM is taken as Ctrl-C, so that ``kill`` or a supervisor stopping the demo still stops
-    its broker and worker instead of leaving them running.
+    its broker, worker and gateway instead of leaving them running. ``data_dir`` is kept: the
+    certificates the demo signed stay verifiable with the public key in it after it stops.
     """
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _run_demo(console, engine=engine, keep_running=keep_running, seed=seed)
+        return _run_demo(console, engine=engine, keep_running=keep_running, seed=seed,
+                         data_dir=data_dir)  # fmt: skip
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -144,10 +172,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run_demo(console: Console, *, engine: str, keep_running: bool, seed: int) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="bus-demo-"))
+def _run_demo(
+    console: Console, *, engine: str, keep_running: bool, seed: int, data_dir: Path
+) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="bus-demo-"))  # broker data and logs
+    data_dir = data_dir.absolute()
+    # The broker is new each time: state a worker kept from an earlier run would not match it.
+    # The signing key and the gateway's keys stay.
+    shutil.rmtree(data_dir / "worker", ignore_errors=True)
     broker = local_broker(engine, data_dir=workdir / "broker", say=console.print)
     worker: WorkerProcess | None = None
+    gateway: subprocess.Popen[bytes] | None = None
     code = 1
     try:
         t0 = time.monotonic()
@@ -155,7 +190,7 @@ def _run_demo(console: Console, *, engine: str, keep_running: bool, seed: int) -
         console.print(f"[bold]1.[/] {engine} broker on {broker.bootstrap}")
         settings = Settings(
             broker=broker.url, app_id="demo", topic_prefix="demo", partitions=3,
-            data_dir=workdir / "var", web_port=0, metrics_port=free_port(),
+            data_dir=data_dir, web_port=0, metrics_port=free_port(),
         )  # fmt: skip
         created = asyncio.run(create_topics(settings))
         console.print(
@@ -175,17 +210,35 @@ def _run_demo(console: Console, *, engine: str, keep_running: bool, seed: int) -
                  for p in plays if b'"enterprise.registered"' in p.data}  # fmt: skip
         ok &= asyncio.run(_play_matters(console, settings, names))
         firms = _firms(random.Random(seed))
-        ok &= asyncio.run(play_edge(console, settings, workdir, firms[4], firms[8], firms[7]))
+        gateway, url = start_gateway(settings, workdir / "edge.log")
+        if url is None:
+            console.print(f"[red]gateway did not start[/] (log: {workdir / 'edge.log'})")
+            return code
+        ok &= asyncio.run(play_edge(console, settings, workdir, url, firms[4], firms[8],
+                                    firms[7]))  # fmt: skip
         dead = asyncio.run(list_deadletters(settings))
         reasons = Counter(r.headers.get("bus.reason", "?") for r in dead)
         console.print("[bold]7.[/] dead letters by reason: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))  # fmt: skip
+        bus = bus_command()
+        public_key = _shown(data_dir / "keys" / f"{settings.signing_key_id}.pub")
         if keep_running:
-            env = f"BUS_BROKER={broker.url} BUS_TOPIC_PREFIX=demo BUS_APP_ID=demo"
-            console.print(f"\nKeeping it running. To explore it from another shell:\n"
-                          f"  export {env}\n"
-                          f"  bus status; bus deadletters; bus trace {firms[0].uscc}\n"
-                          "Ctrl-C here to stop.", soft_wrap=True)  # fmt: skip
+            env: dict[str, str] = {
+                "BUS_BROKER": broker.url, "BUS_TOPIC_PREFIX": settings.topic_prefix,
+                "BUS_APP_ID": settings.app_id, "BUS_PARTITIONS": str(settings.partitions),
+                "BUS_DATA_DIR": str(data_dir),
+            }  # fmt: skip
+            exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+            console.print(
+                f"\nKeeping it running. To explore it from another shell, in this directory:\n"
+                f"  export {exports}\n"
+                f"  {bus} status; {bus} tasks; {bus} inbox ks.tax; {bus} trace {firms[0].uscc}\n"
+                f"  {bus} certificate list; {bus} certificate export SERIAL -o c.json\n"
+                f"  {bus} certificate verify c.json -k {public_key}\n"
+                f"Gateway: {url} (OpenAPI at {url}/docs; a key: {bus} gateway keys issue "
+                "ks.finance)\n"
+                "Ctrl-C here to stop.", soft_wrap=True, highlight=False,
+            )  # fmt: skip
             try:
                 while worker.running:
                     time.sleep(1)
@@ -193,11 +246,16 @@ def _run_demo(console: Console, *, engine: str, keep_running: bool, seed: int) -
                 pass
         verdict = "[green]all events ended where they should[/]" if ok else "[red]unexpected[/]"
         console.print(f"[bold]8.[/] {verdict}; stopping")
+        console.print(f"Kept: {_shown(data_dir)} (BUS_DATA_DIR): certificates the demo signed "
+                      f"verify with {public_key}", soft_wrap=True, highlight=False)  # fmt: skip
         if engine != "kafka":
-            console.print("The same on Apache Kafka (needs java and mvn): bus demo --engine kafka")
+            console.print(f"The same on Apache Kafka (needs java and mvn): {bus} demo "
+                          "--engine kafka", highlight=False)  # fmt: skip
         code = 0 if ok else 1
         return code
     finally:
+        if gateway is not None:
+            terminate(gateway, 15)
         if worker is not None:
             worker.stop()
         broker.stop()
@@ -205,6 +263,14 @@ def _run_demo(console: Console, *, engine: str, keep_running: bool, seed: int) -
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             console.print(f"logs kept in {workdir}")
+
+
+def _shown(path: Path) -> str:
+    """``path`` as short as the reader can use it: relative to here when it is below here."""
+    try:
+        return shlex.quote(str(path.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(path))  # quoted: it is printed to be pasted into a shell
 
 
 async def _published(settings: Settings) -> dict[str, datetime]:

@@ -85,17 +85,40 @@ async def _until(check: Any, seconds: float) -> Any:
     return None
 
 
+def start_gateway(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes], str | None]:
+    """``bus gateway run`` on a free port, and its URL once ``/healthz`` answers (None if not).
+
+    The caller stops it: ``bus demo --keep-running`` keeps it up for people to explore.
+    """
+    port = free_port()
+    proc = _spawn(["bus.gateway.cli", "run", "--port", str(port), "--log-level", "warning"],
+                  settings, log)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    with httpx.Client(base_url=url, timeout=5) as http:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if http.get("/healthz").status_code == 200:
+                    return proc, url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    return proc, None
+
+
 async def play_edge(
-    console: Console, settings: Settings, workdir: Path, by_gateway: Enterprise,
+    console: Console, settings: Settings, workdir: Path, url: str, by_gateway: Enterprise,
     by_outbox: Enterprise, certified: Enterprise,
 ) -> bool:  # fmt: skip
-    """Run the gateway, the webhook sink and the outbox connector; True when all worked."""
+    """Publish through the gateway at ``url``, run the webhook sink and the outbox connector.
+
+    True when everything arrived where it should.
+    """
     from aiohttp import web
 
     codec = EventCodec()
     rows: list[tuple[str, str, str]] = []  # what, how, outcome
     ok = True
-    port = free_port()
     receiver = _Receiver(settings.data_dir / "keys")
     app = web.Application()
     app.router.add_post("/bus-inbox", receiver.handle)
@@ -118,23 +141,10 @@ async def play_edge(
     procs: list[subprocess.Popen[bytes]] = []
     try:
         log = workdir / "edge.log"
-        procs.append(_spawn(["bus.gateway.cli", "run", "--port", str(port), "--log-level",
-                             "warning"], settings, log))  # fmt: skip
         procs.append(_spawn(["bus.cli", "connect", "finance-webhook", "--config",
                              str(connectors)], settings, log))  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
         async with AsyncExitStack() as stack:
             http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=20))
-
-            async def healthy() -> bool:
-                try:
-                    return (await http.get("/healthz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            if not await _until(healthy, 30):
-                console.print(f"[red]gateway did not start[/] (log: {log})")
-                return False
             console.print(f"[bold]6.[/] department edge: gateway on {url} (OpenAPI at "
                           f"{url}/docs), webhook sink to the Financial Office's endpoint "
                           f":{hook_port}")  # fmt: skip

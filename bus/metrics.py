@@ -69,7 +69,7 @@ class Metrics:
         )  # fmt: skip
         self.calendar_fallback_years = Gauge(
             f"{prefix}_calendar_fallback_years",
-            "Years counted weekends-only for lack of official holiday data", registry=r,
+            "Years counted on statutory holidays alone, lacking the yearly notice", registry=r,
         )  # fmt: skip
 
 

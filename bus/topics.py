@@ -206,6 +206,28 @@ async def create_topics(
         await admin.close()
 
 
+async def partitions_on_broker(settings: Settings) -> dict[str, tuple[int, int]]:
+    """``topic: (partitions on the broker, partitions the settings expect)`` for the catalogue.
+
+    What was created earlier keeps its count whatever ``BUS_PARTITIONS`` says now, so a report
+    of "topics up to date" names what the broker has, not what this run would have made.
+    Topics missing from the broker are left out.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    from bus.client import topic_partitions
+
+    expected = {settings.topic(s.name): s.partitions or settings.partitions
+                for s in full_catalogue(settings)}  # fmt: skip
+    consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None)
+    await start_or_close(consumer)
+    try:
+        found = await topic_partitions(consumer, expected)
+    finally:
+        await consumer.stop()
+    return {t: (len(parts), expected[t]) for t, parts in found.items()}
+
+
 async def _wait_for_metadata(admin: AIOKafkaAdminClient, names: set[str]) -> None:
     for _ in range(50):
         if names <= set(await admin.list_topics()):

@@ -56,7 +56,8 @@ def participants(steps: list[Step]) -> set[str]:
     return found
 
 
-def _summary(event: object) -> str:
+def summary(event: object) -> str:
+    """One line on what an event says: its case number, task, serial ... or a name."""
     p = getattr(event, "payload", None)
     for field in ("case_number", "task_id", "serial", "licence_number", "application_number"):
         value = getattr(p, field, None)
@@ -89,7 +90,7 @@ async def trace(settings: Settings, key: str, max_seconds: float = 60.0) -> list
             e = codec.decode(r.value or b"")
             named = tuple(str(v) for f in _ROLES if (v := getattr(e.payload, f, None)))
             steps.append(Step(e.occurred_at, e.event_type, e.source, e.subject, str(e.event_id),
-                              e.correlation_id, _summary(e), str(e.causation_id or ""),
+                              e.correlation_id, summary(e), str(e.causation_id or ""),
                               named))  # fmt: skip
         return steps
 

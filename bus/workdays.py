@@ -5,9 +5,11 @@ working days (调休: a Saturday or Sunday worked to lengthen a holiday) are wor
 The official schedule comes from the chinese-calendar package (read as plain data, never via its
 functions, which raise for years it does not know) and from operator YAML files, one per year
 (format: docs/calendar-data.md). An operator file replaces the package's data for its whole year,
-so a corrected notice is applied as published. A year nobody knows (the State Council publishes
-next year's schedule late in the year) is counted weekends-only with a WARNING, never an error;
-``fallback_years`` lists such years for health checks.
+so a corrected notice is applied as published. A year without a notice (the State Council
+publishes next year's schedule late in the year) is not an error: its statutory holidays are
+computed from the rules in force since 2025 (``statutory_holidays``: Gregorian and lunar dates,
+Qingming by its solar term) and only the notice's swaps are missing, which a WARNING says once
+per year; ``fallback_years`` lists such years for health checks.
 
 Deadline rule (``add_working_days``): as in Chinese administrative practice, the start day itself
 is not counted; a task that arrives on a non-working day is treated as arriving on the next working
@@ -27,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 from chinese_calendar import constants as _cc
+from lunar_python import Lunar, Solar
 
 from bus.errors import ConfigurationError
 
@@ -37,7 +40,10 @@ _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _FILE_KEYS = {"year", "source", "holidays", "adjusted_workdays"}
 _ENTRY_KEYS = {"date", "from", "to", "name"}
 
-__all__ = ["CHINA_TZ", "WorkingCalendar", "YearData", "load_year_file"]
+__all__ = ["CHINA_TZ", "WorkingCalendar", "YearData", "load_year_file", "statutory_holidays"]
+
+STATUTORY_SINCE = 2025
+"""First year of the current rules (全国年节及纪念日放假办法 as revised in November 2024)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,50 @@ def _package_years() -> dict[int, YearData]:
     }
 
 
+def _lunar(year: int, month: int, day: int) -> date:
+    solar = Lunar.fromYmd(year, month, day).getSolar()
+    return date(solar.getYear(), solar.getMonth(), solar.getDay())
+
+
+def _qingming(year: int) -> date:
+    """The day (China Standard Time) of the Qingming solar term: 4 or 5 April this century."""
+    for day in range(3, 7):
+        if Solar.fromYmd(year, 4, day).getLunar().getJieQi() == "清明":
+            return date(year, 4, day)
+    raise AssertionError(f"no Qingming found in early April {year}")  # pragma: no cover
+
+
+def statutory_holidays(year: int) -> dict[date, str]:
+    """The days off the law itself fixes for ``year``, each with its holiday's name.
+
+    Rules in force since 2025 (the State Council's 2024 revision of 全国年节及纪念日放假办法):
+    New Year's Day 1 day (1 January); Spring Festival 4 days (lunar New Year's Eve and the
+    1st to 3rd of the first lunar month); Qingming 1 day (the Qingming solar term); Labour Day
+    2 days (1 and 2 May); Dragon Boat Festival 1 day (5th of the fifth lunar month); Mid-Autumn
+    1 day (15th of the eighth lunar month); National Day 3 days (1 to 3 October).
+
+    What only the yearly notice says is not here: weekend days worked to join days off into a
+    week (调休), and the weekday given off for a statutory day that falls on a weekend.
+    """
+    if year < STATUTORY_SINCE:
+        raise ValueError(f"the statutory rules here apply from {STATUTORY_SINCE}, not {year}")
+    new_year = _lunar(year, 1, 1)
+    days = {
+        date(year, 1, 1): "New Year's Day",
+        new_year - _ONE_DAY: "Spring Festival",
+        **{new_year + timedelta(days=i): "Spring Festival" for i in range(3)},
+        _qingming(year): "Tomb-sweeping Day",
+        date(year, 5, 1): "Labour Day",
+        date(year, 5, 2): "Labour Day",
+        _lunar(year, 5, 5): "Dragon Boat Festival",
+        _lunar(year, 8, 15): "Mid-autumn Festival",
+    }
+    # Mid-Autumn can fall on 1-3 October (as in 2028): the notice then makes up the day,
+    # and only the notice can say which.
+    days.update({date(year, 10, d): "National Day" for d in (1, 2, 3)})
+    return days
+
+
 def _as_date(d: date) -> date:
     """Reject datetimes: which calendar day an instant falls on depends on its timezone."""
     if isinstance(d, datetime):
@@ -73,7 +123,7 @@ def _as_date(d: date) -> date:
 
 
 class WorkingCalendar:
-    """Official working days; years without data fall back to weekends-only, loudly."""
+    """Official working days; a year without a notice keeps its statutory holidays, loudly."""
 
     def __init__(
         self,
@@ -86,6 +136,7 @@ class WorkingCalendar:
         self._years.update({yd.year: yd for yd in operator_years})
         self._data_dir = data_dir
         self._fallback: set[int] = set()
+        self._estimated: dict[int, YearData] = {}
 
     @classmethod
     def load(cls, data_dir: Path | None = None) -> WorkingCalendar:
@@ -111,17 +162,24 @@ class WorkingCalendar:
 
     @property
     def fallback_years(self) -> frozenset[int]:
-        """Years that were counted weekends-only so far (for metrics and health checks)."""
+        """Years counted without a notice so far (for metrics and health checks)."""
         return frozenset(self._fallback)
 
     def is_working_day(self, d: date) -> bool:
         """Weekday and not a holiday, or an adjusted working day."""
         d = _as_date(d)
-        yd = self._years.get(d.year)
-        if yd is None:
-            self._warn_fallback(d.year)
-            return d.weekday() < 5
+        yd = self._years.get(d.year) or self._without_notice(d.year)
         return d in yd.adjusted_workdays or (d.weekday() < 5 and d not in yd.holidays)
+
+    def _without_notice(self, year: int) -> YearData:
+        """The statutory holidays alone, for a year nobody gave the calendar (warned once)."""
+        yd = self._estimated.get(year)
+        if yd is None:
+            statutory = statutory_holidays(year) if year >= STATUTORY_SINCE else {}
+            yd = YearData(year, frozenset(statutory), frozenset(), "statutory holidays only")
+            self._estimated[year] = yd
+            self._warn_fallback(year)
+        return yd
 
     def add_working_days(self, start: datetime, n: int) -> datetime:
         """Deadline ``n`` working days after ``start`` (rule in the module docstring)."""
@@ -156,10 +214,15 @@ class WorkingCalendar:
             return
         self._fallback.add(year)
         where = f" in {self._data_dir}" if self._data_dir is not None else ""
+        if year < STATUTORY_SINCE:  # older rules differed; the package covers those years
+            counted = "weekends only"
+        else:
+            counted = "weekends and the statutory holidays; its swapped days (调休) are unknown"
         log.warning(
-            "no official holiday data for %d: counting weekends only; add bus calendar data "
+            "no State Council holiday notice for %d: counting %s; add bus calendar data "
             "file %d.yaml%s (see docs/calendar-data.md)",
             year,
+            counted,
             year,
             where,
         )

@@ -20,10 +20,13 @@ from typing import Annotated, Any, Literal
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from bus.brokers import wait_for_broker
 from bus.certificates import Verifier
@@ -46,6 +49,9 @@ from bus.metrics import GatewayMetrics
 from bus.publish import Verdict, await_verdicts, verdict_offsets
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
+
+DOCS_ASSETS = "/docs/assets"
+"""Swagger UI's files, served by the gateway itself: government networks are often offline."""
 
 MAX_BATCH = 500
 """Events in one batch request: enough for a day's backlog, small enough to validate at once."""
@@ -479,10 +485,25 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
         description=DESCRIPTION,
         version="1",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served below from local files; FastAPI's page loads them from a CDN
+        redoc_url=None,  # ReDoc too, and nothing ships it locally
         openapi_url="/openapi.json",
     )
     app.state.gateway = state
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        """Swagger UI on the gateway's own assets, so it works without the internet."""
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
+        )
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:

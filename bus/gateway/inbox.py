@@ -262,6 +262,12 @@ class Inboxes:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
 
+    async def latest(self, department: str, limit: int) -> list[Item]:
+        """The newest ``limit`` items (at most ``keep``), newest last: what an operator checks."""
+        await self._wait_caught_up()
+        items = self._inboxes[department].items
+        return list(items)[-limit:] if limit > 0 else []
+
     async def _read_from_kafka(
         self, department: str, cursor: int, limit: int
     ) -> tuple[list[dict[str, Any]], int]:

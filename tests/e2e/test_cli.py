@@ -30,13 +30,13 @@ pytestmark = pytest.mark.e2e
 
 
 def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
-        timeout: float = 120, env: dict[str, str] | None = None,
+        timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None,
         ) -> subprocess.CompletedProcess[str]:  # fmt: skip
     env = {**os.environ, "COLUMNS": "200", **(settings_env(settings) if settings else {}),
            **(env or {})}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "bus.cli", *args],
-        env=env, input=stdin, capture_output=True, text=True, timeout=timeout,
+        env=env, input=stdin, capture_output=True, text=True, timeout=timeout, cwd=cwd,
     )  # fmt: skip
 
 
@@ -45,12 +45,32 @@ def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
     [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["broker"], ["demo"],
      ["schemas", "check"], ["settings"], ["certificate", "verify"], ["certificate", "export"],
      ["certificate", "list"], ["trace"], ["deadletters", "replay"],
-     ["deadletters", "show"], ["status"], ["import"], ["connect"]],
+     ["deadletters", "show"], ["status"], ["import"], ["connect"], ["tasks"], ["inbox"],
+     ["gateway", "run"], ["gateway", "keys", "list"], ["certificate", "keygen"]],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
     result = bus(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
+    assert "<bool>" not in result.stdout  # a flag takes no value; none is shown
+
+
+def test_help_shows_flags_without_a_value() -> None:
+    demo = bus("demo", "--help").stdout
+    assert re.search(r"--keep-running\s+--no-keep-running\s+Keep broker", demo), demo
+    dead = bus("deadletters", "--help").stdout
+    assert re.search(r"--json\s+JSON lines for scripts", dead), dead
+    assert re.search(r"--limit\s+<int>", dead), dead  # options with a value keep their type
+
+
+def test_version() -> None:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    expected = tomllib.loads(pyproject.read_text())["project"]["version"]
+    result = bus("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"bus {expected}"
 
 
 @pytest.mark.parametrize(
@@ -88,7 +108,7 @@ def test_help_paragraphs_are_reflowed_not_broken_where_the_source_wraps(
     "command",
     [["publish", "-"], ["deadletters"], ["deadletters", "replay", "--reason", "schema."],
      ["trace", "91320583HE0CTA587R"], ["certificate", "list"], ["topics", "create"],
-     ["status"]],
+     ["status"], ["tasks"], ["inbox", "ks.tax"]],
 )  # fmt: skip
 def test_no_broker_is_an_error_message_not_a_traceback(command: list[str]) -> None:
     closed = free_port()
@@ -137,6 +157,16 @@ def test_topics_create_makes_the_catalogue_and_an_inbox_per_department(
     assert len(found) == len(expected)
     assert found[inbox_topic(fresh, "ks.finance")] == 1  # one order per inbox
     assert found[fresh.topic("events.penalty")] == fresh.partitions
+
+
+def test_topics_create_reports_the_partitions_the_broker_has(settings: Settings) -> None:
+    # The topics were made with 3 partitions; this run's settings say 6.
+    result = bus("topics", "create", settings=settings.model_copy(update={"partitions": 6}))
+    assert result.returncode == 0, result.stderr
+    assert "0 created" in result.stdout
+    assert re.search(r"\d+ with 3 partitions, \d+ with 1 partition\b", result.stdout), result.stdout
+    assert "6 partitions" not in result.stdout
+    assert "BUS_PARTITIONS is 6, but topics on the broker have 3" in result.stderr, result.stderr
 
 
 def test_topics_create_says_what_to_do_without_a_broker(tmp_path: Path) -> None:
@@ -192,12 +222,15 @@ def test_schemas_check_passes_on_the_shipped_contract() -> None:
     assert "agree" in result.stdout
 
 
-def test_demo_plays_the_scenarios_and_exits_zero(postgres_dsn: str) -> None:
-    result = bus("demo", timeout=180, env={"BUS_DEMO_POSTGRES": postgres_dsn})
+def test_demo_plays_the_scenarios_and_exits_zero(postgres_dsn: str, tmp_path: Path) -> None:
+    result = bus("demo", timeout=180, env={"BUS_DEMO_POSTGRES": postgres_dsn}, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "all events ended where they should" in out
     assert "bus demo --engine kafka" in out
+    # Its data directory stays, with the key the demo's certificates verify with.
+    assert "Kept: var/demo (BUS_DATA_DIR)" in out, out[-2000:]
+    assert (tmp_path / "var" / "demo" / "keys" / "ks-bus-1.pub").is_file()
     for reason in ("duplicate.event_id", "schema.uscc", "auth.event_type", "schema.validation",
                    "schema.decode", "schema.unknown_type"):  # fmt: skip
         assert reason in out
@@ -216,11 +249,22 @@ def test_demo_plays_the_scenarios_and_exits_zero(postgres_dsn: str) -> None:
     assert "trigger not found" not in out
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_demo_keep_running_says_how_to_reach_it_and_stops_everything(stop: int) -> None:
-    env = {**os.environ, "COLUMNS": "200"}
+def test_demo_keep_running_says_how_to_reach_it_and_stops_everything(
+    stop: int, tmp_path: Path
+) -> None:
+    import shlex
+
+    import httpx
+
+    # A newcomer after `make demo`: .venv/bin is not on PATH, so plain `bus` would not run.
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and d != venv_bin)  # fmt: skip
+    env = {**os.environ, "COLUMNS": "200", "PATH": path}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "bus.cli", "demo", "--keep-running"],
+        [sys.executable, "-m", "bus.cli", "demo", "--keep-running"], cwd=tmp_path,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -232,25 +276,62 @@ def test_demo_keep_running_says_how_to_reach_it_and_stops_everything(stop: int) 
                 break
         printed = "".join(lines)
         export = next(ln for ln in lines if ln.strip().startswith("export "))
-        assigned = dict(re.findall(r"(BUS_\w+)=(\S+)", export))
-        assert set(assigned) == {"BUS_BROKER", "BUS_TOPIC_PREFIX", "BUS_APP_ID"}, printed[-2000:]
+        assigned = {k: shlex.split(v)[0] for k, v in re.findall(r"(BUS_\w+)=(\S+)", export)}
+        assert set(assigned) == {"BUS_BROKER", "BUS_TOPIC_PREFIX", "BUS_APP_ID", "BUS_PARTITIONS",
+                                 "BUS_DATA_DIR"}, printed[-2000:]  # fmt: skip
+        hint = re.search(r"^\s+(.+?) status; ", printed, re.M)
+        assert hint is not None, printed[-2000:]
+        command = shlex.split(hint.group(1))
+        assert command != ["bus"], "plain `bus` is not on this PATH"
         reach = {**env, **assigned}
-        status = subprocess.run([sys.executable, "-m", "bus.cli", "status"], env=reach,
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            """The printed command, as a person pastes it, in the directory the demo ran in."""
+            return subprocess.run([*command, *args], env=reach, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=60)  # fmt: skip
+
+        status = run("status")
         assert status.returncode == 0, status.stderr
         assert "no worker running" not in status.stdout, status.stdout
         assert "ingress/0" in status.stdout
-        uscc = re.search(r"bus trace (\S+)", printed)
+        uscc = re.search(r"trace (\S+)", printed)
         assert uscc is not None, printed[-2000:]
-        trace = subprocess.run([sys.executable, "-m", "bus.cli", "trace", uscc.group(1)],
-                               env=reach, capture_output=True, text=True, timeout=60)  # fmt: skip
+        trace = run("trace", uscc.group(1))
         assert trace.returncode == 0, trace.stderr
         assert "enterprise.registered" in trace.stdout
+        # topics create reports what the broker has: the demo's 3 partitions, not a default.
+        topics = run("topics", "create")
+        assert topics.returncode == 0, topics.stderr
+        assert "0 created" in topics.stdout
+        assert re.search(r"\d+ with 3 partitions", topics.stdout), topics.stdout
+        assert "BUS_PARTITIONS is" not in topics.stderr, topics.stderr
+        # Certificates: listed, exported, verified by the printed key and by the gateway.
+        listing = run("certificate", "list")
+        assert listing.returncode == 0, listing.stderr
+        serial = next(w for w in listing.stdout.split() if w.startswith("KS-2"))
+        exported = run("certificate", "export", serial, "-o", "c.json")
+        assert exported.returncode == 0, exported.stderr
+        key = re.search(r"verify c\.json -k (\S+)", printed)
+        assert key is not None, printed[-2000:]
+        assert (tmp_path / key.group(1)).is_file()
+        url = re.search(r"Gateway: (http://\S+) ", printed)
+        assert url is not None, printed[-2000:]
+        with httpx.Client(base_url=url.group(1), timeout=30) as http:
+            assert http.get("/healthz").status_code == 200
+            assert http.get("/docs").status_code == 200
+            verdict = http.post("/v1/certificates/verify",
+                                content=(tmp_path / "c.json").read_bytes())  # fmt: skip
+            assert verdict.json()["valid"] is True, verdict.text
         demo.send_signal(stop)
         assert demo.wait(60) == 0
-        host, port = assigned["BUS_BROKER"].removeprefix("kafka://").rsplit(":", 1)
-        with pytest.raises(ConnectionRefusedError):  # its broker went with it, worker first
-            socket.create_connection((host, int(port)), timeout=2).close()
+        for address in (assigned["BUS_BROKER"].removeprefix("kafka://"),
+                        url.group(1).removeprefix("http://")):  # fmt: skip
+            host, port = address.rsplit(":", 1)
+            with pytest.raises(ConnectionRefusedError):  # broker and gateway went with it
+                socket.create_connection((host, int(port)), timeout=2).close()
+        # The key outlives the demo: what it exported still verifies.
+        after = run("certificate", "verify", "c.json", "-k", key.group(1))
+        assert after.returncode == 0, after.stdout + after.stderr
     finally:
         if demo.poll() is None:
             demo.kill()
@@ -410,3 +491,103 @@ def test_status_shows_workers_partitions_dead_letters_and_tasks(
     assert down.stdout.count("no worker running") == 2
     unreachable = bus("status", settings=settings.model_copy(update={"broker": "127.0.0.1:1"}))
     assert unreachable.returncode == 1
+
+
+def _wait_for(check: object, seconds: float = 60) -> object:
+    """``check()`` once it is truthy; polls (the worker is asynchronous), gives up after a while."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()  # type: ignore[operator]
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.3)
+
+
+@pytest.mark.timeout(300)
+def test_tasks_inbox_and_local_times_from_the_command_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import random
+
+    from bus.samples import enterprise, registered
+    from bus.schemas.events import model_for
+
+    rng = random.Random(97)
+    firm = enterprise(rng)
+    reg = registered(firm, rng)
+    codec = EventCodec()
+    (tmp_path / "reg.json").write_text(codec.to_json(reg))
+    # The worker sees a clock a month ahead: the four tell-us-once tasks are late at once.
+    late = settings.model_copy(update={"clock_skew": 30 * 86400.0, "task_check_interval": 0.2})
+
+    def tasks(*args: str) -> list[dict[str, object]]:
+        result = bus("tasks", "--json", *args, settings=settings)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+    with WorkerProcess(late, tmp_path / "worker.log"):
+        assert bus("publish", str(tmp_path / "reg.json"), settings=settings).returncode == 0
+        overdue = _wait_for(lambda: [t for t in tasks() if t["state"] == "escalated"]
+                            if len(tasks("--state", "escalated")) == 4 else None)  # fmt: skip
+        assert overdue, tasks("--state", "all")
+        tax = next(t for t in tasks("--department", "ks.tax"))
+        done = model_for("task.completed")(
+            event_type="task.completed", source="ks.tax", subject=firm.uscc,
+            correlation_id=str(tax["correlation_id"]),
+            payload={"task_id": tax["task_id"], "outcome": "registered"},
+        )  # fmt: skip
+        (tmp_path / "done.json").write_text(codec.to_json(done))
+        assert bus("publish", str(tmp_path / "done.json"), settings=settings).returncode == 0
+        assert _wait_for(lambda: tasks("--state", "completed")), tasks("--state", "all")
+        listing = bus("tasks", settings=settings)
+        one = bus("tasks", str(tax["task_id"]), settings=settings)
+        unknown = bus("tasks", "no-such-task", settings=settings)
+        everything = bus("inbox", "ks.tax", "--json", "--limit", "100", settings=settings)
+        newest = bus("inbox", "ks.tax", "--limit", "2", settings=settings)
+        nobody = bus("inbox", "ks.nobody", settings=settings)
+        shanghai = bus("trace", str(reg.event_id), settings=settings, env={"TZ": "Asia/Shanghai"})
+        utc = bus("trace", str(reg.event_id), "--tz", "UTC", settings=settings)
+        bad_zone = bus("trace", str(reg.event_id), "--tz", "Mars/Olympus", settings=settings)
+    # Open tasks: the three not completed, each late, counted by department.
+    assert listing.returncode == 0, listing.stderr
+    assert "3 tasks shown" in listing.stdout, listing.stdout
+    town = f"ks.town.{firm.town.lower()}"
+    summary = next(ln for ln in listing.stdout.splitlines() if "overdue by department" in ln)
+    assert summary.endswith(f"ks.housingfund 1, ks.hrss 1, {town} 1"), summary
+    assert "ks.tax" not in summary
+    # One task: its facts and its whole history, in order.
+    assert one.returncode == 0, one.stderr
+    history = [e for e in ("task.created", "task.overdue", "task.escalated", "task.completed")
+               if e in one.stdout]  # fmt: skip
+    assert history == ["task.created", "task.overdue", "task.escalated", "task.completed"]
+    positions = [one.stdout.index(e) for e in history]
+    assert positions == sorted(positions), one.stdout
+    assert "registered" in one.stdout  # the outcome
+    assert unknown.returncode == 1
+    assert "no task 'no-such-task'" in unknown.stderr
+    # The inbox, newest last: --limit 2 shows the last two of everything, in order.
+    items = [json.loads(line) for line in everything.stdout.splitlines() if line.strip()]
+    cursors = [i["cursor"] for i in items]
+    assert cursors == sorted(cursors), everything.stdout
+    assert len(items) >= 3, everything.stdout
+    assert newest.returncode == 0, newest.stderr
+    assert "2 newest items shown" in newest.stdout
+    shown = [int(c) for c in re.findall(r"│\s*(\d+)\s*│\s*\d{4}-", newest.stdout)]
+    assert shown == cursors[-2:], newest.stdout
+    assert nobody.returncode == 1
+    assert "no department 'ks.nobody'" in nobody.stderr
+    # Local times, with the zone named; the same moments in UTC are 8 hours earlier.
+    assert shanghai.returncode == 0, shanghai.stderr
+    assert "time (CST, UTC+08:00)" in shanghai.stdout, shanghai.stdout
+    assert "time (UTC)" in utc.stdout, utc.stdout
+    first = [
+        re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.\d{3}", r.stdout) for r in (shanghai, utc)
+    ]
+    assert first[0] is not None, shanghai.stdout
+    assert first[1] is not None, utc.stdout
+    from datetime import datetime, timedelta
+
+    here, there = (datetime.fromisoformat(m.group(1)) for m in first if m is not None)
+    assert here - there == timedelta(hours=8)
+    assert bad_zone.returncode == 2
+    assert "not a time zone" in bad_zone.stderr

@@ -330,3 +330,23 @@ def test_a_certificate_is_fetched_and_verified(gateway: Gateway, tmp_path: Path)
         "reason": "certificate.bad_signature",
         "message": "",
     }
+
+
+def test_docs_work_offline_from_the_gateways_own_assets(gateway: Gateway) -> None:
+    import re
+
+    page = gateway.http.get("/docs")
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert not re.search(r"https?:|//[a-z]", html), html  # nothing from a CDN or elsewhere
+    referenced = [a or b for a, b in re.findall(r"""(?:src|href)="([^"]+)"|url: '([^']+)'""", html)]
+    assert {u.rsplit(".", 1)[-1] for u in referenced} >= {"js", "css", "json"}, html
+    for url in referenced:
+        assert url.startswith("/"), url
+        r = gateway.http.get(url)
+        assert r.status_code == 200, (url, r.status_code)
+        assert r.content, url
+    assert (
+        "SwaggerUIBundle" in gateway.http.get(next(u for u in referenced if u.endswith(".js"))).text
+    )
+    assert gateway.http.get("/redoc").status_code == 404  # ReDoc would load from a CDN

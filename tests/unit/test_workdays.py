@@ -1,4 +1,4 @@
-"""Working-day arithmetic on the official calendar, and the weekends-only fallback.
+"""Working-day arithmetic on the official calendar, and the statutory-days fallback.
 
 Facts for 2025/2026 come from chinese-calendar 1.11 (State Council notices). The 2027 files
 written here are hypothetical test data: the 2027 schedule is not published yet.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bus.errors import ConfigurationError
-from bus.workdays import CHINA_TZ, WorkingCalendar
+from bus.workdays import CHINA_TZ, WorkingCalendar, statutory_holidays
 
 HYPOTHETICAL_2027 = """\
 year: 2027
@@ -99,23 +99,77 @@ def test_known_years(cal: WorkingCalendar) -> None:
     assert cal.fallback_years == frozenset()
 
 
-def test_unknown_year_falls_back_to_weekends_and_warns_once(
+def test_unknown_year_keeps_statutory_holidays_and_warns_once(
     cal: WorkingCalendar, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="bus.workdays")
-    assert cal.is_working_day(date(2027, 1, 1))  # a Friday; no data, so a working day
+    assert not cal.is_working_day(date(2027, 1, 1))  # a Friday, New Year's Day by law
     assert not cal.is_working_day(date(2027, 1, 2))  # Saturday
-    # 2026-12-31 (Thu) + 2 -> 2027-01-01 (Fri), 2027-01-04 (Mon)
-    assert cal.add_working_days(cst(2026, 12, 31), 2) == cst(2027, 1, 4)
+    assert cal.is_working_day(date(2027, 1, 4))  # Monday
+    # 2026-12-31 (Thu) + 2 -> 2027-01-04 (Mon), 2027-01-05 (Tue): New Year's Day is skipped
+    assert cal.add_working_days(cst(2026, 12, 31), 2) == cst(2027, 1, 5)
     records = [r for r in caplog.records if r.name == "bus.workdays"]
     assert len(records) == 1
     assert records[0].levelno == logging.WARNING
-    assert "2027" in records[0].getMessage()
-    assert "weekends only" in records[0].getMessage()
+    message = records[0].getMessage()
+    assert "2027" in message
+    assert "weekends only" not in message  # the statutory days are counted
+    assert "statutory holidays" in message
+    assert "swapped days (调休) are unknown" in message
     assert cal.fallback_years == frozenset({2027})
+    assert not cal.covers(2027)  # a health check still sees that the notice is missing
     cal.is_working_day(date(2028, 3, 1))
     assert cal.fallback_years == frozenset({2027, 2028})
     assert len([r for r in caplog.records if r.name == "bus.workdays"]) == 2
+
+
+def days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+@pytest.mark.parametrize(
+    ("year", "off"),
+    [
+        # Lunar New Year 2027-02-06: New Year's Eve 02-05 (Fri) to the 3rd, 02-08 (Mon).
+        # Qingming 04-05 (Mon), Dragon Boat 06-09 (Wed), Mid-Autumn 09-15 (Wed).
+        (2027, [date(2027, 1, 1), *days(date(2027, 2, 5), date(2027, 2, 8)), date(2027, 4, 5),
+                date(2027, 6, 9), date(2027, 9, 15), *days(date(2027, 10, 1), date(2027, 10, 3))]),
+        # Lunar New Year 2028-01-26: 01-25 (Tue) to 01-28 (Fri); Qingming 04-04 (Tue);
+        # Labour Day Mon-Tue; National Day Sun-Tue (Mid-Autumn falls on 10-03).
+        (2028, [date(2028, 1, 1), *days(date(2028, 1, 25), date(2028, 1, 28)), date(2028, 4, 4),
+                date(2028, 5, 1), date(2028, 5, 2), *days(date(2028, 10, 1), date(2028, 10, 3))]),
+    ],
+)  # fmt: skip
+def test_statutory_holidays_are_not_working_days_without_a_notice(
+    cal: WorkingCalendar, year: int, off: list[date]
+) -> None:
+    assert not cal.covers(year)
+    for d in off:
+        assert not cal.is_working_day(d), d
+    assert cal.fallback_years == frozenset({year})
+    # Around them, weekdays still work: no swaps are guessed.
+    assert cal.is_working_day(date(year, 10, 8) if year == 2027 else date(year, 1, 24))
+
+
+def test_statutory_rule_agrees_with_the_notices_of_known_years() -> None:
+    from chinese_calendar import constants
+
+    for year in (2025, 2026):
+        for day, name in statutory_holidays(year).items():
+            assert constants.holidays.get(day) == name, (day, name)
+    assert len(statutory_holidays(2027)) == 13  # 1 + 4 + 1 + 2 + 1 + 1 + 3 days
+    assert statutory_holidays(2027)[date(2027, 2, 5)] == "Spring Festival"  # New Year's Eve
+    with pytest.raises(ValueError, match="from 2025"):
+        statutory_holidays(2024)
+
+
+def test_known_years_keep_their_swaps(cal: WorkingCalendar) -> None:
+    # 2026 from the package: the adjusted Saturday 02-14 works, the Monday 02-23 is off,
+    # neither of which the statutory rule alone would say.
+    assert cal.is_working_day(date(2026, 2, 14))
+    assert not cal.is_working_day(date(2026, 2, 23))
+    assert cal.is_working_day(date(2026, 9, 20))  # Sunday, adjusted for National Day
+    assert cal.fallback_years == frozenset()
 
 
 def test_operator_file_for_2027_is_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
