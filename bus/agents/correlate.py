@@ -456,7 +456,14 @@ class CorrelateAgent(BatchAgent):
             result = "clean"
         request = model_for("certificate.requested").model_validate(review["request"])
         p = request.payload
-        reviewed = {case for cases in review["tasks"].values() for case in cases}
+        # A bureau that answered "cleared" took its penalties off the record for this
+        # certificate: they are not listed, so a certificate shows what stands after review.
+        reviewed = {
+            case
+            for task_id, cases in review["tasks"].items()
+            if (task := record.tasks.get(task_id)) is None or task.outcome != "cleared"
+            for case in cases
+        }
         on_record = [
             e
             for e in record.penalties_between(
