@@ -39,11 +39,12 @@ from bus.errors import (
     ValidationFailed,
 )
 from bus.gateway.certificates import CertificateIndex
-from bus.gateway.inbox import TASK_STATES, Inboxes
+from bus.gateway.inbox import Inboxes
 from bus.gateway.keys import authenticate, keys_path
 from bus.metrics import GatewayMetrics
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
+from bus.tasks import TASK_STATES
 
 MAX_BATCH = 500
 """Events in one batch request: enough for a day's backlog, small enough to validate at once."""
