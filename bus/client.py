@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.codec import EventCodec
-from bus.schemas.envelope import Envelope
+from bus.schemas.envelope import HISTORICAL, Envelope
 from bus.settings import Settings
 
 Headers = list[tuple[str, bytes]]
@@ -153,13 +153,19 @@ class BusClient:
         return (await self.publish_many([event]))[0]
 
     async def publish_many(
-        self, events: Iterable[Envelope | dict[str, Any] | bytes]
+        self, events: Iterable[Envelope | dict[str, Any] | bytes], *, historical: bool = False
     ) -> list[Receipt]:
-        """Publish many events, pipelined; receipts in the same order."""
+        """Publish many events, pipelined; receipts in the same order.
+
+        ``historical``: the events record the past (an import of last year's registrations):
+        the bus folds them into its records but starts no matter for them.
+        """
         topic = self.settings.topic("ingress")
         pending = []
         for event in events:
             value, headers, event_id, key = _prepare(event, self.codec)
+            if historical:
+                headers = [*headers, (HISTORICAL, b"1")]
             fut = await self._producer.send(topic, value, key=key, headers=headers)
             pending.append((event_id, fut))
         receipts = []

@@ -34,7 +34,7 @@ from bus.certificates import Signer, UnsignedCertificate, new_serial
 from bus.errors import BusError
 from bus.matters import Matter, TaskTemplate, load_matters
 from bus.record import EnterpriseRecord, TaskEntry, apply_part, encode_part
-from bus.schemas.envelope import Envelope
+from bus.schemas.envelope import HISTORICAL, Envelope
 from bus.schemas.events import FAMILIES, model_for
 from bus.tasks import TASK_STATES, TaskKey
 from bus.topics import CORRELATE_RECORDS, CORRELATE_SEEN, DEADLETTER, canonical_topic
@@ -141,6 +141,8 @@ class CorrelateAgent(BatchAgent):
             else:
                 parts = set(record.apply(event))
                 matter = self.matters.get(event.event_type)
+                if matter is not None and (HISTORICAL, b"1") in (r.headers or ()):
+                    matter = None  # it records the past: folded in, no live work started
                 if matter is not None:
                     cases = (len(record.reviews), len(record.waiting))
                     outs.extend(self._trigger(matter, record, event))
