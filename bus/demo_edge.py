@@ -180,8 +180,7 @@ async def play_edge(
                 ok &= cert["subject"] == certified.uscc
                 rows.append((f"Financial Office asks for {certified.name}'s certificate",
                              "gateway in, webhook out",
-                             f"certificate {cert['payload']['serial']} for "
-                             f"{cert['payload']['enterprise_name']} "
+                             f"certificate {cert['payload']['serial']} "
                              f"({cert['payload']['result']}) at its endpoint, signature "
                              f"checked, {took:.0f} ms after the request"))  # fmt: skip
             except TimeoutError:

@@ -41,5 +41,6 @@ def test_the_edge_shows_the_certificate_of_the_enterprise_it_asked_about(
     text = console.export_text()
     [mine] = [c for c in issued if c.subject == asked.uscc]
     assert ok, text
-    assert f"certificate {mine.payload.serial} for {asked.name}" in text
+    assert f"Financial Office asks for {asked.name}'s certificate" in text
+    assert f"certificate {mine.payload.serial} (" in text
     assert first.payload.serial not in text
