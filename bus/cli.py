@@ -378,6 +378,7 @@ def certificate_export(
 def status(broker: BrokerOpt = None) -> None:
     """One screen: broker, topics, agents and their partitions and lag, dead letters, tasks."""
     from bus.status import collect
+    from bus.tasks import TASK_STATES
 
     s = _settings(broker)
     st = asyncio.run(collect(s))
@@ -400,9 +401,16 @@ def status(broker: BrokerOpt = None) -> None:
     dead = ", ".join(f"{k} {v}" for k, v in st.deadletters.most_common()) or "none"
     console.print(f"dead letters: {sum(st.deadletters.values())} ({dead})")
     tk = st.tasks
-    late = f"[red]{tk['overdue']} overdue[/]" if tk["overdue"] else "0 overdue"
-    console.print(f"tasks: {tk['open']} open, {late}, {tk['escalated']} escalated, "
-                  f"{tk['closed']} closed")  # fmt: skip
+    order = ("open", "overdue", "escalated", "accepted", "completed", "rejected")  # most urgent
+    shown = [f"[red]{tk[k]} {k}[/]" if tk[k] and k in ("overdue", "escalated") else f"{tk[k]} {k}"
+             for k in order]  # fmt: skip
+    console.print(f"tasks: {', '.join(shown)} (of {sum(tk.values())} created)")
+    by_matter: dict[str, Counter[str]] = {}
+    for (matter, _, state), n in st.task_counts.items():
+        by_matter.setdefault(matter, Counter())[state] += n
+    for matter, counts in sorted(by_matter.items()):
+        console.print(f"  {matter}: " + ", ".join(f"{counts[k]} {k}" for k in TASK_STATES
+                                                  if counts[k]))  # fmt: skip
 
 
 migrate_app = typer.Typer(help="One-off steps when upgrading the bus.", no_args_is_help=True)

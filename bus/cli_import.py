@@ -81,6 +81,13 @@ def import_file(
         Path | None, typer.Option("--report", "-r", help="Write the full report here as JSON.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
+    historical: Annotated[
+        bool,
+        typer.Option(
+            help="The rows record the past (last year's registrations): fold them "
+            "into the records, open no tasks."
+        ),
+    ] = False,
 ) -> None:
     """Import a file of events (e.g. a bureau's yearly penalty export), all or nothing.
 
@@ -109,7 +116,8 @@ def import_file(
                 settings, file, format=cast("Format | None", format_), source=source,
                 event_type=event_type,
                 columns=_pairs(column), id_from=id_from, encoding=encoding,
-                batch_size=batch_size, wait=0 if no_wait else wait, progress=progress,
+                batch_size=batch_size, wait=0 if no_wait else wait, historical=historical,
+                progress=progress,
                 name="import",
             )  # fmt: skip
             if dry_run:

@@ -21,8 +21,9 @@ from rich.table import Table
 
 from bus.cli_support import BrokerOpt, TzOpt, load_settings, local_time, time_zone
 from bus.departments import Directory
-from bus.gateway.inbox import TASK_STATES, Inboxes, Item, TaskView
+from bus.gateway.inbox import Inboxes, Item
 from bus.settings import Settings
+from bus.tasks import TASK_STATES, TaskView
 
 console = Console()
 err = Console(stderr=True)

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.codec import EventCodec
-from bus.schemas.envelope import Envelope
+from bus.schemas.envelope import HISTORICAL, Envelope
 from bus.settings import Settings
 
 Headers = list[tuple[str, bytes]]
@@ -153,13 +153,19 @@ class BusClient:
         return (await self.publish_many([event]))[0]
 
     async def publish_many(
-        self, events: Iterable[Envelope | dict[str, Any] | bytes]
+        self, events: Iterable[Envelope | dict[str, Any] | bytes], *, historical: bool = False
     ) -> list[Receipt]:
-        """Publish many events, pipelined; receipts in the same order."""
+        """Publish many events, pipelined; receipts in the same order.
+
+        ``historical``: the events record the past (an import of last year's registrations):
+        the bus folds them into its records but starts no matter for them.
+        """
         topic = self.settings.topic("ingress")
         pending = []
         for event in events:
             value, headers, event_id, key = _prepare(event, self.codec)
+            if historical:
+                headers = [*headers, (HISTORICAL, b"1")]
             fut = await self._producer.send(topic, value, key=key, headers=headers)
             pending.append((event_id, fut))
         receipts = []
@@ -183,11 +189,14 @@ async def read_topic(
     idle: float = 1.0,
     max_seconds: float = 30.0,
     until: int | None = None,
+    to_end: bool = False,
 ) -> AsyncGenerator[Record, None]:
     """Read a topic from the beginning until it has been quiet for ``idle`` seconds.
 
     Stops early after ``until`` records. Waiting for quiet rather than for the end offsets
-    lets a caller collect what a worker is still producing.
+    lets a caller collect what a worker is still producing. With ``to_end`` it stops at the
+    end offsets the topic had when reading began instead: a snapshot, which a slow first
+    fetch cannot cut short (``idle`` is then ignored).
     """
     consumer = AIOKafkaConsumer(
         **settings.kafka(),
@@ -204,15 +213,21 @@ async def read_topic(
             await asyncio.sleep(0.1)
         if not partitions:
             return
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
         await consumer.seek_to_beginning()
+        ends = {tp: n for tp, n in (await consumer.end_offsets(tps)).items() if n} if to_end else {}
         deadline = time.monotonic() + max_seconds
         quiet_since = time.monotonic()
         count = 0
         while time.monotonic() < deadline:
+            if to_end and not ends:
+                return
             batches = await consumer.getmany(timeout_ms=200, max_records=1000)
+            for tp in [tp for tp, n in ends.items() if await consumer.position(tp) >= n]:
+                del ends[tp]
             if not batches:
-                if time.monotonic() - quiet_since >= idle:
+                if not to_end and time.monotonic() - quiet_since >= idle:
                     return
                 continue
             quiet_since = time.monotonic()

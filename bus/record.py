@@ -15,6 +15,7 @@ is never set back to active by a late original.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bus.schemas.envelope import Envelope
+from bus.tasks import TaskKey, shown_state
 
 PenaltyState = Literal["active", "revoked", "repaired"]
 _RANK = {"active": 0, "repaired": 1, "revoked": 2}  # a later state never goes back
@@ -77,6 +79,16 @@ class TaskEntry(BaseModel):
         """Completed or rejected: nothing more is expected from the assignee."""
         return self.state in ("completed", "rejected")
 
+    @property
+    def shown_state(self) -> str:
+        """The state the views count in (``bus.tasks.shown_state``)."""
+        return shown_state(self.state, overdue=self.overdue, escalated=self.escalated)
+
+    @property
+    def key(self) -> TaskKey:
+        """What this task is counted under."""
+        return (self.matter, self.assignee, self.shown_state)
+
 
 class EnterpriseRecord(BaseModel):
     """The bus's record of one enterprise, keyed by USCC."""
@@ -100,10 +112,29 @@ class EnterpriseRecord(BaseModel):
         default_factory=dict, description="open review cases by request event id"
     )
     tasks: dict[str, TaskEntry] = Field(default_factory=dict, description="by task id")
+    closed_tasks: dict[str, int] = Field(
+        default_factory=dict,
+        description="tasks of closed cases (no longer in ``tasks``), counted by "
+        "'matter|department|state', so the task counts stay whole after a case closes",
+    )
 
     def open_tasks(self) -> list[TaskEntry]:
         """Tasks still waiting for their assignee."""
         return [t for t in self.tasks.values() if not t.closed]
+
+    def task_counts(self) -> Counter[TaskKey]:
+        """Every task this enterprise ever had, by (matter, department, shown state)."""
+        counts: Counter[TaskKey] = Counter(t.key for t in self.tasks.values())
+        for key, n in self.closed_tasks.items():
+            matter, department, state = key.split("|")
+            counts[(matter, department, state)] += n
+        return counts
+
+    def forget_task(self, task_id: str) -> None:
+        """Drop a closed task from ``tasks`` (its case closed), keeping it counted."""
+        task = self.tasks.pop(task_id)
+        key = "|".join(task.key)
+        self.closed_tasks[key] = self.closed_tasks.get(key, 0) + 1
 
     @property
     def name(self) -> str | None:
@@ -191,7 +222,7 @@ class EnterpriseRecord(BaseModel):
         return self.penalties.setdefault(case_number, PenaltyEntry(case_number=case_number))
 
 
-_PROFILE_FIELDS = {"uscc", "status", "profile", "waiting", "reviews"}
+_PROFILE_FIELDS = {"uscc", "status", "profile", "waiting", "reviews", "closed_tasks"}
 _PART_FIELDS = {
     "penalty": "penalties", "licence": "licences", "task": "tasks", "unrouted": "unrouted",
 }  # fmt: skip

@@ -2,8 +2,9 @@
 
 Everything comes from the broker: the catalogue's topics, each agent's consumer group (its
 members, their partitions, and how far behind they are), the dead letters, and the task
-lifecycle on the task topic. A part a broker cannot answer is shown as unavailable, not as
-an error, so the screen still helps when something is wrong.
+lifecycle on the task topic (folded as the gateway folds an inbox, ``bus.tasks``). A part a
+broker cannot answer is shown as unavailable, not as an error, so the screen still helps
+when something is wrong.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bus.brokers import wait_for_broker
 from bus.client import read_topic
 from bus.codec import EventCodec
 from bus.settings import Settings
+from bus.tasks import TaskKey, TaskView, by_state, count_tasks
 from bus.topics import CATALOGUE
 
 AGENTS = ("ingest", "correlate")
@@ -43,7 +45,12 @@ class Status:
     missing_topics: list[str] = field(default_factory=list)
     agents: list[AgentStatus] = field(default_factory=list)
     deadletters: Counter[str] = field(default_factory=Counter)
-    tasks: Counter[str] = field(default_factory=Counter)
+    task_counts: Counter[TaskKey] = field(default_factory=Counter)
+
+    @property
+    def tasks(self) -> Counter[str]:
+        """Tasks by state (``bus.tasks.TASK_STATES``), zeros included."""
+        return by_state(self.task_counts)
 
 
 async def _agent(
@@ -111,31 +118,27 @@ async def collect(settings: Settings) -> Status:
         await admin.close()
     async for r in read_topic(settings, settings.topic("deadletter"), idle=0.5):
         status.deadletters[r.headers.get("bus.reason", "?")] += 1
-    status.tasks = await _tasks(settings)
+    status.task_counts = await _tasks(settings)
     return status
 
 
-async def _tasks(settings: Settings) -> Counter[str]:
-    """Open, overdue and escalated tasks, from the task topic's lifecycle events."""
-    created: set[str] = set()
-    closed: set[str] = set()
-    overdue: set[str] = set()
-    escalated: set[str] = set()
-    sets: dict[str, set[str]] = {
-        "task.created": created, "task.completed": closed, "task.rejected": closed,
-        "task.overdue": overdue, "task.escalated": escalated,
-    }  # fmt: skip
+async def _tasks(settings: Settings) -> Counter[TaskKey]:
+    """Every task by (matter, department, state), folded from the task topic as it is now.
+
+    The same fold the gateway runs over an inbox (``bus.tasks``), over the whole topic, read
+    up to its end offsets: a slow fetch must not make the counts smaller.
+    """
+    tasks: dict[str, TaskView] = {}
+    seen: set[str] = set()
     codec = EventCodec()
-    async for r in read_topic(settings, settings.topic("events.task"), idle=0.5):
-        target = sets.get(r.headers.get("event_type", ""))
-        if target is not None:
-            target.add(str(codec.decode(r.value or b"").payload.task_id))
-    return Counter(
-        open=len(created - closed),
-        overdue=len(overdue - closed),
-        escalated=len(escalated - closed),
-        closed=len(closed & created),
-    )
+    topic = settings.topic("events.task")
+    async for r in read_topic(settings, topic, to_end=True, max_seconds=60):
+        event_id = r.headers.get("event_id", "")
+        if event_id in seen:  # an at-least-once copy
+            continue
+        seen.add(event_id)
+        TaskView.fold(tasks, codec.decode(r.value or b""))
+    return count_tasks(tasks.values())
 
 
 __all__ = ["AgentStatus", "Status", "collect"]

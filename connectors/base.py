@@ -272,11 +272,14 @@ class Source(Connector):
                 await self._client.__aexit__(None, None, None)
                 self._client = None
 
-    async def produce(self, events: Sequence[Envelope | dict[str, Any] | bytes]) -> list[Receipt]:
+    async def produce(
+        self, events: Sequence[Envelope | dict[str, Any] | bytes], *, historical: bool = False
+    ) -> list[Receipt]:
         """Publish ``events`` to ingress and wait for the broker; retried with back-off.
 
         Give every event a stable ``event_id`` (derived from your row's key) and a retry
-        after a crash has no second effect.
+        after a crash has no second effect. ``historical``: they record the past (an import,
+        a back-fill); the bus folds them into its records but starts no matter for them.
         """
         if not events:
             return []
@@ -286,7 +289,8 @@ class Source(Connector):
         t0 = time.perf_counter()
         try:
             receipts = await self.backoff.run(
-                lambda: client.publish_many(events), on_retry=self._on_retry
+                lambda: client.publish_many(events, historical=historical),
+                on_retry=self._on_retry,
             )
         except BusError as exc:
             self.metrics.failures.labels(self.name, exc.reason).inc()

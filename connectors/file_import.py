@@ -183,6 +183,9 @@ class FileImportSource(Source):
         timezone: str = "Asia/Shanghai"
         batch_size: int = Field(default=500, ge=1, le=10_000)
         wait: float = Field(default=30.0, ge=0)
+        historical: bool = Field(
+            default=False, description="the rows record the past: fold them, start no matter"
+        )
 
         @field_validator("timezone")
         @classmethod
@@ -207,6 +210,7 @@ class FileImportSource(Source):
         timezone: str = "Asia/Shanghai",
         batch_size: int = 500,
         wait: float = 30.0,
+        historical: bool = False,
         progress: Progress | None = None,
         **kwargs: Any,
     ) -> None:
@@ -221,6 +225,7 @@ class FileImportSource(Source):
         self.zone = ZoneInfo(timezone)
         self.batch_size = batch_size
         self.wait = wait
+        self.historical = historical
         self.progress = progress
         self.report: ImportReport | None = None
         self._events: list[tuple[int, Envelope]] = []
@@ -422,7 +427,7 @@ class FileImportSource(Source):
             if self.stopping:
                 return  # re-running publishes the same ids again: no second effect
             batch = self._events[i : i + self.batch_size]
-            receipts = await self.produce([e for _, e in batch])
+            receipts = await self.produce([e for _, e in batch], historical=self.historical)
             verdicts += [
                 Verdict(line, str(e.event_id), e.event_type, f"{r.topic}/{r.partition}/{r.offset}")
                 for (line, e), r in zip(batch, receipts, strict=True)

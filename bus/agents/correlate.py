@@ -22,6 +22,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -34,8 +35,9 @@ from bus.certificates import Signer, UnsignedCertificate, new_serial
 from bus.errors import BusError
 from bus.matters import Matter, TaskTemplate, load_matters
 from bus.record import EnterpriseRecord, TaskEntry, apply_part, encode_part
-from bus.schemas.envelope import Envelope
+from bus.schemas.envelope import HISTORICAL, Envelope
 from bus.schemas.events import FAMILIES, model_for
+from bus.tasks import TASK_STATES, TaskKey
 from bus.topics import (
     CASE_PARTIES,
     CORRELATE_RECORDS,
@@ -94,7 +96,11 @@ class CorrelateAgent(BatchAgent):
         self.deadletter = s.topic(DEADLETTER.name)
         self.tick_interval = s.task_check_interval
         self._with_tasks: set[str] = set()  # enterprises with open tasks (checked by tick)
-        self._task_series: set[tuple[str, str, str]] = set()
+        self._task_series: set[TaskKey] = set()
+        self._task_counts: dict[int, Counter[TaskKey]] = {}  # by partition held
+        # Events that may create, answer or close a task (a registration decides parked
+        # requests); only these are counted before and after.
+        self._task_events = {*ANSWERS, "approval.opinion", "enterprise.registered", *self.matters}
         self.decided = 0  # certificates issued + review cases opened, for tests and metrics
         self.router = Router(
             s, ctx.directory, load_subscriptions(s.subscriptions_file, ctx.directory)
@@ -104,6 +110,7 @@ class CorrelateAgent(BatchAgent):
         """Fold each event into its enterprise's record; run matters it triggers; route it."""
         outs: list[Out] = []
         taken = 0
+        recounted = False
         for r in records:
             try:
                 event = self.recent.take(r.value or b"")
@@ -129,6 +136,7 @@ class CorrelateAgent(BatchAgent):
                 outs.extend(self._route(event, r, record, notify))
                 continue
             tasks_before = {k: v.state for k, v in record.tasks.items()}
+            counts_before = record.task_counts() if event.event_type in self._task_events else None
             if event.event_type in ANSWERS or event.event_type == "approval.opinion":
                 try:
                     outs.extend(self._answer(record, event))
@@ -140,6 +148,8 @@ class CorrelateAgent(BatchAgent):
             else:
                 parts = set(record.apply(event))
                 matter = self.matters.get(event.event_type)
+                if matter is not None and (HISTORICAL, b"1") in (r.headers or ()):
+                    matter = None  # it records the past: folded in, no live work started
                 if matter is not None:
                     cases = (len(record.reviews), len(record.waiting))
                     outs.extend(self._trigger(matter, record, event))
@@ -157,6 +167,10 @@ class CorrelateAgent(BatchAgent):
             parts |= _task_parts(tasks_before, record)
             if parts:
                 self.records.put(r.partition, event.subject, record, parts)
+            if counts_before is not None:
+                recounted |= self._recount(r.partition, counts_before, record.task_counts())
+        if recounted:
+            self._export_task_counts()
         self.ctx.metrics.handover.labels("taken").inc(taken)
         self.ctx.metrics.handover.labels("decoded").inc(len(records) - taken)
         return outs
@@ -384,15 +398,20 @@ class CorrelateAgent(BatchAgent):
         if event.event_type == "task.accepted":
             task.state = "accepted"
             return []
+        outs: list[Out] = []
         if event.event_type == "approval.opinion":
             task.state, task.outcome = "completed", str(p.opinion)
             task_notes = record.reviews.get(task.case, {}).setdefault("notes", {})
             task_notes[task.assignee] = p.note
+            # The opinion is the answer: its task is completed, and says so on the task
+            # topic like any other, or the assignee's and the operators' views keep it open.
+            completed = {"task_id": task.task_id, "outcome": task.outcome, "note": p.note}
+            outs.append(self._task_event(record, task, "task.completed", completed, event))
         elif event.event_type == "task.completed":
             task.state, task.outcome = "completed", p.outcome
         else:
             task.state, task.outcome = "rejected", "rejected"
-        return self._close_case_if_done(record, task.case)
+        return outs + self._close_case_if_done(record, task.case)
 
     def _opinion_task(self, record: EnterpriseRecord, event: Envelope) -> TaskEntry | None:
         number = event.payload.application_number
@@ -425,7 +444,7 @@ class CorrelateAgent(BatchAgent):
             closing.append(self._certificate_after_review(record, review, tasks))
         del record.reviews[case]
         for t in tasks:
-            del record.tasks[t.task_id]
+            record.forget_task(t.task_id)
         if not record.tasks:
             self._with_tasks.discard(record.uscc)
         return closing
@@ -471,7 +490,14 @@ class CorrelateAgent(BatchAgent):
             result = "clean"
         request = model_for("certificate.requested").model_validate(review["request"])
         p = request.payload
-        reviewed = {case for cases in review["tasks"].values() for case in cases}
+        # A bureau that answered "cleared" took its penalties off the record for this
+        # certificate: they are not listed, so a certificate shows what stands after review.
+        reviewed = {
+            case
+            for task_id, cases in review["tasks"].items()
+            if (task := record.tasks.get(task_id)) is None or task.outcome != "cleared"
+            for case in cases
+        }
         on_record = [
             e
             for e in record.penalties_between(
@@ -485,16 +511,10 @@ class CorrelateAgent(BatchAgent):
         """Tasks past their deadline: ``task.overdue`` once, then ``task.escalated`` once."""
         now = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.clock_skew)
         outs: list[Out] = []
-        counts: dict[tuple[str, str, str], int] = {}
         for partition, uscc, record in list(self.records.items()):
             if uscc not in self._with_tasks:
                 continue
-            for t in record.tasks.values():
-                state: str = t.state
-                if not t.closed and (t.escalated or t.overdue):
-                    state = "escalated" if t.escalated else "overdue"
-                key = (t.matter, t.assignee, state)
-                counts[key] = counts.get(key, 0) + 1
+            before = record.task_counts()
             changed: set[str] = set()
             for task in record.open_tasks():
                 if task.due_at > now:
@@ -520,29 +540,63 @@ class CorrelateAgent(BatchAgent):
                     outs.append(self._task_event(record, task, "task.escalated", escalated))
             if changed:
                 self.records.put(partition, uscc, record, changed)
-        self._export_task_counts(counts)
+                self._recount(partition, before, record.task_counts())
+        self._export_task_counts()
         self.ctx.metrics.calendar_fallback_years.set(len(self.calendar.fallback_years))
         return outs
 
-    def _export_task_counts(self, counts: dict[tuple[str, str, str], int]) -> None:
-        """Set the task gauges; combinations that emptied go back to zero."""
+    def _recount(self, partition: int, before: Counter[TaskKey], after: Counter[TaskKey]) -> bool:
+        """Move one enterprise's task counts from ``before`` to ``after``; True if they moved."""
+        if before == after:
+            return False
+        counts = self._task_counts.setdefault(partition, Counter())
+        counts.update(after)
+        counts.subtract(before)
+        self._task_counts[partition] = +counts  # drop what fell to zero
+        return True
+
+    def _export_task_counts(self) -> None:
+        """Set the task gauge from the records of the partitions this worker holds.
+
+        Every matter has a series for every state (with an empty department) even while it
+        has no task, so a dashboard tells "none" from "not reported"; a combination that
+        emptied goes back to zero rather than keeping its last value.
+        """
         gauge = self.ctx.metrics.tasks
-        for key in self._task_series - counts.keys():
+        total: Counter[TaskKey] = Counter()
+        for counts in self._task_counts.values():
+            total.update(counts)
+        for name in self._matters_by_name:
+            for state in TASK_STATES:
+                gauge.labels(name, "", state).set(0)
+        for key in self._task_series - total.keys():
             gauge.labels(*key).set(0)
-        for key, n in counts.items():
+        for key, n in total.items():
             gauge.labels(*key).set(n)
-        self._task_series |= counts.keys()
+        self._task_series |= total.keys()
 
     async def on_assigned(self, partitions: set[int]) -> None:
-        """Re-index the enterprises with open tasks among the restored partitions."""
+        """Re-index the enterprises with open tasks and recount the tasks of what is held."""
+        held = {tp.partition for tp in self.assignment}
+        self._task_counts = {p: c for p, c in self._task_counts.items() if p in held}
         for p in partitions:
+            counts: Counter[TaskKey] = Counter()
             for _, uscc, record in self.records.items(p):
-                if record.tasks:
+                if record.open_tasks():
                     self._with_tasks.add(uscc)
+                counts.update(record.task_counts())
+            self._task_counts[p] = counts
+        self._export_task_counts()
 
     def _task_event(
-        self, record: EnterpriseRecord, task: TaskEntry, event_type: str, payload: dict[str, Any]
+        self,
+        record: EnterpriseRecord,
+        task: TaskEntry,
+        event_type: str,
+        payload: dict[str, Any],
+        cause: Envelope | None = None,
     ) -> Out:
+        """A lifecycle event the bus publishes about ``task`` (caused by ``cause``, if any)."""
         review = record.reviews.get(task.case, {})
         request = review.get("request", {})
         event = model_for(event_type)(
@@ -551,7 +605,8 @@ class CorrelateAgent(BatchAgent):
             source=BUS,
             subject=record.uscc,
             correlation_id=request.get("correlation_id") or task.case,
-            causation_id=uuid.UUID(task.case),  # a case is named by its trigger's event id
+            # a case is named by its trigger's event id
+            causation_id=cause.event_id if cause is not None else uuid.UUID(task.case),
             payload=payload,
         )
         notify = [task.assignee]

@@ -24,7 +24,7 @@ from bus.agents.out import Out, deadletter_headers
 from bus.agents.runtime import BatchAgent, Record
 from bus.agents.stores import KeyedStore, SeenStore
 from bus.errors import BusError, DecodeError, DuplicateEvent
-from bus.schemas.envelope import Envelope
+from bus.schemas.envelope import HISTORICAL, Envelope
 from bus.schemas.events import EVENT_TYPES
 from bus.topics import DEADLETTER, INGEST_OWNERS, INGEST_SEEN, INGRESS, canonical_topic
 
@@ -34,6 +34,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+
+
+def _historical(r: Record) -> Headers:
+    """The publisher's "this records the past" mark, carried to the canonical record."""
+    for k, v in r.headers or ():
+        if k == HISTORICAL and v == b"1":
+            return [(HISTORICAL, b"1")]
+    return []
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,7 @@ class IngestAgent(BatchAgent):
                         self.canonical[ok.event.event_type],
                         ok.value,
                         key=ok.event.subject.encode(),
-                        headers=ok.event.kafka_headers(),
+                        headers=ok.event.kafka_headers() + _historical(r),
                     )
                 )
             except Exception as exc:  # every failure becomes a dead letter, never a crash

@@ -43,12 +43,13 @@ from bus.errors import (
 )
 from bus.gateway.cases import CaseIndex
 from bus.gateway.certificates import CertificateIndex
-from bus.gateway.inbox import TASK_STATES, Inboxes
+from bus.gateway.inbox import Inboxes
 from bus.gateway.keys import authenticate, keys_path
 from bus.metrics import GatewayMetrics
 from bus.publish import Verdict, await_verdicts, verdict_offsets
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
+from bus.tasks import TASK_STATES
 
 DOCS_ASSETS = "/docs/assets"
 """Swagger UI's files, served by the gateway itself: government networks are often offline."""

@@ -29,11 +29,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from bus.client import _text
 from bus.codec import EventCodec
 from bus.settings import Settings
+from bus.tasks import TaskView
 from bus.topics import inbox_topic
 
 log = logging.getLogger(__name__)
-
-TASK_STATES = ("open", "accepted", "overdue", "escalated", "completed", "rejected")
 
 
 @dataclass(slots=True)
@@ -60,48 +59,6 @@ class Item:
                 "event": event,
             }
         return self._json
-
-
-@dataclass(slots=True)
-class TaskView:
-    """A task as its assignee sees it, from the lifecycle events in its inbox."""
-
-    task_id: str
-    matter: str
-    title: str
-    subject: str
-    correlation_id: str
-    created_event_id: str
-    due_at: str
-    evidence: list[str]
-    supervisor: str | None
-    state: str = "open"
-    overdue: bool = False
-    escalated: bool = False
-    outcome: str | None = None
-    history: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def closed(self) -> bool:
-        """Completed or rejected."""
-        return self.state in ("completed", "rejected")
-
-    @property
-    def shown_state(self) -> str:
-        """The state filters use: open tasks past their deadline show as overdue/escalated."""
-        if not self.closed and (self.escalated or self.overdue):
-            return "escalated" if self.escalated else "overdue"
-        return self.state
-
-    def body(self) -> dict[str, Any]:
-        """The task as the API returns it."""
-        return {
-            "task_id": self.task_id, "matter": self.matter, "title": self.title,
-            "subject": self.subject, "correlation_id": self.correlation_id,
-            "state": self.shown_state, "due_at": self.due_at, "overdue": self.overdue,
-            "escalated": self.escalated, "outcome": self.outcome, "evidence": self.evidence,
-            "supervisor": self.supervisor, "history": self.history,
-        }  # fmt: skip
 
 
 @dataclass
@@ -213,29 +170,7 @@ class Inboxes:
         except Exception:  # not the bus's bytes: nothing to fold
             log.warning("gateway: undecodable task event %s in an inbox", item.event_id)
             return
-        p = event.payload
-        if event.event_type == "task.created":
-            inbox.tasks[p.task_id] = TaskView(
-                p.task_id, p.matter, p.title, event.subject, event.correlation_id,
-                str(event.event_id), p.due_at.isoformat(), list(p.evidence), p.supervisor,
-            )  # fmt: skip
-        task = inbox.tasks.get(p.task_id)
-        if task is None:  # e.g. an escalation of another department's task, to its supervisor
-            return
-        kind = event.event_type.removeprefix("task.")
-        if kind == "accepted" and not task.closed:
-            task.state = "accepted"
-        elif kind in ("completed", "rejected"):
-            task.state = kind
-            task.outcome = getattr(p, "outcome", None) or getattr(p, "reason", None)
-        elif kind == "overdue":
-            task.overdue = True
-        elif kind == "escalated":
-            task.escalated = True
-        task.history.append(
-            {"event": event.event_type, "at": event.occurred_at.isoformat(),
-             "event_id": str(event.event_id)}
-        )  # fmt: skip
+        TaskView.fold(inbox.tasks, event)
 
     async def read(
         self, department: str, cursor: int, limit: int, wait: float = 0.0

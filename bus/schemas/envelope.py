@@ -18,6 +18,11 @@ from bus.schemas.types import DepartmentCode, Line, Payload, UtcDatetime
 
 EVENT_TYPE_PATTERN = r"^[a-z][a-z_]*(\.[a-z][a-z_]*)+$"
 
+HISTORICAL = "bus.historical"
+"""Header (value ``1``) of an event that records the past (an import, a back-fill): it is
+kept and folded into the enterprise's record like any other, but starts no matter. It is a
+header, not an envelope field, so every released Avro schema still describes the events."""
+
 
 class Envelope(BaseModel):
     """One event on the bus. ``event_id`` is the idempotency key."""

@@ -13,6 +13,7 @@ import asyncio
 import random
 import time
 from contextlib import aclosing
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from bus.certificates import SignedCertificate, Verifier
 from bus.client import BusClient, read_topic
 from bus.codec import EventCodec
 from bus.processes import WorkerProcess
-from bus.samples import Enterprise, enterprise, penalty, registered
+from bus.samples import TOWNS, Enterprise, enterprise, penalty, registered
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
 from bus.settings import Settings
@@ -310,3 +311,53 @@ def test_an_unreadable_canonical_record_is_a_dead_letter_not_a_stall(
     assert [(d.headers["bus.stage"], d.headers["bus.reason"]) for d in dead] == [
         ("correlate", "schema.unknown_id")
     ]
+
+
+def test_a_cleared_review_takes_its_penalty_off_the_certificate(
+    settings: Settings, tmp_path: Path, firm: Enterprise
+) -> None:
+    """Two bureaus review: one clears its case, one confirms; only the confirmed is listed."""
+    rng = random.Random(49)
+    other = next(t for t in TOWNS if t != firm.town)
+    kept = penalty(firm, rng, n=1, decided_on=date(2026, 4, 1))
+    cleared = penalty(replace(firm, town=other), rng, n=2, decided_on=date(2026, 5, 1))
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        publish(settings, [registered(firm, rng), kept, cleared])
+        folded(settings, "penalty", 2)
+        publish(settings, [request(firm)])
+        reviews = outputs(settings, "task", "task.created", 2, CERTIFICATE)
+        by_bureau = {t.payload.assignee: t for t in reviews}
+        publish(settings, [
+            answer(by_bureau[cleared.source], "task.completed", cleared.source, outcome="cleared"),
+            answer(by_bureau[kept.source], "task.completed", kept.source, outcome="confirmed"),
+        ])  # fmt: skip
+        [issued] = outputs(settings, "certificate", "certificate.issued", 1)
+    assert sorted(by_bureau) == sorted([kept.source, cleared.source])
+    assert issued.payload.result == "record_found"
+    assert [(e.case_number, e.agency, e.state) for e in issued.payload.record] == [
+        (kept.payload.case_number, kept.source, "active")
+    ]
+
+
+def folded(settings: Settings, family: str, n: int, timeout: float = 30) -> None:
+    """Wait until the correlate agent has committed ``n`` records of a canonical topic.
+
+    It commits a batch after its effects (and the enterprise record) are written, so what
+    follows is decided on a record that holds them.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def committed() -> int:
+        admin = AIOKafkaAdminClient(**settings.kafka())
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(f"{settings.app_id}.correlate")
+        finally:
+            await admin.close()
+        topic = settings.topic(f"events.{family}")
+        return sum(om.offset for tp, om in offsets.items() if tp.topic == topic)
+
+    deadline = time.monotonic() + timeout
+    while (done := asyncio.run(committed())) < n:
+        assert time.monotonic() < deadline, f"correlate committed {done} of {n} on {family}"
+        time.sleep(0.2)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from bus.codec import EventCodec
 from bus.processes import WorkerProcess
 from bus.samples import enterprise, penalty, registered
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
 from bus.settings import Settings
-from tests.integration.test_correlate import _deadletters, outputs, publish
+from tests.e2e.test_cli import bus
+from tests.integration.test_correlate import _deadletters, folded, outputs, publish, request
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +122,24 @@ def test_parallel_approval_is_decided_when_every_opinion_is_in(
     )
     assert decided.causation_id == application.event_id
     assert [d.headers["bus.reason"] for d in dead] == ["task.not_assignee"]
+
+
+@pytest.mark.timeout(180)
+def test_a_historical_import_updates_the_record_but_opens_no_task(
+    settings: Settings, tmp_path: Path
+) -> None:
+    rng = random.Random(54)
+    old, new = enterprise(rng), enterprise(rng)
+    last_year = tmp_path / "registrations-2025.jsonl"
+    last_year.write_text(EventCodec().to_json(registered(old, rng)) + "\n", encoding="utf-8")
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        imported = bus("import", str(last_year), "--historical", settings=settings)
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        publish(settings, [registered(new, rng)])  # a live registration, for comparison
+        folded(settings, "enterprise", 2)
+        publish(settings, [request(old)])  # decided on the record the import built
+        [issued] = outputs(settings, "certificate", "certificate.issued", 1)
+        opened = outputs(settings, "task", "task.created", 8, "opening-a-business")
+    assert sorted({t.subject for t in opened}) == [new.uscc]
+    assert len(opened) == 4
+    assert (issued.subject, issued.payload.enterprise_name) == (old.uscc, old.name)
