@@ -187,13 +187,15 @@ async def read_topic(
     """Read a topic from the beginning until it has been quiet for ``idle`` seconds.
 
     Stops early after ``until`` records. Waiting for quiet rather than for the end offsets
-    lets a caller collect what a worker is still producing.
+    lets a caller collect what a worker is still producing. Only committed records are read:
+    a replay writes in transactions, and what an aborted one wrote never happened.
     """
     consumer = AIOKafkaConsumer(
         **settings.kafka(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         group_id=None,
+        isolation_level="read_committed",
     )
     await start_or_close(consumer)
     try:
