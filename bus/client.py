@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.codec import EventCodec
+from bus.errors import BrokerError
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
 
@@ -183,12 +184,16 @@ async def read_topic(
     idle: float = 1.0,
     max_seconds: float = 30.0,
     until: int | None = None,
+    to_end: bool = False,
 ) -> AsyncGenerator[Record, None]:
     """Read a topic from the beginning until it has been quiet for ``idle`` seconds.
 
     Stops early after ``until`` records. Waiting for quiet rather than for the end offsets
-    lets a caller collect what a worker is still producing. Only committed records are read:
-    a replay writes in transactions, and what an aborted one wrote never happened.
+    lets a caller collect what a worker is still producing. With ``to_end``, quiet is not
+    enough: every partition must also reach the end offset it had when reading began (or
+    ``BrokerError`` after ``max_seconds``), for callers that must see everything there is.
+    Only committed records are read: a replay writes in transactions, and what an aborted
+    one wrote never happened.
     """
     consumer = AIOKafkaConsumer(
         **settings.kafka(),
@@ -206,15 +211,19 @@ async def read_topic(
             await asyncio.sleep(0.1)
         if not partitions:
             return
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
         await consumer.seek_to_beginning()
+        ends = await consumer.end_offsets(tps) if to_end else {}
         deadline = time.monotonic() + max_seconds
         quiet_since = time.monotonic()
         count = 0
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=1000)
             if not batches:
-                if time.monotonic() - quiet_since >= idle:
+                if time.monotonic() - quiet_since >= idle and all(
+                    [await consumer.position(tp) >= end for tp, end in ends.items()]
+                ):
                     return
                 continue
             quiet_since = time.monotonic()
@@ -232,5 +241,7 @@ async def read_topic(
                     count += 1
                     if until is not None and count >= until:
                         return
+        if to_end:
+            raise BrokerError(f"{topic} not read to its end in {max_seconds:.0f} s")
     finally:
         await consumer.stop()
