@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
@@ -523,6 +524,38 @@ async def replay_deadletters(
             await producer.stop()
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _consume_fencing(producer: AIOKafkaProducer) -> None:
+    """Keep the fencing error, already reported, from being printed again as a traceback.
+
+    aiokafka sets it on internal futures nothing awaits once fenced (the transaction's
+    waiter, the drain waiters of batches not yet sent), and asyncio prints each one that is
+    garbage-collected unretrieved. From now on this loop stays quiet about those: only
+    unretrieved ``ProducerFenced`` errors, nothing else.
+    """
+    txn = getattr(producer, "_txn_manager", None)
+    if txn is not None:
+        _retrieved(txn.wait_for_transaction_end())
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), ProducerFenced) and "never retrieved" in str(
+            context.get("message", "")
+        ):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 async def _send_replays(
     producer: AIOKafkaProducer,
     atomic: bool,
@@ -536,8 +569,8 @@ async def _send_replays(
         chunk = todo[start : start + REPLAY_CHUNK]
         if atomic:
             await producer.begin_transaction()
+        pending: list[asyncio.Future[Any]] = []
         try:
-            pending = []
             for r, topic in chunk:
                 origin = r.headers["bus.origin"]
                 pending.append(await producer.send(
@@ -557,12 +590,16 @@ async def _send_replays(
             # Another run started its producer: the broker aborted this chunk, which that
             # run replays. Sending in a fenced producer is an IllegalOperation.
             report.taken_over = True
+            _consume_fencing(producer)
             return
         except BaseException:
             if atomic:  # end the transaction now, not after its timeout: it holds readers back
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(producer.abort_transaction(), 10)
             raise
+        finally:
+            for sent in pending:  # failed with the chunk: said above, not again at exit
+                sent.add_done_callback(_retrieved)
         report.replayed += [r.headers["bus.origin"] for r, _ in chunk]
         if progress:
             progress(len(report.replayed), len(todo))
