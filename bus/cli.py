@@ -231,7 +231,8 @@ def publish(
 
 
 deadletters_app = typer.Typer(
-    help="List dead letters with their reasons (the default), or replay them after a fix.",
+    help="List dead letters (the default) in the order they were dead-lettered, newest last, "
+    "with time, department, reason and replay history; or show one, or replay them after a fix.",
     invoke_without_command=True,
 )
 app.add_typer(deadletters_app, name="deadletters")
