@@ -24,6 +24,7 @@ import typer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bus.cli_certificate import certificate_app
 from bus.cli_connect import connect
@@ -259,7 +260,8 @@ def publish(
 
 
 deadletters_app = typer.Typer(
-    help="List dead letters with their reasons (the default), or replay them after a fix.",
+    help="List dead letters (the default) in the order they were dead-lettered, newest last, "
+    "with time, department, reason and replay history; or show one, or replay them after a fix.",
     invoke_without_command=True,
 )
 app.add_typer(deadletters_app, name="deadletters")
@@ -269,33 +271,86 @@ app.add_typer(deadletters_app, name="deadletters")
 def deadletters(
     ctx: typer.Context,
     reason: Annotated[str | None, typer.Option(help="Only this reason (prefix match).")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest last.")] = 50,
+    source: Annotated[
+        str | None,
+        typer.Option(help="Only from this department, or codes under it (ks.enforcement)."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only dead-lettered since: a duration ago (30m, 2h, 1d, 1w) or a "
+            "date or date-time, UTC unless it names a zone (2026-05-01T08:30)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(help="The newest this many (0: all), shown oldest first, newest last.")
+    ] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines for scripts.")] = False,
     broker: BrokerOpt = None,
 ) -> None:
-    """List dead letters with their reasons."""
-    from bus.publish import list_deadletters
+    """List dead letters with their reasons, in the order they were dead-lettered.
+
+    Each shows when, which department published the event, where it stood (its origin,
+    which `show` and `replay --origin` take), why, and whether it is a replay of an earlier
+    letter or was itself replayed.
+    """
+    from bus.publish import (
+        list_deadletters,
+        rejected_at_ms,
+        replay_link,
+        replayed_origins,
+        select_deadletters,
+        since_ms,
+        source_of,
+    )
 
     if ctx.invoked_subcommand is not None:
         return
+    try:
+        after = since_ms(since) if since else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
     s = _settings(broker)
-    rows = asyncio.run(list_deadletters(s))
-    if reason:
-        rows = [r for r in rows if r.headers.get("bus.reason", "").startswith(reason)]
-    rows = rows[-limit:]
+
+    async def read() -> tuple[list[Any], dict[str, str | None]]:
+        return await list_deadletters(s), await replayed_origins(s)
+
+    letters, done = asyncio.run(read())
+    rows = select_deadletters(letters, reason=reason, source=source, since=after, limit=limit)
+
+    def when(r: Any) -> str:
+        return f"{datetime.fromtimestamp(rejected_at_ms(r) / 1000, UTC):%Y-%m-%d %H:%M:%S}"
+
+    def replay(r: Any) -> str:
+        link = replay_link(r)
+        said = [f"replay {link.count} of {link.first}"] if link else []
+        if r.headers.get("bus.origin") in done:
+            said.append("replayed")
+        return "; ".join(said)
+
     if as_json:
         for r in rows:
+            h, link = r.headers, replay_link(r)
             typer.echo(json.dumps({
-                "origin": r.headers.get("bus.origin"), "reason": r.headers.get("bus.reason"),
-                "error": r.headers.get("bus.error"), "field": r.headers.get("bus.field"),
+                "time": when(r) + "Z", "rejected_at": rejected_at_ms(r), "source": source_of(r),
+                "origin": h.get("bus.origin"), "reason": h.get("bus.reason"),
+                "error": h.get("bus.error"), "field": h.get("bus.field"),
+                "stage": h.get("bus.stage"), "letter": f"{r.topic}/{r.partition}/{r.offset}",
+                "replay_of": link.of if link else None,
+                "replay_first": link.first if link else None,
+                "replay_count": link.count if link else 0,
+                "replayed": h.get("bus.origin") in done,
                 "value": (r.value or b"").decode(errors="replace"),
             }, ensure_ascii=False))  # fmt: skip
         return
-    t = Table("origin", "reason", "field", "error")
+    # Text cells, not markup: an error sentence may hold [brackets] Rich would swallow.
+    t = Table("dead-lettered (UTC)", "source", "origin", "reason", "field", "error", "replay")
     for r in rows:
         h = r.headers
-        t.add_row(h.get("bus.origin", "?"), h.get("bus.reason", "?"), h.get("bus.field", ""),
-                  h.get("bus.error", ""))  # fmt: skip
+        t.add_row(*(Text(v) for v in (
+            when(r), source_of(r) or "?", h.get("bus.origin", "?"), h.get("bus.reason", "?"),
+            h.get("bus.field", ""), h.get("bus.error", ""), replay(r),
+        )))  # fmt: skip
     console.print(t)
     console.print(f"{len(rows)} dead letters shown")
 
@@ -513,6 +568,10 @@ def deadletters_show(
     console.print(text, markup=False, soft_wrap=True)
 
 
+REPLAY_TAKEN_OVER = 3
+"""Exit status of a replay another replay run fenced off (0 done, 1 error)."""
+
+
 @deadletters_app.command("replay")
 def replay(
     reason: Annotated[
@@ -523,13 +582,25 @@ def replay(
         typer.Option(help="Only this dead letter (topic/partition/offset); repeatable."),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Show what would be replayed.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Also replay letters that are replays which failed again for the same reason."
+        ),
+    ] = False,
     broker: BrokerOpt = None,
 ) -> None:
     """Re-submit dead letters after a fix, once each, with their original bytes.
 
     Letters refused at ingest go back to ingress; letters a connector could not deliver
     (stage connector.*) go back to the topic they were read from, e.g. a department's inbox.
+
+    A letter that is itself a replay and failed again for the same reason is skipped (its
+    cause is likely not fixed) unless --force. Replays started at the same time replay each
+    letter once: a run started later stops the earlier one, which exits with status 3
+    (another replay is running); 0 when done, 1 on an error.
     """
+    from rich.markup import escape
     from rich.progress import Progress
 
     from bus.publish import replay_deadletters
@@ -541,15 +612,29 @@ def replay(
         def step(i: int, n: int) -> None:
             bar.update(task, completed=i, total=n)
 
-        report = asyncio.run(replay_deadletters(
-            s, reason=reason, origins=set(origin or ()), dry_run=dry_run, progress=step,
-        ))  # fmt: skip
+        def warn(text: str) -> None:
+            err.print(f"[yellow]warning:[/] {escape(text)}")
+
+        try:
+            report = asyncio.run(replay_deadletters(
+                s, reason=reason, origins=set(origin or ()), dry_run=dry_run, force=force,
+                progress=step, warn=warn,
+            ))  # fmt: skip
+        except BusError as exc:
+            raise _fail(exc) from None
     verb = "would replay" if dry_run else "replayed"
     for o in report.replayed:
-        console.print(f"{verb} {o}")
+        console.print(f"{verb} {escape(o)}")
     for o, why in report.skipped.items():
-        console.print(f"[yellow]skipped[/] {o}: {why}")
+        console.print(f"[yellow]skipped[/] {escape(o)}: {escape(why)}")
     console.print(f"{len(report.replayed)} {verb}, {len(report.skipped)} skipped")
+    if report.taken_over:
+        err.print(
+            "[red]stopped:[/] another replay is running (started after this one); it replays "
+            f"what this one had not. {len(report.replayed)} replayed here before it took over. "
+            "`bus deadletters` shows each letter's state."
+        )
+        raise typer.Exit(REPLAY_TAKEN_OVER)
 
 
 @schemas_app.command("list")

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.codec import EventCodec
+from bus.errors import BrokerError
 from bus.schemas.envelope import HISTORICAL, Envelope
 from bus.settings import Settings
 
@@ -196,13 +197,16 @@ async def read_topic(
     Stops early after ``until`` records. Waiting for quiet rather than for the end offsets
     lets a caller collect what a worker is still producing. With ``to_end`` it stops at the
     end offsets the topic had when reading began instead: a snapshot, which a slow first
-    fetch cannot cut short (``idle`` is then ignored).
+    fetch cannot cut short (``idle`` is then ignored; ``BrokerError`` after ``max_seconds``).
+    Only committed records are read: a replay writes in transactions, and what an aborted
+    one wrote never happened.
     """
     consumer = AIOKafkaConsumer(
         **settings.kafka(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         group_id=None,
+        isolation_level="read_committed",
     )
     await start_or_close(consumer)
     try:
@@ -245,5 +249,7 @@ async def read_topic(
                     count += 1
                     if until is not None and count >= until:
                         return
+        if to_end:
+            raise BrokerError(f"{topic} not read to its end in {max_seconds:.0f} s")
     finally:
         await consumer.stop()

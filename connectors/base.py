@@ -370,6 +370,7 @@ class Sink(Connector):
             client_id=f"{self.group}-consumer",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",  # a replay to the inbox that aborted: not sent
             max_poll_records=self.batch_size,
             fetch_max_wait_ms=int(self.batch_wait * 1000),
             session_timeout_ms=int(self.settings.session_timeout * 1000),

@@ -22,9 +22,21 @@ class Out:
     partition: int | None = None
 
 
-KEPT_ON_REJECTION = ("bus.route",)
+ROUTE = "bus.route"
+"""Why an inbox received a record (the subscription that routed it)."""
+
+REPLAY_OF = "bus.replay_of"
+"""On a replayed record: the origin of the dead letter it replays."""
+REPLAY_FIRST = "bus.replay_first"
+"""On a replayed record: the origin of the first dead letter of the event, replays aside."""
+REPLAY_COUNT = "bus.replay_count"
+"""On a replayed record: how many times the event has been replayed (1 the first time)."""
+REPLAY_HEADERS = (REPLAY_OF, REPLAY_FIRST, REPLAY_COUNT)
+
+KEPT_ON_REJECTION = (ROUTE, *REPLAY_HEADERS)
 """``bus.*`` headers a dead letter keeps: why an inbox received the record, so a sink's dead
-letter replayed to the inbox is delivered again with its reason."""
+letter replayed to the inbox is delivered again with its reason; and which dead letter a
+replayed record came from, so a replay that fails again is linked to the letter before it."""
 
 
 def rejection_headers(

@@ -206,6 +206,8 @@ class BatchAgent(Service):
             client_id=f"{self.group}-consumer",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # A replay writes to ingress in transactions; one fenced or aborted never happened.
+            isolation_level="read_committed",
             max_poll_records=s.batch_size,
             fetch_max_wait_ms=int(s.batch_wait * 1000),
             session_timeout_ms=int(s.session_timeout * 1000),

@@ -100,6 +100,7 @@ class Inboxes:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=200,
+            isolation_level="read_committed",  # a replay that aborted was never delivered
         )
         await self._consumer.start()
         tps = [TopicPartition(t, 0) for t in self._topics]
@@ -135,11 +136,13 @@ class Inboxes:
                 for r in records:
                     self._add(inbox, r)
                 inbox.position = records[-1].offset + 1
-            # Caught up once every inbox reached the end it had at start-up.
-            if not self.caught_up.is_set() and all(
-                self._inboxes[self._topics[tp.topic]].position >= n for tp, n in ends.items()
-            ):
-                self.caught_up.set()
+            # Caught up once every inbox reached the end it had at start-up. The consumer's
+            # position, not the last record's offset: a transaction's commit marker (a replay
+            # writes inboxes in transactions) takes an offset and is never returned.
+            if not self.caught_up.is_set():
+                positions = [await self._consumer.position(tp) for tp in ends]
+                if all(p >= n for p, n in zip(positions, ends.values(), strict=True)):
+                    self.caught_up.set()
             if fetched:
                 async with self._changed:
                     self._changed.notify_all()
@@ -209,7 +212,8 @@ class Inboxes:
         """A page older than the in-memory window, straight from the topic."""
         tp = TopicPartition(inbox_topic(self.settings, department), 0)
         consumer = AIOKafkaConsumer(**self.settings.kafka(), group_id=None,
-                                    enable_auto_commit=False)  # fmt: skip
+                                    enable_auto_commit=False,
+                                    isolation_level="read_committed")  # fmt: skip
         await consumer.start()
         try:
             consumer.assign([tp])
