@@ -90,17 +90,32 @@ def broker(
     data_dir: Annotated[Path, typer.Option(help="Where the broker keeps its data.")] = Path(
         "var/broker"
     ),
+    sasl: Annotated[
+        bool,
+        typer.Option(
+            help="Kafka only: clients log in (SASL SCRAM-SHA-512) and ACLs decide; the bus's "
+            "user `bus` is the super user."
+        ),
+    ] = False,
 ) -> None:
     """Run a broker on 127.0.0.1 until Ctrl-C (development and tests, never production)."""
-    from bus.kafka_local import local_broker
+    from bus.kafka_local import SUPER_USER, KafkaCluster, local_broker
 
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        b = local_broker(engine, nodes=nodes, port=port or None, data_dir=data_dir, say=err.print)
+        b = local_broker(
+            engine, nodes=nodes, port=port or None, data_dir=data_dir, say=err.print, sasl=sasl
+        )
         b.start()
     except BusError as exc:
         raise _fail(exc, "Is the port taken? Try --port 0 for free ones.") from None
     console.print(f"{engine} broker listening; use [bold]BUS_BROKER={b.url}[/]")
+    if isinstance(b, KafkaCluster):
+        if sasl:
+            login = f"BUS_SASL_USERNAME={SUPER_USER} BUS_SASL_PASSWORD={b.bus_password}"
+            console.print(f"log in as [bold]{login}[/] (kept in {data_dir})")
+        tools = f"PATH={b.tools_dir}:$PATH, --command-config {b.admin_config}"
+        console.print(f"Kafka's tools: {tools}", highlight=False)
     stop = asyncio.Event()
 
     async def wait() -> None:
