@@ -190,7 +190,9 @@ class ReplayReport:
     skipped: dict[str, str]
 
 
-NOT_REPLAYABLE = ("duplicate.",)  # a duplicate replayed is a duplicate again
+# A duplicate replayed is a duplicate again; an event claiming another department on a
+# department's own ingress goes back there, bytes unchanged, and claims it again.
+NOT_REPLAYABLE = ("duplicate.", "auth.source_mismatch")
 
 
 def _origin_order(origin: str) -> tuple[str, int, int]:
@@ -212,7 +214,8 @@ async def replay_deadletters(
 ) -> ReplayReport:
     """Re-submit dead letters after a fix, once each, with their original bytes.
 
-    Ingest dead letters go back to ingress. A sink's dead letters (stage ``connector.NAME``,
+    Ingest dead letters go back to the ingress they came by (the shared one, or the
+    department's own). A sink's dead letters (stage ``connector.NAME``,
     e.g. a department's endpoint that was down) go back to the topic they were read from,
     their ``bus.origin``, usually the department's inbox, where the sink delivers them again.
     The bytes are unchanged, so a replayed event keeps its event_id and can never take effect
@@ -245,7 +248,9 @@ async def replay_deadletters(
         elif stage == "ingest" and why.startswith(NOT_REPLAYABLE):
             report.skipped[origin] = f"{why}: nothing to replay"
         elif stage == "ingest":
-            todo.append((r, settings.topic(INGRESS.name)))
+            # Back to the ingress it came by: a department's own ingress binds its source.
+            shared = settings.topic(INGRESS.name)
+            todo.append((r, topic if topic.startswith(shared + ".") else shared))
             chosen.add(origin)
         elif stage.startswith("connector.") and sep and topic:
             todo.append((r, topic))
@@ -261,7 +266,7 @@ async def replay_deadletters(
     async with BusClient(settings) as client:
         for i, (r, topic) in enumerate(todo, 1):
             origin = r.headers["bus.origin"]
-            to_sink = topic != settings.topic(INGRESS.name)  # back to an inbox: keep its route
+            to_sink = r.headers.get("bus.stage", "") != "ingest"  # to an inbox: keep its route
             headers = [
                 (k, v.encode())
                 for k, v in r.headers.items()
