@@ -37,7 +37,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-topics_app = typer.Typer(help="Create and list the bus's topics.", no_args_is_help=True)
+topics_app = typer.Typer(
+    help="Create and list the bus's topics; print the departments' Kafka users and ACLs.",
+    no_args_is_help=True,
+)
 schemas_app = typer.Typer(help="Inspect and export the Avro schemas.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(certificate_app, name="certificate")
@@ -154,9 +157,48 @@ def topics_create(broker: BrokerOpt = None) -> None:
     console.print(f"{len(created)} created, topics up to date ({s.partitions} partitions)")
 
 
+@topics_app.command("acls")
+def topics_acls(
+    department: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this department (repeatable); every one by default."),
+    ] = None,
+    bootstrap_server: Annotated[
+        str | None, typer.Option(help="The tools' --bootstrap-server; BUS_BROKER's by default.")
+    ] = None,
+    command_config: Annotated[
+        str, typer.Option(help="The admin's client properties, for the tools.")
+    ] = "admin.properties",
+    secrets: Annotated[
+        str, typer.Option(help="Folder of password files, one per department, named by code.")
+    ] = "secrets",
+) -> None:
+    """Print the kafka-configs.sh and kafka-acls.sh lines that make departments principals.
+
+    Each department (User:<code>) gets a SCRAM user and may write only its own ingress topic,
+    read only its own inbox, and use consumer groups named <code>.*; the output is a shell
+    script (docs/operations.md).
+    """
+    from bus.acls import acl_commands
+    from bus.departments import Directory
+
+    s = _settings()
+    try:
+        directory = Directory.load(s.departments_file, s.policy_file)
+        lines = acl_commands(
+            s, directory, departments=department or (), bootstrap=bootstrap_server,
+            command_config=command_config, secrets=secrets,
+        )  # fmt: skip
+    except BusError as exc:
+        raise _fail(exc) from None
+    for line in lines:  # plain: a terminal-wide console would wrap the commands
+        typer.echo(line)
+
+
 @topics_app.command("list")
 def topics_list() -> None:
-    """Show the catalogue: names, roles, retention, compaction (and one inbox per department)."""
+    """Show the catalogue: names, roles, retention, compaction (an inbox and an own ingress per
+    department)."""
     from bus.topics import full_catalogue
 
     s = _settings()
