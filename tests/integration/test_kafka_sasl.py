@@ -6,7 +6,8 @@ departments are made principals by running what ``bus topics acls`` prints, with
 tools. Then, as a department's system would, with a plain Kafka producer: its own ingress
 takes events in its own name; another department's ingress and the shared one are refused by
 the broker; an event in another's name on its own ingress is a dead letter
-(``auth.source_mismatch``); a wrong password does not log in.
+(``auth.source_mismatch``) and a replay sends a dead letter back to the ingress it came by;
+it reads its own inbox with its own consumer groups only; a wrong password does not log in.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from bus.codec import EventCodec
 from bus.departments import Directory
 from bus.kafka_local import KafkaCluster
 from bus.processes import WorkerProcess
-from bus.samples import enterprise, penalty
+from bus.publish import replay_deadletters
+from bus.samples import enterprise, penalty, registered
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
 from bus.topics import create_topics, department_ingress_topic, inbox_topic
@@ -185,6 +187,33 @@ def test_another_departments_name_on_its_own_ingress_is_a_dead_letter(
     assert letter.headers["bus.origin"].startswith(department_ingress_topic(bus_settings, Z) + "/")
     canonical = wait_records(bus_settings, "events.penalty", lambda rs: True)
     assert str(forged.event_id) not in {r.headers.get("event_id") for r in canonical}
+
+
+def test_a_replay_goes_back_to_the_departments_own_ingress(
+    sasl_kafka: KafkaCluster, bus_settings: Settings, worker: WorkerProcess
+) -> None:
+    """Replayed to the shared ingress, an event would shed the binding to its publisher."""
+    rng = random.Random(4)
+    refused = registered(enterprise(rng), rng).model_copy(update={"source": Z})  # not Z's type
+    forged = fine(H, seed=5)
+    own = department_ingress_topic(bus_settings, Z)
+    for event in (refused, forged):
+        asyncio.run(produce(as_department(sasl_kafka, Z), own, event))
+    sent = {codec.encode(e) for e in (refused, forged)}
+    dead = wait_records(bus_settings, "deadletter",
+                        lambda rs: sent <= {r.value for r in rs})  # fmt: skip
+    origin = {r.value: r.headers["bus.origin"] for r in dead if r.value in sent}
+    report = asyncio.run(replay_deadletters(
+        bus_settings, origins={origin[codec.encode(refused)], origin[codec.encode(forged)]}
+    ))  # fmt: skip
+    assert report.replayed == [origin[codec.encode(refused)]]
+    assert "auth.source_mismatch: nothing to replay" in report.skipped.values()
+    again = [r for r in wait_records(
+        bus_settings, "deadletter",
+        lambda rs: sum(r.value == codec.encode(refused) for r in rs) == 2,
+    ) if r.value == codec.encode(refused)]  # fmt: skip
+    assert [r.headers["bus.reason"] for r in again] == ["auth.event_type"] * 2
+    assert all(r.headers["bus.origin"].startswith(own + "/") for r in again), again
 
 
 def test_a_department_reads_its_own_inbox_with_its_own_groups_only(
