@@ -511,8 +511,9 @@ def replay(
 ) -> None:
     """Re-submit dead letters after a fix, once each, with their original bytes.
 
-    Letters refused at ingest go back to ingress; letters a connector could not deliver
-    (stage connector.*) go back to the topic they were read from, e.g. a department's inbox.
+    Letters refused at ingest go back to the ingress they came by (the shared one or a
+    department's own); letters a connector could not deliver (stage connector.*) go back to
+    the topic they were read from, e.g. a department's inbox.
     """
     from rich.progress import Progress
 
