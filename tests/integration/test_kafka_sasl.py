@@ -31,9 +31,11 @@ from aiokafka.errors import (
 )
 
 from bus.acls import acl_commands
+from bus.brokers import wait_for_broker
 from bus.client import Record, read_topic
 from bus.codec import EventCodec
 from bus.departments import Directory
+from bus.errors import BrokerError
 from bus.kafka_local import KafkaCluster
 from bus.processes import WorkerProcess
 from bus.publish import replay_deadletters
@@ -257,6 +259,13 @@ def test_a_department_reads_its_own_inbox_with_its_own_groups_only(
     assert got == []
     with pytest.raises(GroupAuthorizationFailedError):
         asyncio.run(read(mine, f"{H}.case-system", got, seconds=2))
+
+
+def test_bus_status_and_the_gateway_health_check_log_in(bus_settings: Settings) -> None:
+    """Their reachability probe: a SASL listener answers nothing before login."""
+    asyncio.run(wait_for_broker(bus_settings.broker, 30, bus_settings.kafka_security()))
+    with pytest.raises(BrokerError):
+        asyncio.run(wait_for_broker(bus_settings.broker, 1))
 
 
 @pytest.mark.parametrize("user", [Z, "ks.nobody"])
