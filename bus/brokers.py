@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar, get_args
@@ -143,12 +143,15 @@ def _parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
     return hosts
 
 
-async def _metadata_once(host: str, port: int, seconds: float) -> list[tuple[str, int]]:
+async def _metadata_once(
+    host: str, port: int, seconds: float, security: Mapping[str, Any] | None = None
+) -> list[tuple[str, int]]:
     """Connect, negotiate API versions and ask for cluster metadata, as every Kafka client does.
 
     Returns the brokers the cluster advertises as ``(host, port)``. A TCP accept alone is not
     enough: a broker can listen before it serves requests, and an advertised address that clients
-    cannot reach only shows up in the metadata.
+    cannot reach only shows up in the metadata. ``security`` holds aiokafka's connection
+    options (``Settings.kafka_security()``): a SASL listener answers nothing before login.
     """
     from aiokafka.conn import create_conn
     from aiokafka.protocol.metadata import MetadataRequest
@@ -156,8 +159,9 @@ async def _metadata_once(host: str, port: int, seconds: float) -> list[tuple[str
     request_timeout_ms = max(1, int(seconds * 1000))
     async with asyncio.timeout(seconds):
         conn = await create_conn(
-            host, port, client_id="bus-broker-probe", request_timeout_ms=request_timeout_ms
-        )
+            host, port, client_id="bus-broker-probe", request_timeout_ms=request_timeout_ms,
+            **(security or {}),
+        )  # fmt: skip
     try:
         async with asyncio.timeout(seconds):
             response = await conn.send(MetadataRequest([]))
@@ -173,12 +177,14 @@ async def _metadata_once(host: str, port: int, seconds: float) -> list[tuple[str
     return brokers
 
 
-async def _probe(bootstrap: str, per_attempt: float) -> list[tuple[str, int]]:
+async def _probe(
+    bootstrap: str, per_attempt: float, security: Mapping[str, Any] | None = None
+) -> list[tuple[str, int]]:
     """One attempt over every bootstrap address; the first that answers wins."""
     errors: list[str] = []
     for host, port in _parse_bootstrap(bootstrap):
         try:
-            return await _metadata_once(host, port, per_attempt)
+            return await _metadata_once(host, port, per_attempt, security)
         except Exception as err:  # OSError, TimeoutError, aiokafka's KafkaError family
             errors.append(f"{host}:{port}: {type(err).__name__}: {err}".rstrip(": "))
     raise BrokerError(
@@ -186,7 +192,11 @@ async def _probe(bootstrap: str, per_attempt: float) -> list[tuple[str, int]]:
     )
 
 
-async def wait_for_broker(bootstrap: str, timeout: float) -> None:  # noqa: ASYNC109
+async def wait_for_broker(
+    bootstrap: str,
+    timeout: float,  # noqa: ASYNC109
+    security: Mapping[str, Any] | None = None,
+) -> None:
     """Wait until a broker at ``bootstrap`` answers a Kafka Metadata request.
 
     ``bootstrap`` is ``host:port``, several separated by ``,`` or ``;``, with or without
@@ -195,14 +205,15 @@ async def wait_for_broker(bootstrap: str, timeout: float) -> None:  # noqa: ASYN
     failure. Used by the CLI before starting workers and by the test fixtures, so that a broker
     that is down is reported once, clearly, instead of as a client's endless reconnect loop.
     (``timeout`` is a plain argument rather than ``asyncio.timeout()`` around the call because the
-    last error is worth reporting, and a cancelled attempt would lose it.)
+    last error is worth reporting, and a cancelled attempt would lose it.) ``security``:
+    aiokafka's connection options for a SASL or TLS listener (``Settings.kafka_security()``).
     """
     deadline = time.monotonic() + timeout
     last = "no attempt made"
     while True:
         remaining = deadline - time.monotonic()
         try:
-            await _probe(bootstrap, max(0.05, min(_PROBE_TIMEOUT, remaining)))
+            await _probe(bootstrap, max(0.05, min(_PROBE_TIMEOUT, remaining)), security)
             return
         except BrokerError as err:
             last = err.message

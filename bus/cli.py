@@ -42,7 +42,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-topics_app = typer.Typer(help="Create and list the bus's topics.", no_args_is_help=True)
+topics_app = typer.Typer(
+    help="Create and list the bus's topics; print the departments' Kafka users and ACLs.",
+    no_args_is_help=True,
+)
 schemas_app = typer.Typer(help="Inspect and export the Avro schemas.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(certificate_app, name="certificate")
@@ -111,17 +114,32 @@ def broker(
     data_dir: Annotated[Path, typer.Option(help="Where the broker keeps its data.")] = Path(
         "var/broker"
     ),
+    sasl: Annotated[
+        bool,
+        typer.Option(
+            help="Kafka only: clients log in (SASL SCRAM-SHA-512) and ACLs decide; the bus's "
+            "user `bus` is the super user."
+        ),
+    ] = False,
 ) -> None:
     """Run a broker on 127.0.0.1 until Ctrl-C (development and tests, never production)."""
-    from bus.kafka_local import local_broker
+    from bus.kafka_local import SUPER_USER, KafkaCluster, local_broker
 
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        b = local_broker(engine, nodes=nodes, port=port or None, data_dir=data_dir, say=err.print)
+        b = local_broker(
+            engine, nodes=nodes, port=port or None, data_dir=data_dir, say=err.print, sasl=sasl
+        )
         b.start()
     except BusError as exc:
         raise _fail(exc, "Is the port taken? Try --port 0 for free ones.") from None
     console.print(f"{engine} broker listening; use [bold]BUS_BROKER={b.url}[/]")
+    if isinstance(b, KafkaCluster):
+        if sasl:
+            login = f"BUS_SASL_USERNAME={SUPER_USER} BUS_SASL_PASSWORD={b.bus_password}"
+            console.print(f"log in as [bold]{login}[/] (kept in {data_dir})")
+        tools = f"PATH={b.tools_dir}:$PATH, --command-config {b.admin_config}"
+        console.print(f"Kafka's tools: {tools}", highlight=False)
     stop = asyncio.Event()
 
     async def wait() -> None:
@@ -169,9 +187,48 @@ def topics_create(broker: BrokerOpt = None) -> None:
                   "count needs new topics: docs/operations.md, Sizing)[/]")  # fmt: skip
 
 
+@topics_app.command("acls")
+def topics_acls(
+    department: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this department (repeatable); every one by default."),
+    ] = None,
+    bootstrap_server: Annotated[
+        str | None, typer.Option(help="The tools' --bootstrap-server; BUS_BROKER's by default.")
+    ] = None,
+    command_config: Annotated[
+        str, typer.Option(help="The admin's client properties, for the tools.")
+    ] = "admin.properties",
+    secrets: Annotated[
+        str, typer.Option(help="Folder of password files, one per department, named by code.")
+    ] = "secrets",
+) -> None:
+    """Print the kafka-configs.sh and kafka-acls.sh lines that make departments principals.
+
+    Each department (User:<code>) gets a SCRAM user and may write only its own ingress topic,
+    read only its own inbox, and use consumer groups named <code>.*; the output is a shell
+    script (docs/operations.md).
+    """
+    from bus.acls import acl_commands
+    from bus.departments import Directory
+
+    s = _settings()
+    try:
+        directory = Directory.load(s.departments_file, s.policy_file)
+        lines = acl_commands(
+            s, directory, departments=department or (), bootstrap=bootstrap_server,
+            command_config=command_config, secrets=secrets,
+        )  # fmt: skip
+    except BusError as exc:
+        raise _fail(exc) from None
+    for line in lines:  # plain: a terminal-wide console would wrap the commands
+        typer.echo(line)
+
+
 @topics_app.command("list")
 def topics_list() -> None:
-    """Show the catalogue: names, roles, retention, compaction (and one inbox per department)."""
+    """Show the catalogue: names, roles, retention, compaction (an inbox and an own ingress per
+    department)."""
     from bus.topics import full_catalogue
 
     s = _settings()
@@ -592,8 +649,9 @@ def replay(
 ) -> None:
     """Re-submit dead letters after a fix, once each, with their original bytes.
 
-    Letters refused at ingest go back to ingress; letters a connector could not deliver
-    (stage connector.*) go back to the topic they were read from, e.g. a department's inbox.
+    Letters refused at ingest go back to the ingress they came by (the shared one or a
+    department's own); letters a connector could not deliver (stage connector.*) go back to
+    the topic they were read from, e.g. a department's inbox.
 
     A letter that is itself a replay and failed again for the same reason is skipped (its
     cause is likely not fixed) unless --force. Replays started at the same time replay each

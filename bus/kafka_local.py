@@ -7,7 +7,10 @@ distribution is its jars plus shell scripts, so nothing but Java 17+ and Maven i
   ``~/.cache/collaboration-bus/kafka-<version>/libs`` (``BUS_KAFKA_CACHE`` moves it);
 * :class:`KafkaCluster` runs 1 or 3 KRaft nodes (each broker and controller) on loopback, with
   the broker settings of :mod:`bus.kafka_settings` (what compose and Kubernetes run), formats
-  their storage on first start and keeps the log in the data folder across restarts.
+  their storage on first start and keeps the log in the data folder across restarts; with
+  ``sasl=True`` clients log in (SCRAM-SHA-512) and ACLs decide what each principal may do;
+* Kafka's own command-line tools (``kafka-acls.sh``, ``kafka-configs.sh``, ``kafka-topics.sh``)
+  are small scripts in ``<data-dir>/bin`` that run the same jars.
 
 Production runs Kafka its own way (docker-compose.yml, deploy/k8s/kafka); this module is only
 how a developer machine gets the same broker. Measured start-up figures: docs/broker.md.
@@ -18,8 +21,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
 import importlib.resources
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -27,7 +33,7 @@ import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -73,6 +79,19 @@ rootLogger.appenderRef.out.ref = OUT
 logger.server.name = kafka.server.KafkaRaftServer
 logger.server.level = INFO
 """
+#: The principal of the bus's own processes on a SASL cluster: a super user, as the
+#: workers, ``bus topics create`` and the admin tools act for the whole bus.
+SUPER_USER = "bus"
+#: The SASL mechanism clients log in with; SCRAM users live in the cluster's metadata.
+SASL_MECHANISM = "SCRAM-SHA-512"
+#: Kafka's command-line tools as ``<data-dir>/bin`` has them: script name -> main class.
+TOOLS = {
+    "kafka-acls.sh": "org.apache.kafka.tools.AclCommand",
+    "kafka-configs.sh": "kafka.admin.ConfigCommand",
+    "kafka-topics.sh": "org.apache.kafka.tools.TopicCommand",
+}
+#: A tool runs for a second or two: a small heap, no optimising compiler.
+_TOOL_FLAGS = ("-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 
 
 def cache_dir() -> Path:
@@ -99,24 +118,26 @@ def kafka_jars(say: Callable[[str], None] = print) -> Path:
     """The folder of Apache Kafka's jars, fetched through Maven the first time.
 
     Safe to call from several processes at once: one fetches under a file lock, the others wait
-    and reuse its result. ``say`` is told once when a fetch starts (it takes a while).
+    and reuse its result. ``say`` is told once when a fetch starts (it takes a while). The
+    fetch records the digest of the pom it followed; when the pom gains a dependency, what is
+    new is added to the folder and nothing is removed, as running brokers read those jars.
     """
     libs = cache_dir() / "libs"
     done = libs / ".complete"
-    if done.exists():
+    pom_file = importlib.resources.files("bus") / "data" / "kafka" / "pom.xml"
+    wanted = hashlib.sha256(pom_file.read_bytes()).hexdigest()
+    if _fetched(done) == wanted:
         return libs
     mvn = _need("mvn", "maven")
     libs.parent.mkdir(parents=True, exist_ok=True)
     with open(libs.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.exists():
+        if _fetched(done) == wanted:
             return libs
         say(f"fetching Apache Kafka {KAFKA_VERSION} from Maven Central into {libs} (once)")
         partial = libs.with_name("libs.partial")
         shutil.rmtree(partial, ignore_errors=True)
-        with importlib.resources.as_file(
-            importlib.resources.files("bus") / "data" / "kafka" / "pom.xml"
-        ) as pom:
+        with importlib.resources.as_file(pom_file) as pom:
             command = [
                 mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
                 f"-DoutputDirectory={partial}", f"-Dkafka.version={KAFKA_VERSION}",
@@ -129,10 +150,23 @@ def kafka_jars(say: Callable[[str], None] = print) -> Path:
                 f"(exit {result.returncode}):\n{tail}",
                 reason="broker.fetch",
             )
-        shutil.rmtree(libs, ignore_errors=True)
-        partial.rename(libs)
-        done.touch()
+        if libs.exists():  # the pom changed: add what is new, beside jars a broker may be using
+            for jar in partial.iterdir():
+                if not (libs / jar.name).exists():
+                    jar.rename(libs / jar.name)
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.rename(libs)
+        done.write_text(wanted)
     return libs
+
+
+def _fetched(done: Path) -> str | None:
+    """The pom digest a complete fetch recorded ("" for an older build's), None: no fetch."""
+    try:
+        return done.read_text().strip()
+    except FileNotFoundError:
+        return None
 
 
 def _cluster_id() -> str:
@@ -153,6 +187,13 @@ class KafkaCluster:
     controller quorum; ``port`` fixes the first client port and the next ones follow it. Without
     ``data_dir`` a temporary one is made and removed by :meth:`stop`; with one, the log, the
     cluster id and the formatted storage survive :meth:`stop` and a later :meth:`start`.
+
+    ``sasl=True``: the client port is SASL_PLAINTEXT with SCRAM-SHA-512, the standard
+    authorizer decides by ACLs (none at first: nobody but the super user may do anything),
+    and :data:`SUPER_USER` (``bus``) is the super user, with the password kept in
+    ``<data-dir>/bus.password``. ``users`` (name -> password) are more SCRAM users, made when
+    the storage is formatted; :meth:`add_user` adds one to a running cluster. Nodes reach each
+    other's controllers with SASL PLAIN as ``bus``, so no port takes anonymous requests.
     """
 
     def __init__(
@@ -164,6 +205,8 @@ class KafkaCluster:
         data_dir: Path | None = None,
         heap: str = HEAP,
         say: Callable[[str], None] = print,
+        sasl: bool = False,
+        users: Mapping[str, str] | None = None,
     ) -> None:
         if nodes not in (1, 3):
             raise ConfigurationError(
@@ -181,6 +224,15 @@ class KafkaCluster:
         self._own_data_dir = False
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        self.sasl = sasl
+        if users and not sasl:
+            raise ConfigurationError("SCRAM users need sasl=True", reason="config.broker_sasl")
+        if users and SUPER_USER in users:
+            raise ConfigurationError(
+                f"{SUPER_USER!r} is the super user; its password is kept in the data dir",
+                reason="config.broker_sasl",
+            )
+        self._users = dict(users or {})
 
     # ---- addresses ---------------------------------------------------------------------------
 
@@ -253,25 +305,77 @@ class KafkaCluster:
             f"{n}@{self.host}:{p}" for n, p in enumerate(self._controller_ports, start=1)
         )
         client = self.address(node)
+        listener = "SASL_PLAINTEXT" if self.sasl else "PLAINTEXT"
         return {
             **settings_for(self.nodes),
             **_LOCAL_SETTINGS,
             "process.roles": "broker,controller",
             "node.id": str(node),
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://{client},CONTROLLER://{self.host}:"
+            "listeners": f"{listener}://{client},CONTROLLER://{self.host}:"
             f"{self._controller_ports[node - 1]}",
-            "advertised.listeners": f"PLAINTEXT://{client}",
+            "advertised.listeners": f"{listener}://{client}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": listener,
+            "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:{listener}",
             "log.dirs": str(self.node_dir(node) / "data"),
+            **(self._sasl_properties() if self.sasl else {}),
+        }
+
+    def _sasl_properties(self) -> dict[str, str]:
+        """Logins and authorisation: SCRAM for clients and between brokers, PLAIN to controllers.
+
+        KRaft cannot check SCRAM on the controller listener (the credentials live in the
+        metadata the controllers serve), so nodes log in there with PLAIN, as the super user,
+        from credentials in this file.
+        """
+        user, password = SUPER_USER, self.bus_password
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        return {
+            "sasl.enabled.mechanisms": SASL_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SASL_MECHANISM,
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
+                f'{scram} required username="{user}" password="{password}";'
+            ),
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": (
+                f'{plain} required username="{user}" password="{password}" '
+                f'user_{user}="{password}";'
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{user}",
+        }
+
+    @property
+    def bus_password(self) -> str:
+        """The super user's password: made on first use, kept in the data dir (mode 0600)."""
+        assert self._data_dir is not None, "the cluster has no data dir until it is started"
+        path = self._data_dir / "bus.password"
+        if not path.exists():
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(18))
+        return path.read_text().strip()
+
+    def security(self, user: str = SUPER_USER, password: str | None = None) -> dict[str, Any]:
+        """aiokafka's connection options for ``user`` (the super user by default)."""
+        if not self.sasl:
+            return {"security_protocol": "PLAINTEXT"}
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": SASL_MECHANISM,
+            "sasl_plain_username": user,
+            "sasl_plain_password": self.bus_password if password is None else password,
         }
 
     def _write_config(self, node: int) -> Path:
         folder = self.node_dir(node)
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / "server.properties"
+        config.touch(mode=0o600)  # it may hold the super user's password
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties(node).items()))
         (folder / "log4j2.properties").write_text(_LOG4J)
         return config
@@ -292,9 +396,15 @@ class KafkaCluster:
         id_file = self._data_dir / "cluster.id"
         if not id_file.exists():
             id_file.write_text(_cluster_id())
+        users = {SUPER_USER: self.bus_password, **self._users} if self.sasl else {}
+        scram = [
+            arg
+            for name, password in users.items()
+            for arg in ("--add-scram", f"{SASL_MECHANISM}=[name={name},password={password}]")
+        ]
         command = self._java(
             libs, node, "kafka.tools.StorageTool", "format",
-            "-t", id_file.read_text().strip(), "-c", str(config), "--ignore-formatted",
+            "-t", id_file.read_text().strip(), "-c", str(config), "--ignore-formatted", *scram,
         )  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -302,6 +412,77 @@ class KafkaCluster:
                 f"formatting Kafka storage of node {node} failed:\n{result.stdout}{result.stderr}",
                 reason="broker.format",
             )
+
+    # ---- Kafka's tools ------------------------------------------------------------------------
+
+    @property
+    def tools_dir(self) -> Path:
+        """Where ``kafka-acls.sh``, ``kafka-configs.sh`` and ``kafka-topics.sh`` are."""
+        assert self._data_dir is not None, "the cluster has no data dir until it is started"
+        return self._data_dir / "bin"
+
+    @property
+    def admin_config(self) -> Path:
+        """Client properties of the super user: the tools' ``--command-config``."""
+        return self.tools_dir / "admin.properties"
+
+    def _write_tools(self, libs: Path) -> None:
+        """Scripts named like the distribution's, running its main classes from these jars."""
+        java = _need("java", "openjdk-17-jre-headless")
+        folder = self.tools_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "log4j2.properties").write_text(_LOG4J)
+        log4j = folder / "log4j2.properties"
+        for script, main in TOOLS.items():
+            command = shlex.join([
+                java, *_TOOL_FLAGS, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*", main
+            ])  # fmt: skip
+            path = folder / script
+            path.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+            path.chmod(0o755)
+        admin = self.admin_config
+        admin.touch(mode=0o600)
+        lines = ["security.protocol=" + ("SASL_PLAINTEXT" if self.sasl else "PLAINTEXT")]
+        if self.sasl:
+            module = "org.apache.kafka.common.security.scram.ScramLoginModule"
+            lines += [
+                f"sasl.mechanism={SASL_MECHANISM}",
+                f'sasl.jaas.config={module} required username="{SUPER_USER}" '
+                f'password="{self.bus_password}";',
+            ]
+        admin.write_text("".join(line + "\n" for line in lines))
+
+    def tool(self, script: str, *args: str, timeout: float = 120.0) -> str:
+        """Run one of Kafka's tools against this cluster as the super user; its output.
+
+        ``--bootstrap-server`` and ``--command-config`` are added; a failure is a
+        :class:`BrokerError` with what the tool printed.
+        """
+        if script not in TOOLS:
+            raise ConfigurationError(f"no tool {script!r}; known: {', '.join(TOOLS)}")
+        command = [
+            str(self.tools_dir / script), "--bootstrap-server", self.bootstrap,
+            "--command-config", str(self.admin_config), *args,
+        ]  # fmt: skip
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if result.returncode != 0:
+            raise BrokerError(
+                f"{script} {' '.join(args)} failed (exit {result.returncode}):\n"
+                f"{result.stdout}{result.stderr}",
+                reason="broker.tool",
+            )
+        return result.stdout
+
+    def add_user(self, name: str, password: str) -> None:
+        """Add (or change) a SCRAM user on the running cluster, as an operator would."""
+        if not self.sasl:
+            raise ConfigurationError("users need sasl=True", reason="config.broker_sasl")
+        self.tool(
+            "kafka-configs.sh", "--alter", "--entity-type", "users", "--entity-name", name,
+            "--add-config", f"{SASL_MECHANISM}=[password={password}]",
+        )  # fmt: skip
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -314,6 +495,7 @@ class KafkaCluster:
         self._data_dir.mkdir(parents=True, exist_ok=True)
         self._choose_ports()
         configs = {n: self._write_config(n) for n in range(1, self.nodes + 1)}
+        self._write_tools(libs)
         for node, config in configs.items():
             self._format(libs, node, config)
         for node in configs:
@@ -362,7 +544,9 @@ class KafkaCluster:
                     reason="broker.timeout",
                 )
             try:
-                brokers = _run(_probe(self.address(node), min(_PROBE_TIMEOUT, remaining)))
+                brokers = _run(
+                    _probe(self.address(node), min(_PROBE_TIMEOUT, remaining), self.security())
+                )
             except BrokerError as err:
                 last = err.message
             else:
@@ -461,10 +645,16 @@ def local_broker(
     port: int | None = None,
     data_dir: Path | None = None,
     say: Callable[[str], None] = print,
+    sasl: bool = False,
 ) -> LocalBroker:
     """A broker for the demo, the tests or the benchmarks, not yet started."""
     if engine == "kafka":
-        return KafkaCluster(nodes, port=port, data_dir=data_dir, say=say)
+        return KafkaCluster(nodes, port=port, data_dir=data_dir, say=say, sasl=sasl)
+    if sasl:
+        raise ConfigurationError(
+            f"--sasl needs the kafka engine; {engine} has no authentication",
+            reason="config.broker_sasl",
+        )
     if nodes != 1:
         raise ConfigurationError(
             f"--nodes {nodes} needs the kafka engine; {engine} runs one node",
@@ -479,6 +669,6 @@ def local_broker(
 
 
 __all__ = [
-    "HEAP", "LOCAL_ENGINES", "KafkaCluster", "LocalBroker", "cache_dir", "kafka_jars",
-    "local_broker",
+    "HEAP", "LOCAL_ENGINES", "SASL_MECHANISM", "SUPER_USER", "TOOLS", "KafkaCluster",
+    "LocalBroker", "cache_dir", "kafka_jars", "local_broker",
 ]  # fmt: skip

@@ -347,7 +347,9 @@ class ReplayReport:
     atomic: bool = True
 
 
-NOT_REPLAYABLE = ("duplicate.",)  # a duplicate replayed is a duplicate again
+# A duplicate replayed is a duplicate again; an event claiming another department on a
+# department's own ingress goes back there, bytes unchanged, and claims it again.
+NOT_REPLAYABLE = ("duplicate.", "auth.source_mismatch")
 
 REPLAY_CHUNK = 200
 """Dead letters per transaction: each chunk's replays and markers are committed together."""
@@ -389,6 +391,14 @@ def plan_replay(
     itself a replay which failed again for the same reason as the letter it replayed is
     skipped unless ``force``: its cause is most likely not fixed, and replaying it again
     only adds another letter.
+
+    Ingest dead letters go back to the ingress they came by (the shared one, or the
+    department's own). A sink's dead letters (stage ``connector.NAME``,
+    e.g. a department's endpoint that was down) go back to the topic they were read from,
+    their ``bus.origin``, usually the department's inbox, where the sink delivers them again.
+    The bytes are unchanged, so a replayed event keeps its event_id and can never take effect
+    twice. Dead letters from later stages (an event the bus accepted, then an agent refused)
+    are not replayable: ingest would see a duplicate; the department publishes a new event.
     """
     report = ReplayReport([], {})
     todo: list[tuple[Record, str]] = []
@@ -421,7 +431,8 @@ def plan_replay(
                 "is the cause fixed? --force replays it anyway"
             )
         elif stage == "ingest":
-            todo.append((r, ingress))
+            # Back to the ingress it came by: a department's own ingress binds its source.
+            todo.append((r, topic if topic.startswith(ingress + ".") else ingress))
             chosen.add(origin)
         elif stage.startswith("connector.") and sep and topic:
             todo.append((r, topic))

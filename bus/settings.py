@@ -112,7 +112,15 @@ class Settings(BaseSettings):
 
     def kafka(self) -> dict[str, Any]:
         """Connection options for every aiokafka client (servers and, when set, SASL)."""
-        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
+        return {"bootstrap_servers": self.bootstrap_servers, **self.kafka_security()}
+
+    def kafka_security(self) -> dict[str, Any]:
+        """How to log in (protocol, SASL, TLS): :meth:`kafka` without the servers.
+
+        Also what a single connection needs (the reachability probe of ``bus status`` and of
+        the gateway's health check), which a SASL listener refuses without.
+        """
+        options: dict[str, Any] = {}
         protocol = self.security_protocol or (
             "SASL_PLAINTEXT" if self.sasl_username else "PLAINTEXT"
         )

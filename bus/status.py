@@ -97,7 +97,7 @@ async def collect(settings: Settings) -> Status:
     """Ask the broker everything ``bus status`` shows."""
     status = Status(settings.broker, reachable=True)
     try:
-        await wait_for_broker(settings.broker, 5)
+        await wait_for_broker(settings.broker, 5, settings.kafka_security())
     except Exception:
         status.reachable = False
         return status

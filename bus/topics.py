@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -17,6 +18,9 @@ from aiokafka.errors import TopicAlreadyExistsError
 from bus.client import start_or_close
 from bus.schemas.events import FAMILIES
 from bus.settings import Settings
+
+if TYPE_CHECKING:
+    from bus.departments import Directory
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -129,6 +133,44 @@ def inboxes(departments: Iterable[str]) -> tuple[TopicSpec, ...]:
     return tuple(inbox(code) for code in departments)
 
 
+def department_ingress(department: str) -> TopicSpec:
+    """A department's own ingress: what its Kafka principal publishes, and nothing else.
+
+    Kafka's ACLs name topics, not what is inside a record, so a principal allowed to write the
+    shared ingress could claim any department as ``source``. Here the topic names the
+    publisher: ACLs let only ``User:<department>`` write it, and the ingest agent dead-letters
+    an event on it whose ``source`` is another department (``auth.source_mismatch``). Subject
+    keyed, with the shared partition count: partition ``p`` of every ingress topic holds the
+    same enterprises, whose de-duplication and ownership state ingest keeps per partition.
+    """
+    return TopicSpec(
+        f"{INGRESS.name}.{department}",
+        "ingress",
+        f"what {department} publishes as its own Kafka principal; source must be {department}",
+        INGRESS.retention_ms,
+    )
+
+
+def department_ingress_topic(settings: Settings, department: str) -> str:
+    """Full name of a department's own ingress topic."""
+    return settings.topic(department_ingress(department).name)
+
+
+def publishing_departments(directory: Directory) -> tuple[str, ...]:
+    """The departments that get their own ingress and a principal: all but reserved ones.
+
+    A reserved identity (the bus's own, ``ks.bus``) never publishes through ingress, so it
+    gets no topic to write to.
+    """
+    reserved = directory.policy.reserved
+    return tuple(code for code in directory.departments if code not in reserved)
+
+
+def department_ingresses(directory: Directory) -> tuple[TopicSpec, ...]:
+    """The own ingress topic of every publishing department of the directory."""
+    return tuple(department_ingress(code) for code in publishing_departments(directory))
+
+
 CATALOGUE: tuple[TopicSpec, ...] = (
     INGRESS,
     *(canonical(f) for f in FAMILIES),
@@ -152,10 +194,11 @@ CREATE_CHUNK = 10
 
 
 def full_catalogue(settings: Settings) -> tuple[TopicSpec, ...]:
-    """The catalogue plus an inbox for every department in the directory."""
+    """The catalogue plus an inbox and an own ingress for every department in the directory."""
     from bus.departments import Directory
 
-    return CATALOGUE + inboxes(Directory.load(settings.departments_file).departments)
+    directory = Directory.load(settings.departments_file, settings.policy_file)
+    return CATALOGUE + inboxes(directory.departments) + department_ingresses(directory)
 
 
 async def create_topics(

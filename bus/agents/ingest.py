@@ -1,7 +1,8 @@
 """Ingest: the bus's front door. Untrusted bytes in; canonical events or dead letters out.
 
-Each record of the ingress topic is, in order: size-checked, decoded (Confluent Avro or
-JSON), validated against its event type's model (USCC check included), authorised against
+Each record of the ingress topics is, in order: size-checked, decoded (Confluent Avro or
+JSON), validated against its event type's model (USCC check included), bound to its publisher
+(on a department's own ingress, ``source`` must be that department), authorised against
 the department directory and the policy (who may act on whose decision), and de-duplicated by
 ``event_id``. Accepted events go to their
 family's canonical topic, keyed by subject, as Avro; everything else goes to dead letters
@@ -10,8 +11,9 @@ is dropped: an unexpected exception dead-letters the record with reason ``ingest
 
 It is a batch agent (``bus.agents.runtime``): a whole fetch is checked at once, outputs and the
 de-duplication changelog are acknowledged before offsets are committed. Duplicates are found
-per ingress partition: publishers key events by subject (``BusClient`` does), so every copy
-of an event lands on the same partition.
+per ingress partition number: publishers key events by subject (``BusClient`` does), and every
+ingress topic has the same partition count, so every copy of an event lands on the same
+partition number, whichever ingress topic it came by.
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ from typing import TYPE_CHECKING
 from bus.agents.out import Out, deadletter_headers
 from bus.agents.runtime import BatchAgent, Record
 from bus.agents.stores import KeyedStore, SeenStore
-from bus.errors import BusError, DecodeError, DuplicateEvent
+from bus.errors import AuthorisationError, BusError, DecodeError, DuplicateEvent
 from bus.schemas.envelope import HISTORICAL, Envelope
 from bus.schemas.events import EVENT_TYPES
-from bus.topics import DEADLETTER, INGEST_OWNERS, INGEST_SEEN, INGRESS, canonical_topic
+from bus.topics import (
+    DEADLETTER,
+    INGEST_OWNERS,
+    INGEST_SEEN,
+    INGRESS,
+    canonical_topic,
+    department_ingress_topic,
+    publishing_departments,
+)
 
 if TYPE_CHECKING:
     from bus.app import Context
@@ -60,8 +70,13 @@ class Ingestor:
         self.directory = ctx.directory
         self.max_bytes = ctx.settings.max_event_bytes
 
-    def check(self, value: bytes | None) -> Accepted:
-        """Decode, validate and authorise one record; raises a ``BusError`` with a reason."""
+    def check(self, value: bytes | None, publisher: str | None = None) -> Accepted:
+        """Decode, validate and authorise one record; raises a ``BusError`` with a reason.
+
+        ``publisher`` is the department the record's way in proves (its own ingress topic,
+        which only its Kafka principal may write); ``None`` where nothing does (the shared
+        ingress, whose producers are the bus's own edges).
+        """
         if not value:
             raise DecodeError("empty record: no event in the value", reason="schema.empty")
         if len(value) > self.max_bytes:
@@ -70,6 +85,13 @@ class Ingestor:
                 reason="size.too_large",
             )
         event = self.codec.decode_any(value)
+        if publisher is not None and event.source != publisher:
+            raise AuthorisationError(
+                f"source {event.source} on the ingress of {publisher}: only {publisher} writes "
+                "there, and only in its own name",
+                reason="auth.source_mismatch",
+                field="source",
+            )
         self.directory.authorise(event.source, event.event_type)
         self.directory.policy.check(event)
         # Avro that validated is already canonical: forward it byte for byte.
@@ -78,7 +100,11 @@ class Ingestor:
 
 
 class IngestAgent(BatchAgent):
-    """The ingest agent: ingress -> canonical topics | dead letters, de-duplicated."""
+    """The ingest agent: ingress topics -> canonical topics | dead letters, de-duplicated.
+
+    Reads the shared ingress and every department's own ingress (``bus.topics``); a record
+    of a department's topic is bound to that department.
+    """
 
     name = "ingest"
 
@@ -86,7 +112,13 @@ class IngestAgent(BatchAgent):
         settings = ctx.settings
         self.seen = SeenStore(settings.topic(INGEST_SEEN.name))
         self.owners = KeyedStore(settings.topic(INGEST_OWNERS.name))
-        super().__init__(ctx, [settings.topic(INGRESS.name)], stores=[self.seen, self.owners])
+        #: topic -> the department it binds its records to
+        self.bound = {
+            department_ingress_topic(settings, code): code
+            for code in publishing_departments(ctx.directory)
+        }
+        topics = [settings.topic(INGRESS.name), *self.bound]
+        super().__init__(ctx, topics, stores=[self.seen, self.owners])
         self.policy = ctx.directory.policy
         self.ingestor = Ingestor(ctx)
         self.recent = ctx.recent
@@ -100,7 +132,7 @@ class IngestAgent(BatchAgent):
         typed: dict[tuple[str, str], int] = {}
         for r in records:
             try:
-                ok = self.ingestor.check(r.value)
+                ok = self.ingestor.check(r.value, self.bound.get(r.topic))
                 key = ok.event.event_id.bytes
                 batch = accepted.setdefault(r.partition, {})
                 if self.seen.seen(r.partition, key) or key in batch:

@@ -820,7 +820,7 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
         missing worker does not fail the probe; it shows in `status`.
         """
         try:
-            await wait_for_broker(settings.broker, 2)
+            await wait_for_broker(settings.broker, 2, settings.kafka_security())
         except BusError:
             return JSONResponse(
                 {"status": "down", "broker": "unreachable", "worker": "unknown"}, status_code=503

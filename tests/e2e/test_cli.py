@@ -42,7 +42,8 @@ def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["broker"], ["demo"],
+    [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["topics", "acls"],
+     ["broker"], ["demo"],
      ["schemas", "check"], ["settings"], ["certificate", "verify"], ["certificate", "export"],
      ["certificate", "list"], ["trace"], ["deadletters", "replay"],
      ["deadletters", "show"], ["status"], ["import"], ["connect"], ["tasks"], ["inbox"],

@@ -170,6 +170,23 @@ def test_unknown_source(ingestor: Ingestor, codec: EventCodec) -> None:
     assert exc.reason == "auth.unknown_source"
 
 
+def test_on_a_departments_own_ingress_the_source_is_that_department(
+    ingestor: Ingestor, codec: EventCodec
+) -> None:
+    h, z = "ks.enforcement.huaqiao", "ks.enforcement.zhoushi"
+    own = build("penalty.imposed")  # by H
+    assert own.source == h
+    assert ingestor.check(codec.encode(own), publisher=h).event.source == h
+    with pytest.raises(BusError) as info:  # Z's principal wrote it, claiming to be H
+        ingestor.check(codec.encode(own), publisher=z)
+    exc = info.value
+    assert (exc.reason, getattr(exc, "field", None)) == ("auth.source_mismatch", "source")
+    assert f"source {h} on the ingress of {z}" in str(exc)
+    with pytest.raises(BusError) as info:  # checked before the directory: the claim is the lie
+        ingestor.check(json_bytes(codec, source="ks.enforcement.shanghai"), publisher=z)
+    assert info.value.reason == "auth.source_mismatch"
+
+
 # --- hostile records: a precise reason, never ingest.crash ----------------------------------
 
 
