@@ -64,6 +64,13 @@ def _task_parts(before: Mapping[str, str], record: EnterpriseRecord) -> set[str]
     return {f"task:{k}" for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
+def _log_time(r: Record) -> datetime:
+    """When the log took ``r`` (its record timestamp), in UTC."""
+    if r.timestamp is None or r.timestamp < 0:  # a record without a time: the epoch, not now
+        return datetime.fromtimestamp(0, UTC)
+    return datetime.fromtimestamp(r.timestamp / 1000, UTC)
+
+
 def derived_id(*parts: str) -> uuid.UUID:
     """A stable event id for an effect: the same cause always gives the same id."""
     return uuid.uuid5(_IDS, "/".join(parts))
@@ -102,6 +109,7 @@ class CorrelateAgent(BatchAgent):
         # requests); only these are counted before and after.
         self._task_events = {*ANSWERS, "approval.opinion", "enterprise.registered", *self.matters}
         self.decided = 0  # certificates issued + review cases opened, for tests and metrics
+        self._at = datetime.fromtimestamp(0, UTC)  # the log time of the record in hand
         self.router = Router(
             s, ctx.directory, load_subscriptions(s.subscriptions_file, ctx.directory)
         )
@@ -112,6 +120,9 @@ class CorrelateAgent(BatchAgent):
         taken = 0
         recounted = False
         for r in records:
+            # Decisions are dated by the log, not the clock: the time the bus accepted the
+            # event that caused them, so a replay of the log gives the same documents.
+            self._at = _log_time(r)
             try:
                 event = self.recent.take(r.value or b"")
                 if event is None:
@@ -275,7 +286,7 @@ class CorrelateAgent(BatchAgent):
         result: str | None = None,
     ) -> Out:
         p = request.payload
-        issued_at = datetime.now(UTC)
+        issued_at = self._at
         draft = UnsignedCertificate(
             uscc=request.subject,
             serial=new_serial(BUS, str(request.event_id), requested_at=request.occurred_at),
@@ -299,7 +310,7 @@ class CorrelateAgent(BatchAgent):
         )
         signed = self.signer.sign(draft).to_payload()
         self.ctx.metrics.decision_seconds.labels("compliance-certificate").observe(
-            max((issued_at - request.occurred_at).total_seconds(), 0.0)
+            max((datetime.now(UTC) - request.occurred_at).total_seconds(), 0.0)
         )
         issued = model_for("certificate.issued")(
             event_type="certificate.issued",
@@ -321,7 +332,7 @@ class CorrelateAgent(BatchAgent):
         plan: dict[str, dict[str, list[str]]],
     ) -> list[Out]:
         """Create the tasks of a case: ``plan`` is template name -> assignee -> evidence."""
-        now = datetime.now(CHINA_TZ)
+        now = self._at.astimezone(CHINA_TZ)
         case = str(trigger.event_id)
         outs: list[Out] = []
         tasks: dict[str, list[str]] = {}
@@ -368,7 +379,7 @@ class CorrelateAgent(BatchAgent):
             parties |= {t.supervisor for t in record.tasks.values() if t.case == case}
             outs.append(self._parties(trigger.correlation_id, parties))
             record.reviews[case] = {
-                "matter": matter.name, "opened_at": time.time(), "tasks": tasks,
+                "matter": matter.name, "opened_at": self._at.timestamp(), "tasks": tasks,
                 "request": trigger.model_dump(mode="json"),
             }  # fmt: skip
             self._with_tasks.add(record.uscc)
@@ -459,6 +470,7 @@ class CorrelateAgent(BatchAgent):
             event_type="approval.decided",
             event_id=derived_id("approval.decided", str(trigger.event_id)),
             source=BUS,
+            occurred_at=self._at,
             subject=record.uscc,
             correlation_id=trigger.correlation_id,
             causation_id=trigger.event_id,
@@ -474,7 +486,7 @@ class CorrelateAgent(BatchAgent):
             },
         )  # fmt: skip
         self.ctx.metrics.decision_seconds.labels(review["matter"]).observe(
-            max((decided.occurred_at - trigger.occurred_at).total_seconds(), 0.0)
+            max((datetime.now(UTC) - trigger.occurred_at).total_seconds(), 0.0)
         )
         return self._out(decided, trigger.source, *(t.assignee for t in tasks))
 
@@ -596,7 +608,10 @@ class CorrelateAgent(BatchAgent):
         payload: dict[str, Any],
         cause: Envelope | None = None,
     ) -> Out:
-        """A lifecycle event the bus publishes about ``task`` (caused by ``cause``, if any)."""
+        """A lifecycle event the bus publishes about ``task`` (caused by ``cause``, if any).
+
+        Dated by its cause in the log, or, for a deadline passing, by the deadline itself.
+        """
         review = record.reviews.get(task.case, {})
         request = review.get("request", {})
         event = model_for(event_type)(
@@ -604,6 +619,7 @@ class CorrelateAgent(BatchAgent):
             event_id=derived_id(event_type, task.task_id),
             source=BUS,
             subject=record.uscc,
+            occurred_at=self._at if cause is not None else task.due_at,
             correlation_id=request.get("correlation_id") or task.case,
             # a case is named by its trigger's event id
             causation_id=cause.event_id if cause is not None else uuid.UUID(task.case),
