@@ -96,6 +96,36 @@ def _prepare(
 _HEADER_FIELDS = ("event_type", "event_id", "correlation_id", "source")
 
 
+def kafka_consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafkaConsumer:
+    """Every consumer of the bus, built one way: the settings' servers and login, then defaults.
+
+    Defaults: no consumer group, offsets committed by hand, from the earliest record, and
+    only committed records (a replay writes in transactions; what an aborted one wrote never
+    happened). ``options`` override them.
+    """
+    return AIOKafkaConsumer(
+        *topics,
+        **{
+            **settings.kafka(),
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "isolation_level": "read_committed",
+            **options,
+        },
+    )
+
+
+def kafka_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
+    """Every producer of the bus: acknowledged by every in-sync replica, lingering 5 ms."""
+    return AIOKafkaProducer(**{**settings.kafka(), "acks": "all", "linger_ms": 5, **options})
+
+
+def kafka_admin(settings: Settings, **options: Any) -> AIOKafkaAdminClient:
+    """Every admin client of the bus."""
+    return AIOKafkaAdminClient(**{**settings.kafka(), **options})
+
+
 async def start_or_close(client: AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaAdminClient) -> None:
     """Start a Kafka client; if it cannot (no broker), close what ``start()`` opened first.
 
@@ -131,7 +161,7 @@ class BusClient:
     def __init__(self, settings: Settings | None = None, codec: EventCodec | None = None) -> None:
         self.settings = settings or Settings()
         self.codec = codec or EventCodec()
-        self._producer = AIOKafkaProducer(**self.settings.kafka(), linger_ms=5, acks="all")
+        self._producer = kafka_producer(self.settings)
 
     async def __aenter__(self) -> BusClient:
         await start_or_close(self._producer)
@@ -201,13 +231,7 @@ async def read_topic(
     Only committed records are read: a replay writes in transactions, and what an aborted
     one wrote never happened.
     """
-    consumer = AIOKafkaConsumer(
-        **settings.kafka(),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        group_id=None,
-        isolation_level="read_committed",
-    )
+    consumer = kafka_consumer(settings)
     await start_or_close(consumer)
     try:
         partitions: set[int] | None = None

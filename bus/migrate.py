@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaProducer
-
-from bus.client import read_topic, start_or_close
+from bus.client import kafka_producer, read_topic, start_or_close
 from bus.codec import EventCodec
 from bus.departments import Directory
 from bus.errors import BusError, ConfigurationError
@@ -75,7 +73,7 @@ async def migrate_owners(settings: Settings, *, dry_run: bool = False) -> Owners
     report.added = {key: owner for (_, key), owner in added.items()}
     if dry_run or not added:
         return report
-    producer = AIOKafkaProducer(**settings.kafka(), acks="all", enable_idempotence=True)
+    producer = kafka_producer(settings, enable_idempotence=True)
     await start_or_close(producer)
     try:
         for (partition, key), owner in added.items():

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     IllegalOperation,
     KafkaError,
@@ -28,7 +28,15 @@ from aiokafka.errors import (
 )
 
 from bus.agents.out import REPLAY_COUNT, REPLAY_FIRST, REPLAY_OF, ROUTE
-from bus.client import BusClient, Record, read_topic, start_or_close, topic_partitions
+from bus.client import (
+    BusClient,
+    Record,
+    kafka_consumer,
+    kafka_producer,
+    read_topic,
+    start_or_close,
+    topic_partitions,
+)
 from bus.errors import BusError
 from bus.schemas.events import FAMILIES
 from bus.settings import Settings
@@ -73,7 +81,7 @@ def _prepare(raw: bytes) -> tuple[bytes, str | None, str | None]:
 
 
 async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None)
+    consumer = kafka_consumer(settings)
     await start_or_close(consumer)
     try:
         known = await topic_partitions(consumer, topics)
@@ -144,7 +152,7 @@ async def _collect(
     # may come through another broker's fetch).
     handled_at: dict[str, float] = {}
     refusals: dict[str, dict[str, str]] = {}
-    consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None, enable_auto_commit=False)
+    consumer = kafka_consumer(settings)
     await start_or_close(consumer)
 
     def settle(v: Verdict) -> None:
@@ -477,11 +485,8 @@ async def _replay_producer(
     not kept apart.
     """
     txn_id = replay_transactional_id(settings)
-    producer = AIOKafkaProducer(
-        **settings.kafka(),
-        transactional_id=txn_id,
-        transaction_timeout_ms=REPLAY_TXN_TIMEOUT_MS,
-        linger_ms=5,
+    producer = kafka_producer(
+        settings, transactional_id=txn_id, transaction_timeout_ms=REPLAY_TXN_TIMEOUT_MS
     )
     try:
         await asyncio.wait_for(start_or_close(producer), 60)
@@ -504,7 +509,7 @@ async def _replay_producer(
             "replaying without them; another replay running at the same time could replay "
             "the same letters again. Run one replay at a time on this broker."
         )
-    plain = AIOKafkaProducer(**settings.kafka(), acks="all", linger_ms=5)
+    plain = kafka_producer(settings)
     await start_or_close(plain)
     return plain, False
 

@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from bus.brokers import wait_for_broker
-from bus.client import read_topic
+from bus.client import kafka_admin, kafka_consumer, read_topic
 from bus.codec import EventCodec
 from bus.settings import Settings
 from bus.tasks import TaskKey, TaskView, by_state, count_tasks
@@ -82,7 +82,7 @@ async def _agent(
 
 async def group_members(settings: Settings, agent: str) -> int | None:
     """How many members an agent's consumer group has; ``None`` if the broker cannot say."""
-    admin = AIOKafkaAdminClient(**settings.kafka(), request_timeout_ms=2000)
+    admin = kafka_admin(settings, request_timeout_ms=2000)
     try:
         await admin.start()
         [response] = await admin.describe_consumer_groups([f"{settings.app_id}.{agent}"])
@@ -101,9 +101,8 @@ async def collect(settings: Settings) -> Status:
     except Exception:
         status.reachable = False
         return status
-    kafka = settings.kafka()
-    admin = AIOKafkaAdminClient(**kafka)
-    consumer = AIOKafkaConsumer(**kafka, group_id=None)
+    admin = kafka_admin(settings)
+    consumer = kafka_consumer(settings)
     await admin.start()
     await consumer.start()
     try:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from bus.client import start_or_close
+from bus.client import kafka_admin, kafka_consumer, start_or_close
 from bus.schemas.events import FAMILIES
 from bus.settings import Settings
 
@@ -213,7 +213,7 @@ async def create_topics(
     Topics go in requests of ``CREATE_CHUNK``; ``progress(done, total)`` after each.
     """
     specs = full_catalogue(settings) if specs is None else specs
-    admin = AIOKafkaAdminClient(**settings.kafka())
+    admin = kafka_admin(settings)
     await start_or_close(admin)
     try:
         existing = set(await admin.list_topics())
@@ -256,13 +256,12 @@ async def partitions_on_broker(settings: Settings) -> dict[str, tuple[int, int]]
     of "topics up to date" names what the broker has, not what this run would have made.
     Topics missing from the broker are left out.
     """
-    from aiokafka import AIOKafkaConsumer
 
     from bus.client import topic_partitions
 
     expected = {settings.topic(s.name): s.partitions or settings.partitions
                 for s in full_catalogue(settings)}  # fmt: skip
-    consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None)
+    consumer = kafka_consumer(settings)
     await start_or_close(consumer)
     try:
         found = await topic_partitions(consumer, expected)

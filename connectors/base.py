@@ -47,7 +47,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bus.agents.out import rejection_headers
-from bus.client import BusClient, Receipt, _text
+from bus.client import BusClient, Receipt, _text, kafka_consumer, kafka_producer
 from bus.codec import EventCodec
 from bus.errors import BusError, ConnectorError
 from bus.schemas.envelope import Envelope
@@ -361,16 +361,13 @@ class Sink(Connector):
 
     async def start(self) -> None:
         """Join the sink's consumer group on its topic, then ``on_start``."""
-        self._producer = AIOKafkaProducer(**self.settings.kafka(), acks="all")
+        self._producer = kafka_producer(self.settings)
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = kafka_consumer(
+            self.settings,
             self.topic,
-            **self.settings.kafka(),
             group_id=self.group,
             client_id=f"{self.group}-consumer",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",  # a replay to the inbox that aborted: not sent
             max_poll_records=self.batch_size,
             fetch_max_wait_ms=int(self.batch_wait * 1000),
             session_timeout_ms=int(self.settings.session_timeout * 1000),

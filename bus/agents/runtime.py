@@ -48,6 +48,7 @@ from mode import Service
 
 from bus.agents.out import Out
 from bus.agents.stores import Store
+from bus.client import kafka_consumer, kafka_producer
 from bus.errors import BusError
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ class _Listener(ConsumerRebalanceListener):
         restored = 0
         async with self.agent.lock:
             for store in self.agent.stores:
-                restored += await store.restore(self.agent.kafka, partitions)
+                restored += await store.restore(self.agent.ctx.settings, partitions)
             self.agent.assignment = set(assigned)
             await self.agent.on_assigned(partitions)
         self.agent.ready.set()
@@ -192,22 +193,17 @@ class BatchAgent(Service):
     async def on_start(self) -> None:
         """Connect the producer and join the consumer group."""
         s = self.ctx.settings
-        self._producer = AIOKafkaProducer(
-            **s.kafka(),
-            acks="all",
+        self._producer = kafka_producer(
+            s,
             linger_ms=s.producer_linger_ms,
             max_batch_size=s.producer_max_batch_size,
             client_id=f"{self.group}-producer",
         )
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            **s.kafka(),
+        self._consumer = kafka_consumer(
+            s,
             group_id=self.group,
             client_id=f"{self.group}-consumer",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # A replay writes to ingress in transactions; one fenced or aborted never happened.
-            isolation_level="read_committed",
             max_poll_records=s.batch_size,
             fetch_max_wait_ms=int(s.batch_wait * 1000),
             session_timeout_ms=int(s.session_timeout * 1000),
@@ -395,7 +391,7 @@ class BatchAgent(Service):
         partitions = {tp.partition for tp in first} & owned
         for store in self.stores:
             store.drop(partitions)
-            await store.restore(self.kafka, partitions)
+            await store.restore(self.ctx.settings, partitions)
         for tp, offset in first.items():
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, offset)

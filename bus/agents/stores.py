@@ -15,11 +15,13 @@ written (after the batch's outputs are acknowledged); the stores decide *what* t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from bus.agents.out import Out
+from bus.client import kafka_consumer
+from bus.settings import Settings
 
 V = TypeVar("V")
 Apply = Callable[["ConsumerRecord[bytes, bytes]"], None]
@@ -38,19 +40,19 @@ class Store(Protocol):
         """Forget partitions (moved away, or to be re-read after a failed batch)."""
         ...
 
-    async def restore(self, kafka: dict[str, Any], partitions: Iterable[int]) -> int:
+    async def restore(self, settings: Settings, partitions: Iterable[int]) -> int:
         """Rebuild partitions from the changelog; returns how many records were applied."""
         ...
 
 
 async def read_changelog(
-    kafka: dict[str, Any], topic: str, partitions: Iterable[int], apply: Apply
+    settings: Settings, topic: str, partitions: Iterable[int], apply: Apply
 ) -> int:
     """Apply every record of ``topic``'s ``partitions``, oldest first, up to the end offsets."""
     tps = [TopicPartition(topic, p) for p in partitions]
     if not tps:
         return 0
-    consumer = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False)
+    consumer = kafka_consumer(settings)
     await consumer.start()
     applied = 0
     try:
@@ -111,7 +113,7 @@ class SeenStore:
             self._ids.pop(p, None)
             self._pending.pop(p, None)
 
-    async def restore(self, kafka: dict[str, Any], partitions: Iterable[int]) -> int:
+    async def restore(self, settings: Settings, partitions: Iterable[int]) -> int:
         """Read the ids of ``partitions`` back from the changelog."""
         n = self.ID_BYTES
 
@@ -124,7 +126,7 @@ class SeenStore:
         parts = list(partitions)
         for p in parts:
             self._ids.setdefault(p, set())
-        await read_changelog(kafka, self.topic, parts, apply)
+        await read_changelog(settings, self.topic, parts, apply)
         return sum(len(self._ids[p]) for p in parts)
 
 
@@ -192,7 +194,7 @@ class PartedStore(Generic[V]):
             self._data.pop(p, None)
             self._dirty.pop(p, None)
 
-    async def restore(self, kafka: dict[str, Any], partitions: Iterable[int]) -> int:
+    async def restore(self, settings: Settings, partitions: Iterable[int]) -> int:
         """Rebuild ``partitions`` from their changelog, part by part."""
 
         def apply(r: ConsumerRecord[bytes, bytes]) -> None:
@@ -206,7 +208,7 @@ class PartedStore(Generic[V]):
         parts = list(partitions)
         for p in parts:
             self._data.setdefault(p, {})
-        return await read_changelog(kafka, self.topic, parts, apply)
+        return await read_changelog(settings, self.topic, parts, apply)
 
 
 class KeyedStore:
@@ -245,7 +247,7 @@ class KeyedStore:
             self._data.pop(p, None)
             self._pending.pop(p, None)
 
-    async def restore(self, kafka: dict[str, Any], partitions: Iterable[int]) -> int:
+    async def restore(self, settings: Settings, partitions: Iterable[int]) -> int:
         """Rebuild ``partitions`` from their changelog."""
 
         def apply(r: ConsumerRecord[bytes, bytes]) -> None:
@@ -259,4 +261,4 @@ class KeyedStore:
         parts = list(partitions)
         for p in parts:
             self._data.setdefault(p, {})
-        return await read_changelog(kafka, self.topic, parts, apply)
+        return await read_changelog(settings, self.topic, parts, apply)

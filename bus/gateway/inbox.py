@@ -26,7 +26,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from bus.client import _text
+from bus.client import _text, kafka_consumer
 from bus.codec import EventCodec
 from bus.settings import Settings
 from bus.tasks import TaskView
@@ -94,14 +94,7 @@ class Inboxes:
         """Start tailing on first use: a gateway only publishing keeps no idle consumer."""
         if self._consumer is not None:
             return
-        self._consumer = AIOKafkaConsumer(
-            **self.settings.kafka(),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=200,
-            isolation_level="read_committed",  # a replay that aborted was never delivered
-        )
+        self._consumer = kafka_consumer(self.settings, fetch_max_wait_ms=200)
         await self._consumer.start()
         tps = [TopicPartition(t, 0) for t in self._topics]
         self._consumer.assign(tps)
@@ -211,9 +204,7 @@ class Inboxes:
     ) -> tuple[list[dict[str, Any]], int]:
         """A page older than the in-memory window, straight from the topic."""
         tp = TopicPartition(inbox_topic(self.settings, department), 0)
-        consumer = AIOKafkaConsumer(**self.settings.kafka(), group_id=None,
-                                    enable_auto_commit=False,
-                                    isolation_level="read_committed")  # fmt: skip
+        consumer = kafka_consumer(self.settings)
         await consumer.start()
         try:
             consumer.assign([tp])

@@ -11,7 +11,7 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from bus.client import topic_partitions
+from bus.client import kafka_consumer, topic_partitions
 from bus.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,7 @@ class TopicIndex:
 
     async def _start(self) -> None:
         topic = self.settings.topic(self.topic_name)
-        consumer = AIOKafkaConsumer(
-            **self.settings.kafka(), group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=200,
-        )  # fmt: skip
+        consumer = kafka_consumer(self.settings, fetch_max_wait_ms=200)
         await consumer.start()
         self._consumer = consumer
         known = await topic_partitions(consumer, [topic])  # a missing topic: nothing to index
