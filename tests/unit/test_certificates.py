@@ -457,6 +457,26 @@ def test_golden_signature() -> None:
     signer.public_key.verify(base64.b64decode(GOLDEN_SIGNATURE), GOLDEN_CANONICAL.encode())
 
 
+LEGACY = Path(__file__).parent / "data" / "legacy-certificates"
+LEGACY_NAMES = sorted(p.stem for p in LEGACY.glob("*.json"))
+
+
+def test_there_are_legacy_certificates() -> None:
+    assert len(LEGACY_NAMES) == 4
+
+
+@pytest.mark.parametrize("name", LEGACY_NAMES)
+def test_certificates_signed_by_the_old_canonicaliser_still_verify(name: str) -> None:
+    """Files signed before the canonical form came from a library: they verify, unchanged."""
+    verifier = Verifier.from_paths([LEGACY / "ks-bus-2026-legacy.pub"])
+    cert = verifier.verify_file(LEGACY / f"{name}.json")
+    old = (LEGACY / f"{name}.signed").read_bytes()
+    assert cert.signed_bytes() == old
+    raw = json.loads((LEGACY / f"{name}.json").read_bytes())
+    del raw["signature"]
+    assert canonical_bytes(raw) == old
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_golden_signature_verifies_with_openssl(tmp_path: Path) -> None:
     """A non-Python verifier reading the .pub file (key_id line and all) accepts it."""
