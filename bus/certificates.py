@@ -10,7 +10,9 @@ The document
     for this one) and ``key_id`` (so a signature cannot be re-attributed to another key).
 
 The canonical byte form (what the Ed25519 signature covers)
-    Take the document as a JSON object, remove the ``signature`` member, and serialise:
+    Take the document as a JSON object, remove the ``signature`` member, and serialise it
+    as RFC 8785 (the JSON Canonicalization Scheme, JCS); ``canonical_bytes`` uses the
+    ``rfc8785`` package for it. For this document that means:
 
     * members sorted by key, at every level (all keys are ASCII, so code-point order);
     * no whitespace at all: ``,`` between members and elements, ``:`` after keys;
@@ -20,11 +22,20 @@ The canonical byte form (what the Ed25519 signature covers)
     * dates as ``YYYY-MM-DD``; instants in UTC as ``YYYY-MM-DDTHH:MM:SSZ`` (``.ffffff``
       before the ``Z`` only when there are microseconds);
     * the document holds only strings, arrays and objects (no numbers, booleans or
-      nulls), so the form is exactly RFC 8785 (JCS) for it: any JCS library reproduces it.
+      nulls), so any JCS library in any language reproduces it byte for byte.
 
-    In Python: ``json.dumps(doc, sort_keys=True, separators=(",", ":"),
-    ensure_ascii=False).encode("utf-8")``. ``signature`` is the standard, padded base64
-    (88 characters) of the 64-byte pure Ed25519 (RFC 8032) signature of those bytes.
+    ``signature`` is the standard, padded base64 (88 characters) of the 64-byte pure
+    Ed25519 (RFC 8032) signature of those bytes.
+
+    Up to 0.1.0 the bus serialised with ``json.dumps(doc, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)``. For every document the bus signs (strings,
+    arrays and objects with ASCII keys) that is byte for byte the JCS form, so certificates
+    signed then verify unchanged (tests/unit/data/legacy-certificates). The two differ only
+    where no certificate has ever had a value: numbers (for ``1.0``, ``1e16``, ``1e-7`` and
+    ``-0.0`` json.dumps wrote ``1.0``, ``1e+16``, ``1e-07``, ``-0.0`` and JCS writes ``1``,
+    ``10000000000000000``, ``1e-7``, ``0``; JCS refuses integers beyond ±(2^53 - 1)) and
+    member names beyond U+FFFF (JCS sorts them by UTF-16 code units). A file with a number
+    where a date belongs fails on its signature under either form, as it always did.
 
 Verifying a file
     ``Verifier.verify_bytes`` checks the signature over the *members as written in the
@@ -54,6 +65,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
+import rfc8785
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -177,9 +189,13 @@ class SignedCertificate(UnsignedCertificate):
 
 
 def canonical_bytes(document: Mapping[str, Any]) -> bytes:
-    """The canonical form of a JSON-ready mapping: sorted keys, no whitespace, UTF-8."""
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return text.encode("utf-8")
+    """The RFC 8785 (JCS) bytes of a JSON-ready mapping: what a certificate signature covers.
+
+    A kept JCS implementation rather than our own, so that verifiers elsewhere can rely on
+    the standard. Raises ``rfc8785.CanonicalizationError`` (a ``ValueError``) for what JCS
+    cannot express: unpaired surrogates, NaN, integers beyond ±(2^53 - 1).
+    """
+    return rfc8785.dumps(dict(document))
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -501,10 +517,10 @@ class Verifier:
         unsigned = {k: v for k, v in raw.items() if k != "signature"}
         try:
             signed = canonical_bytes(unsigned)
-        except UnicodeEncodeError:
+        except (rfc8785.CanonicalizationError, UnicodeEncodeError) as exc:
+            # e.g. an unpaired surrogate (\\ud800-\\udfff) or an integer JCS cannot hold
             raise ValidationFailed(
-                "certificate is malformed: a string holds an unpaired surrogate (\\ud800-\\udfff)",
-                reason=REASON_MALFORMED,
+                f"certificate is malformed: no canonical form ({exc})", reason=REASON_MALFORMED
             ) from None
         self._check(certificate.key_id, certificate.serial, certificate.signature, signed)
         return certificate

@@ -9,6 +9,7 @@ brought back on the same port.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -21,12 +22,16 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bus.brokers import free_port
 from bus.certificates import Signer
@@ -44,8 +49,13 @@ from connectors.webhook import (
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
     WebhookSink,
+    public_key_from_text,
+    public_key_text,
+    secret_bytes,
     signed_bytes,
+    standard_secret,
     verify_webhook,
+    webhook_id,
 )
 from tests.connectors.contract import (
     FAST,
@@ -76,6 +86,26 @@ class Hit:
 
     def ids(self) -> list[str]:
         return [d["headers"]["event_id"] for d in self.deliveries()]
+
+    def header(self, name: str) -> str:
+        return {k.lower(): v for k, v in self.headers.items()}[name.lower()]
+
+    def standard_only(self) -> dict[str, str]:
+        """The headers without the deprecated ones: what a bus from 0.3.0 sends."""
+        return {k: v for k, v in self.headers.items() if not k.lower().startswith("bus-")}
+
+    def legacy_only(self) -> dict[str, str]:
+        """The headers without the standard ones: what a bus before 0.2 sent."""
+        return {k: v for k, v in self.headers.items() if not k.lower().startswith("webhook-")}
+
+
+def spec_verify_v1a(headers: dict[str, str], body: bytes, key: Ed25519PublicKey) -> None:
+    """Standard Webhooks' v1a check written from the specification alone."""
+    h = {k.lower(): v for k, v in headers.items()}
+    signed = f"{h['webhook-id']}.{h['webhook-timestamp']}.".encode() + body
+    sigs = [s.split(",", 1)[1] for s in h["webhook-signature"].split(" ") if s.startswith("v1a,")]
+    assert sigs, h["webhook-signature"]
+    key.verify(base64.b64decode(sigs[0]), signed)
 
 
 @dataclass
@@ -230,38 +260,101 @@ async def test_deliveries_arrive_in_inbox_order_signed_and_verifiable(
     assert delivered[0]["headers"]["event_type"] == "penalty.imposed"
     assert all(len(h.deliveries()) <= 2 for h in endpoint.hits)
     keys = {signer.key_id: signer.public_key}
+    whpk = public_key_text(signer.public_key)
     for hit in endpoint.hits:
-        assert hit.headers[KEY_ID_HEADER] == signer.key_id
-        batch = verify_webhook(hit.headers, hit.body, keys=keys, department=DEPARTMENT)
+        assert hit.header("webhook-signature").startswith("v1a,")
+        spec_verify_v1a(hit.headers, hit.body, public_key_from_text(whpk))
+        batch = verify_webhook(hit.standard_only(), hit.body, keys=keys, department=DEPARTMENT)
         assert batch["department"] == DEPARTMENT
+        # The deprecated headers still verify on their own, until 0.3.0.
+        assert hit.header(KEY_ID_HEADER) == signer.key_id
+        verify_webhook(hit.legacy_only(), hit.body, keys=keys, department=DEPARTMENT)
+    assert [h.header("webhook-id") for h in endpoint.hits] == [
+        webhook_id(h.ids(), endpoint.url) for h in endpoint.hits
+    ]
+    assert len({h.header("webhook-id") for h in endpoint.hits}) == len(endpoint.hits)
 
     hit = endpoint.hits[0]
-    sent_at = int(re.findall(r"t=(\d+)", hit.headers[SIGNATURE_HEADER])[0])
+    sent_at = int(hit.header("webhook-timestamp"))
     tampered = hit.body.replace(b'"cursor":', b'"cursor":1', 1)
     assert tampered != hit.body
-    refusals = {
-        "webhook.bad_signature": lambda: verify_webhook(hit.headers, tampered, keys=keys),
-        "webhook.stale": lambda: verify_webhook(
-            hit.headers, hit.body, keys=keys, now=sent_at + 301
-        ),
-        "webhook.unknown_key": lambda: verify_webhook(
-            hit.headers, hit.body, keys={"other": Signer.generate("other").public_key}
-        ),
-        "webhook.wrong_department": lambda: verify_webhook(
-            hit.headers, hit.body, keys=keys, department="ks.tax"
-        ),
-        "webhook.unsigned": lambda: verify_webhook(
-            {k: v for k, v in hit.headers.items() if k != SIGNATURE_HEADER}, hit.body, keys=keys
-        ),
-    }
-    for reason, check in refusals.items():
-        with pytest.raises(BusError) as caught:
-            check()
-        assert caught.value.reason == reason
+    with pytest.raises(InvalidSignature):
+        spec_verify_v1a(hit.headers, tampered, signer.public_key)
+    stranger = {"other": Signer.generate("other").public_key}
+    signatures = ("webhook-signature", "bus-signature")
+    unsigned = {k: v for k, v in hit.headers.items() if k.lower() not in signatures}
+    refusals: list[tuple[bytes, dict[str, Any], str]] = [
+        (tampered, {}, "webhook.bad_signature"),
+        (hit.body, {"now": sent_at + 301}, "webhook.stale"),
+        (hit.body, {"department": "ks.tax"}, "webhook.wrong_department"),
+    ]
+    for headers in (hit.headers, hit.standard_only(), hit.legacy_only()):
+        for body, extra, reason in refusals:
+            with pytest.raises(BusError) as caught:
+                verify_webhook(headers, body, keys=keys, **extra)
+            assert caught.value.reason == reason, headers
+    with pytest.raises(BusError) as caught:
+        verify_webhook(unsigned, hit.body, keys=keys)
+    assert caught.value.reason == "webhook.unsigned"
+    # An untrusted key: no key matches (standard), or the named id is unknown (deprecated).
+    with pytest.raises(BusError, match="none of the trusted keys") as caught:
+        verify_webhook(hit.standard_only(), hit.body, keys=stranger)
+    assert caught.value.reason == "webhook.bad_signature"
+    with pytest.raises(BusError) as caught:
+        verify_webhook(hit.legacy_only(), hit.body, keys=stranger)
+    assert caught.value.reason == "webhook.unknown_key"
     # Another key of the same id (a forger who knows the id) does not pass either.
     forged = {signer.key_id: Signer.generate(signer.key_id).public_key}
-    with pytest.raises(BusError, match="does not match"):
-        verify_webhook(hit.headers, hit.body, keys=forged)
+    for headers in (hit.standard_only(), hit.legacy_only()):
+        with pytest.raises(BusError, match="match"):
+            verify_webhook(headers, hit.body, keys=forged)
+
+
+@pytest.mark.integration
+async def test_a_department_verifies_deliveries_with_the_standardwebhooks_library_alone(
+    settings: Settings, endpoint: Endpoint, signer: Signer
+) -> None:
+    """HMAC deliveries from the sink on Kafka; the receiver has only the library and a secret."""
+    secret = standard_secret(os.urandom(32))
+    events = sample_events(2)
+    await put(settings, events)
+    endpoint.script = [(503, {}), (503, {})]
+    sink = make_sink(settings, endpoint, signer, secret=secret,
+                     backoff=Backoff(initial=0.6, maximum=0.6, attempts=4, jitter=0))  # fmt: skip
+    async with serving(sink) as task:
+        await until_delivered(endpoint, 2, task)
+    assert [h.status for h in endpoint.hits] == [503, 503, 200, 200]
+    receiver = Webhook(secret)
+    for hit in endpoint.hits:
+        assert receiver.verify(hit.body, hit.headers) == json.loads(hit.body)
+    first, retry, last, other = endpoint.hits
+    # Each try is signed afresh, at its own time, for one delivery: one webhook-id.
+    assert first.ids() == retry.ids() == last.ids() == [str(events[0].event_id)]
+    assert first.header("webhook-id") == retry.header("webhook-id") == last.header("webhook-id")
+    assert first.header("webhook-timestamp") != last.header("webhook-timestamp")
+    assert first.header("webhook-signature") != last.header("webhook-signature")
+    assert other.header("webhook-id") != first.header("webhook-id")
+    assert other.header("webhook-id") == webhook_id([str(events[1].event_id)], endpoint.url)
+
+    tampered = other.body.replace(b'"cursor":', b'"cursor":1', 1)
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
+        receiver.verify(tampered, other.headers)
+    sent_at = int(other.header("webhook-timestamp"))
+    stale = {**other.standard_only(), "webhook-timestamp": str(sent_at - 301)}
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        receiver.verify(other.body, stale)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(standard_secret(os.urandom(32))).verify(other.body, other.headers)
+    # verify_webhook agrees, on the standard headers and on the deprecated one alone.
+    for headers in (other.standard_only(), other.legacy_only()):
+        assert verify_webhook(headers, other.body, secret=secret, department=DEPARTMENT)
+        for body, now, reason in [
+            (tampered, None, "webhook.bad_signature"),
+            (other.body, sent_at + 301, "webhook.stale"),
+        ]:
+            with pytest.raises(BusError) as caught:
+                verify_webhook(headers, body, secret=secret, now=now)
+            assert caught.value.reason == reason
 
 
 @pytest.mark.integration
@@ -468,11 +561,91 @@ def test_hmac_signature_verifies_with_the_secret_only(tmp_path: Path) -> None:
 def test_a_malformed_or_oversized_timestamp_is_webhook_malformed(stamp: str) -> None:
     """int() of 5000 digits raised ValueError, 400 digits OverflowError, '²' ValueError."""
     body = b'{"department":"ks.enforcement.huaqiao","deliveries":[]}'
-    headers = {SIGNATURE_HEADER: f"t={stamp},hmac-sha256=00", KEY_ID_HEADER: "k"}
+    legacy = {SIGNATURE_HEADER: f"t={stamp},hmac-sha256=00", KEY_ID_HEADER: "k"}
+    standard = {"webhook-id": "msg_1", "webhook-timestamp": stamp, "webhook-signature": "v1,AA=="}
+    for headers, named in [(legacy, "t="), (standard, "webhook-timestamp")]:
+        with pytest.raises(BusError) as caught:
+            verify_webhook(headers, body, secret="s3cret")
+        assert caught.value.reason == "webhook.malformed"
+        assert named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"webhook-id": "msg.1"}, "webhook.malformed"),  # <id>.<t>.<body> would be ambiguous
+        ({"webhook-id": ""}, "webhook.malformed"),
+        ({"webhook-timestamp": ""}, "webhook.malformed"),
+        ({"webhook-signature": "v1a,AAAA"}, "webhook.unsigned"),  # the other scheme only
+        ({"webhook-signature": "v1,!!!"}, "webhook.bad_signature"),
+        ({"webhook-id": "msg_2"}, "webhook.bad_signature"),  # the id is signed too
+    ],
+)
+def test_standard_headers_that_do_not_verify(change: dict[str, str], reason: str) -> None:
+    body = b'{"department":"ks.enforcement.huaqiao","deliveries":[]}'
+    now = int(time.time())
+    signature = Webhook(b"s3cret").sign("msg_1", datetime.fromtimestamp(now, UTC), body)
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(now), "webhook-signature": signature}
+    assert verify_webhook(headers, body, secret="s3cret", now=now) == json.loads(body)
     with pytest.raises(BusError) as caught:
-        verify_webhook(headers, body, secret="s3cret")
-    assert caught.value.reason == "webhook.malformed"
-    assert "t=" in str(caught.value)
+        verify_webhook(headers | change, body, secret="s3cret", now=now)
+    assert caught.value.reason == reason
+
+
+def test_one_good_signature_in_the_list_is_enough_as_in_a_key_rotation(tmp_path: Path) -> None:
+    old, new = Signer.generate("ks-bus-1"), Signer.generate("ks-bus-2")
+    body = b'{"department":"ks.enforcement.huaqiao","deliveries":[]}'
+    now = int(time.time())
+    signed = [
+        WebhookSink(Settings(data_dir=tmp_path), department=DEPARTMENT,
+                    url="http://127.0.0.1:1/", signer=s).signing.headers("msg_1", body, now)
+        for s in (old, new)
+    ]  # fmt: skip
+    both = signed[1] | {"webhook-signature": " ".join(h["webhook-signature"] for h in signed)}
+    for trusted in (old, new):
+        assert verify_webhook(both, body, keys={trusted.key_id: trusted.public_key}, now=now)
+    hmacs = f"v1,{base64.b64encode(b'x' * 32).decode()} " + Webhook(b"s3cret").sign(
+        "msg_1", datetime.fromtimestamp(now, UTC), body
+    )
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(now), "webhook-signature": hmacs}
+    assert verify_webhook(headers, body, secret="s3cret", now=now)
+    assert Webhook(b"s3cret").verify(body, headers)
+
+
+def test_webhook_id_is_one_per_delivery_and_endpoint() -> None:
+    url = "https://cases.huaqiao.example/bus-inbox"
+    one = webhook_id(["e1"], url)
+    assert one == webhook_id(["e1"], url)
+    assert one.startswith("msg_")
+    assert "." not in one
+    assert len({one, webhook_id(["e2"], url), webhook_id(["e1"], url + "2"),
+                webhook_id(["e1", "e2"], url)}) == 4  # fmt: skip
+
+
+@pytest.mark.parametrize("secret", ["s3cret", "whsec_" + base64.b64encode(b"k" * 32).decode()])
+def test_a_secret_old_or_whsec_signs_what_the_library_verifies(tmp_path: Path, secret: str) -> None:
+    """An existing plain secret is its UTF-8 bytes; give the library its whsec_ form."""
+    sink = WebhookSink(Settings(data_dir=tmp_path), department=DEPARTMENT,
+                       url="http://127.0.0.1:1/", secret=secret)  # fmt: skip
+    body = '{"department":"ks.enforcement.huaqiao","deliveries":[],"name":"昆山"}'.encode()
+    now = int(time.time())
+    headers = sink.signing.headers("msg_1", body, now)
+    assert headers["webhook-signature"] == Webhook(secret_bytes(secret)).sign(
+        "msg_1", datetime.fromtimestamp(now, UTC), body
+    )
+    assert Webhook(standard_secret(secret)).verify(body, headers) == json.loads(body)
+    assert verify_webhook(headers, body, secret=standard_secret(secret)) == json.loads(body)
+    assert verify_webhook(headers, body, secret=secret) == json.loads(body)
+
+
+def test_a_whpk_public_key_round_trips() -> None:
+    key = Signer.generate("k").public_key
+    text = public_key_text(key)
+    assert text.startswith("whpk_")
+    assert public_key_from_text(text) == key
+    for bad in ("whpk_!!", "whpk_" + base64.b64encode(b"short").decode(), text[5:]):
+        with pytest.raises(ConfigurationError):
+            public_key_from_text(bad)
 
 
 def test_a_signed_body_nested_too_deep_is_webhook_malformed() -> None:
@@ -485,30 +658,62 @@ def test_a_signed_body_nested_too_deep_is_webhook_malformed() -> None:
     assert caught.value.reason == "webhook.malformed"
 
 
-def test_the_receiver_code_in_the_docs_verifies_a_signed_request(tmp_path: Path) -> None:
+def doc_code(marker: str) -> dict[str, Any]:
+    """Run the docs' Python block that holds ``marker``; its names."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+    namespace: dict[str, Any] = {}
+    exec(next(b for b in blocks if marker in b), namespace)
+    return namespace
+
+
+def refused_by(verify: Any, headers: dict[str, str], body: bytes, *args: Any) -> list[bool]:
+    """For a tampered body, a 10-minute-old timestamp, another department: was each refused?"""
+    old = {**headers, "webhook-timestamp": str(int(time.time()) - 600)}
+    refused = []
+    for bad_headers, bad_body, department in [
+        (headers, body.replace(b"[]", b"[{}]"), DEPARTMENT),
+        (old, body, DEPARTMENT),
+        (headers, body, "ks.tax"),
+    ]:
+        try:
+            verify(bad_headers, bad_body, *args, department)
+        except Exception:  # the doc says: any error -> 401
+            refused.append(True)
+        else:
+            refused.append(False)
+    return refused
+
+
+def test_the_ed25519_receiver_code_in_the_docs_verifies_a_signed_request(tmp_path: Path) -> None:
     signer = Signer.generate("ks-bus-1")
     sink = WebhookSink(Settings(data_dir=tmp_path), department=DEPARTMENT,
                        url="http://127.0.0.1:1/", signer=signer)  # fmt: skip
     body = b'{"department":"ks.enforcement.huaqiao","deliveries":[]}'
-    headers = {SIGNATURE_HEADER: sink.signing.header(body, int(time.time())),
-               KEY_ID_HEADER: signer.key_id}  # fmt: skip
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
-    code = next(b for b in blocks if "def verify(" in b)
-    namespace: dict[str, Any] = {}
-    exec(code, namespace)
-    pem = signer.public_key_pem().encode()
-    keys = {signer.key_id: namespace["load_pem_public_key"](pem)}
+    headers = sink.signing.headers("msg_1", body, int(time.time()))
+    namespace = doc_code("def verify(")
     verify = namespace["verify"]
-    assert verify(headers, body, keys, DEPARTMENT) == json.loads(body)
-    signature = headers[SIGNATURE_HEADER].split(",", 1)[1]
-    old = {**headers, SIGNATURE_HEADER: f"t={int(time.time()) - 600},{signature}"}
-    for bad_body, bad_headers, department in [
-        (body.replace(b"[]", b"[{}]"), headers, DEPARTMENT),
-        (body, old, DEPARTMENT),
-        (body, headers, "ks.tax"),
-    ]:
-        with pytest.raises(Exception):  # noqa: B017, PT011  (the doc says: any error -> 401)
-            verify(bad_headers, bad_body, keys, department)
+    from_pem = namespace["load_pem_public_key"](signer.public_key_pem().encode())
+    from_text = namespace["whpk"](public_key_text(signer.public_key))
+    other = Signer.generate("x").public_key
+    for keys in ([from_pem], [other, from_text]):
+        assert verify(headers, body, keys, DEPARTMENT) == json.loads(body)
+        assert refused_by(verify, headers, body, keys) == [True] * 3
+    with pytest.raises(ValueError, match="trusted"):
+        verify(headers, body, [other], DEPARTMENT)
+
+
+def test_the_hmac_receiver_code_in_the_docs_verifies_a_signed_request(tmp_path: Path) -> None:
+    namespace = doc_code("def verify_hmac(")
+    match = re.search(r'Webhook\("(whsec_[^"]+)"\)', DOC.read_text(encoding="utf-8"))
+    assert match is not None
+    secret = match.group(1)
+    sink = WebhookSink(Settings(data_dir=tmp_path), department=DEPARTMENT,
+                       url="http://127.0.0.1:1/", secret=secret)  # fmt: skip
+    body = b'{"department":"ks.enforcement.huaqiao","deliveries":[]}'
+    headers = sink.signing.headers("msg_1", body, int(time.time()))
+    verify = namespace["verify_hmac"]
+    assert verify(headers, body, DEPARTMENT) == json.loads(body)
+    assert refused_by(verify, headers, body) == [True] * 3
 
 
 def test_signed_bytes_are_the_timestamp_a_dot_and_the_body() -> None:
@@ -525,6 +730,13 @@ def test_signed_bytes_are_the_timestamp_a_dot_and_the_body() -> None:
          "not both"),
         ({"department": DEPARTMENT, "url": "http://x/", "headers": {"Bus-Signature": "x"}},
          "set by the sink itself: Bus-Signature"),
+        ({"department": DEPARTMENT, "url": "http://x/", "headers": {"Webhook-Id": "x"}},
+         "set by the sink itself: Webhook-Id"),
+        ({"department": DEPARTMENT, "url": "http://x/", "secret": "whsec_c2hvcnQ="},
+         "a whsec_ secret holds 24 to 64 bytes"),
+        ({"department": DEPARTMENT, "url": "http://x/", "secret": "whsec_not base64!"},
+         "standard base64"),
+        ({"department": DEPARTMENT, "url": "http://x/", "secret": ""}, "may not be empty"),
         ({"department": "ks.nowhere", "url": "http://x/"}, "not in the directory"),
         ({"department": DEPARTMENT, "url": "http://x/", "key_file": "missing.pem"},
          "does not exist"),
@@ -551,11 +763,13 @@ def test_options_build_a_sink_on_the_department_inbox(tmp_path: Path) -> None:
     assert (sink.name, sink.batch_size, sink.backoff.attempts) == ("huaqiao-webhook", 20, 4)
     assert sink.extra_headers == {"Authorization": "Bearer t"}
     assert sink.signing.header(b"{}", 1).startswith("t=1,hmac-sha256=")
+    assert sink.signing.standard("msg_1", b"{}", 1).startswith("v1,")
     # Without a secret: the bus's own Ed25519 key, made and kept in the data dir.
     del entry.options["secret"]
     sink = registry.build(settings, entry)
     assert isinstance(sink, WebhookSink)
     assert sink.signing.header(b"{}", 1).startswith("t=1,ed25519=")
+    assert sink.signing.standard("msg_1", b"{}", 1).startswith("v1a,")
     assert sink.signing.key_id == settings.signing_key_id
     assert (tmp_path / "keys" / f"{settings.signing_key_id}.pub").exists()
 

@@ -25,6 +25,8 @@ import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
@@ -455,6 +457,111 @@ def test_golden_signature() -> None:
     assert golden_certificate().signature == GOLDEN_SIGNATURE
     # What a verifier elsewhere does: raw public key, canonical bytes, base64 signature.
     signer.public_key.verify(base64.b64decode(GOLDEN_SIGNATURE), GOLDEN_CANONICAL.encode())
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy-certificates"
+LEGACY_NAMES = sorted(p.stem for p in LEGACY.glob("*.json"))
+
+
+def test_there_are_legacy_certificates() -> None:
+    assert len(LEGACY_NAMES) == 4
+
+
+@pytest.mark.parametrize("name", LEGACY_NAMES)
+def test_certificates_signed_by_the_old_canonicaliser_still_verify(name: str) -> None:
+    """Files signed before the canonical form came from a library: they verify, unchanged."""
+    verifier = Verifier.from_paths([LEGACY / "ks-bus-2026-legacy.pub"])
+    cert = verifier.verify_file(LEGACY / f"{name}.json")
+    old = (LEGACY / f"{name}.signed").read_bytes()
+    assert cert.signed_bytes() == old
+    raw = json.loads((LEGACY / f"{name}.json").read_bytes())
+    del raw["signature"]
+    assert canonical_bytes(raw) == old
+
+
+def old_canonical_bytes(document: dict[str, Any]) -> bytes:
+    """The hand-written canonical form the bus signed with up to 0.1.0."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_TEXT = st.text(
+    st.characters(exclude_categories=("Cs",)) | st.sampled_from('"\\/\b\t\u2028\ufeff😀𠀀'),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(
+    name=_TEXT,
+    case_number=_TEXT,
+    state=_TEXT,
+    micro=st.integers(0, 999_999),
+    clean=st.booleans(),
+)
+def test_the_library_form_is_the_old_form_for_every_certificate(
+    name: str, case_number: str, state: str, micro: int, clean: bool
+) -> None:
+    """Whatever text a certificate can hold, RFC 8785 bytes are the bytes signed before."""
+    penalty = {**PENALTY_1, "case_number": case_number, "state": state}
+    try:
+        d = draft(
+            enterprise_name=name,
+            record=[] if clean else [penalty, PENALTY_2],
+            result="clean" if clean else "record_found",
+            issued_at=datetime(2026, 3, 2, 2, 0, 0, micro, tzinfo=UTC),
+        )
+    except ValidationError:
+        reject()
+    body = {**d.model_dump(mode="json"), "key_id": "ks-bus-2026-01"}
+    assert canonical_bytes(body) == old_canonical_bytes(body)
+
+
+@pytest.mark.parametrize(
+    ("document", "old", "new"),
+    [
+        ({"n": 1.0}, b'{"n":1.0}', b'{"n":1}'),
+        ({"n": 1e16}, b'{"n":1e+16}', b'{"n":10000000000000000}'),
+        ({"n": 1e-7}, b'{"n":1e-07}', b'{"n":1e-7}'),
+        ({"n": -0.0}, b'{"n":-0.0}', b'{"n":0}'),
+        ({"\ue000": 1, "\U0001f600": 2}, '{"\ue000":1,"\U0001f600":2}'.encode(),
+         '{"\U0001f600":2,"\ue000":1}'.encode()),
+    ],
+)  # fmt: skip
+def test_where_the_old_and_the_library_form_differ(
+    document: dict[str, Any], old: bytes, new: bytes
+) -> None:
+    """Only numbers and names beyond U+FFFF, which no certificate holds (module docstring)."""
+    assert old_canonical_bytes(document) == old
+    assert canonical_bytes(document) == new
+
+
+@pytest.mark.parametrize("value", [1767225600, 1767225600.5])
+def test_a_number_for_a_date_fails_on_the_signature_under_either_form(
+    certificate: SignedCertificate, verifier: Verifier, value: float
+) -> None:
+    raw = raw_of(certificate) | {"issued_at": value}
+    SignedCertificate.model_validate(raw)  # a lenient model takes Unix seconds for a date
+    with pytest.raises(BusError) as exc:
+        verifier.verify_bytes(json.dumps(raw, ensure_ascii=False).encode())
+    assert reason_of(exc) == "certificate.bad_signature"
+
+
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [('"enterprise_name": "\\ud800"', "\ud800"), ('"issued_at": 9007199254740993', 2**53 + 1)],
+)
+def test_values_rfc8785_cannot_express_are_malformed(
+    certificate: SignedCertificate, verifier: Verifier, member: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=r"UTF-8|safe integer"):
+        canonical_bytes({"x": value})
+    text = json.dumps(raw_of(certificate), ensure_ascii=False)
+    start = text.index(member.split(":")[0])
+    end = text.index(",", start)
+    with pytest.raises(ValidationFailed) as exc:
+        verifier.verify_bytes((text[:start] + member + text[end:]).encode())
+    assert exc.value.reason == "certificate.malformed"
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
