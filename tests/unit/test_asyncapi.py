@@ -23,8 +23,10 @@ import fastavro
 import jsonschema
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from bus.asyncapi import AVRO_FORMAT, asyncapi_document, render
+from bus.cli import app as cli
 from bus.codec import EventCodec
 from bus.schemas.events import EVENT_TYPES, FAMILIES
 from bus.schemas.registry import LocalSchemaRegistry
@@ -207,3 +209,19 @@ def test_the_server_and_its_login_come_from_the_settings() -> None:
     assert scheme["type"] == "scramSha512"
     assert "s3cret" not in json.dumps(sasl)
     assert problems(sasl) == []
+
+
+def test_the_cli_prints_the_same_document(tmp_path: Path) -> None:
+    runner = CliRunner()
+    as_json = runner.invoke(cli, ["schemas", "asyncapi", "--format", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    expected = json.loads(render(asyncapi_document(Settings()), "json"))
+    assert json.loads(as_json.stdout) == expected
+    as_yaml = runner.invoke(cli, ["schemas", "asyncapi"])
+    assert yaml.safe_load(as_yaml.stdout) == expected
+    out = tmp_path / "bus.asyncapi.json"
+    written = runner.invoke(cli, ["schemas", "asyncapi", "--out", str(out)])
+    assert written.exit_code == 0, written.output
+    assert json.loads(out.read_text(encoding="utf-8")) == expected
+    wrong = runner.invoke(cli, ["schemas", "asyncapi", "--format", "xml"])
+    assert wrong.exit_code == 2
