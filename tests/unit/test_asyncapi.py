@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import httpx
 import jsonschema
 import pytest
 import yaml
@@ -28,6 +29,9 @@ from typer.testing import CliRunner
 from bus.asyncapi import AVRO_FORMAT, asyncapi_document, render
 from bus.cli import app as cli
 from bus.codec import EventCodec
+from bus.errors import ConfigurationError
+from bus.gateway.app import create_app
+from bus.metrics import GatewayMetrics
 from bus.schemas.events import EVENT_TYPES, FAMILIES
 from bus.schemas.registry import LocalSchemaRegistry
 from bus.settings import Settings
@@ -225,3 +229,34 @@ def test_the_cli_prints_the_same_document(tmp_path: Path) -> None:
     assert json.loads(out.read_text(encoding="utf-8")) == expected
     wrong = runner.invoke(cli, ["schemas", "asyncapi", "--format", "xml"])
     assert wrong.exit_code == 2
+
+
+async def test_the_gateway_serves_it_without_a_key(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, topic_prefix=PREFIX)
+    app = create_app(settings, GatewayMetrics())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        r = await http.get("/asyncapi.json")
+        assert r.status_code == 200, r.text
+        assert r.json() == json.loads(render(asyncapi_document(settings), "json"))
+        listed = (await http.get("/openapi.json")).json()["paths"]
+        assert "/asyncapi.json" in listed
+
+
+async def test_the_gateway_answers_a_broken_catalogue_with_the_error_body(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise ConfigurationError("cannot read schema manifest")
+
+    monkeypatch.setattr("bus.asyncapi.asyncapi_document", broken)
+    app = create_app(Settings(data_dir=tmp_path), GatewayMetrics())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        r = await http.get("/asyncapi.json")
+    assert r.status_code == 503
+    assert r.json() == {
+        "error": ConfigurationError.reason,
+        "field": None,
+        "message": "cannot read schema manifest",
+    }
