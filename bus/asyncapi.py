@@ -412,7 +412,8 @@ def _headers(event_type: str) -> dict[str, Any]:
             },
             "bus.notify": {
                 "type": "string",
-                "description": "On events the bus produces: the departments it addresses.",
+                "description": "On the bus's own decisions on a canonical topic: the "
+                "departments that must receive it, comma-separated.",
             },
             "bus.replay_of": {
                 "type": "string",
