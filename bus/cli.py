@@ -740,6 +740,39 @@ def schemas_export(
     console.print(f"{len(added)} schemas added")
 
 
+@schemas_app.command("asyncapi")
+def schemas_asyncapi(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here instead of standard output.")
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="yaml or json; default: json for a .json --out, else yaml."),
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="Kafka bootstrap servers integrators use (host:port,...); default: "
+                     "BUS_BROKER's."),
+    ] = None,
+) -> None:  # fmt: skip
+    """Print the AsyncAPI 3.0 document of the topics and event types (the gateway serves it too)."""
+    from bus.asyncapi import FORMATS, asyncapi_document, render
+
+    chosen = FORMATS.get(fmt or ("json" if out is not None and out.suffix == ".json" else "yaml"))
+    if chosen is None:
+        err.print(f"[red]--format {fmt!r}:[/] use yaml or json")
+        raise typer.Exit(2)
+    try:
+        text = render(asyncapi_document(_settings(), server=server), chosen)
+    except BusError as exc:
+        raise _fail(exc) from None
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.write_text(text, encoding="utf-8")
+    err.print(f"wrote {out} ({chosen})")
+
+
 @app.command()
 def demo(
     keep_running: Annotated[

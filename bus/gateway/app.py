@@ -194,6 +194,7 @@ class _State:
     certificates: CertificateIndex | None = None
     cases: CaseIndex | None = None
     recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    asyncapi: dict[str, Any] | None = None
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -804,6 +805,26 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
                 for s in steps
             ],
         )  # fmt: skip
+
+    @app.get(
+        "/asyncapi.json",
+        responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}},
+                   503: {"model": ErrorBody}},
+        summary="The AsyncAPI document of the bus's Kafka topics (no key needed)",
+    )  # fmt: skip
+    async def asyncapi() -> JSONResponse:
+        """Topics, event types and their Avro schemas, for systems that speak Kafka.
+
+        The same document as `bus schemas asyncapi`, made from this gateway's settings.
+        """
+        from bus.asyncapi import asyncapi_document
+
+        if state.asyncapi is None:
+            try:
+                state.asyncapi = asyncapi_document(settings, directory=state.directory)
+            except BusError as exc:
+                raise GatewayError(503, exc.reason, exc.message) from None
+        return JSONResponse(state.asyncapi)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:

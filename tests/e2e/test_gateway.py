@@ -289,6 +289,20 @@ def test_openapi_lists_the_routes(gateway: Gateway) -> None:
     assert gateway.http.get("/docs").status_code == 200
 
 
+def test_the_asyncapi_document_is_served_without_a_key(gateway: Gateway) -> None:
+    from bus.asyncapi import asyncapi_document
+
+    r = gateway.http.get("/asyncapi.json")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    spec = r.json()
+    assert spec == json.loads(json.dumps(asyncapi_document(gateway.settings)))
+    assert spec["asyncapi"] == "3.0.0"
+    prefix = gateway.settings.topic_prefix
+    assert spec["channels"]["ingress"]["address"] == f"{prefix}.ingress"
+    assert spec["servers"]["kafka"]["host"] == ",".join(gateway.settings.bootstrap_servers)
+
+
 def test_a_certificate_is_fetched_and_verified(gateway: Gateway, tmp_path: Path) -> None:
     rng = random.Random(71)
     firm = enterprise(rng)
