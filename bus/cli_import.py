@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
@@ -102,15 +104,7 @@ def import_file(
     if format_ not in (None, "csv", "jsonl"):
         err.print(f"[red]--format {format_}:[/] csv or jsonl")
         raise typer.Exit(2)
-    columns = BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-    with Progress(TextColumn("{task.description:<11}"), *columns, console=err) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with progress_bars() as progress:
         try:
             importer = FileImportSource(
                 settings, file, format=cast("Format | None", format_), source=source,
@@ -135,7 +129,7 @@ def import_file(
             raise typer.Exit(1) from None
     if result is None:  # stopped by a signal before the file was read
         raise typer.Exit(1)
-    _print(result, dry_run=dry_run)
+    print_report(result, dry_run=dry_run)
     if report is not None:
         report.write_text(json.dumps(result.to_json(), ensure_ascii=False, indent=2) + "\n")
         console.print(f"report written to {report}")
@@ -149,7 +143,26 @@ async def _run(importer: FileImportSource) -> None:
     await importer.serve()
 
 
-def _print(result: ImportReport, *, dry_run: bool) -> None:
+@contextmanager
+def progress_bars() -> Iterator[Callable[[str, int, int], None]]:
+    """A ``progress(stage, done, total)`` callback drawing one bar per stage on stderr.
+
+    Shared by ``bus import`` and ``bus connect`` so a file import looks the same either way.
+    """
+    columns = BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    with Progress(TextColumn("{task.description:<11}"), *columns, console=err) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield progress
+
+
+def print_report(result: ImportReport, *, dry_run: bool = False) -> None:
+    """The rejected rows, the rows the bus refused and the counts, as operators read them."""
     if result.rejections:
         t = Table("line", "field", "reason", "message", title="rejected rows")
         for bad in result.rejections[:MAX_SHOWN]:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -68,6 +69,15 @@ def bus(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "bus.cli", "import", *args],
+        env=env, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+
+
+def connect(settings: Settings, config: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """``bus connect NAME -c CONFIG`` as an operator runs it (no metrics server)."""
+    env = {**os.environ, **settings_env(settings), "COLUMNS": "200", "BUS_METRICS_PORT": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "bus.cli", "connect", name, "--config", str(config)],
         env=env, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
 
@@ -210,6 +220,40 @@ def test_the_command_publishes_a_good_file_without_waiting(
         return ingress.ids()
 
     assert sorted(asyncio.run(read())) == sorted(str(e.event_id) for e in events)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_bus_connect_reports_a_file_import_as_bus_import_does(
+    settings: Settings, tmp_path: Path
+) -> None:
+    good = write_csv(tmp_path / "good.csv", [export_row(e) for e in bureau_penalties(5)])
+    bad, expected = bad_export(tmp_path)
+    config = tmp_path / "connectors.yaml"
+    config.write_text(
+        "connectors:\n"
+        f"  - {{name: good, kind: file-import, options: {{path: '{good}', wait: 0,\n"
+        f"     source: {BUREAU}, event_type: penalty.imposed}}}}\n"
+        f"  - {{name: bad, kind: file-import, options: {{path: '{bad}',\n"
+        "     event_type: penalty.imposed}}\n"
+    )
+    result = connect(settings, config, "good")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = [x for x in result.stdout.splitlines() if "good.csv" in x]
+    assert summary, result.stdout
+    assert re.search(r"good\.csv\s*│\s*csv\s*│\s*5\s*│\s*5\s*│\s*5", summary[-1]), summary
+    assert "published" in result.stdout
+    assert "publishing" in result.stderr  # the progress bars, as bus import draws them
+
+    refused = connect(settings, config, "bad")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "nothing published" in refused.stdout
+    rows = refused.stdout.splitlines()
+    for line, (field, reason) in expected.items():
+        assert any(f" {line} " in x and reason in x and (field or "") in x for x in rows), (
+            f"line {line} ({field}, {reason}) not listed:\n{refused.stdout}"
+        )
+    assert re.search(r"bad\.csv\s*│\s*csv\s*│\s*7\s*│\s*0\s*│\s*2\s*│\s*5", refused.stdout)
 
 
 # --- rows, ids and mapping -----------------------------------------------------------------
