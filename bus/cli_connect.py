@@ -37,7 +37,8 @@ def connect(
     Stops cleanly on SIGTERM or Ctrl-C: the batch in hand is finished and committed. A file
     import runs once and prints what `bus import` prints: progress, every rejected row with its
     field and reason, and the counts (rows, published, accepted, duplicate, rejected); it exits
-    1 unless every row was accepted.
+    1 unless every row was accepted. A misspelt option stops it (exit 2) naming the option as
+    written and the closest known one.
     """
     import logging
 

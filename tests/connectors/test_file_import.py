@@ -74,7 +74,7 @@ def bus(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def connect(settings: Settings, config: Path, name: str) -> subprocess.CompletedProcess[str]:
-    """``bus connect NAME -c CONFIG`` as an operator runs it (no metrics server)."""
+    """``bus connect NAME -c CONFIG`` as an operator runs it (no metrics server, wide lines)."""
     env = {**os.environ, **settings_env(settings), "COLUMNS": "200", "BUS_METRICS_PORT": "0"}
     return subprocess.run(
         [sys.executable, "-m", "bus.cli", "connect", name, "--config", str(config)],
@@ -378,3 +378,36 @@ def test_a_connectors_file_entry_builds_it_and_misspelt_options_are_named(
         registry.build(settings, registry.find(config, "typo"))
     with pytest.raises(ConfigurationError, match="Mars/Olympus"):
         registry.build(settings, registry.find(config, "zone"))
+
+
+@pytest.mark.timeout(120)
+def test_bus_connect_names_a_misspelt_option_not_the_one_it_meant(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "connectors:\n"
+        "  - {name: typo, kind: file-import,\n"
+        "     options: {pth: x.csv, source: ks.enforcement.huaqiao}}\n"
+        "  - {name: far, kind: file-import, options: {path: x.csv, qqqq: 1}}\n"
+    )
+    result = connect(Settings(), config, "typo")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "options.pth: unknown option 'pth'; did you mean 'path'?" in result.stderr
+    assert "required" not in result.stderr  # not reported as the option it stands for
+    far = connect(Settings(), config, "far")
+    assert far.returncode == 2, far.stdout + far.stderr
+    assert "unknown option 'qqqq'; known: batch_size, columns, encoding," in far.stderr
+
+
+def test_misspelt_keys_of_an_entry_and_aliased_options_are_suggested(
+    settings: Settings, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("connectors:\n  - {name: a, kind: file-import, option: {path: x.csv}}\n")
+    with pytest.raises(ConfigurationError, match=r"unknown key 'option'; did you mean 'options'"):
+        registry.load(config)
+    config.write_text(
+        "connectors:\n  - {name: o, kind: outbox, options: {dsn: x, department: "
+        "ks.enforcement.huaqiao, shema: cases}}\n"
+    )
+    with pytest.raises(ConfigurationError, match=r"'shema'; did you mean 'schema'\?"):
+        registry.build(settings, registry.find(config, "o"))
