@@ -153,8 +153,8 @@ def bad_export(tmp_path: Path) -> tuple[Path, dict[int, tuple[str | None, str]]]
         f.write(f"{BUREAU},91320583MA1XXXXXX1,2026-01-02\n")  # a truncated line
     return path, {
         3: ("subject", "schema.uscc"),
-        4: ("payload.violation", "schema.validation"),
-        5: ("payload.amount", "schema.validation"),
+        4: ("violation", "schema.validation"),  # as the file names them: its headers
+        5: ("amount", "schema.validation"),
         6: ("event_type", "auth.event_type"),
         8: (None, "import.csv"),
     }
@@ -349,6 +349,57 @@ def test_an_empty_file_imports_nothing_and_a_wrong_encoding_is_one_rejection(
     (r,) = importer(settings, gbk, event_type="penalty.imposed").check().rejections
     assert (r.line, r.reason) == (2, "import.encoding")
     assert "gb18030" in r.message
+
+
+@pytest.mark.timeout(120)
+def test_each_bad_field_is_listed_with_its_own_reason_under_the_files_header(
+    tmp_path: Path,
+) -> None:
+    names = {"统一社会信用代码": "subject", "罚款金额": "payload.amount"}
+    header = ["统一社会信用代码" if c == "subject" else "罚款金额" if c == "amount" else c
+              for c in COLUMNS]  # fmt: skip
+    rows = [export_row(e) for e in bureau_penalties(2)]
+    rows[1] |= {"subject": rows[1]["subject"][:-1] + "X", "amount": "五千元", "violation": ""}
+    path = tmp_path / "export.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows([r[c] for c in COLUMNS] for r in rows)
+    expected = {
+        (3, "统一社会信用代码", "schema.uscc"),
+        (3, "violation", "schema.validation"),
+        (3, "罚款金额", "schema.validation"),
+    }
+    report = importer(Settings(), path, source=BUREAU, event_type="penalty.imposed",
+                      columns=names).check()  # fmt: skip
+    assert {(r.line, r.field, r.reason) for r in report.rejections} == expected
+    assert len(report.rejections) == 3
+    assert report.counts() == {"passed": 1, "rejected": 1}  # rows, not fields
+    by_field = {r.field: r.message for r in report.rejections}
+    assert "unified social credit code" in by_field["统一社会信用代码"]
+    assert "decimal" in by_field["罚款金额"]
+
+    columns = [a for n, f in names.items() for a in ("--column", f"{n}={f}")]
+    result = bus(Settings(), str(path), "--source", BUREAU, "--type", "penalty.imposed",
+                 "--dry-run", *columns)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    listed = [x for x in result.stdout.splitlines() if "│ 3 " in x]
+    for _, field, reason in expected:
+        assert any(field in x and reason in x for x in listed), (field, reason, result.stdout)
+    assert "payload.amount" not in result.stdout
+
+
+def test_json_lines_name_bad_fields_by_their_key_path_in_the_file(tmp_path: Path) -> None:
+    event = json.loads(EventCodec.to_json(bureau_penalties(1)[0]))
+    event["uscc"] = event.pop("subject")[:-1] + "X"
+    event["payload"]["amount"] = "五千元"
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps(event, ensure_ascii=False) + "\n", encoding="utf-8")
+    report = importer(Settings(), path, columns={"uscc": "subject"}).check()
+    assert [(r.line, r.field, r.reason) for r in report.rejections] == [
+        (1, "uscc", "schema.uscc"),
+        (1, "payload.amount", "schema.validation"),
+    ]
 
 
 def test_format_comes_from_the_name_unless_given(tmp_path: Path) -> None:
