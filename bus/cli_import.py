@@ -75,7 +75,13 @@ def import_file(
         list[str] | None,
         typer.Option(help="Derive missing event ids from these fields (e.g. case_number)."),
     ] = None,
-    encoding: Annotated[str, typer.Option(help="The file's encoding, e.g. gb18030.")] = "utf-8-sig",
+    encoding: Annotated[
+        str,
+        typer.Option(
+            help="The file's encoding, e.g. gb18030 (many spreadsheet and case-system exports); "
+            "a file that does not read in it is refused with exit status 2."
+        ),
+    ] = "utf-8-sig",
     dry_run: Annotated[bool, typer.Option(help="Check every row, publish nothing.")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the bus's verdicts.")] = 30.0,
     no_wait: Annotated[bool, typer.Option(help="Publish without waiting for verdicts.")] = False,
@@ -111,7 +117,7 @@ def import_file(
                 event_type=event_type,
                 columns=_pairs(column), id_from=id_from, encoding=encoding,
                 batch_size=batch_size, wait=0 if no_wait else wait, historical=historical,
-                progress=progress,
+                progress=progress, encoding_option="--encoding {}",
                 name="import",
             )  # fmt: skip
             if dry_run:

@@ -162,6 +162,34 @@ class ImportRejected(ConnectorError):
         self.report = report
 
 
+class EncodingMismatch(ConfigurationError):
+    """The file is not text in the encoding it is read in: no row of it can be read.
+
+    A usage error, not a bad row: the whole file is read wrong until the encoding is set
+    (GB18030 exports from case systems read as UTF-8 are the usual case).
+    """
+
+    reason = "import.encoding"
+
+    def __init__(
+        self, path: Path, encoding: str, data: bytes, exc: UnicodeDecodeError, option: str
+    ) -> None:
+        line = data[: exc.start].count(b"\n") + 1
+        bad = " ".join(f"0x{b:02x}" for b in data[exc.start : exc.end])
+        guess = ""
+        if encoding.replace("_", "-").lower() not in ("gb18030", "gbk", "gb2312"):
+            try:
+                data.decode("gb18030")
+                guess = " (it reads as gb18030)"
+            except UnicodeDecodeError:
+                pass
+        super().__init__(
+            f"{path} is not {encoding} text: {bad} on line {line} (byte {exc.start}) is not "
+            f"{encoding}{guess}; set the file's encoding, e.g. {option.format('gb18030')}"
+        )
+        self.line = line
+
+
 class FileImportSource(Source):
     """Publishes one CSV or JSON-lines file, every row checked first; all or nothing.
 
@@ -218,6 +246,7 @@ class FileImportSource(Source):
         wait: float = 30.0,
         historical: bool = False,
         progress: Progress | None = None,
+        encoding_option: str = "encoding: {} in the connector's options",
         **kwargs: Any,
     ) -> None:
         super().__init__(settings, **kwargs)
@@ -233,6 +262,8 @@ class FileImportSource(Source):
         self.wait = wait
         self.historical = historical
         self.progress = progress
+        self.encoding_option = encoding_option
+        """How errors say to set the encoding, ``{}`` for it (``bus import``: ``--encoding {}``)."""
         self.report: ImportReport | None = None
         self._events: list[tuple[int, Envelope]] = []
         self._labels: dict[str, str] = {}
@@ -293,14 +324,13 @@ class FileImportSource(Source):
         try:
             text = data.decode(self.encoding)
         except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            report.rejections.append(Rejection(
-                line, None, "import.encoding",
-                f"not {self.encoding} at byte {exc.start}; pass the file's encoding (e.g. gb18030)",
-            ))  # fmt: skip
-            return
+            raise EncodingMismatch(
+                self.path, self.encoding, data, exc, self.encoding_option
+            ) from None
         except LookupError:
-            raise ConfigurationError(f"unknown encoding {self.encoding!r}") from None
+            raise ConfigurationError(
+                f"unknown encoding {self.encoding!r}", reason="import.encoding"
+            ) from None
         if self.format == "jsonl":  # key paths as written, but for renamed top-level keys
             self._labels = {name: key for key, name in self.columns.items()}
             yield from self._jsonl_rows(text, report)
@@ -524,6 +554,7 @@ def _rejection(line: int, exc: BusError) -> Rejection:
 
 
 __all__ = [
+    "EncodingMismatch",
     "FileImportSource",
     "ImportRejected",
     "ImportReport",

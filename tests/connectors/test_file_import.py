@@ -33,7 +33,12 @@ from bus.schemas.envelope import Envelope
 from bus.settings import Settings
 from connectors import registry
 from connectors.base import Source
-from connectors.file_import import FileImportSource, ImportRejected, guess_format
+from connectors.file_import import (
+    EncodingMismatch,
+    FileImportSource,
+    ImportRejected,
+    guess_format,
+)
 from tests.connectors.contract import SourceContract, TopicWatcher, sample_events
 
 pytestmark = pytest.mark.integration
@@ -338,7 +343,7 @@ def test_headers_are_mapped_and_local_times_read_in_the_bureaus_zone(
     assert event.occurred_at == datetime(2026, 3, 2, 1, 30, tzinfo=UTC)
 
 
-def test_an_empty_file_imports_nothing_and_a_wrong_encoding_is_one_rejection(
+def test_an_empty_file_imports_nothing_and_a_wrong_encoding_is_a_usage_error(
     settings: Settings, tmp_path: Path
 ) -> None:
     empty = tmp_path / "empty.csv"
@@ -346,9 +351,34 @@ def test_an_empty_file_imports_nothing_and_a_wrong_encoding_is_one_rejection(
     assert importer(settings, empty).check().rows == 0
     gbk = tmp_path / "gbk.csv"
     gbk.write_bytes("subject,violation\n9132,未按规定\n".encode("gb18030"))
-    (r,) = importer(settings, gbk, event_type="penalty.imposed").check().rejections
-    assert (r.line, r.reason) == (2, "import.encoding")
-    assert "gb18030" in r.message
+    with pytest.raises(EncodingMismatch) as info:
+        importer(settings, gbk, event_type="penalty.imposed").check()
+    assert (info.value.line, info.value.reason) == (2, "import.encoding")
+    assert "encoding: gb18030 in the connector's options" in info.value.message
+    readable = importer(settings, gbk, event_type="penalty.imposed", encoding="gb18030").check()
+    assert {r.reason for r in readable.rejections} != {"import.encoding"}
+
+
+@pytest.mark.timeout(180)
+def test_bus_import_of_a_file_in_another_encoding_exits_2_naming_the_option(
+    tmp_path: Path,
+) -> None:
+    rows = [export_row(e) for e in bureau_penalties(2)]
+    gbk = tmp_path / "gbk.csv"
+    with gbk.open("w", newline="", encoding="gb18030") as f:  # a case system's export
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    opts = ("--source", BUREAU, "--type", "penalty.imposed")
+    result = bus(Settings(), str(gbk), *opts)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "import.encoding" in result.stderr
+    assert "is not utf-8-sig text" in result.stderr
+    assert "--encoding gb18030" in result.stderr
+    assert "Traceback" not in result.stderr
+    fixed = bus(Settings(), str(gbk), *opts, "--encoding", "gb18030", "--dry-run")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "all 2 rows pass" in fixed.stdout
 
 
 @pytest.mark.timeout(120)
