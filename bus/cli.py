@@ -724,13 +724,34 @@ def schemas_check() -> None:
 
 @schemas_app.command("export")
 def schemas_export(
-    directory: Annotated[Path, typer.Option(help="Where the shipped schemas live.")] = Path(
-        "bus/schemas/avro"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "--directory",
+            help="Write here instead (a directory with registry.json to extend; an empty one "
+            "gets every version with new ids).",
+        ),
+    ] = None,
 ) -> None:
-    """Write schemas for new model versions (checked BACKWARD compatible, new ids)."""
-    from bus.schemas.export import export
+    """Write schemas for new model versions (checked BACKWARD compatible, new ids).
 
+    Without --out it writes to bus/schemas/avro of the checkout the running bus package comes
+    from (whatever the current directory), and only when that package is a source checkout,
+    not installed into site-packages: an installed package's schemas are never rewritten, and
+    it refuses (exit status 2) until given --out DIR. Nothing is written when the schemas are
+    already in step.
+    """
+    from bus.schemas.export import checkout_schemas, export
+
+    directory = out or checkout_schemas()
+    if directory is None:
+        err.print(
+            "[red]not a source checkout:[/] this bus package is installed, and its shipped "
+            "schemas are not rewritten in place; pass --out DIR to write schemas elsewhere, or "
+            "run it from a checkout of the repository"
+        )
+        raise typer.Exit(2)
     try:
         added = export(directory)
     except BusError as exc:

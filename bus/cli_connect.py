@@ -1,9 +1,14 @@
-"""``bus connect NAME``: run one configured connector until it finishes or is stopped."""
+"""``bus connect NAME``: run one configured connector until it finishes or is stopped.
+
+A ``file-import`` connector runs once, like ``bus import``, and reports the same way: progress
+on stderr, then the rejected rows and the counts, exit status 0 when every row was accepted.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bus.cli_import import print_report, progress_bars
 from bus.cli_support import load_settings
-from bus.errors import BusError
+from bus.errors import BusError, ConfigurationError
 
 console = Console()
 err = Console(stderr=True)
@@ -28,7 +34,11 @@ def connect(
 ) -> None:
     """Run a configured connector (outbox source, webhook sink, file import ...).
 
-    Stops cleanly on SIGTERM or Ctrl-C: the batch in hand is finished and committed.
+    Stops cleanly on SIGTERM or Ctrl-C: the batch in hand is finished and committed. A file
+    import runs once and prints what `bus import` prints: progress, every rejected row with its
+    field and reason, and the counts (rows, published, accepted, duplicate, rejected); it exits
+    1 unless every row was accepted. A misspelt option stops it (exit 2) naming the option as
+    written and the closest known one.
     """
     import logging
 
@@ -73,11 +83,27 @@ def connect(
             loop.add_signal_handler(sig, connector.stop)
         await connector.serve()
 
+    from connectors.file_import import FileImportSource, ImportRejected
+
+    importing = isinstance(connector, FileImportSource)
     try:
-        asyncio.run(main())
+        with progress_bars() if importing else nullcontext() as progress:
+            if isinstance(connector, FileImportSource):
+                connector.progress = progress
+            asyncio.run(main())
+    except ImportRejected:
+        pass  # the report below lists every rejected row
+    except ConfigurationError as exc:  # e.g. a file that is not in its configured encoding
+        err.print(f"[red]{exc.reason}:[/] {exc.message}")
+        raise typer.Exit(2) from None
     except BusError as exc:
         err.print(f"[red]{exc.reason}:[/] {exc.message}")
         raise typer.Exit(1) from None
     finally:
         if server is not None:
             server.shutdown()
+    if isinstance(connector, FileImportSource):
+        if connector.report is None:  # stopped by a signal before the file was read
+            raise typer.Exit(1)
+        print_report(connector.report)
+        raise typer.Exit(0 if connector.report.ok else 1)

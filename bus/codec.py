@@ -22,7 +22,7 @@ from typing import Any
 import fastavro
 from pydantic import ValidationError
 
-from bus.errors import DecodeError, ValidationFailed
+from bus.errors import DecodeError, Problem, ValidationFailed
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for, spec_for
 from bus.schemas.registry import LocalSchemaRegistry, SchemaRegistry
@@ -81,18 +81,20 @@ def load_json(data: bytes | str, **options: Any) -> Any:
 def validation_failed(exc: ValidationError) -> ValidationFailed:
     """Turn pydantic's error into one that names the field, for people and dead letters."""
     errors = exc.errors(include_url=False)
-    parts = []
-    for err in errors[:3]:
-        loc = _where(err)
+    problems = []
+    for err in errors:
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc or '(event)'}: {msg}")
+        kind = err["type"]
+        reason = kind if kind in _REASONS else ValidationFailed.reason
+        if "unified social credit code" in msg:
+            reason = "schema.uscc"
+        problems.append(Problem(_where(err) or None, reason, msg))
+    parts = [f"{p.field or '(event)'}: {p.message}" for p in problems[:3]]
     more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
-    field = (_where(errors[0]) or None) if errors else None
-    kind = errors[0]["type"] if errors else ""
-    reason = kind if kind in _REASONS else None
-    if "unified social credit code" in parts[0]:
-        reason = "schema.uscc"
-    return ValidationFailed("; ".join(parts) + more, field=field, reason=reason)
+    first = problems[0] if problems else Problem(None, ValidationFailed.reason, "")
+    return ValidationFailed(
+        "; ".join(parts) + more, field=first.field, reason=first.reason, problems=problems
+    )
 
 
 def _where(err: Any) -> str:

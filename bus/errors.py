@@ -20,6 +20,8 @@ same thing again later may succeed.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 
 class BusError(Exception):
     """Root of every error the bus raises on purpose."""
@@ -56,14 +58,34 @@ class DecodeError(SchemaError):
     reason = "schema.decode"
 
 
+class Problem(NamedTuple):
+    """One wrong field of an event: its dotted path, reason code and what is wrong with it."""
+
+    field: str | None
+    reason: str
+    message: str
+
+
 class ValidationFailed(SchemaError):
-    """A field of a decoded event is wrong; ``field`` names it (dotted path)."""
+    """A field of a decoded event is wrong; ``field`` names it (dotted path).
+
+    The reason and field are the first problem's (what a dead letter carries); ``problems``
+    lists every wrong field with its own reason, for reports that name each one (imports).
+    """
 
     reason = "schema.validation"
 
-    def __init__(self, message: str, *, field: str | None = None, reason: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        reason: str | None = None,
+        problems: list[Problem] | None = None,
+    ):
         super().__init__(message, reason=reason)
         self.field = field
+        self.problems: list[Problem] = problems or [Problem(field, self.reason, message)]
 
 
 class UnknownEventType(SchemaError):
@@ -133,6 +155,7 @@ __all__ = [
     "DecodeError",
     "DuplicateEvent",
     "IncompatibleSchema",
+    "Problem",
     "SchemaError",
     "UnknownEventType",
     "ValidationFailed",

@@ -4,7 +4,8 @@ Made for the files departments hand over rather than stream: a town enforcement 
 yearly export of penalty decisions, a back-fill after an outage. Every row is checked first,
 exactly as ingest will check it (schema, USCC, the department directory's authorisation); if
 any row is wrong nothing is published and the report names every bad row with its line, field
-and reason, so the file can be fixed and imported again. A file that passes is published in
+(as the file names it: CSV header or JSON key path; one entry per wrong field) and reason, so
+the file can be fixed and imported again. A file that passes is published in
 batches and, unless told not to wait, the report says per row what the bus made of it:
 ``accepted``, ``duplicate`` (imported before), or ``rejected``.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import hashlib
 import io
 import time
@@ -69,7 +71,11 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class Rejection:
-    """A row that cannot be imported, and why (the field is a dotted path when known)."""
+    """A row that cannot be imported, and why: one per wrong field, each with its own reason.
+
+    ``field`` is named as the file names it (the CSV column's header, the JSON key path), so
+    whoever fixes the file finds it; a field the file has no column for goes by its own name.
+    """
 
     line: int
     field: str | None
@@ -156,6 +162,34 @@ class ImportRejected(ConnectorError):
         self.report = report
 
 
+class EncodingMismatch(ConfigurationError):
+    """The file is not text in the encoding it is read in: no row of it can be read.
+
+    A usage error, not a bad row: the whole file is read wrong until the encoding is set
+    (GB18030 exports from case systems read as UTF-8 are the usual case).
+    """
+
+    reason = "import.encoding"
+
+    def __init__(
+        self, path: Path, encoding: str, data: bytes, exc: UnicodeDecodeError, option: str
+    ) -> None:
+        line = data[: exc.start].count(b"\n") + 1
+        bad = " ".join(f"0x{b:02x}" for b in data[exc.start : exc.end])
+        guess = ""
+        if encoding.replace("_", "-").lower() not in ("gb18030", "gbk", "gb2312"):
+            try:
+                data.decode("gb18030")
+                guess = " (it reads as gb18030)"
+            except UnicodeDecodeError:
+                pass
+        super().__init__(
+            f"{path} is not {encoding} text: {bad} on line {line} (byte {exc.start}) is not "
+            f"{encoding}{guess}; set the file's encoding, e.g. {option.format('gb18030')}"
+        )
+        self.line = line
+
+
 class FileImportSource(Source):
     """Publishes one CSV or JSON-lines file, every row checked first; all or nothing.
 
@@ -212,6 +246,7 @@ class FileImportSource(Source):
         wait: float = 30.0,
         historical: bool = False,
         progress: Progress | None = None,
+        encoding_option: str = "encoding: {} in the connector's options",
         **kwargs: Any,
     ) -> None:
         super().__init__(settings, **kwargs)
@@ -227,8 +262,12 @@ class FileImportSource(Source):
         self.wait = wait
         self.historical = historical
         self.progress = progress
+        self.encoding_option = encoding_option
+        """How errors say to set the encoding, ``{}`` for it (``bus import``: ``--encoding {}``)."""
         self.report: ImportReport | None = None
         self._events: list[tuple[int, Envelope]] = []
+        self._labels: dict[str, str] = {}
+        """The file's name for an envelope path (``payload.amount`` -> ``罚款金额``)."""
 
     @classmethod
     def from_options(cls, settings: Settings, name: str, options: Options) -> Self:
@@ -255,7 +294,10 @@ class FileImportSource(Source):
                 event = self._event(row, line, report.sha256)
                 directory.authorise(event.source, event.event_type)
             except BusError as exc:
-                report.rejections.append(_rejection(line, exc))
+                report.rejections += [
+                    dataclasses.replace(r, field=self._label(r.field))
+                    for r in _rejections(line, exc)
+                ]
             else:
                 eid = str(event.event_id)
                 if eid in seen:
@@ -268,7 +310,7 @@ class FileImportSource(Source):
                     events.append((line, event))
             if self.progress and (i % 200 == 0 or i == len(rows)):
                 self.progress("validating", i, len(rows))
-        report.rejections.sort(key=lambda r: r.line)
+        report.rejections.sort(key=lambda r: r.line)  # stable: a row's fields stay in order
         report.results = [
             RowResult(line, str(e.event_id), e.event_type, e.subject) for line, e in events
         ]
@@ -282,15 +324,15 @@ class FileImportSource(Source):
         try:
             text = data.decode(self.encoding)
         except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            report.rejections.append(Rejection(
-                line, None, "import.encoding",
-                f"not {self.encoding} at byte {exc.start}; pass the file's encoding (e.g. gb18030)",
-            ))  # fmt: skip
-            return
+            raise EncodingMismatch(
+                self.path, self.encoding, data, exc, self.encoding_option
+            ) from None
         except LookupError:
-            raise ConfigurationError(f"unknown encoding {self.encoding!r}") from None
-        if self.format == "jsonl":
+            raise ConfigurationError(
+                f"unknown encoding {self.encoding!r}", reason="import.encoding"
+            ) from None
+        if self.format == "jsonl":  # key paths as written, but for renamed top-level keys
+            self._labels = {name: key for key, name in self.columns.items()}
             yield from self._jsonl_rows(text, report)
         else:
             yield from self._csv_rows(text, report)
@@ -321,6 +363,7 @@ class FileImportSource(Source):
             report.rejections.append(Rejection(1, None, "import.csv", f"header: {exc}"))
             return
         names = [self.columns.get(h.strip(), h.strip()) for h in header]
+        self._labels = {_path(n): h.strip() for h, n in zip(header, names, strict=True)}
         if dupes := sorted({n for n in names if names.count(n) > 1}):
             report.rejections.append(Rejection(
                 1, None, "import.csv", f"columns named twice: {', '.join(dupes)}"
@@ -367,6 +410,20 @@ class FileImportSource(Source):
             obj["occurred_at"] = self._local_time(obj["occurred_at"])
         obj["payload"] = payload
         return obj
+
+    def _label(self, field: str | None) -> str | None:
+        """``field`` (an envelope path) as the file names it; see ``Rejection``."""
+        if field is None:
+            return None
+        path = _path(field) if self.format == "csv" else field
+        parts = path.split(".")
+        for i in range(len(parts), 0, -1):  # the longest column that holds the field
+            head = ".".join(parts[:i])
+            if head in self._labels:
+                return ".".join([self._labels[head], *parts[i:]])
+        if self.format == "csv":  # no column: the header that would have held it
+            return path.removeprefix("payload.")
+        return path
 
     def _local_time(self, value: str) -> str:
         try:
@@ -468,6 +525,20 @@ def _missing(name: str) -> ValidationFailed:
     )  # fmt: skip
 
 
+def _path(name: str) -> str:
+    """A column or field name as an envelope path: ``amount`` -> ``payload.amount``."""
+    if name in ENVELOPE_COLUMNS or name == "payload" or name.startswith("payload."):
+        return name
+    return f"payload.{name}"
+
+
+def _rejections(line: int, exc: BusError) -> list[Rejection]:
+    """One rejection per wrong field, each with its own reason."""
+    if isinstance(exc, ValidationFailed) and len(exc.problems) > 1:
+        return [Rejection(line, p.field, p.reason, p.message) for p in exc.problems]
+    return [_rejection(line, exc)]
+
+
 def _rejection(line: int, exc: BusError) -> Rejection:
     name = getattr(exc, "field", None)
     if name is None and exc.reason.startswith("auth."):
@@ -483,6 +554,7 @@ def _rejection(line: int, exc: BusError) -> Rejection:
 
 
 __all__ = [
+    "EncodingMismatch",
     "FileImportSource",
     "ImportRejected",
     "ImportReport",

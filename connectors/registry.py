@@ -18,15 +18,18 @@ Operators declare connectors in a YAML file (``BUS_CONNECTORS_FILE``, or ``--con
 passwords stay out of the file); a missing variable is an error that names it.
 
 A connector class is registered under a ``kind`` in ``KINDS`` and provides an ``Options``
-pydantic model (``extra="forbid"``, so a misspelt option is an error naming it) and
+pydantic model (``extra="forbid"``, so a misspelt option is an error naming it, with the
+closest known option as a suggestion) and
 ``from_options(settings, name, options)``.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -94,7 +97,11 @@ def load(path: Path) -> list[Entry]:
     try:
         entries = _File.model_validate(raw).connectors
     except ValidationError as exc:
-        raise ConfigurationError(f"{path}: {first_problem(exc)}") from None
+        entry_keys = _names(Entry)
+        unknown = _unknown(
+            exc, lambda loc: entry_keys if len(loc) == 3 else _names(_File), what="key"
+        )
+        raise ConfigurationError(f"{path}: {unknown or first_problem(exc)}") from None
     names = [e.name for e in entries]
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         raise ConfigurationError(f"{path}: connector names used twice: {', '.join(dupes)}")
@@ -120,10 +127,38 @@ def build(settings: Settings, entry: Entry) -> Connector:
     try:
         options = cls.Options.model_validate(entry.options)
     except ValidationError as exc:
+        known = _names(cls.Options)
+        problem = _unknown(exc, lambda loc: known if len(loc) == 1 else []) or first_problem(exc)
         raise ConfigurationError(
-            f"connector {entry.name!r} ({entry.kind}): options.{first_problem(exc)}"
+            f"connector {entry.name!r} ({entry.kind}): options.{problem}"
         ) from None
     return cls.from_options(settings, entry.name, options)
+
+
+def _names(model: type[BaseModel]) -> list[str]:
+    """The keys a model takes in a file: each field's alias, or its name."""
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _unknown(
+    exc: ValidationError, known: Callable[[tuple[Any, ...]], list[str]], what: str = "option"
+) -> str | None:
+    """``"<key>: unknown option ...; did you mean ...?"`` for the first key no field takes.
+
+    A misspelt required option fails twice: as unknown and as missing. Reporting the missing
+    one sends the operator looking for an option they did write; the unknown one is the typo.
+    """
+    for error in exc.errors(include_url=False):
+        if error["type"] != "extra_forbidden":
+            continue
+        loc = tuple(error["loc"])
+        key = str(loc[-1])
+        where = ".".join(str(p) for p in loc)
+        names = known(loc)
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(names))}"
+        return f"{where}: unknown {what} {key!r}; {hint}"
+    return None
 
 
 def find(path: Path, name: str) -> Entry:

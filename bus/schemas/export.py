@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 from bus.errors import ConfigurationError, IncompatibleSchema
 from bus.schemas.avro import derive_schema
 from bus.schemas.events import EVENT_TYPES
 from bus.schemas.registry import LocalSchemaRegistry
+
+PROJECT = "collaboration-bus"
+"""The distribution's name in pyproject.toml: how a source checkout of it is recognised."""
+
+
+def checkout_schemas(package: Path | None = None) -> Path | None:
+    """The schemas directory of the running package when it is a source checkout, else None.
+
+    Only a checkout's schemas are committed and released; rewriting an installed package's
+    files (site-packages) would change what that installation decodes, and a path relative to
+    the current directory writes wherever the command happens to run.
+    """
+    here = (package or Path(__file__).parent).resolve()
+    if {"site-packages", "dist-packages"} & set(here.parts):
+        return None
+    pyproject = here.parent.parent / "pyproject.toml"
+    try:
+        name = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return here / "avro" if name == PROJECT else None
 
 
 def drift(registry: LocalSchemaRegistry) -> list[str]:
@@ -51,5 +73,6 @@ def export(directory: Path) -> list[str]:
             except IncompatibleSchema:
                 raise
             added.append(f"{event_type} v{s.version} -> id {s.id}")
-    registry.save(directory)
+    if added:  # in step: nothing is rewritten
+        registry.save(directory)
     return added

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -32,7 +33,12 @@ from bus.schemas.envelope import Envelope
 from bus.settings import Settings
 from connectors import registry
 from connectors.base import Source
-from connectors.file_import import FileImportSource, ImportRejected, guess_format
+from connectors.file_import import (
+    EncodingMismatch,
+    FileImportSource,
+    ImportRejected,
+    guess_format,
+)
 from tests.connectors.contract import SourceContract, TopicWatcher, sample_events
 
 pytestmark = pytest.mark.integration
@@ -68,6 +74,15 @@ def bus(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "bus.cli", "import", *args],
+        env=env, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+
+
+def connect(settings: Settings, config: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """``bus connect NAME -c CONFIG`` as an operator runs it (no metrics server, wide lines)."""
+    env = {**os.environ, **settings_env(settings), "COLUMNS": "200", "BUS_METRICS_PORT": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "bus.cli", "connect", name, "--config", str(config)],
         env=env, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
 
@@ -143,8 +158,8 @@ def bad_export(tmp_path: Path) -> tuple[Path, dict[int, tuple[str | None, str]]]
         f.write(f"{BUREAU},91320583MA1XXXXXX1,2026-01-02\n")  # a truncated line
     return path, {
         3: ("subject", "schema.uscc"),
-        4: ("payload.violation", "schema.validation"),
-        5: ("payload.amount", "schema.validation"),
+        4: ("violation", "schema.validation"),  # as the file names them: its headers
+        5: ("amount", "schema.validation"),
         6: ("event_type", "auth.event_type"),
         8: (None, "import.csv"),
     }
@@ -210,6 +225,40 @@ def test_the_command_publishes_a_good_file_without_waiting(
         return ingress.ids()
 
     assert sorted(asyncio.run(read())) == sorted(str(e.event_id) for e in events)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_bus_connect_reports_a_file_import_as_bus_import_does(
+    settings: Settings, tmp_path: Path
+) -> None:
+    good = write_csv(tmp_path / "good.csv", [export_row(e) for e in bureau_penalties(5)])
+    bad, expected = bad_export(tmp_path)
+    config = tmp_path / "connectors.yaml"
+    config.write_text(
+        "connectors:\n"
+        f"  - {{name: good, kind: file-import, options: {{path: '{good}', wait: 0,\n"
+        f"     source: {BUREAU}, event_type: penalty.imposed}}}}\n"
+        f"  - {{name: bad, kind: file-import, options: {{path: '{bad}',\n"
+        "     event_type: penalty.imposed}}\n"
+    )
+    result = connect(settings, config, "good")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = [x for x in result.stdout.splitlines() if "good.csv" in x]
+    assert summary, result.stdout
+    assert re.search(r"good\.csv\s*│\s*csv\s*│\s*5\s*│\s*5\s*│\s*5", summary[-1]), summary
+    assert "published" in result.stdout
+    assert "publishing" in result.stderr  # the progress bars, as bus import draws them
+
+    refused = connect(settings, config, "bad")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "nothing published" in refused.stdout
+    rows = refused.stdout.splitlines()
+    for line, (field, reason) in expected.items():
+        assert any(f" {line} " in x and reason in x and (field or "") in x for x in rows), (
+            f"line {line} ({field}, {reason}) not listed:\n{refused.stdout}"
+        )
+    assert re.search(r"bad\.csv\s*│\s*csv\s*│\s*7\s*│\s*0\s*│\s*2\s*│\s*5", refused.stdout)
 
 
 # --- rows, ids and mapping -----------------------------------------------------------------
@@ -294,7 +343,7 @@ def test_headers_are_mapped_and_local_times_read_in_the_bureaus_zone(
     assert event.occurred_at == datetime(2026, 3, 2, 1, 30, tzinfo=UTC)
 
 
-def test_an_empty_file_imports_nothing_and_a_wrong_encoding_is_one_rejection(
+def test_an_empty_file_imports_nothing_and_a_wrong_encoding_is_a_usage_error(
     settings: Settings, tmp_path: Path
 ) -> None:
     empty = tmp_path / "empty.csv"
@@ -302,9 +351,85 @@ def test_an_empty_file_imports_nothing_and_a_wrong_encoding_is_one_rejection(
     assert importer(settings, empty).check().rows == 0
     gbk = tmp_path / "gbk.csv"
     gbk.write_bytes("subject,violation\n9132,未按规定\n".encode("gb18030"))
-    (r,) = importer(settings, gbk, event_type="penalty.imposed").check().rejections
-    assert (r.line, r.reason) == (2, "import.encoding")
-    assert "gb18030" in r.message
+    with pytest.raises(EncodingMismatch) as info:
+        importer(settings, gbk, event_type="penalty.imposed").check()
+    assert (info.value.line, info.value.reason) == (2, "import.encoding")
+    assert "encoding: gb18030 in the connector's options" in info.value.message
+    readable = importer(settings, gbk, event_type="penalty.imposed", encoding="gb18030").check()
+    assert {r.reason for r in readable.rejections} != {"import.encoding"}
+
+
+@pytest.mark.timeout(180)
+def test_bus_import_of_a_file_in_another_encoding_exits_2_naming_the_option(
+    tmp_path: Path,
+) -> None:
+    rows = [export_row(e) for e in bureau_penalties(2)]
+    gbk = tmp_path / "gbk.csv"
+    with gbk.open("w", newline="", encoding="gb18030") as f:  # a case system's export
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    opts = ("--source", BUREAU, "--type", "penalty.imposed")
+    result = bus(Settings(), str(gbk), *opts)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "import.encoding" in result.stderr
+    assert "is not utf-8-sig text" in result.stderr
+    assert "--encoding gb18030" in result.stderr
+    assert "Traceback" not in result.stderr
+    fixed = bus(Settings(), str(gbk), *opts, "--encoding", "gb18030", "--dry-run")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "all 2 rows pass" in fixed.stdout
+
+
+@pytest.mark.timeout(120)
+def test_each_bad_field_is_listed_with_its_own_reason_under_the_files_header(
+    tmp_path: Path,
+) -> None:
+    names = {"统一社会信用代码": "subject", "罚款金额": "payload.amount"}
+    header = ["统一社会信用代码" if c == "subject" else "罚款金额" if c == "amount" else c
+              for c in COLUMNS]  # fmt: skip
+    rows = [export_row(e) for e in bureau_penalties(2)]
+    rows[1] |= {"subject": rows[1]["subject"][:-1] + "X", "amount": "五千元", "violation": ""}
+    path = tmp_path / "export.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows([r[c] for c in COLUMNS] for r in rows)
+    expected = {
+        (3, "统一社会信用代码", "schema.uscc"),
+        (3, "violation", "schema.validation"),
+        (3, "罚款金额", "schema.validation"),
+    }
+    report = importer(Settings(), path, source=BUREAU, event_type="penalty.imposed",
+                      columns=names).check()  # fmt: skip
+    assert {(r.line, r.field, r.reason) for r in report.rejections} == expected
+    assert len(report.rejections) == 3
+    assert report.counts() == {"passed": 1, "rejected": 1}  # rows, not fields
+    by_field = {r.field: r.message for r in report.rejections}
+    assert "unified social credit code" in by_field["统一社会信用代码"]
+    assert "decimal" in by_field["罚款金额"]
+
+    columns = [a for n, f in names.items() for a in ("--column", f"{n}={f}")]
+    result = bus(Settings(), str(path), "--source", BUREAU, "--type", "penalty.imposed",
+                 "--dry-run", *columns)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    listed = [x for x in result.stdout.splitlines() if "│ 3 " in x]
+    for _, field, reason in expected:
+        assert any(field in x and reason in x for x in listed), (field, reason, result.stdout)
+    assert "payload.amount" not in result.stdout
+
+
+def test_json_lines_name_bad_fields_by_their_key_path_in_the_file(tmp_path: Path) -> None:
+    event = json.loads(EventCodec.to_json(bureau_penalties(1)[0]))
+    event["uscc"] = event.pop("subject")[:-1] + "X"
+    event["payload"]["amount"] = "五千元"
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps(event, ensure_ascii=False) + "\n", encoding="utf-8")
+    report = importer(Settings(), path, columns={"uscc": "subject"}).check()
+    assert [(r.line, r.field, r.reason) for r in report.rejections] == [
+        (1, "uscc", "schema.uscc"),
+        (1, "payload.amount", "schema.validation"),
+    ]
 
 
 def test_format_comes_from_the_name_unless_given(tmp_path: Path) -> None:
@@ -334,3 +459,36 @@ def test_a_connectors_file_entry_builds_it_and_misspelt_options_are_named(
         registry.build(settings, registry.find(config, "typo"))
     with pytest.raises(ConfigurationError, match="Mars/Olympus"):
         registry.build(settings, registry.find(config, "zone"))
+
+
+@pytest.mark.timeout(120)
+def test_bus_connect_names_a_misspelt_option_not_the_one_it_meant(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "connectors:\n"
+        "  - {name: typo, kind: file-import,\n"
+        "     options: {pth: x.csv, source: ks.enforcement.huaqiao}}\n"
+        "  - {name: far, kind: file-import, options: {path: x.csv, qqqq: 1}}\n"
+    )
+    result = connect(Settings(), config, "typo")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "options.pth: unknown option 'pth'; did you mean 'path'?" in result.stderr
+    assert "required" not in result.stderr  # not reported as the option it stands for
+    far = connect(Settings(), config, "far")
+    assert far.returncode == 2, far.stdout + far.stderr
+    assert "unknown option 'qqqq'; known: batch_size, columns, encoding," in far.stderr
+
+
+def test_misspelt_keys_of_an_entry_and_aliased_options_are_suggested(
+    settings: Settings, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("connectors:\n  - {name: a, kind: file-import, option: {path: x.csv}}\n")
+    with pytest.raises(ConfigurationError, match=r"unknown key 'option'; did you mean 'options'"):
+        registry.load(config)
+    config.write_text(
+        "connectors:\n  - {name: o, kind: outbox, options: {dsn: x, department: "
+        "ks.enforcement.huaqiao, shema: cases}}\n"
+    )
+    with pytest.raises(ConfigurationError, match=r"'shema'; did you mean 'schema'\?"):
+        registry.build(settings, registry.find(config, "o"))

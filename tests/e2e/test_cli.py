@@ -44,7 +44,8 @@ def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
     "command",
     [[], ["worker"], ["publish"], ["deadletters"], ["topics", "create"], ["topics", "acls"],
      ["broker"], ["demo"],
-     ["schemas", "check"], ["settings"], ["certificate", "verify"], ["certificate", "export"],
+     ["schemas", "check"], ["schemas", "export"], ["settings"], ["certificate", "verify"],
+     ["certificate", "export"],
      ["certificate", "list"], ["trace"], ["deadletters", "replay"],
      ["deadletters", "show"], ["status"], ["import"], ["connect"], ["tasks"], ["inbox"],
      ["gateway", "run"], ["gateway", "keys", "list"], ["certificate", "keygen"]],
@@ -215,6 +216,36 @@ def test_publish_reports_verdicts_and_exit_status(settings: Settings, tmp_path: 
     assert absent.returncode == 1
     assert "schema.decode" in only.stdout
     assert "schema.validation" not in only.stdout
+
+
+@pytest.mark.timeout(180)
+def test_schemas_export_writes_only_into_a_checkout_or_where_told(tmp_path: Path) -> None:
+    import shutil
+
+    import bus as package
+
+    here = bus("schemas", "export", cwd=tmp_path)  # the checkout's schemas, already in step
+    assert here.returncode == 0, here.stderr
+    assert "0 schemas added" in here.stdout
+    assert not (tmp_path / "bus").exists(), "wrote relative to the current directory"
+
+    site = tmp_path / "lib/site-packages"  # the same package, installed
+    shutil.copytree(Path(package.__file__).parent, site / "bus",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    installed = {"PYTHONPATH": str(site)}
+    refused = bus("schemas", "export", cwd=tmp_path, env=installed)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "not a source checkout" in refused.stderr
+    assert "--out DIR" in refused.stderr
+    assert not (tmp_path / "bus").exists()
+    before = sorted(p.name for p in (site / "bus/schemas/avro").iterdir())
+
+    out = tmp_path / "schemas"
+    told = bus("schemas", "export", "--out", str(out), cwd=tmp_path, env=installed)
+    assert told.returncode == 0, told.stderr
+    assert (out / "registry.json").exists()
+    assert sorted(p.name for p in (site / "bus/schemas/avro").iterdir()) == before
+    assert "--out" in bus("schemas", "export", "--help").stdout
 
 
 def test_schemas_check_passes_on_the_shipped_contract() -> None:

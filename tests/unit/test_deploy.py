@@ -213,6 +213,94 @@ def test_compose_bind_mounts_exist() -> None:
                 assert (ROOT / source).exists(), f"{name}: {source} is missing"
 
 
+def compose_text() -> str:
+    return (ROOT / "docker-compose.yml").read_text()
+
+
+def compose_variables() -> set[str]:
+    """Every variable compose reads (``${NAME...}``, ``$NAME``), not ``$$`` escapes or comments."""
+    text = "\n".join(x for x in compose_text().splitlines() if not x.lstrip().startswith("#"))
+    return set(re.findall(r"(?<!\$)\$\{(\w+)", text)) | set(re.findall(r"(?<!\$)\$(\w+)", text))
+
+
+def env_example() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(x.split("=", 1) for x in lines if x.strip() and not x.startswith("#"))
+
+
+def with_defaults(value: str) -> str:
+    """A compose value as it reads without a .env: ``${NAME:-default}`` becomes ``default``."""
+    return re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", value)
+
+
+def test_every_variable_compose_reads_is_in_env_example_with_a_comment() -> None:
+    variables = compose_variables()
+    assert {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"} <= variables  # the reader works
+    assert "CASES_DB_PASSWORD" not in variables  # $${...} is for bus connect, not compose
+    example = env_example()
+    assert set(example) == variables, set(example) ^ variables
+    text = (ROOT / ".env.example").read_text()
+    for name in variables:  # each with a comment right above it saying what it is for
+        before = text.split(f"\n{name}=")[0].rstrip().splitlines()
+        assert before, name
+        assert before[-1].startswith("#"), f"{name} has no comment"
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_published_ports_listen_on_loopback_unless_told_otherwise() -> None:
+    example = env_example()
+    published = 0
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            published += 1
+            parts = with_defaults(str(port)).split(":")
+            assert len(parts) == 3, f"{name}: {port} listens on every interface"
+            assert parts[0] == "127.0.0.1", f"{name}: {port} is not on loopback by default"
+            for var in re.findall(r"\$\{(\w+)", str(port)):
+                assert example[var] == "127.0.0.1", f"{name}: .env.example opens {var}"
+    assert published >= 3  # gateway, Prometheus, Grafana
+
+
+def test_postgres_password_is_needed_only_with_the_connectors_profile() -> None:
+    services = compose()["services"]
+    using = {n for n, s in services.items() if "POSTGRES_PASSWORD" in str(s.get("environment"))}
+    assert using == {"postgres", "connect"}
+    for name in using:
+        assert "connectors" in services[name].get("profiles", []), name
+    # compose reads the variables of every service, profile or not: `:?` would stop a plain up
+    assert "${POSTGRES_PASSWORD:?" not in compose_text()
+    for name, service in services.items():
+        if "postgres" in service.get("depends_on", {}):
+            assert "connectors" in service.get("profiles", []), name
+
+
+def test_the_postgres_init_sql_creates_the_outbox_the_connector_reads() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from connectors.outbox import OutboxOptions, outbox_ddl
+
+    data = compose()
+    postgres = data["services"]["postgres"]
+    init = next(v for v in postgres["volumes"] if ":/docker-entrypoint-initdb.d" in v)
+    files = sorted((ROOT / init.split(":")[0]).glob("*.sql"))
+    assert files, "no init SQL"
+    sql = "".join(f.read_text() for f in files)
+    (schema, table), *more = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)", sql)
+    assert not more
+    assert table == OutboxOptions.model_fields["table"].default == "bus_outbox"
+    text = data["configs"]["connectors"]["content"].replace("$$", "$")
+    (entry,) = [e for e in yaml.safe_load(text)["connectors"] if e["kind"] == "outbox"]
+    options = OutboxOptions.model_validate(entry["options"])
+    assert (options.schema_name, options.table) == (schema, table)
+    (only,) = files
+    header, body = only.read_text().split("\n\n", 1)
+    assert all(x.startswith("-- ") for x in header.splitlines())
+    assert body == outbox_ddl(schema, table)  # the DDL the outbox docs print, exactly
+    dsn = conninfo_to_dict(options.dsn.get_secret_value())
+    env = postgres["environment"]
+    assert (dsn["dbname"], dsn["user"]) == (env["POSTGRES_DB"], env["POSTGRES_USER"])
+
+
 # --- Kubernetes
 
 KNOWN_KINDS = {

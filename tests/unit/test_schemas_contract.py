@@ -20,7 +20,7 @@ import pytest
 from bus.errors import ConfigurationError, DecodeError, IncompatibleSchema, UnknownEventType
 from bus.schemas.avro import derive_schema, record_name
 from bus.schemas.events import EVENT_TYPES
-from bus.schemas.export import drift, export
+from bus.schemas.export import checkout_schemas, drift, export
 from bus.schemas.registry import LocalSchemaRegistry, RegisteredSchema
 
 AVRO_DIR = Path(str(resources.files("bus.schemas") / "avro"))
@@ -266,3 +266,21 @@ def test_export_into_an_empty_directory_writes_every_model_version(tmp_path: Pat
     added = export(tmp_path / "new")
     assert len(added) == sum(len(s.versions) for s in EVENT_TYPES.values())
     assert drift(LocalSchemaRegistry.load(tmp_path / "new")) == []
+
+
+def test_only_a_source_checkout_of_this_project_is_written_without_out(tmp_path: Path) -> None:
+    assert checkout_schemas() == AVRO_DIR.resolve()
+    for root, name in (
+        (tmp_path / "venv/lib/python3.12/site-packages", "collaboration-bus"),
+        (tmp_path / "other", "another-project"),  # vendored into someone else's tree
+        (tmp_path / "bare", None),  # unpacked without a pyproject.toml
+    ):
+        package = root / "bus/schemas"
+        package.mkdir(parents=True)
+        if name:
+            (root / "pyproject.toml").write_text(f'[project]\nname = "{name}"\n')
+        assert checkout_schemas(package) is None, root
+    checkout = tmp_path / "clone"
+    (checkout / "bus/schemas").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text('[project]\nname = "collaboration-bus"\n')
+    assert checkout_schemas(checkout / "bus/schemas") == (checkout / "bus/schemas/avro").resolve()
