@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bus.client import kafka_admin
 from bus.kafka_local import LOCAL_ENGINES, KafkaCluster, LocalBroker, local_broker
 from bus.settings import Settings
 from bus.topics import create_topics
@@ -74,7 +75,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
     if engine == "external":
         yield TestBroker(os.environ["BUS_TEST_BROKER"], engine, None)
         return
-    b = local_broker(engine, data_dir=tmp_path_factory.mktemp(engine))
+    data_dir = tmp_path_factory.mktemp(engine)
+    # A test's topics are deleted after it, but a session still makes thousands of partitions
+    # over its life: more heap than a demo's broker needs.
+    b = (
+        KafkaCluster(1, data_dir=data_dir, heap="1g")
+        if engine == "kafka"
+        else local_broker(engine, data_dir=data_dir)
+    )
     b.start()
     try:
         yield TestBroker(b.url, engine, b)
@@ -96,7 +104,7 @@ def kafka3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
 
 
 @pytest.fixture
-def settings(broker: TestBroker, tmp_path: Path) -> Settings:
+def settings(broker: TestBroker, tmp_path: Path) -> Iterator[Settings]:
     """Settings for one test: its own app id and topic prefix, topics created, 3 partitions."""
     run = f"t{uuid.uuid4().hex[:10]}"
     s = Settings(
@@ -110,4 +118,19 @@ def settings(broker: TestBroker, tmp_path: Path) -> Settings:
         batch_wait=0.02,
     )
     asyncio.run(create_topics(s))
-    return s
+    yield s
+    asyncio.run(_drop_topics(s))
+
+
+async def _drop_topics(settings: Settings) -> None:
+    """Delete one test's topics, so the session's broker does not carry every test's."""
+    admin = kafka_admin(settings)
+    try:
+        await admin.start()
+        mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix + ".")]
+        if mine:
+            await admin.delete_topics(mine)
+    except Exception as exc:  # an embedded broker without DeleteTopics: keep them
+        print(f"topics of {settings.topic_prefix} not deleted: {exc!r}")
+    finally:
+        await admin.close()
