@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bus.demo_edge import play_edge
-from bus.processes import WorkerProcess
+from bus.demo_edge import play_edge, start_gateway
+from bus.processes import WorkerProcess, terminate
 from bus.samples import enterprise, registered
 from bus.settings import Settings
 from tests.integration.test_correlate import folded, outputs, publish, request
@@ -36,7 +36,12 @@ def test_the_edge_shows_the_certificate_of_the_enterprise_it_asked_about(
         folded(settings, "enterprise", 4)
         publish(settings, [request(earlier)])
         [first] = outputs(settings, "certificate", "certificate.issued", 1)
-        ok = asyncio.run(play_edge(console, settings, tmp_path, fined, outboxed, asked))
+        gateway, url = start_gateway(settings, tmp_path / "edge.log")
+        assert url is not None, (tmp_path / "edge.log").read_text()
+        try:
+            ok = asyncio.run(play_edge(console, settings, tmp_path, url, fined, outboxed, asked))
+        finally:
+            terminate(gateway, 15)
         issued = outputs(settings, "certificate", "certificate.issued", 2)
     text = console.export_text()
     [mine] = [c for c in issued if c.subject == asked.uscc]
