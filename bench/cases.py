@@ -153,6 +153,17 @@ def decide(state: dict[str, Any] | None, trig: dict[str, Any]) -> tuple[dict[str
     )
 
 
+def expected(trigs: Sequence[dict[str, Any]]) -> dict[str, bytes]:
+    """Decision id -> the one right document, decided in publishing order (each enterprise's
+    triggers are on one partition, so every worker sees them in this order)."""
+    states: dict[str, dict[str, Any]] = {}
+    out = {}
+    for t in trigs:
+        states[t["uscc"]], doc = decide(states.get(t["uscc"]), t)
+        out[decision_id(t["id"])] = doc
+    return out
+
+
 def overdue(uscc: str, state: dict[str, Any], today: int) -> list[bytes]:
     """Overdue notices for the enterprise's open cases whose due day is before ``today``;
     marks them so each is noticed once."""
@@ -197,6 +208,7 @@ class EngineConfig:
     within: float = 0.05
     tick: float = 1.0
     datadir: str = "."
+    consistency_check: bool = True
 
     def topic(self, name: str) -> str:
         return f"{self.app_id}.{name}"
@@ -207,6 +219,7 @@ class EngineConfig:
             "--partitions", str(self.partitions), "--guarantee", self.guarantee,
             "--linger", str(self.linger), "--mode", self.mode, "--take", str(self.take),
             "--within", str(self.within), "--tick", str(self.tick), "--datadir", self.datadir,
+            *([] if self.consistency_check else ["--no-consistency-check"]),
         ]  # fmt: skip
 
 
@@ -230,44 +243,47 @@ def make_app(cfg: EngineConfig) -> Any:
         producer_linger=cfg.linger,
         stream_wait_empty=False,
         web_enabled=False,
+        recovery_consistency_check=cfg.consistency_check,
     )
     cases = app.topic(cfg.topic("cases"), key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")  # fmt: skip
     decisions = app.topic(cfg.topic("decisions"), key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw")  # fmt: skip
-    # Keyed by the partitioner, not by "the current event" (Faust's default): inside take()
-    # the current event is the batch's last, often another partition than the key's.
-    table = app.Table("case-state", default=None, use_partitioner=True)
+    # Keyed by the partitioner over the raw USCC bytes, as the topic is: the changelog record of
+    # an enterprise goes to its trigger's partition number. Faust's default (the partition of
+    # "the current event") is the batch's last event inside take(); a str key would be
+    # JSON-encoded (quoted), hashing to another partition.
+    table = app.Table("case-state", default=None, use_partitioner=True, key_type=bytes)
     naive = cfg.mode == "naive"
 
     def step(event: Any) -> list[tuple[bytes, bytes]]:
         trig = json.loads(event.value)
         if trig["kind"] == "tick":
             return tick(event.message.partition)
-        uscc = trig["uscc"]
-        state, decision = decide(table.get(uscc), trig)
-        table[uscc] = state
-        return [(uscc.encode(), decision)]
+        key = trig["uscc"].encode()
+        state, decision = decide(table.get(key), trig)
+        table[key] = state
+        return [(key, decision)]
 
     def tick(partition: int) -> list[tuple[bytes, bytes]]:
         mine = [(k, v) for k, v in table.items() if v is not None and _partition(k) == partition]
         today = max((v["day"] for _, v in mine), default=0)
         out = []
-        for uscc, state in mine:
-            notices = overdue(uscc, state, today)
+        for key, state in mine:
+            notices = overdue(key.decode(), state, today)
             if notices:
-                table[uscc] = state
-                out += [(uscc.encode(), n) for n in notices]
+                table[key] = state
+                out += [(key, n) for n in notices]
         return out
 
-    partitioner: dict[str, int] = {}
+    partitioner: dict[bytes, int] = {}
 
-    def _partition(key: str) -> int:
+    def _partition(key: bytes) -> int:
         p = partitioner.get(key)
         if p is None:
             from aiokafka.partitioner import murmur2
 
-            p = partitioner[key] = (murmur2(key.encode()) & 0x7FFFFFFF) % cfg.partitions
+            p = partitioner[key] = (murmur2(key) & 0x7FFFFFFF) % cfg.partitions
         return p
 
     @app.agent(cases)
@@ -493,7 +509,7 @@ async def read_all(bootstrap: str, topic: str, isolation: str, timeout: float = 
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic} ({isolation}) not read to its end in {timeout} s")
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)
@@ -587,11 +603,13 @@ class FaultResult:
     triggers: int
     kills: int = 0
     pauses: int = 0
+    crashes: int = 0
     committed: Read = field(default_factory=Read)
     uncommitted: Read = field(default_factory=Read)
     events: list[str] = field(default_factory=list)
     worker_errors: list[str] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
+    right: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def lost(self) -> set[str]:
@@ -602,13 +620,23 @@ class FaultResult:
         """Triggers with more than one committed decision record."""
         return {t for t, n in self.committed.by_trigger.items() if n > 1}
 
+    @property
+    def wrong(self) -> set[str]:
+        """Committed decisions whose content is not what the triggers before them decide."""
+        return {
+            k
+            for k, v in self.committed.per_id.items()
+            if k in self.right and {self.right[k]} != set(v)
+        }
+
     def summary(self) -> str:
         c, u = self.committed, self.uncommitted
         return (
             f"{self.guarantee}: {self.triggers} triggers, {self.kills} kills, {self.pauses} "
-            f"pauses; read_committed: {c.records} records, {len(self.lost)} triggers without "
+            f"pauses, {self.crashes} crashes (restarted); read_committed: {c.records} records, {len(self.lost)} triggers without "
             f"a decision, {len(self.doubled)} with more than one ({c.duplicates} extra records), "
-            f"{len(c.conflicting)} ids with two contents; read_uncommitted: {u.records} records, "
+            f"{len(c.conflicting)} ids with two contents, {len(self.wrong)} decided on wrong "
+            f"state; read_uncommitted: {u.records} records, "
             f"{u.duplicates} extra, {len(u.conflicting)} ids with two contents; "
             f"overdue notices {sum(1 for k, v in c.per_id.items() if b'overdue' in v[0])}\n"
             + "\n".join(self.events)
@@ -622,17 +650,19 @@ _ERRORS = ("Traceback", "ERROR", "Crashed", "ProducerFenced", "KafkaError", "fen
 async def fault_run(
     bootstrap: str, tmp: Path, *, guarantee: str, count: int = 6000, rate: float = 250,
     kills: int = 3, pause: bool = True, seed: int = 1, firms: int = 300, timeout: float = 240,
+    consistency_check: bool = True,
 ) -> FaultResult:  # fmt: skip
     """Two workers; ``kills`` SIGKILLs at random moments and one SIGSTOP past the session timeout.
 
-    Every wait is for a condition: a worker owning partitions, decisions moving on.
+    Every wait is for a condition: a worker owning partitions, decisions moving on. A worker
+    that exits by itself is restarted at once, as a supervisor would, and counted.
     """
     rng = random.Random(seed)
     cfg = EngineConfig(bootstrap, f"cf{uuid.uuid4().hex[:8]}", 6, guarantee, 0.05,
-                       datadir=str(tmp / "data"))  # fmt: skip
+                       datadir=str(tmp / "data"), consistency_check=consistency_check)  # fmt: skip
     await create(bootstrap, cfg)
     trigs = triggers(count, firms, seed)
-    result = FaultResult(guarantee, count, ids={t["id"] for t in trigs})
+    result = FaultResult(guarantee, count, ids={t["id"] for t in trigs}, right=expected(trigs))
     workers = [Worker(cfg, tmp / f"worker{i}.log") for i in range(2)]
     t0 = time.monotonic()
 
@@ -642,9 +672,24 @@ async def fault_run(
     def owns_all(w: Worker) -> bool:
         return w.owned() == list(range(cfg.partitions))
 
+    down: set[int] = set()  # killed on purpose, not yet restarted
+
+    async def supervise() -> None:
+        while True:
+            for i, w in enumerate(workers):
+                if i not in down and not w.running:
+                    result.crashes += 1
+                    note(
+                        f"worker{i} exited by itself (code {w.proc and w.proc.returncode}): restart"
+                    )
+                    w.start()
+            await asyncio.sleep(0.2)
+
+    supervisor = None
     try:
         for w in workers:
             w.start()
+        supervisor = asyncio.create_task(supervise())
         await until(lambda: all(w.owned() for w in workers), 120, "two workers split the group")
         note(f"split {[w.owned() for w in workers]}")
         feeding = asyncio.create_task(publish(bootstrap, cfg.topic("cases"), trigs, rate))
@@ -658,6 +703,7 @@ async def fault_run(
             for k, mark in enumerate(marks):
                 await until(lambda m=mark: len(seen.by_trigger) >= m, timeout, "kill mark")
                 victim, other = (workers[k % 2], workers[1 - k % 2])
+                down.add(k % 2)
                 victim.kill()
                 result.kills += 1
                 note(f"SIGKILL worker{workers.index(victim)} at {len(seen.by_trigger)} decided")
@@ -665,6 +711,7 @@ async def fault_run(
                 await moved_on(100, "decisions move on after the kill")
                 note(f"worker{workers.index(other)} took over, {len(seen.by_trigger)} decided")
                 victim.start()
+                down.discard(k % 2)
                 await until(lambda v=victim: bool(v.owned()), timeout, "restarted worker rejoins")
                 note(f"worker{workers.index(victim)} rejoined: {victim.owned()}")
             if pause:
@@ -685,12 +732,15 @@ async def fault_run(
             note("all triggers published")
             async with tail(bootstrap, cfg.topic("decisions"), "read_committed") as committed:
                 try:
-                    await until(lambda: result.ids <= set(committed.by_trigger), timeout,
+                    await until(lambda: result.ids <= set(committed.by_trigger), 120,
                                 "every trigger has a committed decision")  # fmt: skip
                 except TimeoutError as exc:
                     note(str(exc))
             note("stopping workers")
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
         for w in workers:
             w.signal(signal.SIGCONT)
         for w in workers:
@@ -722,6 +772,7 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--within", type=float, default=0.05)
     p.add_argument("--tick", type=float, default=1.0)
     p.add_argument("--datadir", default=".")
+    p.add_argument("--no-consistency-check", dest="consistency_check", action="store_false")
     run_worker(EngineConfig(**vars(p.parse_args(argv))))
 
 
@@ -742,7 +793,7 @@ async def main(args: argparse.Namespace) -> None:
             for g in args.fault:
                 res = await fault_run(
                     bootstrap, tmp / g, guarantee=g, count=args.events, rate=args.rate,
-                    kills=args.kills, seed=args.seed,
+                    kills=args.kills, seed=args.seed, consistency_check=args.consistency_check,
                 )  # fmt: skip
                 print(res.summary(), flush=True)
             return
@@ -779,6 +830,12 @@ def cli() -> None:
     p.add_argument("--fault", nargs="*", choices=["at_least_once", "exactly_once"],
                    help="the fault run instead, for these guarantees")  # fmt: skip
     p.add_argument("--kills", type=int, default=3)
+    p.add_argument(
+        "--no-consistency-check",
+        dest="consistency_check",
+        action="store_false",
+        help="Faust's recovery_consistency_check off (it crashes exactly_once workers)",
+    )
     p.add_argument("--rate", type=float, default=250.0, help="fault run: triggers per second")
     asyncio.run(main(p.parse_args()))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cases import fault_run
+from bench.cases import FaultResult, fault_run
 from tests.conftest import TestBroker
 
 pytestmark = pytest.mark.integration
@@ -29,11 +29,7 @@ def kafka(broker: TestBroker) -> str:
     return broker.bootstrap.removeprefix("kafka://").replace(";", ",")
 
 
-@pytest.mark.timeout(900)
-@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-def test_every_trigger_has_one_decision_after_kills_and_a_zombie(
-    kafka: str, tmp_path: Path, guarantee: str
-) -> None:
+def run(kafka: str, tmp_path: Path, guarantee: str) -> FaultResult:
     seed = random.randrange(1 << 16)
     result = asyncio.run(
         fault_run(kafka, tmp_path, guarantee=guarantee, count=4000, rate=200, kills=3, seed=seed)
@@ -41,8 +37,32 @@ def test_every_trigger_has_one_decision_after_kills_and_a_zombie(
     print(f"seed {seed}\n{result.summary()}")
     assert result.kills == 3, result.summary()
     assert result.pauses == 1, result.summary()
-    # What we rely on, under either guarantee: nothing lost, and a decision id never names two
-    # different documents, so consumers drop copies by id.
+    return result
+
+
+@pytest.mark.timeout(900)
+def test_at_least_once_with_derived_ids_loses_nothing_and_never_decides_twice_differently(
+    kafka: str, tmp_path: Path
+) -> None:
+    """What the case engine relies on: re-deliveries happen; each copy is the same document
+    under the same id (consumers drop it by id), decided on the right state; nothing lost."""
+    result = run(kafka, tmp_path, "at_least_once")
+    assert result.crashes == 0, result.summary()
     assert result.lost == set(), result.summary()
     assert result.committed.conflicting == set(), result.summary()
-    assert result.uncommitted.conflicting == set(), result.summary()
+    assert result.wrong == set(), result.summary()
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.xfail(
+    reason="faust-streaming 0.15.3 exactly_once: duplicates in read_committed, workers crash "
+    "in recovery after rebalances, decisions on stale state (docs/architecture.md)",
+    strict=False,
+)
+def test_exactly_once_gives_one_committed_decision_per_trigger(kafka: str, tmp_path: Path) -> None:
+    """Exactly-once as Kafka defines it: one committed decision per trigger, on the right state."""
+    result = run(kafka, tmp_path, "exactly_once")
+    assert result.lost == set(), result.summary()
+    assert result.doubled == set(), result.summary()
+    assert result.wrong == set(), result.summary()
+    assert result.crashes == 0, result.summary()
