@@ -639,6 +639,11 @@ class FaultResult:
             f"state; read_uncommitted: {u.records} records, "
             f"{u.duplicates} extra, {len(u.conflicting)} ids with two contents; "
             f"overdue notices {sum(1 for k, v in c.per_id.items() if b'overdue' in v[0])}\n"
+            + "".join(
+                f"\nwrong: {self.committed.per_id[k][0].decode()}\n right: {self.right[k].decode()}"
+                for k in sorted(self.wrong)[:3]
+            )
+            + "\n"
             + "\n".join(self.events)
             + ("\nworker errors:\n" + "\n".join(self.worker_errors) if self.worker_errors else "")
         )
