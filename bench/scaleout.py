@@ -53,6 +53,7 @@ from bus.agents.correlate import derived_id
 from bus.agents.stores import PartedStore
 from bus.app import load_signer
 from bus.codec import EventCodec
+from bus.departments import Directory
 from bus.kafka_local import LOCAL_ENGINES, local_broker
 from bus.processes import WorkerProcess
 from bus.record import EnterpriseRecord, apply_part
@@ -61,7 +62,13 @@ from bus.samples import penalties as sample_penalties
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import FAMILIES, model_for
 from bus.settings import Settings
-from bus.topics import CORRELATE_RECORDS, CORRELATE_SEEN, create_topics
+from bus.topics import (
+    CORRELATE_RECORDS,
+    CORRELATE_SEEN,
+    create_topics,
+    department_ingress_topic,
+    publishing_departments,
+)
 
 AGENTS = ("ingest", "correlate")
 OPENING_TASKS = 4  # opening-a-business: tax, social insurance, housing fund, town
@@ -134,8 +141,10 @@ def owned(log: str, agent: str) -> set[tuple[str, int]]:
 
 def agent_topics(settings: Settings, agent: str) -> list[str]:
     """The topics an agent's consumer group reads."""
-    if agent == "ingest":
-        return [settings.topic("ingress")]
+    if agent == "ingest":  # the shared ingress and every department's own
+        directory = Directory.load(settings.departments_file, settings.policy_file)
+        own = [department_ingress_topic(settings, c) for c in publishing_departments(directory)]
+        return [settings.topic("ingress"), *own]
     return [settings.topic(f"events.{f}") for f in FAMILIES]
 
 

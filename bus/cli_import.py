@@ -128,10 +128,10 @@ def import_file(
         except ImportRejected as exc:
             result = exc.report
         except ConfigurationError as exc:
-            err.print(f"[red]{exc.reason}:[/] {exc.message}")
+            err.print(f"[red]{exc.reason}:[/] {exc.message}", soft_wrap=True)
             raise typer.Exit(2) from None
         except BusError as exc:
-            err.print(f"[red]{exc.reason}:[/] {exc.message}")
+            err.print(f"[red]{exc.reason}:[/] {exc.message}", soft_wrap=True)
             raise typer.Exit(1) from None
     if result is None:  # stopped by a signal before the file was read
         raise typer.Exit(1)

@@ -19,7 +19,14 @@ import pytest
 from bench.cases import FaultResult, fault_run
 from tests.conftest import TestBroker
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not os.environ.get("BUS_FAULT_PROBES"),
+        reason="a probe of Faust's guarantees for the coming case engine (minutes of kills "
+        "and rebalances, needs an unloaded machine): BUS_FAULT_PROBES=1 runs it",
+    ),
+]
 
 
 @pytest.fixture
@@ -59,10 +66,6 @@ def test_at_least_once_with_derived_ids_loses_nothing_and_never_decides_twice_di
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(
-    not os.environ.get("BUS_FAULT_PROBES"),
-    reason="a known failure, kept to re-check a new faust-streaming: BUS_FAULT_PROBES=1 runs it",
-)
 @pytest.mark.xfail(
     reason="faust-streaming 0.15.3 exactly_once: duplicates in read_committed, workers crash "
     "in recovery after rebalances, decisions on stale state (docs/architecture.md)",
