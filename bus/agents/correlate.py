@@ -18,6 +18,7 @@ derived from the request's event id, so re-processing a request reproduces the s
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
@@ -102,7 +103,11 @@ class CorrelateAgent(BatchAgent):
         self._matters_by_name = {m.name: m for m in self.matters.values()}
         self.deadletter = s.topic(DEADLETTER.name)
         self.tick_interval = s.task_check_interval
-        self._with_tasks: set[str] = set()  # enterprises with open tasks (checked by tick)
+        # Deadlines by due time: (due, partition, enterprise), one entry per task; a tick pops
+        # what is due instead of walking every record. Entries of closed tasks or of
+        # partitions given away are skipped when popped.
+        self._due: list[tuple[datetime, int, str]] = []
+        self._partition = 0  # the partition of the record in hand
         self._task_series: set[TaskKey] = set()
         self._task_counts: dict[int, Counter[TaskKey]] = {}  # by partition held
         # Events that may create, answer or close a task (a registration decides parked
@@ -123,6 +128,7 @@ class CorrelateAgent(BatchAgent):
             # Decisions are dated by the log, not the clock: the time the bus accepted the
             # event that caused them, so a replay of the log gives the same documents.
             self._at = _log_time(r)
+            self._partition = r.partition
             try:
                 event = self.recent.take(r.value or b"")
                 if event is None:
@@ -382,7 +388,9 @@ class CorrelateAgent(BatchAgent):
                 "matter": matter.name, "opened_at": self._at.timestamp(), "tasks": tasks,
                 "request": trigger.model_dump(mode="json"),
             }  # fmt: skip
-            self._with_tasks.add(record.uscc)
+            for task_id in tasks:
+                heapq.heappush(self._due, (record.tasks[task_id].due_at, self._partition,
+                                           record.uscc))  # fmt: skip
         return outs
 
     def _answer(self, record: EnterpriseRecord, event: Envelope) -> list[Out]:
@@ -456,8 +464,6 @@ class CorrelateAgent(BatchAgent):
         del record.reviews[case]
         for t in tasks:
             record.forget_task(t.task_id)
-        if not record.tasks:
-            self._with_tasks.discard(record.uscc)
         return closing
 
     def _approval_decided(
@@ -523,9 +529,13 @@ class CorrelateAgent(BatchAgent):
         """Tasks past their deadline: ``task.overdue`` once, then ``task.escalated`` once."""
         now = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.clock_skew)
         outs: list[Out] = []
-        for partition, uscc, record in list(self.records.items()):
-            if uscc not in self._with_tasks:
-                continue
+        touched: set[tuple[int, str]] = set()
+        while self._due and self._due[0][0] <= now:
+            _, partition, uscc = heapq.heappop(self._due)
+            record = self.records.get(partition, uscc)
+            if record is None or (partition, uscc) in touched:
+                continue  # given away with its partition, or done in this tick already
+            touched.add((partition, uscc))
             before = record.task_counts()
             changed: set[str] = set()
             for task in record.open_tasks():
@@ -591,13 +601,16 @@ class CorrelateAgent(BatchAgent):
         """Re-index the enterprises with open tasks and recount the tasks of what is held."""
         held = {tp.partition for tp in self.assignment}
         self._task_counts = {p: c for p, c in self._task_counts.items() if p in held}
+        self._due = [e for e in self._due if e[1] in held and e[1] not in partitions]
         for p in partitions:
             counts: Counter[TaskKey] = Counter()
             for _, uscc, record in self.records.items(p):
-                if record.open_tasks():
-                    self._with_tasks.add(uscc)
+                for task in record.open_tasks():
+                    if not (task.overdue and task.escalated):
+                        self._due.append((task.due_at, p, uscc))
                 counts.update(record.task_counts())
             self._task_counts[p] = counts
+        heapq.heapify(self._due)
         self._export_task_counts()
 
     def _task_event(

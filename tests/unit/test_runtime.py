@@ -94,3 +94,60 @@ def test_every_group_gives_a_worker_the_same_partition_numbers() -> None:
     assert correlate == {b"worker-a": [0, 0, 1, 1, 2, 2], b"worker-b": [3, 3, 4, 4, 5, 5]}
     meta = WorkerRangeAssignor.metadata(["ingress"])
     assert meta.user_data == WorkerRangeAssignor.worker  # this process names itself
+
+
+def test_a_tick_pops_what_is_due_and_never_walks_every_record() -> None:
+    # Deadlines are kept in an index by due time: a tick costs what is due, not the city.
+    import asyncio
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from aiokafka.structs import ConsumerRecord
+
+    from bus.agents.correlate import CorrelateAgent
+    from bus.agents.ingest import IngestAgent
+    from bus.app import Context
+    from bus.certificates import Signer
+    from bus.codec import EventCodec, Recent
+    from bus.departments import Directory
+    from bus.samples import penalties, registrations
+
+    def record(topic: str, i: int, key: bytes, value: bytes, headers: list) -> ConsumerRecord:  # type: ignore[type-arg]
+        return ConsumerRecord(topic, 0, i, int(time.time() * 1000), 0, key, value, None,
+                              len(key), len(value), headers)  # fmt: skip
+
+    events = [*registrations(seed=4, enterprises=30), *penalties(300, seed=4, enterprises=300)]
+    month = 40 * 86_400.0  # every deadline of a registration's tasks has passed
+
+    async def run() -> tuple[list[str], list[str], int, int]:
+        s = Settings(app_id="t", topic_prefix="t", data_dir=Path(tempfile.mkdtemp()),
+                     clock_skew=month)  # fmt: skip
+        ctx = Context(s, EventCodec(), Directory.load(None), recent=Recent(0))
+        ingest, correlate = IngestAgent(ctx), CorrelateAgent(ctx, Signer.generate("k"))
+        raw = [record("t.ingress", i, e.subject.encode(), ctx.codec.encode(e), e.kafka_headers())
+               for i, e in enumerate(events)]  # fmt: skip
+        canonical = [record(o.topic, i, o.key or b"", o.value or b"", o.headers)
+                     for i, o in enumerate(await ingest.process(raw))]  # fmt: skip
+        outs = await correlate.process(canonical)
+        created = [dict(o.headers)["event_type"].decode() for o in outs
+                   if dict(o.headers).get("event_type") == b"task.created"]  # fmt: skip
+        walked = 0
+        items = correlate.records.items
+
+        def counted(*args: object) -> object:
+            nonlocal walked
+            walked += 1
+            return items(*args)  # type: ignore[arg-type]
+
+        correlate.records.items = counted  # type: ignore[method-assign]
+        first = [dict(o.headers)["event_type"].decode() for o in await correlate.tick()]
+        second = await correlate.tick()
+        return created, first, len(second), walked
+
+    created, first, again, walked = asyncio.run(run())
+    assert len(created) >= 30 * 4  # a registration opens a task for each office
+    assert first.count("task.overdue") == len(created)  # each passed deadline, once
+    assert first.count("task.escalated") == len(created)  # the matter escalates late tasks
+    assert again == 0  # nothing twice
+    assert walked == 0  # the records of 300 fined enterprises were never visited
