@@ -68,6 +68,14 @@ class TestBroker:
         self.local.restart()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A slow test says why it is slow: ``@pytest.mark.slow("three Kafka nodes, one killed")``."""
+    for item in items:
+        for mark in item.iter_markers("slow"):
+            if not (mark.args and isinstance(mark.args[0], str) and mark.args[0].strip()):
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.slow needs the reason")
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
     """The broker for the session (see the module docstring)."""

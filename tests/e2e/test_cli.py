@@ -535,6 +535,7 @@ def _wait_for(check: object, seconds: float = 60) -> object:
         time.sleep(0.3)
 
 
+@pytest.mark.slow("a worker whose clock runs a month ahead, and the CLI run several times")
 @pytest.mark.timeout(300)
 def test_tasks_inbox_and_local_times_from_the_command_line(
     settings: Settings, tmp_path: Path

@@ -114,6 +114,9 @@ def bus_publish(settings: Settings, events: list[Envelope], folder: Path) -> tup
     return result.returncode, result.stdout[-2000:] + result.stderr[-2000:]
 
 
+@pytest.mark.slow(
+    "three Kafka nodes, one killed and restarted under load, and the leaders' elections waited for"
+)
 @pytest.mark.timeout(600)
 def test_a_node_killed_under_load_loses_nothing_acknowledged_and_the_bus_carries_on(
     kafka3: KafkaCluster, settings: Settings, gateway: Gateway, tmp_path: Path

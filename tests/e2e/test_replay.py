@@ -102,6 +102,9 @@ def flush_ingest(settings: Settings) -> None:
         (r.value or b"").startswith(b"{flush") for r in rs) == settings.partitions)  # fmt: skip
 
 
+@pytest.mark.slow(
+    "three replay processes at once over 74 letters, then every letter's fate read back"
+)
 def test_concurrent_replays_replay_each_dead_letter_once(
     broker: TestBroker, settings: Settings, tmp_path: Path
 ) -> None:
@@ -275,6 +278,7 @@ def test_the_listing_has_one_order_and_filters_by_time_and_department(
     assert "neither a duration" in bad.stderr
 
 
+@pytest.mark.slow("several replay rounds through a real worker")
 def test_a_replay_that_fails_again_is_linked_to_its_letter_and_not_repeated_unforced(
     broker: TestBroker, settings: Settings, tmp_path: Path
 ) -> None:

@@ -279,6 +279,7 @@ def test_concurrent_posts_of_one_event_id_publish_it_once(gateway: Gateway) -> N
     assert [r.headers["event_id"] for r in ingress] == [str(event.event_id)]
 
 
+@pytest.mark.slow("two workers one after the other, and four CLI runs between them")
 def test_decisions_from_before_the_policy_get_their_owners(
     gateway: Gateway, tmp_path: Path
 ) -> None:

@@ -228,6 +228,7 @@ async def _deadletters(settings: Settings) -> list:
     return await list_deadletters(settings)
 
 
+@pytest.mark.slow("a worker restarted between two deadline checks")
 def test_late_tasks_are_escalated_once_even_across_a_restart(
     settings: Settings, tmp_path: Path, firm: Enterprise
 ) -> None:
@@ -255,6 +256,7 @@ def test_late_tasks_are_escalated_once_even_across_a_restart(
     assert len(escalated_after) == len(escalated)
 
 
+@pytest.mark.slow("a worker killed mid-stream; its successor waits out the session timeout")
 def test_worker_killed_mid_stream_finishes_every_case_once(
     settings: Settings, broker: TestBroker, tmp_path: Path
 ) -> None:

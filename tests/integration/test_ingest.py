@@ -147,6 +147,7 @@ def test_duplicates_are_dead_lettered_not_forwarded(settings: Settings, tmp_path
     assert [r.headers["bus.reason"] for r in dead] == ["duplicate.event_id"] * 3
 
 
+@pytest.mark.slow("a worker stopped and started again mid-stream")
 def test_restart_mid_stream_loses_nothing_and_repeats_nothing(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -169,6 +170,7 @@ def test_restart_mid_stream_loses_nothing_and_repeats_nothing(
     assert read(settings, "deadletter", idle=1) == []
 
 
+@pytest.mark.slow("a worker killed mid-stream; its successor waits out the session timeout")
 def test_worker_killed_mid_stream_loses_nothing(
     settings: Settings, broker: TestBroker, tmp_path: Path
 ) -> None:

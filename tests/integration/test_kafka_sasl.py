@@ -46,6 +46,7 @@ from bus.topics import create_topics, department_ingress_topic, inbox_topic
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.slow("a Kafka with SASL of its own, started for the module"),
     pytest.mark.skipif(
         not (shutil.which("java") and shutil.which("mvn")), reason="needs java and mvn (Kafka)"
     ),

@@ -121,6 +121,7 @@ def opinion(firm_uscc: str, dept: str, verdict: str) -> object:
     )  # fmt: skip
 
 
+@pytest.mark.slow("two buses decide the same day of cases, phase by phase, each phase waited out")
 def test_the_same_log_into_a_fresh_bus_gives_the_same_signed_documents(
     settings: Settings, tmp_path: Path
 ) -> None:

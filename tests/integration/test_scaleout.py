@@ -43,7 +43,12 @@ from bus.settings import Settings
 from bus.topics import create_topics
 from tests.conftest import TestBroker
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow(
+        "worker processes started, killed and frozen under load, with rebalances waited out"
+    ),
+]
 
 
 @pytest.fixture(scope="module")
