@@ -235,8 +235,9 @@ def test_late_tasks_are_escalated_once_even_across_a_restart(
     with WorkerProcess(settings, tmp_path / "worker.log"):
         _, task = penalised(settings, firm, 47)
         opened = outputs(settings, "task", "task.created", 10)  # review + opening a business
-    # A week later (as the worker sees it): every deadline (1 to 5 working days) has passed.
-    late = settings.model_copy(update={"clock_skew": 8 * 86400.0, "task_check_interval": 0.2})
+    # Three weeks later (as the worker sees it): every deadline (1 to 5 working days) has
+    # passed, also for a task opened on a Friday night, China time, before a holiday week.
+    late = settings.model_copy(update={"clock_skew": 21 * 86400.0, "task_check_interval": 0.2})
     with WorkerProcess(late, tmp_path / "worker.log"):
         overdue = outputs(late, "task", "task.overdue", len(opened))
         escalated = outputs(late, "task", "task.escalated", len(opened))
