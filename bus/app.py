@@ -16,6 +16,7 @@ import faust
 from bus.certificates import Signer
 from bus.codec import EventCodec, Recent
 from bus.departments import Directory
+from bus.faust_metrics import observe as observe_faust
 from bus.metrics import Metrics, MetricsServer
 from bus.settings import Settings
 
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         web_in_thread=False,
         broker_credentials=_credentials(settings),
     )
+    observe_faust(app, ctx.metrics.registry)
     makers = {
         "ingest": lambda: ingest.IngestAgent(ctx),
         "correlate": lambda: correlate.CorrelateAgent(ctx, load_signer(settings)),
