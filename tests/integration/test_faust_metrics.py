@@ -143,7 +143,8 @@ class FaustApp:
 
     def wait(self, ok: Callable[[Samples], bool], what: str, timeout: float = 60) -> Samples:
         def alive_and_ok(s: Samples) -> bool:
-            assert self.proc is not None and self.proc.poll() is None, self.log()[-3000:]
+            assert self.proc is not None
+            assert self.proc.poll() is None, self.log()[-3000:]
             return ok(s)
 
         return wait_for(self.port, alive_and_ok, what, self.log, timeout)
@@ -191,9 +192,11 @@ def test_events_per_agent_and_table_recovery_after_a_restart(
         assert value(started, "faust_table_recovered_records_total", table=faust_app.TABLE) == 0
         asyncio.run(_send(settings, topic, records))
         done = first.wait(
-            lambda s: value(s, "faust_event_seconds_count", agent=faust_app.AGENT) == 30
-            and value(s, "faust_messages_sent_total", topic=changelog) == 30
-            and value(s, "faust_commit_seconds_count") >= 1,
+            lambda s: (
+                value(s, "faust_event_seconds_count", agent=faust_app.AGENT) == 30
+                and value(s, "faust_messages_sent_total", topic=changelog) == 30
+                and value(s, "faust_commit_seconds_count") >= 1
+            ),
             "30 events through the agent, 30 changelog writes, a commit",
         )
     assert value(done, "faust_events_in_total", agent=faust_app.AGENT, topic=topic) == 30
@@ -203,13 +206,17 @@ def test_events_per_agent_and_table_recovery_after_a_restart(
     second = FaustApp(settings, app_id, topic, tmp_path / "second.log")
     with second.running():
         recovered = second.wait(
-            lambda s: settled(s)
-            and value(s, "faust_table_recovered_records_total", table=faust_app.TABLE) > 0,
+            lambda s: (
+                settled(s)
+                and value(s, "faust_table_recovered_records_total", table=faust_app.TABLE) > 0
+            ),
             "the table recovered from its changelog",
         )
         # every changelog record of every partition, read once; nothing left over
         assert value(recovered, "faust_table_recovered_records_total", table=faust_app.TABLE) == 30
-        assert value(recovered, "faust_table_recovery_remaining_offsets", table=faust_app.TABLE) == 0
+        assert (
+            value(recovered, "faust_table_recovery_remaining_offsets", table=faust_app.TABLE) == 0
+        )
         assert value(recovered, "faust_table_recovery_last_seconds") > 0
         # the offsets the first app committed hold: the second takes only what is new
         asyncio.run(_send(settings, topic, [("k0", "one more")]))
