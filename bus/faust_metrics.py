@@ -116,6 +116,7 @@ class FaustMonitor(Monitor):
         self._events_in: dict[tuple[str, str], Any] = {}
         self._event_seconds: dict[str, Any] = {}
         self._recovered: dict[str, Any] = {}
+        self._sent: dict[str, Any] = {}
         self._recovered_this_rebalance = 0
         self._commit_had_offsets = False
 
@@ -247,7 +248,10 @@ class FaustMonitor(Monitor):
         """The broker acknowledged the record."""
         started, topic = state
         super().on_send_completed(producer, started, metadata)
-        self.metrics.sent.labels(topic).inc()
+        child = self._sent.get(topic)
+        if child is None:
+            child = self._sent[topic] = self.metrics.sent.labels(topic)
+        child.inc()
         self.metrics.send_seconds.observe(self.time() - started)
 
     def on_send_error(self, producer: ProducerT, exc: BaseException, state: Any) -> None:
