@@ -80,7 +80,6 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         web_in_thread=False,
         broker_credentials=_credentials(settings),
     )
-    observe_faust(app, ctx.metrics.registry)
     makers = {
         "ingest": lambda: ingest.IngestAgent(ctx),
         "correlate": lambda: correlate.CorrelateAgent(ctx, load_signer(settings)),
@@ -89,8 +88,9 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     for agent in agents:
         app.service(agent)  # type: ignore[arg-type]  # started by the worker after recovery
 
-    if settings.metrics_port:
-        app.service(MetricsServer(ctx.metrics, settings.web_host, settings.metrics_port))  # type: ignore[arg-type]
+    if settings.metrics_port:  # with Faust's own series, served from before table recovery
+        server = MetricsServer(ctx.metrics, settings.web_host, settings.metrics_port)
+        observe_faust(app, ctx.metrics.registry, server)
 
     @app.task
     async def announce_ready() -> None:

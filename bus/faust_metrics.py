@@ -1,10 +1,12 @@
 """Faust's own telemetry on the bus's metrics endpoint: rebalances, commits, recovery, streams.
 
-``observe(app, registry)`` gives the Faust app a monitor that also writes Prometheus series
-(prefix ``faust_``) into the registry the bus already serves, and a probe that samples table
-recovery. Faust's ``faust.sensors.prometheus`` is not used: it cannot run beside our endpoint
-without its web page, keeps rebalances in a gauge that falls back to zero, times rebalances
-from their end (≈ 0 s), and has neither recovery nor per-agent series (docs/operations.md).
+``observe(app, registry, server)`` gives the Faust app a monitor that also writes Prometheus
+series (prefix ``faust_``) into the registry the bus already serves, samples table recovery,
+and starts the metrics server with Faust's sensors: before table recovery, when services
+added with ``app.service`` start only after it. Faust's ``faust.sensors.prometheus`` (which
+can take a registry and a prefix) is not used: it keeps rebalances in a gauge that falls back
+to zero, times rebalances from their end (≈ 0 s), drops its topic counters at every rebalance,
+and has no recovery or per-agent series.
 
 Labels are agent names, topics and table names: fixed by the code, never by the data.
 """
@@ -107,12 +109,19 @@ class FaustMonitor(Monitor):
     """Faust's monitor, also counting into Prometheus; installed by :func:`observe`.
 
     Hooks run on Faust's event path, so children of labelled metrics are looked up once and
-    kept, and nothing is done per event that a scrape could compute instead.
+    kept, and nothing is done per event that a scrape could compute instead. Recovery
+    progress, which Faust reports to no sensor, is sampled every ``interval`` seconds.
     """
 
-    def __init__(self, app: AppT, metrics: FaustMetrics, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: AppT,
+        metrics: FaustMetrics,
+        interval: float = RECOVERY_SAMPLE_SECONDS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        self.app, self.metrics = app, metrics
+        self.app, self.metrics, self.interval = app, metrics, interval
         self._events_in: dict[tuple[str, str], Any] = {}
         self._event_seconds: dict[str, Any] = {}
         self._recovered: dict[str, Any] = {}
@@ -170,6 +179,15 @@ class FaustMonitor(Monitor):
         for table in tables.values():
             self.metrics.recovery_remaining.labels(table.name).set(remaining[table.name])
             self._recovered_child(table.name)  # a series from the start, so increase() works
+
+    @Service.task
+    async def _sample_recovery(self) -> None:
+        while not self.should_stop:
+            try:
+                self.sample_recovery()
+            except Exception:  # a metric must never stop the worker
+                log.exception("sampling table recovery failed")
+            await self.sleep(self.interval)
 
     def _recovered_child(self, table: str) -> Any:
         child = self._recovered.get(table)
@@ -265,38 +283,24 @@ def _recovery(app: AppT) -> Recovery:
     return cast(TableManager, app.tables).recovery
 
 
-class RecoveryProbe(Service):
-    """Samples table recovery every ``interval`` seconds: Faust reports no progress itself."""
-
-    def __init__(self, monitor: FaustMonitor, interval: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.monitor, self.interval = monitor, interval
-
-    @Service.task
-    async def _sample(self) -> None:
-        while not self.should_stop:
-            try:
-                self.monitor.sample_recovery()
-            except Exception:  # a metric must never stop the worker
-                log.exception("sampling table recovery failed")
-            await self.sleep(self.interval)
-
-
 def observe(
     app: faust.App,
     registry: CollectorRegistry,
+    server: Service | None = None,
     *,
     prefix: str = "faust",
     interval: float = RECOVERY_SAMPLE_SECONDS,
 ) -> FaustMonitor:
     """Export ``app``'s rebalances, commits, recovery and streams into ``registry``.
 
-    Call it before the app starts. Example::
+    Call it before the app starts; ``server`` (the one serving ``registry``) then starts and
+    stops with Faust's sensors, so a recovery can be watched while it runs. Example::
 
-        app, ctx = faust.App("cases", broker="kafka://..."), ...
-        observe(app, ctx.metrics.registry)
+        metrics = Metrics()
+        observe(app, metrics.registry, MetricsServer(metrics, "127.0.0.1", 9464))
     """
-    monitor = FaustMonitor(app, FaustMetrics(registry, prefix))
+    monitor = FaustMonitor(app, FaustMetrics(registry, prefix), interval)
     app.monitor = monitor
-    app.service(RecoveryProbe(monitor, interval))  # type: ignore[arg-type]
+    if server is not None:
+        monitor.add_dependency(server)
     return monitor

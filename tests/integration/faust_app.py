@@ -1,8 +1,9 @@
 """A small Faust app, one agent and one table, observed as the worker is (``bus.faust_metrics``).
 
-The tests start it as a process (``python -m tests.integration.faust_app worker``), configured
-by ``FAUST_APP_*`` variables, to watch Faust's own series move: events per agent, the table's
-changelog writes and, after a restart, its recovery.
+The tests start it as a process, ``python -m tests.integration.faust_app worker --without-web``
+(Faust's command line turns its web server on otherwise), configured by ``FAUST_APP_*``
+variables, to watch Faust's own series move: events per agent, the table's changelog writes
+and, after a restart, its recovery.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ app = faust.App(
     web_enabled=False,
 )
 metrics = Metrics()
-observe(app, metrics.registry)
-app.service(MetricsServer(metrics, "127.0.0.1", int(env.get("FAUST_APP_METRICS_PORT", "0"))))  # type: ignore[arg-type]
+observe(
+    app,
+    metrics.registry,
+    MetricsServer(metrics, "127.0.0.1", int(env.get("FAUST_APP_METRICS_PORT", "0"))),
+)
 
 counts = app.Table(TABLE, default=int, partitions=3)
 words = app.topic(

@@ -130,7 +130,15 @@ class FaustApp:
     def running(self) -> Iterator[FaustApp]:
         with open(self.log_file, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.integration.faust_app", "worker", "-l", "info"],
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.integration.faust_app",
+                    "worker",
+                    "-l",
+                    "info",
+                    "--without-web",
+                ],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -217,6 +225,9 @@ def test_events_per_agent_and_table_recovery_after_a_restart(
         remaining = ("faust_table_recovery_remaining_offsets", (("table", faust_app.TABLE),))
         assert recovered[remaining] == 0
         assert value(recovered, "faust_table_recovery_last_seconds") > 0
+        # the endpoint was up before recovery ended, so a long one can be watched
+        log = second.log()
+        assert log.index("metrics on http://") < log.index("Recovery complete"), log
         # the offsets the first app committed hold: the second takes only what is new
         asyncio.run(_send(settings, topic, [("k0", "one more")]))
         after = second.wait(seen("faust_event_seconds_count", 1, agent=faust_app.AGENT), "1 event")

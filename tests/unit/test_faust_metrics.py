@@ -85,5 +85,6 @@ def test_observe_installs_the_monitor_with_a_prefix() -> None:
     registry = CollectorRegistry()
     monitor = observe(app, registry, prefix="cases")
     assert app.monitor is monitor
+    assert monitor.interval == 1.0
     assert sample(registry, "cases_rebalances_total") == 0
     assert sample(registry, "faust_rebalances_total") is None
