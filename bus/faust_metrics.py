@@ -165,7 +165,7 @@ class FaustMonitor(Monitor):
                     self._recovered_this_rebalance += 1
 
     def sample_recovery(self) -> None:
-        """Set the recovery gauges from Faust's recovery state (the probe calls this)."""
+        """Set the recovery gauges from Faust's recovery state (every interval, and as one ends)."""
         tables = self.app.tables
         recovery = _recovery(self.app)
         remaining: Tally[str] = Tally()
