@@ -3,6 +3,7 @@
     python -m bench.cases                         # the eight variants on one local Kafka node
     python -m bench.cases --events 10000 --variants batch-alo-0 batch-eos-50
     python -m bench.cases --fault eos --kills 3   # the fault run of the integration test
+    python -m bench.cases --variants naive-alo-50 batch-alo-50 --faust-metrics  # monitor cost
     python -m bench.cases worker --help           # one worker process (what the runs start)
 
 **The engine.** Triggers (a case opened, a task done, a case closed) arrive on ``cases``
@@ -209,6 +210,7 @@ class EngineConfig:
     tick: float = 1.0
     datadir: str = "."
     consistency_check: bool = True
+    faust_metrics: bool = False  # bus.faust_metrics.observe, as the bus's worker does
 
     def topic(self, name: str) -> str:
         return f"{self.app_id}.{name}"
@@ -220,6 +222,7 @@ class EngineConfig:
             "--linger", str(self.linger), "--mode", self.mode, "--take", str(self.take),
             "--within", str(self.within), "--tick", str(self.tick), "--datadir", self.datadir,
             *([] if self.consistency_check else ["--no-consistency-check"]),
+            *(["--faust-metrics"] if self.faust_metrics else []),
         ]  # fmt: skip
 
 
@@ -245,6 +248,12 @@ def make_app(cfg: EngineConfig) -> Any:
         web_enabled=False,
         recovery_consistency_check=cfg.consistency_check,
     )
+    if cfg.faust_metrics:
+        from prometheus_client import CollectorRegistry
+
+        from bus.faust_metrics import observe
+
+        observe(app, CollectorRegistry())
     cases = app.topic(cfg.topic("cases"), key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")  # fmt: skip
     decisions = app.topic(cfg.topic("decisions"), key_type=bytes, value_type=bytes,
@@ -544,15 +553,18 @@ VARIANTS = {
 }
 
 
+OBSERVED = "+faust-metrics"
+
+
 async def measure(
     bootstrap: str, broker_pid: int | None, name: str, trigs: list[dict[str, Any]],
     tmp: Path, args: argparse.Namespace,
 ) -> dict[str, Any]:  # fmt: skip
     """One variant: a fresh topic set, the triggers first, then one worker until all decided."""
-    mode, guarantee, linger = VARIANTS[name]
+    mode, guarantee, linger = VARIANTS[name.removesuffix(OBSERVED)]
     cfg = EngineConfig(
         bootstrap, f"cb{uuid.uuid4().hex[:8]}", args.partitions, guarantee, linger, mode,
-        args.take, args.within, datadir=str(tmp / name),
+        args.take, args.within, datadir=str(tmp / name), faust_metrics=name.endswith(OBSERVED),
     )  # fmt: skip
     await create(bootstrap, cfg)
     await publish(bootstrap, cfg.topic("cases"), trigs)
@@ -779,6 +791,7 @@ def worker_main(argv: list[str]) -> None:
     p.add_argument("--tick", type=float, default=1.0)
     p.add_argument("--datadir", default=".")
     p.add_argument("--no-consistency-check", dest="consistency_check", action="store_false")
+    p.add_argument("--faust-metrics", action="store_true")
     run_worker(EngineConfig(**vars(p.parse_args(argv))))
 
 
@@ -805,7 +818,10 @@ async def main(args: argparse.Namespace) -> None:
             return
         trigs = triggers(args.events, args.firms, args.seed)
         rows = []
-        for name in args.variants:
+        names = args.variants
+        if args.faust_metrics:  # each variant without, then with the monitor, in turn
+            names = [n for v in args.variants for n in (v, v + OBSERVED)]
+        for name in names:
             rows.append(await measure(bootstrap, broker_pid, name, trigs, tmp, args))
             print(f"{name}: {rows[-1]['steps_s']:,.0f} steps/s, "
                   f"{rows[-1]['worker_us']:,.0f} µs worker CPU per step", flush=True)  # fmt: skip
@@ -843,6 +859,11 @@ def cli() -> None:
         help="Faust's recovery_consistency_check off (it crashes exactly_once workers)",
     )
     p.add_argument("--rate", type=float, default=250.0, help="fault run: triggers per second")
+    p.add_argument(
+        "--faust-metrics",
+        action="store_true",
+        help="run each variant also with Faust's Prometheus monitor (bus.faust_metrics)",
+    )
     asyncio.run(main(p.parse_args()))
 
 

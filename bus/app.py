@@ -16,6 +16,7 @@ import faust
 from bus.certificates import Signer
 from bus.codec import EventCodec, Recent
 from bus.departments import Directory
+from bus.faust_metrics import observe as observe_faust
 from bus.metrics import Metrics, MetricsServer
 from bus.settings import Settings
 
@@ -87,8 +88,9 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     for agent in agents:
         app.service(agent)  # type: ignore[arg-type]  # started by the worker after recovery
 
-    if settings.metrics_port:
-        app.service(MetricsServer(ctx.metrics, settings.web_host, settings.metrics_port))  # type: ignore[arg-type]
+    if settings.metrics_port:  # with Faust's own series, served from before table recovery
+        server = MetricsServer(ctx.metrics, settings.web_host, settings.metrics_port)
+        observe_faust(app, ctx.metrics.registry, server)
 
     @app.task
     async def announce_ready() -> None:

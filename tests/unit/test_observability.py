@@ -26,6 +26,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from bus.faust_metrics import FaustMetrics
 from bus.metrics import GatewayMetrics, Metrics
 from bus.settings import Settings
 from connectors.base import ConnectorMetrics
@@ -234,8 +235,10 @@ def exported_by_job() -> dict[str, dict[str, set[str]]]:
     if (extra := _compose_connector()) is not None:
         for name, labels in _samples(extra).items():
             connect.setdefault(name, set()).update(labels)
+    worker = Metrics()
+    _touched(FaustMetrics(worker.registry))  # the worker serves Faust's series beside its own
     return {
-        "bus-worker": _samples(_touched(Metrics())),
+        "bus-worker": _samples(_touched(worker)),
         "bus-gateway": _samples(_touched(GatewayMetrics())),
         "bus-connect": connect,
     }
@@ -420,6 +423,7 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
     rows = {p["title"] for p in board["panels"] if p["type"] == "row"}
     assert {"Throughput", "Latency", "Consumer lag", "Dead letters", "Tasks by department",
             "Connectors", "Gateway"} <= rows  # fmt: skip
+    assert any(r.startswith("Faust:") for r in rows)
     tasks = [
         q for q in dashboard_queries(board) if any(s.metric == "bus_tasks" for s in q.selectors)
     ]
@@ -465,6 +469,7 @@ def test_alerts_cover_what_the_issue_asks_for() -> None:
         "tasks overdue": ("BusTasksOverdue", 'bus_tasks{state="overdue"}'),
         "worker down": ("BusWorkerDown", 'up{job="bus-worker"}'),
         "webhook failing": ("BusConnectorFailing", "bus_connector_failures_total"),
+        "table recovery stuck": ("BusTableRecoveryStuck", "faust_table_recovery_remaining_offsets"),
     }
     for what, (alert, needle) in asked.items():
         assert needle in exprs.get(alert, ""), what

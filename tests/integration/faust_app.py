@@ -1,0 +1,59 @@
+"""A small Faust app, one agent and one table, observed as the worker is (``bus.faust_metrics``).
+
+The tests start it as a process, ``python -m tests.integration.faust_app worker --without-web``
+(Faust's command line turns its web server on otherwise), configured by ``FAUST_APP_*``
+variables, to watch Faust's own series move: events per agent, the table's changelog writes
+and, after a restart, its recovery.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import faust
+
+from bus.faust_metrics import observe
+from bus.metrics import Metrics, MetricsServer
+
+AGENT = "count"
+TABLE = "counts"
+
+env = os.environ
+app = faust.App(
+    env.get("FAUST_APP_ID", "faust-app"),
+    broker=env.get("FAUST_APP_BROKER", "kafka://127.0.0.1:9092"),
+    autodiscover=False,
+    store="memory://",
+    datadir=env.get("FAUST_APP_DATADIR", "/tmp/faust-app"),
+    topic_partitions=3,
+    topic_replication_factor=1,
+    consumer_auto_offset_reset="earliest",
+    broker_session_timeout=6,
+    broker_heartbeat_interval=1,
+    broker_rebalance_timeout=10,
+    web_enabled=False,
+)
+metrics = Metrics()
+observe(
+    app,
+    metrics.registry,
+    MetricsServer(metrics, "127.0.0.1", int(env.get("FAUST_APP_METRICS_PORT", "0"))),
+)
+
+counts = app.Table(TABLE, default=int, partitions=3)
+words = app.topic(
+    env.get("FAUST_APP_TOPIC", "words"), key_serializer="raw", value_serializer="raw", partitions=3
+)
+
+
+@app.agent(words, name=AGENT)
+async def count(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+    """Counts the records of each key: one table write, so one changelog record, per event."""
+    async for key, _ in stream.items():
+        counts[key.decode()] += 1
+        yield None
+
+
+if __name__ == "__main__":
+    app.main()
