@@ -41,7 +41,7 @@ class Context:
 
 def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     """Build the Faust app with every agent registered."""
-    from bus.agents import correlate, ingest
+    from bus.agents import cases, correlate, ingest
 
     settings = settings or Settings()
     # Ingest hands correlate what it decoded when both run here (bus.codec.Recent).
@@ -81,9 +81,10 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     )
     makers = {
         "ingest": lambda: ingest.IngestAgent(ctx),
-        "correlate": lambda: correlate.CorrelateAgent(ctx, load_signer(settings)),
+        "correlate": lambda: correlate.CorrelateAgent(ctx),
     }
-    agents = [makers[name]() for name in settings.agents]
+    agents = [makers[name]() for name in settings.agents if name in makers]
+    engine = cases.install(app, ctx, load_signer(settings)) if "cases" in settings.agents else None
     for agent in agents:
         app.service(agent)  # type: ignore[arg-type]  # started by the worker after recovery
 
@@ -93,8 +94,12 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     @app.task
     async def announce_ready() -> None:
         await asyncio.gather(*(a.ready.wait() for a in agents))
+        names = [a.name for a in agents]
+        if engine is not None:  # the case engine: Faust's own assignment and table recovery
+            await app.tables.recovery.completed.wait()  # type: ignore[attr-defined]
+            names.append("cases")
         tune_gc()
-        log.info("%s: %s", READY, ", ".join(a.name for a in agents))
+        log.info("%s: %s", READY, ", ".join(names))
 
     return app, ctx
 

@@ -90,6 +90,14 @@ REPLAYED = TopicSpec(
     compacted=True,
 )
 
+CASES = TopicSpec(
+    "cases",
+    "cases",
+    "case steps for the case engine: a matter's trigger or a task's answer with the "
+    "enterprise's record as of it, and deadline ticks",
+    30 * DAY_MS,
+)
+
 CASE_PARTIES = TopicSpec(
     "state.case-parties",
     "state",
@@ -180,6 +188,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     CORRELATE_RECORDS,
     CORRELATE_SEEN,
     REPLAYED,
+    CASES,
     CASE_PARTIES,
 )
 
