@@ -30,7 +30,6 @@ def test_correlate_decides_the_same_with_the_events_ingest_handed_over() -> None
     # decoding their bytes again: every one is taken, and the outputs are what decoding gives.
     import asyncio
     import tempfile
-    import time
     from pathlib import Path
 
     from aiokafka.structs import ConsumerRecord
@@ -38,7 +37,6 @@ def test_correlate_decides_the_same_with_the_events_ingest_handed_over() -> None
     from bus.agents.correlate import CorrelateAgent
     from bus.agents.ingest import IngestAgent
     from bus.app import Context
-    from bus.certificates import Signer
     from bus.codec import EventCodec, Recent
     from bus.departments import Directory
     from bus.samples import penalties, registrations

@@ -49,8 +49,11 @@ def test_a_record_written_before_the_case_engine_restores_without_its_cases() ->
     firm = enterprise(rng)
     record = EnterpriseRecord(uscc=firm.uscc)
     record.apply(registered(firm, rng))
-    old_profile = {**json.loads(encode_part(record, "profile") or b"{}"),
-                   "reviews": {"c": {"matter": "m"}}, "closed_tasks": {"m|ks.tax|completed": 1}}
+    old_profile = {
+        **json.loads(encode_part(record, "profile") or b"{}"),
+        "reviews": {"c": {"matter": "m"}},
+        "closed_tasks": {"m|ks.tax|completed": 1},
+    }
     task = TaskEntry(task_id="task-1", matter="m", case="c", assignee="ks.tax",
                      due_at=datetime.now(UTC))  # fmt: skip
     rebuilt = EnterpriseRecord(uscc=firm.uscc)
