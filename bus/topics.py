@@ -98,6 +98,15 @@ CASES = TopicSpec(
     30 * DAY_MS,
 )
 
+CASES_TABLE = "cases"
+"""The case engine's Faust table: each enterprise's open cases and the steps it handled."""
+
+
+def cases_changelog(settings: Settings) -> str:
+    """The changelog topic of the cases table (Faust names it ``<app_id>-<table>-changelog``)."""
+    return f"{settings.app_id}-{CASES_TABLE}-changelog"
+
+
 CASE_PARTIES = TopicSpec(
     "state.case-parties",
     "state",

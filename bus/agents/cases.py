@@ -41,7 +41,14 @@ from bus.record import EnterpriseRecord, TaskEntry
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
 from bus.tasks import TASK_STATES, TaskKey
-from bus.topics import CASE_PARTIES, CASES, DEADLETTER, canonical_topic
+from bus.topics import (
+    CASE_PARTIES,
+    CASES,
+    CASES_TABLE,
+    DEADLETTER,
+    canonical_topic,
+    cases_changelog,
+)
 from bus.workdays import CHINA_TZ, WorkingCalendar
 
 if TYPE_CHECKING:
@@ -788,10 +795,11 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
     # an enterprise's changelog record lands in its steps' partition number. (Faust's default,
     # "the current event's partition", is a batch's last event inside take().)
     table = app.Table(
-        "cases", default=None, key_type=bytes, use_partitioner=True, partitions=s.partitions,
+        CASES_TABLE, default=None, key_type=bytes, use_partitioner=True, partitions=s.partitions,
     )  # fmt: skip
     store = TableStore(table, s.partitions)
     name = topic.get_topic_name()
+    assert table.changelog_topic.get_topic_name() == cases_changelog(s)  # read by verdicts
 
     @app.agent(topic, name="cases")
     async def cases(stream: Any) -> None:
