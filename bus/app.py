@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import faust
 
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         web_in_thread=False,
         broker_credentials=_credentials(settings),
     )
+    _read_committed(app)
     makers = {
         "ingest": lambda: ingest.IngestAgent(ctx),
         "correlate": lambda: correlate.CorrelateAgent(ctx),
@@ -102,6 +104,28 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         log.info("%s: %s", READY, ", ".join(names))
 
     return app, ctx
+
+
+def _read_committed(app: faust.App) -> None:
+    """Faust's consumer reads committed records only, as every other reader of the bus does.
+
+    Faust reads uncommitted records unless its own exactly-once mode is on; the case engine
+    writes decisions and table changelogs in transactions, and what an aborted or fenced one
+    wrote must not be restored into a table.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    class Thread(driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._isolation_level = "read_committed"  # read by start()
+            return consumer
+
+    class Consumer(driver.Consumer):
+        def _new_consumer_thread(self) -> Thread:
+            return Thread(self, loop=self.loop, beacon=self.beacon)
+
+    app.transport.Consumer = Consumer  # type: ignore[misc]
 
 
 GC_THRESHOLD = (10_000, 50, 50)

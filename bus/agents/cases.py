@@ -29,17 +29,28 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    ProducerFenced,
+    UnknownError,
+    UnsupportedVersionError,
+)
+from mode import Service
 from pydantic import BaseModel, ConfigDict, Field
 
 from bus.agents.out import Headers, Out, rejection_headers
 from bus.agents.route import Router, load_subscriptions
 from bus.agents.runtime import key_hash
 from bus.certificates import Signer, UnsignedCertificate, new_serial
+from bus.client import kafka_producer, start_or_close
 from bus.errors import BusError
 from bus.matters import Matter, TaskTemplate, load_matters
 from bus.record import EnterpriseRecord, TaskEntry
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
+from bus.settings import Settings
 from bus.tasks import TASK_STATES, TaskKey
 from bus.topics import (
     CASE_PARTIES,
@@ -67,6 +78,25 @@ KEEP_DONE = 32
 _IDS = uuid.UUID("0b5e7c1e-6a1d-4c55-9d0e-4b7573000001")  # namespace of derived ids
 
 StepKind = Literal["trigger", "answer", "tick"]
+
+NO_TRANSACTIONS = (UnknownError, UnsupportedVersionError)
+"""What a broker without transactions answers to InitProducerId (Tansu: UnknownError)."""
+FENCED = (ProducerFenced, InvalidProducerEpoch)
+"""Another worker took the partition over: this one is a zombie and must not write."""
+
+
+class NotOwned(BusError):
+    """A partition was given away while its batch was in hand: its writes are dropped."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(f"partition {partition} of cases is not this worker's now",
+                         reason="cases.not_owned")  # fmt: skip
+
+
+TXN_TIMEOUT_MS = 30_000
+"""How long the broker keeps a dead worker's open transaction before aborting it."""
+WRITE_ATTEMPTS = 5
+"""Tries of one partition's transaction before the worker gives up and stops."""
 
 
 def derived_id(*parts: str) -> uuid.UUID:
@@ -188,10 +218,11 @@ class MemoryCaseStore:
 
 
 class TableStore:
-    """``CaseStore`` over a Faust table (values as JSON), written at the end of a batch.
+    """``CaseStore`` over a Faust table (values as JSON), written once a batch is committed.
 
-    Writes wait in ``pending`` until the batch's outputs are acknowledged (``flush``): a
-    crash before then leaves the table as it was, so the re-run decides the same.
+    Writes wait in ``pending`` until the batch's outputs and changelog records are committed
+    (``FencedWriter``); only then do they reach the table in memory. A crash or a fenced
+    write leaves the table as it was, so a re-run decides the same.
     """
 
     def __init__(self, table: Any, partitions: int) -> None:
@@ -214,13 +245,139 @@ class TableStore:
             if raw and key_hash(key) % self.partitions == partition:
                 yield key.decode(), CaseState.model_validate(raw)
 
-    def flush(self) -> int:
-        """Write what the batch changed into the table (its changelog); how many."""
+    def take(self) -> dict[int, dict[str, dict[str, Any]]]:
+        """What the batch changed, by partition: enterprise -> state as JSON-ready dict."""
+        by_partition: dict[int, dict[str, dict[str, Any]]] = {}
         for uscc, state in self.pending.items():
-            self.table[uscc.encode()] = state.model_dump(mode="json")
-        n = len(self.pending)
+            p = key_hash(uscc.encode()) % self.partitions
+            by_partition.setdefault(p, {})[uscc] = state.model_dump(mode="json")
         self.pending.clear()
-        return n
+        return by_partition
+
+    def apply(self, states: dict[str, dict[str, Any]]) -> None:
+        """Committed states into the table in memory (their changelog records are written)."""
+        for uscc, value in states.items():
+            self.table.data[uscc.encode()] = value
+
+
+class FencedWriter:
+    """Writes a batch's outputs and state for one partition in one Kafka transaction.
+
+    One transactional producer per partition of ``cases`` (``<app_id>.cases.<p>``): the
+    worker that takes a partition over starts its producer and so fences the one before it,
+    whose open transaction is aborted and whose later commits fail. A zombie (a worker
+    frozen past its session and woken) can therefore not commit a decision or a state, and
+    every reader of decisions and of the table's changelog reads committed records only.
+    On a broker without transactions (an embedded development broker) plain producers, and
+    a warning.
+    """
+
+    def __init__(self, settings: Settings, changelog: str) -> None:
+        self.settings = settings
+        self.changelog = changelog
+        self.producers: dict[int, AIOKafkaProducer] = {}
+        self.owned: set[int] = set()  # claimed on assignment, released on revocation
+        self.transactions: bool | None = None  # unknown until the first producer starts
+
+    def transactional_id(self, partition: int) -> str:
+        """The transactional id of a partition's producer: the same on every worker."""
+        return f"{self.settings.app_id}.cases.{partition}"
+
+    async def claim(self, partitions: Iterable[int]) -> None:
+        """Start the producers of partitions just assigned, fencing their previous owners."""
+        for p in sorted(partitions):
+            self.owned.add(p)
+            await self._producer(p)
+
+    async def release(self, partitions: Iterable[int]) -> None:
+        """Stop the producers of partitions given away."""
+        for p in list(partitions):
+            self.owned.discard(p)
+            producer = self.producers.pop(p, None)
+            if producer is not None:
+                await producer.stop()
+
+    async def stop(self) -> None:
+        """Stop every producer (the worker is stopping)."""
+        await self.release(list(self.producers))
+
+    async def _producer(self, partition: int) -> AIOKafkaProducer:
+        if partition not in self.owned:
+            # Starting one would fence the partition's new owner.
+            raise NotOwned(partition)
+        producer = self.producers.get(partition)
+        if producer is not None:
+            return producer
+        if self.transactions is not False:
+            producer = kafka_producer(
+                self.settings,
+                transactional_id=self.transactional_id(partition),
+                transaction_timeout_ms=TXN_TIMEOUT_MS,
+            )
+            try:
+                await start_or_close(producer)
+                self.transactions = True
+            except NO_TRANSACTIONS as exc:
+                log.warning("cases: the broker refused transactions (%s): decisions are "
+                            "written at least once, and a zombie worker is not fenced",
+                            type(exc).__name__)  # fmt: skip
+                self.transactions = False
+        if not self.transactions:
+            producer = kafka_producer(self.settings)
+            await start_or_close(producer)
+        assert producer is not None
+        self.producers[partition] = producer
+        return producer
+
+    async def write(
+        self, partition: int, outs: list[Out], states: dict[str, dict[str, Any]]
+    ) -> None:
+        """Outputs and changelog records of one partition, committed together or not at all.
+
+        Raises ``FENCED`` when another worker took the partition over, ``NotOwned`` when it
+        was given away meanwhile; other Kafka errors are retried (the same records: the
+        transaction before was aborted).
+        """
+        encoded = {k: json.dumps(v, separators=(",", ":")).encode() for k, v in states.items()}
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            producer = await self._producer(partition)
+            try:
+                if self.transactions:
+                    async with producer.transaction():
+                        await self._send(producer, partition, outs, encoded)
+                else:
+                    await asyncio.gather(*await self._send(producer, partition, outs, encoded))
+                return
+            except FENCED:
+                await self.release([partition])
+                raise
+            except KafkaError as exc:
+                if partition not in self.owned:
+                    raise NotOwned(partition) from exc
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                log.warning("cases: writing partition %s failed (%r), try %s of %s",
+                            partition, exc, attempt + 1, WRITE_ATTEMPTS)  # fmt: skip
+                await self.release([partition])  # a new producer: the old one may be stuck
+                await asyncio.sleep(0.5 * attempt)
+
+    async def _send(
+        self,
+        producer: AIOKafkaProducer,
+        partition: int,
+        outs: list[Out],
+        states: dict[str, bytes],
+    ) -> list[asyncio.Future[Any]]:
+        sent = [
+            await producer.send(o.topic, o.value, key=o.key, partition=o.partition,
+                                headers=o.headers)
+            for o in outs
+        ]  # fmt: skip
+        sent += [
+            await producer.send(self.changelog, value, key=uscc.encode(), partition=partition)
+            for uscc, value in states.items()
+        ]
+        return sent
 
 
 class CaseEngine:
@@ -801,19 +958,28 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
     name = topic.get_topic_name()
     assert table.changelog_topic.get_topic_name() == cases_changelog(s)  # read by verdicts
 
+    writer = FencedWriter(s, cases_changelog(s))
+
     @app.agent(topic, name="cases")
     async def cases(stream: Any) -> None:
         async for batch in stream.take_events(s.batch_size, within=s.case_batch_wait):
-            outs: list[Out] = []
+            outs: dict[int, list[Out]] = {}
             for event in batch:
-                outs += engine.handle(event.message.partition, event.value, store)
-            # Outputs acknowledged first, then the state, then (Faust) the offsets.
-            sent = [
-                await app.producer.send(o.topic, o.key, o.value, o.partition, None, o.headers)
-                for o in outs
-            ]
-            await asyncio.gather(*sent)
-            store.flush()
+                p = event.message.partition
+                outs.setdefault(p, []).extend(engine.handle(p, event.value, store))
+            states = store.take()
+            for p in sorted(outs.keys() | states.keys()):
+                try:
+                    await writer.write(p, outs.get(p, []), states.get(p, {}))
+                except (*FENCED, NotOwned) as exc:
+                    # Another worker owns the partition: nothing of this batch is kept here.
+                    # Its offsets are not committed (this worker left the group), so the
+                    # owner decides these steps again, the same way, on committed state.
+                    log.warning("cases: partition %s is another worker's now (%s): its steps "
+                                "in hand are dropped here", p, type(exc).__name__)  # fmt: skip
+                    engine.forget([p])
+                    continue
+                store.apply(states.get(p, {}))
             engine.export_task_counts()
             ctx.metrics.case_steps.inc(len(batch))
 
@@ -827,9 +993,23 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
             except Exception as exc:  # a partition lost while ticking: its new owner ticks
                 log.info("cases: tick to partition %s skipped: %r", p, exc)
 
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        got = args[0] if args else kwargs.get("assigned", ())
+        # Fence the partitions' previous owners now, before their state is restored: their
+        # open transactions are aborted, so the restore does not wait for them.
+        await writer.claim(tp.partition for tp in got if tp.topic == name)
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
-        lost = args[0] if args else kwargs.get("revoked", ())
-        engine.forget(tp.partition for tp in lost if tp.topic == name)
+        lost = {tp.partition for tp in (args[0] if args else kwargs.get("revoked", ()))
+                if tp.topic == name}  # fmt: skip
+        engine.forget(lost)
+        await writer.release(lost)
+
+    @app.service
+    class _Writers(Service):  # stops the producers with the worker
+        async def on_stop(self) -> None:
+            await writer.stop()
 
     return engine
