@@ -261,21 +261,24 @@ class TableStore:
 
 
 class FencedWriter:
-    """Writes a batch's outputs and state for one partition in one Kafka transaction.
+    """Writes a batch's decisions for one partition in one Kafka transaction, then its state.
 
     One transactional producer per partition of ``cases`` (``<app_id>.cases.<p>``): the
     worker that takes a partition over starts its producer and so fences the one before it,
     whose open transaction is aborted and whose later commits fail. A zombie (a worker
-    frozen past its session and woken) can therefore not commit a decision or a state, and
-    every reader of decisions and of the table's changelog reads committed records only.
-    On a broker without transactions (an embedded development broker) plain producers, and
-    a warning.
+    frozen past its session and woken) therefore cannot commit a decision, and writes no
+    state either: the table's changelog records follow only a committed transaction. They
+    are written outside it because Faust's recovery waits for a changelog's last offset,
+    which a transaction's commit marker never delivers; a crash between the two re-runs the
+    steps, which decide the same. On a broker without transactions (an embedded development
+    broker) plain producers, and a warning.
     """
 
     def __init__(self, settings: Settings, changelog: str) -> None:
         self.settings = settings
         self.changelog = changelog
         self.producers: dict[int, AIOKafkaProducer] = {}
+        self.state: AIOKafkaProducer | None = None  # changelog records, after a commit
         self.owned: set[int] = set()  # claimed on assignment, released on revocation
         self.transactions: bool | None = None  # unknown until the first producer starts
 
@@ -300,6 +303,9 @@ class FencedWriter:
     async def stop(self) -> None:
         """Stop every producer (the worker is stopping)."""
         await self.release(list(self.producers))
+        if self.state is not None:
+            await self.state.stop()
+            self.state = None
 
     async def _producer(self, partition: int) -> AIOKafkaProducer:
         if partition not in self.owned:
@@ -344,9 +350,11 @@ class FencedWriter:
             try:
                 if self.transactions:
                     async with producer.transaction():
-                        await self._send(producer, partition, outs, encoded)
+                        await self._send(producer, outs)
                 else:
-                    await asyncio.gather(*await self._send(producer, partition, outs, encoded))
+                    await asyncio.gather(*await self._send(producer, outs))
+                if encoded:
+                    await self._save(partition, encoded)
                 return
             except FENCED:
                 await self.release([partition])
@@ -361,23 +369,22 @@ class FencedWriter:
                 await self.release([partition])  # a new producer: the old one may be stuck
                 await asyncio.sleep(0.5 * attempt)
 
-    async def _send(
-        self,
-        producer: AIOKafkaProducer,
-        partition: int,
-        outs: list[Out],
-        states: dict[str, bytes],
-    ) -> list[asyncio.Future[Any]]:
-        sent = [
+    async def _send(self, producer: AIOKafkaProducer, outs: list[Out]) -> list[asyncio.Future[Any]]:
+        return [
             await producer.send(o.topic, o.value, key=o.key, partition=o.partition,
                                 headers=o.headers)
             for o in outs
         ]  # fmt: skip
-        sent += [
-            await producer.send(self.changelog, value, key=uscc.encode(), partition=partition)
+
+    async def _save(self, partition: int, states: dict[str, bytes]) -> None:
+        if self.state is None:
+            self.state = kafka_producer(self.settings, enable_idempotence=True)
+            await start_or_close(self.state)
+        sent = [
+            await self.state.send(self.changelog, value, key=uscc.encode(), partition=partition)
             for uscc, value in states.items()
         ]
-        return sent
+        await asyncio.gather(*sent)
 
 
 class CaseEngine:
