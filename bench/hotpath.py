@@ -28,7 +28,6 @@ from bus.agents.correlate import CorrelateAgent
 from bus.agents.ingest import IngestAgent
 from bus.agents.out import Out
 from bus.app import RECENT_EVENTS, Context, tune_gc
-from bus.certificates import Signer
 from bus.codec import EventCodec, Recent
 from bus.departments import Directory
 from bus.samples import penalties, registrations
@@ -59,7 +58,7 @@ async def main(args: argparse.Namespace) -> None:
                  metrics_port=0, web_port=0)  # fmt: skip
     ctx = Context(s, EventCodec(), Directory.load(None),
                   recent=Recent(0 if args.no_recent else RECENT_EVENTS))  # fmt: skip
-    ingest, correlate = IngestAgent(ctx), CorrelateAgent(ctx, Signer.generate("hot"))
+    ingest, correlate = IngestAgent(ctx), CorrelateAgent(ctx)
     codec = ctx.codec
     if not args.unregistered:  # registered (and their tasks created) before the clock starts
         regs = [_record("hot.ingress", i, e.subject.encode(), codec.encode(e), e.kafka_headers())

@@ -215,7 +215,8 @@ async def pipeline_throughput(
     bootstrap = bootstrap_of(settings)
     regs = [] if args.unregistered else registrations(seed=1)
     if args.split:
-        shapes = [settings.model_copy(update={"agents": [a]}) for a in ("ingest", "correlate")]
+        split = (["ingest"], ["correlate", "cases"])
+        shapes = [settings.model_copy(update={"agents": a}) for a in split]
     else:
         shapes = [settings] * args.workers
     procs = [

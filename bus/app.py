@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import faust
 
@@ -42,7 +43,7 @@ class Context:
 
 def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     """Build the Faust app with every agent registered."""
-    from bus.agents import correlate, ingest
+    from bus.agents import cases, correlate, ingest
 
     settings = settings or Settings()
     # Ingest hands correlate what it decoded when both run here (bus.codec.Recent).
@@ -80,11 +81,13 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         web_in_thread=False,
         broker_credentials=_credentials(settings),
     )
+    _read_committed(app)
     makers = {
         "ingest": lambda: ingest.IngestAgent(ctx),
-        "correlate": lambda: correlate.CorrelateAgent(ctx, load_signer(settings)),
+        "correlate": lambda: correlate.CorrelateAgent(ctx),
     }
-    agents = [makers[name]() for name in settings.agents]
+    agents = [makers[name]() for name in settings.agents if name in makers]
+    engine = cases.install(app, ctx, load_signer(settings)) if "cases" in settings.agents else None
     for agent in agents:
         app.service(agent)  # type: ignore[arg-type]  # started by the worker after recovery
 
@@ -95,10 +98,36 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     @app.task
     async def announce_ready() -> None:
         await asyncio.gather(*(a.ready.wait() for a in agents))
+        names = [a.name for a in agents]
+        if engine is not None:  # the case engine: Faust's own assignment and table recovery
+            await app.tables.recovery.completed.wait()  # type: ignore[attr-defined]
+            names.append("cases")
         tune_gc()
-        log.info("%s: %s", READY, ", ".join(a.name for a in agents))
+        log.info("%s: %s", READY, ", ".join(names))
 
     return app, ctx
+
+
+def _read_committed(app: faust.App) -> None:
+    """Faust's consumer reads committed records only, as every other reader of the bus does.
+
+    Faust reads uncommitted records unless its own exactly-once mode is on; the case engine
+    writes decisions and table changelogs in transactions, and what an aborted or fenced one
+    wrote must not be restored into a table.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    class Thread(driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._isolation_level = "read_committed"  # read by start()
+            return consumer
+
+    class Consumer(driver.Consumer):
+        def _new_consumer_thread(self) -> Thread:
+            return Thread(self, loop=self.loop, beacon=self.beacon)
+
+    app.transport.Consumer = Consumer  # type: ignore[misc]
 
 
 GC_THRESHOLD = (10_000, 50, 50)

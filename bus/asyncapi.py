@@ -181,7 +181,7 @@ def asyncapi_document(
         ),
     )
     for spec in CATALOGUE:
-        if spec.role == "state":
+        if spec.role in ("state", "cases"):  # the bus's own, not for departments
             add(spec.name, spec, [], ["internal"])
 
     operation(

@@ -51,6 +51,11 @@ class Metrics:
             "(open, accepted, overdue, escalated, completed, rejected)",
             ["matter", "department", "state"], registry=r,
         )  # fmt: skip
+        self.case_steps = Counter(
+            f"{prefix}_case_steps",
+            "Records the case engine handled: triggers, answers and deadline ticks",
+            registry=r,
+        )  # fmt: skip
         self.handover = Counter(
             f"{prefix}_handover_events",
             "Canonical events the correlate agent took decoded from ingest in the same worker "

@@ -40,7 +40,7 @@ from bus.client import (
 from bus.errors import BusError
 from bus.schemas.events import FAMILIES
 from bus.settings import Settings
-from bus.topics import CORRELATE_SEEN, INGRESS, REPLAYED
+from bus.topics import INGRESS, REPLAYED, cases_changelog
 
 
 @dataclass
@@ -91,22 +91,31 @@ async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicParti
         await consumer.stop()
 
 
+def handled_steps(value: bytes | None) -> list[str]:
+    """The step ids in a cases-table changelog value (an enterprise's state, as JSON)."""
+    try:
+        state = json.loads(value or b"null")
+    except ValueError:
+        return []
+    return [str(i) for i in state.get("done", [])] if isinstance(state, dict) else []
+
+
+def _verdict_topics(settings: Settings) -> list[str]:
+    """Canonical topics, dead letters, and the case engine's state (the answers it handled)."""
+    topics = [settings.topic(f"events.{f}") for f in FAMILIES]
+    return [*topics, settings.topic("deadletter"), cases_changelog(settings)]
+
+
 async def verdict_offsets(settings: Settings) -> dict[TopicPartition, int]:
     """Where the topics that hold verdicts end now: read from there after publishing."""
-    topics = [settings.topic(f"events.{f}") for f in FAMILIES]
-    topics += [settings.topic("deadletter"), settings.topic(CORRELATE_SEEN.name)]
-    return await _end_offsets(settings, topics)
+    return await _end_offsets(settings, _verdict_topics(settings))
 
 
 async def publish_and_wait(
     settings: Settings, lines: list[tuple[int, bytes]], wait: float
 ) -> list[Verdict]:
     """Publish each line to ingress; for ``wait`` seconds, match canonical and dead letters."""
-    outputs = [settings.topic(f"events.{f}") for f in FAMILIES] + [
-        settings.topic("deadletter"),
-        settings.topic(CORRELATE_SEEN.name),
-    ]
-    start = await _end_offsets(settings, outputs) if wait > 0 else {}
+    start = await _end_offsets(settings, _verdict_topics(settings)) if wait > 0 else {}
     prepared = [(n, *_prepare(raw)) for n, raw in lines]
     async with BusClient(settings) as client:
         receipts = await client.publish_many([p[1] for p in prepared])
@@ -146,10 +155,10 @@ async def _collect(
             by_id.setdefault(v.event_id, []).append(v)
     open_ = len(verdicts)
     deadletter = settings.topic("deadletter")
-    handled = settings.topic(CORRELATE_SEEN.name)
-    waiting: dict[str, Verdict] = {}  # accepted, the correlate agent's word still to come
-    # Handled by correlate: final unless its dead letter, written before, shows up late (it
-    # may come through another broker's fetch).
+    handled = cases_changelog(settings)
+    waiting: dict[str, Verdict] = {}  # accepted, the case engine's word still to come
+    # Handled by the case engine (in an enterprise's state, written after its outputs were
+    # acknowledged): final unless its dead letter shows up late (another broker's fetch).
     handled_at: dict[str, float] = {}
     refusals: dict[str, dict[str, str]] = {}
     consumer = kafka_consumer(settings)
@@ -170,11 +179,9 @@ async def _collect(
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for r in records:
-                    if r.topic == handled:  # ids the correlate agent handled, 16 bytes each
-                        value = r.value or b""
-                        for i in range(0, len(value), 16):
-                            handled_at.setdefault(str(uuid.UUID(bytes=value[i : i + 16])),
-                                                  time.monotonic())  # fmt: skip
+                    if r.topic == handled:  # an enterprise's cases, with the steps handled
+                        for step_id in handled_steps(r.value):
+                            handled_at.setdefault(step_id, time.monotonic())
                         continue
                     headers = {k: v.decode(errors="replace") for k, v in (r.headers or ())}
                     if r.topic == deadletter and headers.get("bus.stage", "ingest") != "ingest":

@@ -15,7 +15,6 @@ is never set back to active by a late original.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -108,33 +107,6 @@ class EnterpriseRecord(BaseModel):
         description="events whose routing needs the profile, parked until the registration, "
         "by event id (a changelog part each, so parking one more costs one small record)",
     )
-    reviews: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="open review cases by request event id"
-    )
-    tasks: dict[str, TaskEntry] = Field(default_factory=dict, description="by task id")
-    closed_tasks: dict[str, int] = Field(
-        default_factory=dict,
-        description="tasks of closed cases (no longer in ``tasks``), counted by "
-        "'matter|department|state', so the task counts stay whole after a case closes",
-    )
-
-    def open_tasks(self) -> list[TaskEntry]:
-        """Tasks still waiting for their assignee."""
-        return [t for t in self.tasks.values() if not t.closed]
-
-    def task_counts(self) -> Counter[TaskKey]:
-        """Every task this enterprise ever had, by (matter, department, shown state)."""
-        counts: Counter[TaskKey] = Counter(t.key for t in self.tasks.values())
-        for key, n in self.closed_tasks.items():
-            matter, department, state = key.split("|")
-            counts[(matter, department, state)] += n
-        return counts
-
-    def forget_task(self, task_id: str) -> None:
-        """Drop a closed task from ``tasks`` (its case closed), keeping it counted."""
-        task = self.tasks.pop(task_id)
-        key = "|".join(task.key)
-        self.closed_tasks[key] = self.closed_tasks.get(key, 0) + 1
 
     @property
     def name(self) -> str | None:
@@ -156,7 +128,7 @@ class EnterpriseRecord(BaseModel):
     def apply(self, event: Envelope) -> list[str]:
         """Fold one canonical event into the record; returns the parts it changed.
 
-        Parts (``profile``, ``penalty:<case>``, ``licence:<number>``, ``task:<id>``) are what
+        Parts (``profile``, ``penalty:<case>``, ``licence:<number>``) are what
         the changelog writes, so one new penalty costs one small record, not the whole file.
         """
         p = event.payload
@@ -222,13 +194,11 @@ class EnterpriseRecord(BaseModel):
         return self.penalties.setdefault(case_number, PenaltyEntry(case_number=case_number))
 
 
-_PROFILE_FIELDS = {"uscc", "status", "profile", "waiting", "reviews", "closed_tasks"}
-_PART_FIELDS = {
-    "penalty": "penalties", "licence": "licences", "task": "tasks", "unrouted": "unrouted",
-}  # fmt: skip
-_PART_MODELS: dict[str, type[BaseModel]] = {
-    "penalty": PenaltyEntry, "licence": LicenceEntry, "task": TaskEntry,
-}  # fmt: skip
+_PROFILE_FIELDS = {"uscc", "status", "profile", "waiting"}
+_PART_FIELDS = {"penalty": "penalties", "licence": "licences", "unrouted": "unrouted"}
+_PART_MODELS: dict[str, type[BaseModel]] = {"penalty": PenaltyEntry, "licence": LicenceEntry}
+_MOVED = {"reviews", "tasks", "closed_tasks"}
+"""Fields a record's changelog held before cases moved to the case engine; skipped on restore."""
 
 
 def encode_part(record: EnterpriseRecord, part: str) -> bytes | None:
@@ -248,11 +218,14 @@ def apply_part(record: EnterpriseRecord, part: str, value: bytes | None) -> None
     """Fold one changelog record back into ``record`` (restore)."""
     if part == "profile":
         if value is not None:
-            loaded = EnterpriseRecord.model_validate_json(value)
+            fields = {k: v for k, v in json.loads(value).items() if k not in _MOVED}
+            loaded = EnterpriseRecord.model_validate(fields)
             for name in _PROFILE_FIELDS:
                 setattr(record, name, getattr(loaded, name))
         return
     kind, _, key = part.partition(":")
+    if kind not in _PART_FIELDS:
+        return  # a part of the layout before the case engine (a task)
     entries = getattr(record, _PART_FIELDS[kind])
     if value is None:
         entries.pop(key, None)

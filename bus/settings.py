@@ -27,12 +27,18 @@ class Settings(BaseSettings):
     partitions: int = Field(default=6, ge=1, description="Partitions of every subject-keyed topic")
     replication_factor: int = Field(default=1, ge=1)
     agents: Annotated[list[str], NoDecode] = Field(
-        default=["ingest", "correlate"],
+        default=["ingest", "correlate", "cases"],
         description="Which agents this worker runs (comma-separated); all by default",
     )
     max_event_bytes: int = Field(default=512 * 1024, ge=1024, description="Larger is rejected")
     batch_size: int = Field(default=500, ge=1, description="Events an agent handles at once")
     batch_wait: float = Field(default=0.05, gt=0, description="Seconds to fill a batch")
+    case_batch_wait: float = Field(
+        default=0.005,
+        gt=0,
+        description="Seconds the case engine waits to fill a batch; it adds to every "
+        "decision's latency",
+    )
     data_dir: Path = Field(default=Path("var"), description="Worker state (tables) and broker")
     departments_file: Path | None = Field(
         default=None, description="Department directory YAML; the shipped one when unset"
@@ -90,7 +96,7 @@ class Settings(BaseSettings):
     def _agents(cls, value: object) -> object:
         if isinstance(value, str):
             value = [a.strip() for a in value.split(",") if a.strip()]
-        known = {"ingest", "correlate"}
+        known = {"ingest", "correlate", "cases"}
         if isinstance(value, list) and (unknown := set(value) - known):
             raise ValueError(f"unknown agents {sorted(unknown)}; known: {sorted(known)}")
         return value

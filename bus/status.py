@@ -23,7 +23,12 @@ from bus.settings import Settings
 from bus.tasks import TaskKey, TaskView, by_state, count_tasks
 from bus.topics import CATALOGUE
 
-AGENTS = ("ingest", "correlate")
+AGENTS = ("ingest", "correlate", "cases")
+
+
+def agent_group(settings: Settings, agent: str) -> str:
+    """An agent's consumer group: the batch agents' own, or the Faust app's for the cases."""
+    return settings.app_id if agent == "cases" else f"{settings.app_id}.{agent}"
 
 
 @dataclass
@@ -56,7 +61,7 @@ class Status:
 async def _agent(
     admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, settings: Settings, name: str
 ) -> AgentStatus:
-    group = f"{settings.app_id}.{name}"
+    group = agent_group(settings, name)
     status = AgentStatus(name)
     try:
         [response] = await admin.describe_consumer_groups([group])
@@ -85,7 +90,7 @@ async def group_members(settings: Settings, agent: str) -> int | None:
     admin = kafka_admin(settings, request_timeout_ms=2000)
     try:
         await admin.start()
-        [response] = await admin.describe_consumer_groups([f"{settings.app_id}.{agent}"])
+        [response] = await admin.describe_consumer_groups([agent_group(settings, agent)])
         return sum(len(g[5]) for g in response.groups)
     except Exception:
         return None

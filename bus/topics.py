@@ -90,6 +90,23 @@ REPLAYED = TopicSpec(
     compacted=True,
 )
 
+CASES = TopicSpec(
+    "cases",
+    "cases",
+    "case steps for the case engine: a matter's trigger or a task's answer with the "
+    "enterprise's record as of it, and deadline ticks",
+    30 * DAY_MS,
+)
+
+CASES_TABLE = "cases"
+"""The case engine's Faust table: each enterprise's open cases and the steps it handled."""
+
+
+def cases_changelog(settings: Settings) -> str:
+    """The changelog topic of the cases table (Faust names it ``<app_id>-<table>-changelog``)."""
+    return f"{settings.app_id}-{CASES_TABLE}-changelog"
+
+
 CASE_PARTIES = TopicSpec(
     "state.case-parties",
     "state",
@@ -180,6 +197,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     CORRELATE_RECORDS,
     CORRELATE_SEEN,
     REPLAYED,
+    CASES,
     CASE_PARTIES,
 )
 

@@ -135,7 +135,8 @@ async def _drop_topics(settings: Settings) -> None:
     admin = kafka_admin(settings)
     try:
         await admin.start()
-        mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix + ".")]
+        ours = (settings.topic_prefix + ".", settings.app_id + "-")  # and Faust's changelogs
+        mine = [t for t in await admin.list_topics() if t.startswith(ours)]
         if mine:
             await admin.delete_topics(mine)
     except Exception as exc:  # an embedded broker without DeleteTopics: keep them

@@ -1,6 +1,6 @@
 """The gateway's index of case parties: who may read a case, without reading the case.
 
-The correlate agent records the parties of every case it opens (requester, assignees,
+The case engine records the parties of every case it opens (requester, assignees,
 supervisors) on ``state.case-parties``; departments the bus notified of a case are known from
 their inboxes. An outsider's request is then answered from memory, whatever the case's size.
 """

@@ -254,7 +254,7 @@ def test_a_refused_answer_is_reported_as_refused_not_accepted(
         closed = _bus(gateway, "publish", str(tmp_path / "again.jsonl"), "--wait", "60")
         traced = _bus(gateway, "trace", str(reg.correlation_id))
     assert published.returncode == 1, published.stdout
-    assert "refused by the correlate agent: task.not_assignee" in published.stdout
+    assert "refused by the cases agent: task.not_assignee" in published.stdout
     assert "2 published, 1 accepted" in published.stdout
     assert closed.returncode == 1, closed.stdout
     assert "task.closed" in closed.stdout

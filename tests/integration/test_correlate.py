@@ -218,7 +218,7 @@ def test_review_completed_by_the_bureau_issues_the_certificate(
     assert cert.result == "record_found"
     assert [e.case_number for e in cert.record] == [fine.payload.case_number]
     assert [(d.headers["bus.reason"], d.headers["bus.stage"]) for d in dead] == [
-        ("task.not_assignee", "correlate")
+        ("task.not_assignee", "cases")
     ]
 
 

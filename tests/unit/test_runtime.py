@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -29,7 +30,6 @@ def test_correlate_decides_the_same_with_the_events_ingest_handed_over() -> None
     # decoding their bytes again: every one is taken, and the outputs are what decoding gives.
     import asyncio
     import tempfile
-    import time
     from pathlib import Path
 
     from aiokafka.structs import ConsumerRecord
@@ -37,22 +37,21 @@ def test_correlate_decides_the_same_with_the_events_ingest_handed_over() -> None
     from bus.agents.correlate import CorrelateAgent
     from bus.agents.ingest import IngestAgent
     from bus.app import Context
-    from bus.certificates import Signer
     from bus.codec import EventCodec, Recent
     from bus.departments import Directory
     from bus.samples import penalties, registrations
 
     def record(topic: str, i: int, key: bytes, value: bytes, headers: list) -> ConsumerRecord:  # type: ignore[type-arg]
-        return ConsumerRecord(topic, 0, i, int(time.time() * 1000), 0, key, value, None,
+        # one log time for both runs: case steps carry it
+        return ConsumerRecord(topic, 0, i, 1_790_000_000_000 + i, 0, key, value, None,
                               len(key), len(value), headers)  # fmt: skip
 
     events = [*registrations(seed=2, enterprises=20), *penalties(200, seed=2, enterprises=20)]
-    signer = Signer.generate("k")
 
     async def run(recent: Recent) -> tuple[list[tuple[str, bytes | None]], Context]:
         s = Settings(app_id="t", topic_prefix="t", data_dir=Path(tempfile.mkdtemp()))
         ctx = Context(s, EventCodec(), Directory.load(None), recent=recent)
-        ingest, correlate = IngestAgent(ctx), CorrelateAgent(ctx, signer)
+        ingest, correlate = IngestAgent(ctx), CorrelateAgent(ctx)
         raw = [record("t.ingress", i, e.subject.encode(), ctx.codec.encode(e), e.kafka_headers())
                for i, e in enumerate(events)]  # fmt: skip
         canonical = [record(o.topic, i, o.key or b"", o.value or b"", o.headers)
@@ -99,12 +98,14 @@ def test_every_group_gives_a_worker_the_same_partition_numbers() -> None:
 def test_a_tick_pops_what_is_due_and_never_walks_every_record() -> None:
     # Deadlines are kept in an index by due time: a tick costs what is due, not the city.
     import asyncio
+    import json
     import tempfile
     import time
     from pathlib import Path
 
     from aiokafka.structs import ConsumerRecord
 
+    from bus.agents.cases import CaseEngine, MemoryCaseStore, tick_step
     from bus.agents.correlate import CorrelateAgent
     from bus.agents.ingest import IngestAgent
     from bus.app import Context
@@ -120,34 +121,43 @@ def test_a_tick_pops_what_is_due_and_never_walks_every_record() -> None:
     events = [*registrations(seed=4, enterprises=30), *penalties(300, seed=4, enterprises=300)]
     month = 40 * 86_400.0  # every deadline of a registration's tasks has passed
 
-    async def run() -> tuple[list[str], list[str], int, int]:
-        s = Settings(app_id="t", topic_prefix="t", data_dir=Path(tempfile.mkdtemp()),
-                     clock_skew=month)  # fmt: skip
+    def kinds(outs: list) -> list[str]:  # type: ignore[type-arg]
+        return [dict(o.headers).get("event_type", b"").decode() for o in outs]
+
+    async def run() -> tuple[list[str], list[str], int, int, int]:
+        s = Settings(app_id="t", topic_prefix="t", data_dir=Path(tempfile.mkdtemp()))
         ctx = Context(s, EventCodec(), Directory.load(None), recent=Recent(0))
-        ingest, correlate = IngestAgent(ctx), CorrelateAgent(ctx, Signer.generate("k"))
+        ingest, correlate = IngestAgent(ctx), CorrelateAgent(ctx)
+        engine, store = CaseEngine(ctx, Signer.generate("k")), MemoryCaseStore(s.partitions)
         raw = [record("t.ingress", i, e.subject.encode(), ctx.codec.encode(e), e.kafka_headers())
                for i, e in enumerate(events)]  # fmt: skip
         canonical = [record(o.topic, i, o.key or b"", o.value or b"", o.headers)
                      for i, o in enumerate(await ingest.process(raw))]  # fmt: skip
-        outs = await correlate.process(canonical)
-        created = [dict(o.headers)["event_type"].decode() for o in outs
-                   if dict(o.headers).get("event_type") == b"task.created"]  # fmt: skip
+        steps = [o for o in await correlate.process(canonical) if o.topic == "t.cases"]
+        created: list[str] = []
+        for o in steps:
+            created += kinds(engine.handle(key_hash(o.key or b"") % s.partitions, o.value or b"",
+                                           store))  # fmt: skip
         walked = 0
-        items = correlate.records.items
+        items = store.items
 
-        def counted(*args: object) -> object:
+        def counted(partition: int) -> object:
             nonlocal walked
-            walked += 1
-            return items(*args)  # type: ignore[arg-type]
+            for item in items(partition):
+                walked += 1
+                yield item
 
-        correlate.records.items = counted  # type: ignore[method-assign]
-        first = [dict(o.headers)["event_type"].decode() for o in await correlate.tick()]
-        second = await correlate.tick()
-        return created, first, len(second), walked
+        store.items = counted  # type: ignore[method-assign,assignment]
+        tick = tick_step(datetime.now(UTC) + timedelta(seconds=month))
+        first = [k for p in range(s.partitions) for k in kinds(engine.handle(p, tick, store))]
+        second = [k for p in range(s.partitions) for k in kinds(engine.handle(p, tick, store))]
+        assert json.loads(tick)["kind"] == "tick"
+        return [k for k in created if k == "task.created"], first, len(second), walked, len(steps)
 
-    created, first, again, walked = asyncio.run(run())
+    created, first, again, walked, steps = asyncio.run(run())
+    assert steps == 30  # one case step per registration; penalties on unlicensed firms: none
     assert len(created) >= 30 * 4  # a registration opens a task for each office
     assert first.count("task.overdue") == len(created)  # each passed deadline, once
     assert first.count("task.escalated") == len(created)  # the matter escalates late tasks
     assert again == 0  # nothing twice
-    assert walked == 0  # the records of 300 fined enterprises were never visited
+    assert walked == 0  # the index was built as cases opened; no state was walked

@@ -1,0 +1,1022 @@
+"""Cases: matters, tasks, deadlines and decisions, as a Faust agent over a Faust table.
+
+The flow (``bus.agents.correlate``) folds every event into its enterprise's record and hands
+each case step (a matter's trigger, an answer to a task) to ``cases`` with the record as it
+stood then and the time the log took the event. The agent decides on that alone, so a
+decision depends only on the log before it and replays byte for byte.
+
+Each enterprise's open cases and tasks (``CaseState``) live in a Faust ``Table``: changelog,
+recovery and standby replicas are Faust's. Deadlines: a Faust timer puts a tick on every
+partition this worker owns; the agent pops what is due from an index ordered by due time.
+
+Guarantee: at least once, effects deterministic. A batch's outputs are acknowledged before
+its table writes are made, and Faust flushes those before it commits offsets; a crash re-runs
+steps on the state before them and produces the same records under the same ids, which
+every consumer drops by ``event_id``. Why not Faust's exactly-once: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import heapq
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    ProducerFenced,
+    UnknownError,
+    UnsupportedVersionError,
+)
+from mode import Service
+from pydantic import BaseModel, ConfigDict, Field
+
+from bus.agents.out import Headers, Out, rejection_headers
+from bus.agents.route import Router, load_subscriptions
+from bus.agents.runtime import key_hash
+from bus.certificates import Signer, UnsignedCertificate, new_serial
+from bus.client import kafka_producer, start_or_close
+from bus.errors import BusError
+from bus.matters import Matter, TaskTemplate, load_matters
+from bus.record import EnterpriseRecord, TaskEntry
+from bus.schemas.envelope import Envelope
+from bus.schemas.events import model_for
+from bus.settings import Settings
+from bus.tasks import TASK_STATES, TaskKey
+from bus.topics import (
+    CASE_PARTIES,
+    CASES,
+    CASES_TABLE,
+    DEADLETTER,
+    canonical_topic,
+    cases_changelog,
+)
+from bus.workdays import CHINA_TZ, WorkingCalendar
+
+if TYPE_CHECKING:
+    import faust
+
+    from bus.app import Context
+
+log = logging.getLogger(__name__)
+
+BUS = "ks.bus"
+ANSWERS = ("task.accepted", "task.completed", "task.rejected", "approval.opinion")
+STAGE = "cases"
+"""``bus.stage`` of the dead letters this agent writes."""
+KEEP_DONE = 32
+"""Steps an enterprise's state remembers, so a re-delivered step is recognised."""
+_IDS = uuid.UUID("0b5e7c1e-6a1d-4c55-9d0e-4b7573000001")  # namespace of derived ids
+
+StepKind = Literal["trigger", "answer", "tick"]
+
+NO_TRANSACTIONS = (UnknownError, UnsupportedVersionError)
+"""What a broker without transactions answers to InitProducerId (Tansu: UnknownError)."""
+FENCED = (ProducerFenced, InvalidProducerEpoch)
+"""Another worker took the partition over: this one is a zombie and must not write."""
+
+
+class NotOwned(BusError):
+    """A partition was given away while its batch was in hand: its writes are dropped."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(f"partition {partition} of cases is not this worker's now",
+                         reason="cases.not_owned")  # fmt: skip
+
+
+TXN_TIMEOUT_MS = 30_000
+"""How long the broker keeps a dead worker's open transaction before aborting it."""
+WRITE_ATTEMPTS = 5
+"""Tries of one partition's transaction before the worker gives up and stops."""
+
+
+def derived_id(*parts: str) -> uuid.UUID:
+    """A stable event id for an effect: the same cause always gives the same id."""
+    return uuid.uuid5(_IDS, "/".join(parts))
+
+
+def encode_step(
+    kind: StepKind,
+    at: datetime,
+    value: bytes,
+    headers: Headers,
+    origin: str,
+    record: EnterpriseRecord,
+) -> bytes:
+    """A case step for ``cases``: the canonical event's own bytes and the record as of it."""
+    return json.dumps(
+        {
+            "kind": kind,
+            "at": round(at.timestamp() * 1000),
+            "origin": origin,
+            "event": base64.b64encode(value).decode(),
+            "headers": [[k, base64.b64encode(v).decode()] for k, v in headers],
+            "record": record.model_dump(
+                mode="json", include={"uscc", "status", "profile", "penalties", "licences"}
+            ),
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+def starts_case(matter: Matter, record: EnterpriseRecord) -> bool:
+    """Whether ``matter``'s trigger can lead anywhere on this record, decided by the flow.
+
+    Joint discipline reviews licences: a penalty on an enterprise holding none has nothing
+    to review, and most penalties are such, so the flow does not hand them on.
+    """
+    if matter.decision.rule == "holds_licences":
+        return any(lic.state == "active" for lic in record.licences.values())
+    return True
+
+
+def tick_step(at: datetime) -> bytes:
+    """A deadline tick: everything due at ``at`` in the partition it is put on fires."""
+    return json.dumps({"kind": "tick", "at": round(at.timestamp() * 1000)}).encode()
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class CaseState(BaseModel):
+    """One enterprise's cases as the engine holds them (one table value)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reviews: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="open cases by the event id that opened them"
+    )
+    tasks: dict[str, TaskEntry] = Field(default_factory=dict, description="by task id")
+    closed_tasks: dict[str, int] = Field(
+        default_factory=dict,
+        description="tasks of closed cases counted by 'matter|department|state', so the task "
+        "counts stay whole after a case closes",
+    )
+    done: list[str] = Field(default_factory=list, description="the last steps handled, by id")
+
+    def open_tasks(self) -> list[TaskEntry]:
+        """Tasks still waiting for their assignee."""
+        return [t for t in self.tasks.values() if not t.closed]
+
+    def task_counts(self) -> Counter[TaskKey]:
+        """Every task this enterprise ever had, by (matter, department, shown state)."""
+        counts: Counter[TaskKey] = Counter(t.key for t in self.tasks.values())
+        for key, n in self.closed_tasks.items():
+            matter, department, state = key.split("|")
+            counts[(matter, department, state)] += n
+        return counts
+
+    def forget_task(self, task_id: str) -> None:
+        """Drop a closed task (its case closed), keeping it counted."""
+        task = self.tasks.pop(task_id)
+        key = "|".join(task.key)
+        self.closed_tasks[key] = self.closed_tasks.get(key, 0) + 1
+
+    def remember(self, step_id: str) -> None:
+        """Note a step as handled (the oldest is forgotten past ``KEEP_DONE``)."""
+        self.done = [*self.done[-(KEEP_DONE - 1) :], step_id]
+
+
+class CaseStore(Protocol):
+    """Where the engine reads and writes ``CaseState``: a Faust table, or a dict in tests."""
+
+    def get(self, uscc: str) -> CaseState | None: ...
+
+    def put(self, uscc: str, state: CaseState) -> None: ...
+
+    def items(self, partition: int) -> Iterator[tuple[str, CaseState]]: ...
+
+
+class MemoryCaseStore:
+    """``CaseStore`` in a dict: for tests and ``bench``, where no table runs."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.data: dict[str, CaseState] = {}
+
+    def get(self, uscc: str) -> CaseState | None:
+        return self.data.get(uscc)
+
+    def put(self, uscc: str, state: CaseState) -> None:
+        self.data[uscc] = state
+
+    def items(self, partition: int) -> Iterator[tuple[str, CaseState]]:
+        for uscc, state in self.data.items():
+            if key_hash(uscc.encode()) % self.partitions == partition:
+                yield uscc, state
+
+
+class TableStore:
+    """``CaseStore`` over a Faust table (values as JSON), written once a batch is committed.
+
+    Writes wait in ``pending`` until the batch's outputs and changelog records are committed
+    (``FencedWriter``); only then do they reach the table in memory. A crash or a fenced
+    write leaves the table as it was, so a re-run decides the same.
+    """
+
+    def __init__(self, table: Any, partitions: int) -> None:
+        self.table = table
+        self.partitions = partitions
+        self.pending: dict[str, CaseState] = {}
+
+    def get(self, uscc: str) -> CaseState | None:
+        state = self.pending.get(uscc)
+        if state is not None:
+            return state
+        raw = self.table.get(uscc.encode())
+        return CaseState.model_validate(raw) if raw else None
+
+    def put(self, uscc: str, state: CaseState) -> None:
+        self.pending[uscc] = state
+
+    def items(self, partition: int) -> Iterator[tuple[str, CaseState]]:
+        for key, raw in list(self.table.items()):
+            if raw and key_hash(key) % self.partitions == partition:
+                yield key.decode(), CaseState.model_validate(raw)
+
+    def take(self) -> dict[int, dict[str, dict[str, Any]]]:
+        """What the batch changed, by partition: enterprise -> state as JSON-ready dict."""
+        by_partition: dict[int, dict[str, dict[str, Any]]] = {}
+        for uscc, state in self.pending.items():
+            p = key_hash(uscc.encode()) % self.partitions
+            by_partition.setdefault(p, {})[uscc] = state.model_dump(mode="json")
+        self.pending.clear()
+        return by_partition
+
+    def apply(self, states: dict[str, dict[str, Any]]) -> None:
+        """Committed states into the table in memory (their changelog records are written)."""
+        for uscc, value in states.items():
+            self.table.data[uscc.encode()] = value
+
+
+class FencedWriter:
+    """Writes a batch's decisions for one partition in one Kafka transaction, then its state.
+
+    One transactional producer per partition of ``cases`` (``<app_id>.cases.<p>``): the
+    worker that takes a partition over starts its producer and so fences the one before it,
+    whose open transaction is aborted and whose later commits fail. A zombie (a worker
+    frozen past its session and woken) therefore cannot commit a decision, and writes no
+    state either: the table's changelog records follow only a committed transaction. They
+    are written outside it because Faust's recovery waits for a changelog's last offset,
+    which a transaction's commit marker never delivers; a crash between the two re-runs the
+    steps, which decide the same. On a broker without transactions (an embedded development
+    broker) plain producers, and a warning.
+    """
+
+    def __init__(self, settings: Settings, changelog: str) -> None:
+        self.settings = settings
+        self.changelog = changelog
+        self.producers: dict[int, AIOKafkaProducer] = {}
+        self.state: AIOKafkaProducer | None = None  # changelog records, after a commit
+        self.owned: set[int] = set()  # claimed on assignment, released on revocation
+        self.transactions: bool | None = None  # unknown until the first producer starts
+
+    def transactional_id(self, partition: int) -> str:
+        """The transactional id of a partition's producer: the same on every worker."""
+        return f"{self.settings.app_id}.cases.{partition}"
+
+    async def claim(self, partitions: Iterable[int]) -> None:
+        """Start the producers of partitions just assigned, fencing their previous owners."""
+        for p in sorted(partitions):
+            self.owned.add(p)
+            await self._producer(p)
+
+    async def release(self, partitions: Iterable[int]) -> None:
+        """Stop the producers of partitions given away."""
+        for p in list(partitions):
+            self.owned.discard(p)
+            producer = self.producers.pop(p, None)
+            if producer is not None:
+                await producer.stop()
+
+    async def stop(self) -> None:
+        """Stop every producer (the worker is stopping)."""
+        await self.release(list(self.producers))
+        if self.state is not None:
+            await self.state.stop()
+            self.state = None
+
+    async def _producer(self, partition: int) -> AIOKafkaProducer:
+        if partition not in self.owned:
+            # Starting one would fence the partition's new owner.
+            raise NotOwned(partition)
+        producer = self.producers.get(partition)
+        if producer is not None:
+            return producer
+        if self.transactions is not False:
+            producer = kafka_producer(
+                self.settings,
+                transactional_id=self.transactional_id(partition),
+                transaction_timeout_ms=TXN_TIMEOUT_MS,
+            )
+            try:
+                await start_or_close(producer)
+                self.transactions = True
+            except NO_TRANSACTIONS as exc:
+                log.warning("cases: the broker refused transactions (%s): decisions are "
+                            "written at least once, and a zombie worker is not fenced",
+                            type(exc).__name__)  # fmt: skip
+                self.transactions = False
+        if not self.transactions:
+            producer = kafka_producer(self.settings)
+            await start_or_close(producer)
+        assert producer is not None
+        self.producers[partition] = producer
+        return producer
+
+    async def write(
+        self, partition: int, outs: list[Out], states: dict[str, dict[str, Any]]
+    ) -> None:
+        """Outputs and changelog records of one partition, committed together or not at all.
+
+        Raises ``FENCED`` when another worker took the partition over, ``NotOwned`` when it
+        was given away meanwhile; other Kafka errors are retried (the same records: the
+        transaction before was aborted).
+        """
+        encoded = {k: json.dumps(v, separators=(",", ":")).encode() for k, v in states.items()}
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            producer = await self._producer(partition)
+            try:
+                if self.transactions:
+                    async with producer.transaction():
+                        await self._send(producer, outs)
+                else:
+                    await asyncio.gather(*await self._send(producer, outs))
+                if encoded:
+                    await self._save(partition, encoded)
+                return
+            except FENCED:
+                await self.release([partition])
+                raise
+            except KafkaError as exc:
+                if partition not in self.owned:
+                    raise NotOwned(partition) from exc
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                log.warning("cases: writing partition %s failed (%r), try %s of %s",
+                            partition, exc, attempt + 1, WRITE_ATTEMPTS)  # fmt: skip
+                await self.release([partition])  # a new producer: the old one may be stuck
+                await asyncio.sleep(0.5 * attempt)
+
+    async def _send(self, producer: AIOKafkaProducer, outs: list[Out]) -> list[asyncio.Future[Any]]:
+        return [
+            await producer.send(o.topic, o.value, key=o.key, partition=o.partition,
+                                headers=o.headers)
+            for o in outs
+        ]  # fmt: skip
+
+    async def _save(self, partition: int, states: dict[str, bytes]) -> None:
+        if self.state is None:
+            self.state = kafka_producer(self.settings, enable_idempotence=True)
+            await start_or_close(self.state)
+        sent = [
+            await self.state.send(self.changelog, value, key=uscc.encode(), partition=partition)
+            for uscc, value in states.items()
+        ]
+        await asyncio.gather(*sent)
+
+
+class CaseEngine:
+    """The matters: triggers decided, answers taken, deadlines fired, on ``CaseState``."""
+
+    def __init__(
+        self, ctx: Context, signer: Signer, calendar: WorkingCalendar | None = None
+    ) -> None:
+        s = ctx.settings
+        self.ctx = ctx
+        self.signer = signer
+        self.calendar = calendar or WorkingCalendar.load(s.calendar_dir)
+        self.matters: dict[str, Matter] = load_matters()
+        self._matters_by_name = {m.name: m for m in self.matters.values()}
+        self.codec = ctx.codec
+        self.deadletter = s.topic(DEADLETTER.name)
+        self.router = Router(
+            s, ctx.directory, load_subscriptions(s.subscriptions_file, ctx.directory)
+        )
+        self.decided = 0  # certificates issued + review cases opened, for tests and metrics
+        self.steps = 0  # case steps handled (triggers, answers, tasks past their deadline)
+        self._at = datetime.fromtimestamp(0, UTC)  # the log time of the step in hand
+        # Deadlines by due time, per partition: (due, enterprise), one entry per open task.
+        self._due: dict[int, list[tuple[datetime, str]]] = {}
+        self._task_counts: dict[int, Counter[TaskKey]] = {}  # by partition indexed
+        self._task_series: set[TaskKey] = set()
+        self._recounted = False
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def handle(self, partition: int, value: bytes, store: CaseStore) -> list[Out]:
+        """One record of ``cases``: a trigger, an answer or a tick."""
+        self._index(partition, store)
+        step = json.loads(value)
+        if step["kind"] == "tick":
+            return self._tick(partition, _from_ms(step["at"]), store)
+        self._at = _from_ms(step["at"])
+        raw = base64.b64decode(step["event"])
+        headers = [(k, base64.b64decode(v)) for k, v in step["headers"]]
+        origin = str(step.get("origin", ""))
+        try:
+            event = self.codec.decode(raw)
+        except BusError as exc:  # e.g. a schema this worker does not know (a rollback)
+            return [self._letter(raw, None, headers, origin, exc)]
+        record = EnterpriseRecord.model_validate(step["record"])
+        state = store.get(event.subject)
+        step_id = str(event.event_id)
+        if state is not None and step_id in state.done:
+            return []  # re-delivered: its effects and state were made already
+        state = state if state is not None else CaseState()
+        before = state.task_counts()
+        self.steps += 1
+        if step["kind"] == "answer":
+            try:
+                outs = self._answer(record, state, event)
+            except BusError as exc:
+                state.remember(step_id)
+                store.put(event.subject, state)
+                return [self._letter(raw, event, headers, origin, exc)]
+            outs += self._route(event, raw, headers, record, event.source)  # taken: confirm
+        else:
+            outs = self._trigger(self.matters[event.event_type], record, state, event, partition)
+            if step_id not in state.reviews:
+                return outs  # decided at once, nothing to remember: a re-run decides the same
+        state.remember(step_id)
+        store.put(event.subject, state)
+        self._recount(partition, before, state.task_counts())
+        return outs
+
+    def _letter(
+        self,
+        raw: bytes,
+        event: Envelope | None,
+        headers: Headers,
+        origin: str,
+        exc: BusError,
+    ) -> Out:
+        key = event.subject.encode() if event is not None else None
+        field = getattr(exc, "field", None)
+        letter = rejection_headers(headers, exc.reason, str(exc), STAGE, origin, field)
+        return Out(self.deadletter, raw, key=key, headers=letter)
+
+    def _trigger(
+        self,
+        matter: Matter,
+        record: EnterpriseRecord,
+        state: CaseState,
+        event: Envelope,
+        partition: int,
+    ) -> list[Out]:
+        """Run ``matter`` for its trigger event."""
+        rule = matter.decision.rule
+        if rule == "clean_record":
+            p = event.payload
+            on_record = record.penalties_between(p.period_start, p.period_end)
+            action = matter.decision.otherwise if on_record else matter.decision.when_clean
+            self.decided += 1
+            if action == "issue_certificate":
+                parties = {event.source, getattr(p, "requested_by", None)}
+                return [
+                    self._parties(event.correlation_id, parties),
+                    self._certificate(event, record, on_record),
+                ]
+            by_agency: dict[str, list[str]] = {}
+            for entry in on_record:
+                by_agency.setdefault(entry.agency or "unknown", []).append(entry.case_number)
+            return self._open_case(matter, event, record, state, {"review": by_agency}, partition)
+        if rule == "holds_licences":
+            licences = [lic for lic in record.licences.values() if lic.state == "active"]
+            if not licences:
+                return []
+            by_department: dict[str, list[str]] = {}
+            for lic in licences:
+                dept = lic.issuing_department or matter.lead
+                by_department.setdefault(dept, []).append(lic.licence_number)
+            plan = {t.name: by_department for t in matter.tasks}
+            return self._open_case(matter, event, record, state, plan, partition)
+        # "always" and "all_opinions": every task template, assignees resolved
+        plan = {t.name: self._assignees(t, event, record) for t in matter.tasks}
+        return self._open_case(matter, event, record, state, plan, partition)
+
+    def _assignees(
+        self, template: TaskTemplate, event: Envelope, record: EnterpriseRecord
+    ) -> dict[str, list[str]]:
+        """Assignee -> evidence for one task template."""
+        if template.assignee == "requested_departments":
+            return {d: [event.payload.application_number] for d in event.payload.departments}
+        if template.assignee == "town_of_enterprise":
+            town = str(record.profile.get("town", "")).lower()
+            code = f"ks.town.{town}"
+            return {code if self.ctx.directory.get(code) else "ks.amr": []}
+        return {template.assignee: []}
+
+    def _certificate(
+        self,
+        request: Envelope,
+        record: EnterpriseRecord,
+        on_record: list[Any],
+        *,
+        result: str | None = None,
+    ) -> Out:
+        p = request.payload
+        issued_at = self._at
+        draft = UnsignedCertificate(
+            uscc=request.subject,
+            serial=new_serial(BUS, str(request.event_id), requested_at=request.occurred_at),
+            request_event_id=str(request.event_id),
+            enterprise_name=record.name or record.uscc,
+            period_start=p.period_start,
+            period_end=p.period_end,
+            purpose=p.purpose,
+            result=result or ("clean" if not on_record else "record_found"),
+            record=[
+                {
+                    "case_number": e.case_number,
+                    "agency": e.agency or "unknown.agency",
+                    "state": e.state,
+                    "decided_on": e.decided_on,
+                }
+                for e in on_record
+            ],
+            issuing_authority=BUS,
+            issued_at=issued_at,
+        )
+        signed = self.signer.sign(draft).to_payload()
+        self.ctx.metrics.decision_seconds.labels("compliance-certificate").observe(
+            max((datetime.now(UTC) - request.occurred_at).total_seconds(), 0.0)
+        )
+        issued = model_for("certificate.issued")(
+            event_type="certificate.issued",
+            event_id=derived_id("certificate", str(request.event_id)),
+            source=BUS,
+            occurred_at=issued_at,
+            subject=request.subject,
+            correlation_id=request.correlation_id,
+            causation_id=request.event_id,
+            payload=signed,
+        )
+        return self._out(issued, request.source, request.payload.requested_by)
+
+    def _open_case(
+        self,
+        matter: Matter,
+        trigger: Envelope,
+        record: EnterpriseRecord,
+        state: CaseState,
+        plan: dict[str, dict[str, list[str]]],
+        partition: int,
+    ) -> list[Out]:
+        """Create the tasks of a case: ``plan`` is template name -> assignee -> evidence."""
+        case = str(trigger.event_id)
+        if case in state.reviews:
+            return []  # open already: a step re-delivered after it left ``done``
+        now = self._at.astimezone(CHINA_TZ)
+        outs: list[Out] = []
+        tasks: dict[str, list[str]] = {}
+        for name, assignees in plan.items():
+            template = matter.task(name)
+            due = self.calendar.add_working_days(now, template.working_days)
+            supervisor = {
+                "requester": getattr(trigger.payload, "requested_by", None) or matter.lead,
+                "lead": matter.lead,
+            }.get(template.supervisor or "", template.supervisor)
+            for assignee, evidence in sorted(assignees.items()):
+                task_id = f"task-{derived_id(name, case, assignee).hex[:16]}"
+                tasks[task_id] = evidence
+                state.tasks[task_id] = TaskEntry(
+                    task_id=task_id, matter=matter.name, case=case, assignee=assignee,
+                    supervisor=supervisor, due_at=due,
+                )  # fmt: skip
+                title = template.title.format(
+                    enterprise=record.name or record.uscc,
+                    cases=", ".join(evidence),
+                    licences=", ".join(evidence),
+                    application=getattr(trigger.payload, "application_number", ""),
+                    title=getattr(trigger.payload, "title", ""),
+                )
+                created = model_for("task.created")(
+                    event_type="task.created",
+                    event_id=derived_id("task.created", task_id),
+                    source=BUS,
+                    occurred_at=now,
+                    subject=trigger.subject,
+                    correlation_id=trigger.correlation_id,
+                    causation_id=trigger.event_id,
+                    payload={
+                        "task_id": task_id, "matter": matter.name, "title": title[:500],
+                        "assignee": assignee, "due_at": due,
+                        "working_days": template.working_days, "supervisor": supervisor,
+                        "evidence": evidence,
+                    },
+                )  # fmt: skip
+                outs.append(self._out(created, assignee))
+        if tasks:
+            parties = {trigger.source, getattr(trigger.payload, "requested_by", None)}
+            parties |= {t.assignee for t in state.tasks.values() if t.case == case}
+            parties |= {t.supervisor for t in state.tasks.values() if t.case == case}
+            outs.append(self._parties(trigger.correlation_id, parties))
+            state.reviews[case] = {
+                "matter": matter.name, "opened_at": self._at.timestamp(), "tasks": tasks,
+                "request": trigger.model_dump(mode="json"),
+            }  # fmt: skip
+            due_index = self._due.setdefault(partition, [])
+            for task_id in tasks:
+                heapq.heappush(due_index, (state.tasks[task_id].due_at, record.uscc))
+        return outs
+
+    def _answer(self, record: EnterpriseRecord, state: CaseState, event: Envelope) -> list[Out]:
+        """A department accepts, completes or rejects a task (or gives an opinion).
+
+        Only the task's assignee may answer it; anything else is a dead letter.
+        """
+        p = event.payload
+        if event.event_type == "approval.opinion":
+            task = self._opinion_task(state, event)
+        else:
+            task = state.tasks.get(p.task_id)
+        if task is None:
+            key = getattr(p, "task_id", None) or getattr(p, "application_number", "?")
+            raise BusError(f"no open task {key} for {record.uscc}", reason="task.unknown")
+        if event.source != task.assignee:
+            raise BusError(
+                f"{event.source} may not answer task {task.task_id}: it is assigned to "
+                f"{task.assignee}",
+                reason="task.not_assignee",
+            )
+        if task.closed:
+            raise BusError(f"task {task.task_id} is already {task.state}", reason="task.closed")
+        if event.event_type == "task.accepted":
+            task.state = "accepted"
+            return []
+        outs: list[Out] = []
+        if event.event_type == "approval.opinion":
+            task.state, task.outcome = "completed", str(p.opinion)
+            task_notes = state.reviews.get(task.case, {}).setdefault("notes", {})
+            task_notes[task.assignee] = p.note
+            # The opinion is the answer: its task is completed, and says so on the task
+            # topic like any other, or the assignee's and the operators' views keep it open.
+            completed = {"task_id": task.task_id, "outcome": task.outcome, "note": p.note}
+            outs.append(self._task_event(record, state, task, "task.completed", completed, event))
+        elif event.event_type == "task.completed":
+            task.state, task.outcome = "completed", p.outcome
+        else:
+            task.state, task.outcome = "rejected", "rejected"
+        return outs + self._close_case_if_done(record, state, task.case)
+
+    def _opinion_task(self, state: CaseState, event: Envelope) -> TaskEntry | None:
+        number = event.payload.application_number
+        for case, review in state.reviews.items():
+            if review["request"]["payload"].get("application_number") != number:
+                continue
+            for task_id in review["tasks"]:
+                task = state.tasks.get(task_id)
+                if task is not None and task.case == case and task.assignee == event.source:
+                    return task
+            # the application exists but this department was not asked
+            raise BusError(
+                f"{event.source} was not asked for an opinion on {number}",
+                reason="task.not_assignee",
+            )
+        return None
+
+    def _close_case_if_done(
+        self, record: EnterpriseRecord, state: CaseState, case: str
+    ) -> list[Out]:
+        review = state.reviews.get(case)
+        if review is None:
+            return []
+        tasks = [state.tasks[t] for t in review["tasks"] if t in state.tasks]
+        if not all(t.closed for t in tasks):
+            return []
+        matter = self._matters_by_name[review["matter"]]
+        closing: list[Out] = []
+        if matter.decision.rule == "all_opinions":
+            closing.append(self._approval_decided(record, review, tasks))
+        elif matter.decision.rule == "clean_record":
+            closing.append(self._certificate_after_review(record, state, review, tasks))
+        del state.reviews[case]
+        for t in tasks:
+            state.forget_task(t.task_id)
+        return closing
+
+    def _approval_decided(
+        self, record: EnterpriseRecord, review: dict[str, Any], tasks: list[TaskEntry]
+    ) -> Out:
+        trigger = model_for("approval.requested").model_validate(review["request"])
+        notes = review.get("notes", {})
+        refused = any(t.outcome != "approve" for t in tasks)
+        decided = model_for("approval.decided")(
+            event_type="approval.decided",
+            event_id=derived_id("approval.decided", str(trigger.event_id)),
+            source=BUS,
+            occurred_at=self._at,
+            subject=record.uscc,
+            correlation_id=trigger.correlation_id,
+            causation_id=trigger.event_id,
+            payload={
+                "application_number": trigger.payload.application_number,
+                "decision": "refuse" if refused else "approve",
+                "opinions": [
+                    {"department": t.assignee,
+                     "opinion": t.outcome if t.outcome in ("approve", "refuse") else "refuse",
+                     "note": notes.get(t.assignee)}
+                    for t in sorted(tasks, key=lambda t: t.assignee)
+                ],
+            },
+        )  # fmt: skip
+        self.ctx.metrics.decision_seconds.labels(review["matter"]).observe(
+            max((datetime.now(UTC) - trigger.occurred_at).total_seconds(), 0.0)
+        )
+        return self._out(decided, trigger.source, *(t.assignee for t in tasks))
+
+    def _certificate_after_review(
+        self,
+        record: EnterpriseRecord,
+        state: CaseState,
+        review: dict[str, Any],
+        tasks: list[TaskEntry],
+    ) -> Out:
+        outcomes = {t.outcome for t in tasks}
+        if "rejected" in outcomes or "refused" in outcomes:
+            result = "refused"
+        elif "confirmed" in outcomes:
+            result = "record_found"
+        else:
+            result = "clean"
+        request = model_for("certificate.requested").model_validate(review["request"])
+        p = request.payload
+        # A bureau that answered "cleared" took its penalties off the record for this
+        # certificate: they are not listed, so a certificate shows what stands after review.
+        reviewed = {
+            case
+            for task_id, cases in review["tasks"].items()
+            if (task := state.tasks.get(task_id)) is None or task.outcome != "cleared"
+            for case in cases
+        }
+        on_record = [
+            e
+            for e in record.penalties_between(
+                p.period_start, p.period_end, states=("active", "revoked", "repaired")
+            )
+            if e.case_number in reviewed
+        ]
+        return self._certificate(request, record, on_record, result=result)
+
+    # -- deadlines ---------------------------------------------------------------------------
+
+    def _tick(self, partition: int, now: datetime, store: CaseStore) -> list[Out]:
+        """Tasks past their deadline: ``task.overdue`` once, then ``task.escalated`` once."""
+        outs: list[Out] = []
+        due = self._due.get(partition, [])
+        touched: set[str] = set()
+        while due and due[0][0] <= now:
+            _, uscc = heapq.heappop(due)
+            if uscc in touched:
+                continue  # done in this tick already
+            touched.add(uscc)
+            state = store.get(uscc)
+            if state is None:
+                continue
+            before = state.task_counts()
+            changed = False
+            for task in state.open_tasks():
+                if task.due_at > now:
+                    continue
+                matter = self._matters_by_name.get(task.matter)
+                if not task.overdue:
+                    task.overdue = changed = True
+                    self.steps += 1
+                    overdue = {"task_id": task.task_id, "assignee": task.assignee,
+                               "due_at": task.due_at}  # fmt: skip
+                    outs.append(self._task_event(None, state, task, "task.overdue", overdue, uscc))
+                if (
+                    not task.escalated
+                    and task.supervisor
+                    and matter is not None
+                    and matter.late == "escalate_to_supervisor"
+                ):
+                    task.escalated = changed = True
+                    self.steps += 1
+                    late = f"not completed by {task.due_at:%Y-%m-%d %H:%M} UTC"
+                    escalated = {"task_id": task.task_id, "escalated_to": task.supervisor,
+                                 "reason": late}  # fmt: skip
+                    outs.append(
+                        self._task_event(None, state, task, "task.escalated", escalated, uscc)
+                    )
+            if changed:
+                store.put(uscc, state)
+                self._recount(partition, before, state.task_counts())
+        self._recounted = True  # a tick refreshes the gauge whatever moved
+        self.ctx.metrics.calendar_fallback_years.set(len(self.calendar.fallback_years))
+        return outs
+
+    def _index(self, partition: int, store: CaseStore) -> None:
+        """Deadlines and task counts of a partition, built the first time it is handled here."""
+        if partition in self._due:
+            return
+        due: list[tuple[datetime, str]] = []
+        counts: Counter[TaskKey] = Counter()
+        for uscc, state in store.items(partition):
+            for task in state.open_tasks():
+                if not (task.overdue and task.escalated):
+                    due.append((task.due_at, uscc))
+            counts.update(state.task_counts())
+        heapq.heapify(due)
+        self._due[partition] = due
+        self._task_counts[partition] = counts
+        self._recounted = True
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions given away: their deadlines and counts are another worker's now."""
+        for p in partitions:
+            self._due.pop(p, None)
+            self._task_counts.pop(p, None)
+        self._recounted = True
+        self.export_task_counts()
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def _recount(self, partition: int, before: Counter[TaskKey], after: Counter[TaskKey]) -> None:
+        if before == after:
+            return
+        counts = self._task_counts.setdefault(partition, Counter())
+        counts.update(after)
+        counts.subtract(before)
+        self._task_counts[partition] = +counts  # drop what fell to zero
+        self._recounted = True
+
+    def export_task_counts(self) -> None:
+        """Set the task gauge from the partitions this worker holds, if anything moved.
+
+        Every matter has a series for every state (with an empty department) even while it
+        has no task, so a dashboard tells "none" from "not reported"; a combination that
+        emptied goes back to zero rather than keeping its last value.
+        """
+        if not self._recounted:
+            return
+        self._recounted = False
+        gauge = self.ctx.metrics.tasks
+        total: Counter[TaskKey] = Counter()
+        for counts in self._task_counts.values():
+            total.update(counts)
+        for name in self._matters_by_name:
+            for state in TASK_STATES:
+                gauge.labels(name, "", state).set(0)
+        for key in self._task_series - total.keys():
+            gauge.labels(*key).set(0)
+        for key, n in total.items():
+            gauge.labels(*key).set(n)
+        self._task_series |= total.keys()
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def _route(
+        self,
+        event: Envelope,
+        value: bytes,
+        headers: Headers,
+        record: EnterpriseRecord,
+        notify: str,
+    ) -> list[Out]:
+        profile = {**record.profile, "status": record.status}
+        registered = record.status != "unknown"
+        return self.router.outs(event, value, headers, profile, notify, registered=registered)
+
+    def _task_event(
+        self,
+        record: EnterpriseRecord | None,
+        state: CaseState,
+        task: TaskEntry,
+        event_type: str,
+        payload: dict[str, Any],
+        cause: Envelope | str,
+    ) -> Out:
+        """A lifecycle event the bus publishes about ``task``, caused by an event or a deadline.
+
+        Dated by its cause in the log, or, for a deadline passing, by the deadline itself.
+        """
+        review = state.reviews.get(task.case, {})
+        request = review.get("request", {})
+        caused = isinstance(cause, Envelope)
+        event = model_for(event_type)(
+            event_type=event_type,
+            event_id=derived_id(event_type, task.task_id),
+            source=BUS,
+            subject=record.uscc if record is not None else str(cause),
+            occurred_at=self._at if caused else task.due_at,
+            correlation_id=request.get("correlation_id") or task.case,
+            # a case is named by its trigger's event id
+            causation_id=cause.event_id if isinstance(cause, Envelope) else uuid.UUID(task.case),
+            payload=payload,
+        )
+        notify = [task.assignee]
+        if event_type == "task.escalated" and task.supervisor:
+            notify.append(task.supervisor)
+        return self._out(event, *notify)
+
+    def _parties(self, correlation_id: str, parties: set[str | None]) -> Out:
+        """Who takes part in a case, for the gateway's access check (``state.case-parties``)."""
+        names = sorted(p for p in parties if p)
+        return Out(
+            self.ctx.settings.topic(CASE_PARTIES.name),
+            json.dumps(names).encode(),
+            key=correlation_id.encode(),
+        )
+
+    def _out(self, event: Envelope, *notify: str | None) -> Out:
+        """A decision of the bus for its canonical topic; ``notify``: who must receive it."""
+        from bus.agents.route import NOTIFY
+
+        headers = event.kafka_headers()
+        recipients = ",".join(dict.fromkeys(n for n in notify if n))
+        if recipients:
+            headers.append((NOTIFY, recipients.encode()))
+        return Out(
+            canonical_topic(self.ctx.settings, event.event_type),
+            self.codec.encode(event),
+            key=event.subject.encode(),
+            headers=headers,
+        )
+
+
+def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
+    """Register the case agent, its table and its deadline timer on ``app``."""
+    s = ctx.settings
+    engine = CaseEngine(ctx, signer)
+    topic = app.topic(
+        s.topic(CASES.name),
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+    )  # fmt: skip
+    # Keyed by the raw USCC bytes and placed by the producer's partitioner, as the topic is:
+    # an enterprise's changelog record lands in its steps' partition number. (Faust's default,
+    # "the current event's partition", is a batch's last event inside take().)
+    table = app.Table(
+        CASES_TABLE, default=None, key_type=bytes, use_partitioner=True, partitions=s.partitions,
+    )  # fmt: skip
+    store = TableStore(table, s.partitions)
+    name = topic.get_topic_name()
+    assert table.changelog_topic.get_topic_name() == cases_changelog(s)  # read by verdicts
+
+    writer = FencedWriter(s, cases_changelog(s))
+
+    @app.agent(topic, name="cases")
+    async def cases(stream: Any) -> None:
+        async for batch in stream.take_events(s.batch_size, within=s.case_batch_wait):
+            outs: dict[int, list[Out]] = {}
+            for event in batch:
+                p = event.message.partition
+                outs.setdefault(p, []).extend(engine.handle(p, event.value, store))
+            states = store.take()
+            for p in sorted(outs.keys() | states.keys()):
+                try:
+                    await writer.write(p, outs.get(p, []), states.get(p, {}))
+                except (*FENCED, NotOwned) as exc:
+                    # Another worker owns the partition: nothing of this batch is kept here.
+                    # Its offsets are not committed (this worker left the group), so the
+                    # owner decides these steps again, the same way, on committed state.
+                    log.warning("cases: partition %s is another worker's now (%s): its steps "
+                                "in hand are dropped here", p, type(exc).__name__)  # fmt: skip
+                    engine.forget([p])
+                    continue
+                store.apply(states.get(p, {}))
+            engine.export_task_counts()
+            ctx.metrics.case_steps.inc(len(batch))
+
+    @app.timer(s.task_check_interval)
+    async def deadlines() -> None:
+        at = datetime.fromtimestamp(time.time() + s.clock_skew, UTC)
+        mine = sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == name)
+        for p in mine:
+            try:
+                await app.producer.send(name, None, tick_step(at), p, None, None)
+            except Exception as exc:  # a partition lost while ticking: its new owner ticks
+                log.info("cases: tick to partition %s skipped: %r", p, exc)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        got = args[0] if args else kwargs.get("assigned", ())
+        # Fence the partitions' previous owners now, before their state is restored: their
+        # open transactions are aborted, so the restore does not wait for them.
+        await writer.claim(tp.partition for tp in got if tp.topic == name)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        lost = {tp.partition for tp in (args[0] if args else kwargs.get("revoked", ()))
+                if tp.topic == name}  # fmt: skip
+        engine.forget(lost)
+        await writer.release(lost)
+
+    @app.service
+    class _Writers(Service):  # stops the producers with the worker
+        async def on_stop(self) -> None:
+            await writer.stop()
+
+    return engine

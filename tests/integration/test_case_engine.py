@@ -1,0 +1,152 @@
+"""The case engine's guarantee on Apache Kafka: a partition's new owner fences the old one.
+
+Decisions are committed in one transaction per partition of ``cases`` (``FencedWriter``):
+a worker that takes a partition over starts that partition's transactional producer, so the
+previous owner, frozen and woken (a zombie), can neither commit a decision nor write state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
+
+from bus.agents.cases import FencedWriter
+from bus.agents.out import Out
+from bus.client import kafka_consumer, read_topic, start_or_close
+from bus.codec import EventCodec
+from bus.processes import WorkerProcess
+from bus.samples import enterprise, registered
+from bus.settings import Settings
+from tests.integration.test_correlate import publish, request
+
+pytestmark = pytest.mark.integration
+codec = EventCodec()
+
+
+async def _read(settings: Settings, topic: str, isolation: str) -> list[bytes]:
+    """Every value of a topic (all partitions) as a reader with ``isolation`` sees it."""
+    consumer = kafka_consumer(settings, isolation_level=isolation)
+    await start_or_close(consumer)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not tps:
+            await consumer._client.force_metadata_update()  # created a moment ago
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        values: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, f"{topic} not read to its end in 30 s"
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                values += [r.value or b"" for r in records]
+        return values
+    finally:
+        await consumer.stop()
+
+
+def test_a_partitions_new_owner_fences_the_old_one_whose_decision_is_never_committed(
+    settings: Settings,
+) -> None:
+    topic = settings.topic("events.certificate")
+    changelog = settings.topic("fence-changelog")
+
+    async def go() -> tuple[type[Exception] | None, list[bytes], list[bytes]]:
+        from bus.topics import TopicSpec, create_topics
+
+        await create_topics(
+            settings, (TopicSpec("fence-changelog", "state", "test", partitions=1),)
+        )
+        old, new = FencedWriter(settings, changelog), FencedWriter(settings, changelog)
+        try:
+            await old.claim([0])
+            await old.write(0, [Out(topic, b"before", key=b"k", partition=0)],
+                            {"a": {"v": "before"}})  # fmt: skip
+            await new.claim([0])  # the partition moved: its producer fences the old one's
+            fenced: type[Exception] | None = None
+            try:
+                await old.write(0, [Out(topic, b"zombie", key=b"k", partition=0)],
+                                {"a": {"v": "zombie"}})  # fmt: skip
+            except (ProducerFenced, InvalidProducerEpoch) as exc:
+                fenced = type(exc)
+            await new.write(0, [Out(topic, b"after", key=b"k", partition=0)],
+                            {"a": {"v": "after"}})  # fmt: skip
+            return (
+                fenced,
+                await _read(settings, topic, "read_committed"),
+                await _read(settings, changelog, "read_committed"),
+            )
+        finally:
+            await old.stop()
+            await new.stop()
+
+    fenced, decisions, states = asyncio.run(go())
+    assert fenced is not None, "the old owner's write went through"
+    assert decisions == [b"before", b"after"]  # the zombie's decision was never committed
+    assert b"zombie" not in b"".join(states)  # nor its state
+    assert len(states) == 2
+
+
+def test_a_frozen_worker_woken_after_its_partitions_moved_commits_no_decision(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Two workers share the case engine's partitions. One is frozen (SIGSTOP) past its
+    # session while requests keep coming, the other takes every partition over, then the
+    # frozen one is woken: whatever it had in hand it may decide again, but it cannot
+    # commit it. Every request ends with one certificate, and no certificate id has two
+    # contents, read as any consumer reads (committed records).
+    quick = {"session_timeout": 6.0, "heartbeat_interval": 1.0, "rebalance_timeout": 10.0}
+    s = settings.model_copy(update=quick)
+    rng = random.Random(131)
+    firms = [enterprise(rng) for _ in range(40)]
+    publish(s, [registered(f, rng) for f in firms])
+    a = WorkerProcess(s.model_copy(update={"data_dir": s.data_dir / "a"}), tmp_path / "a.log")
+    b = WorkerProcess(s.model_copy(update={"data_dir": s.data_dir / "b"}), tmp_path / "b.log")
+    requests = [request(f) for f in firms for _ in range(3)]
+    rng.shuffle(requests)
+    with a, b:
+        publish(s, requests[:40])
+        a.pause()  # frozen with what it fetched in hand
+        try:
+            publish(s, requests[40:80])
+            deadline = time.monotonic() + 120
+            while "is another worker's now" not in a.log() and time.monotonic() < deadline:
+                if b.log().count("Setting newly assigned partitions") >= 2:
+                    break  # the survivor was given the frozen worker's partitions
+                time.sleep(0.5)
+        finally:
+            a.resume()
+        publish(s, requests[80:])
+        expected = {str(r.event_id) for r in requests}
+
+        async def issued() -> dict[str, set[str]]:
+            by_request: dict[str, set[str]] = {}
+            topic = s.topic("events.certificate")
+            async with aclosing(read_topic(s, topic, idle=3, max_seconds=60)) as records:
+                async for r in records:
+                    if r.headers.get("event_type") != "certificate.issued":
+                        continue
+                    cert = codec.decode(r.value or b"")
+                    digest = hashlib.sha256(r.value or b"").hexdigest()
+                    by_request.setdefault(cert.payload.request_event_id, set()).add(
+                        f"{cert.event_id}/{digest}"
+                    )
+            return by_request
+
+        deadline = time.monotonic() + 180
+        while set(found := asyncio.run(issued())) != expected:
+            assert time.monotonic() < deadline, f"{len(expected - set(found))} never decided"
+        assert a.running  # the woken worker stepped aside; it did not crash
+        assert b.running
+    assert all(len(versions) == 1 for versions in found.values()), {
+        k: v for k, v in found.items() if len(v) > 1
+    }
