@@ -12,6 +12,7 @@ import hashlib
 import random
 import time
 from contextlib import aclosing
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,17 @@ from bus.agents.out import Out
 from bus.client import kafka_consumer, read_topic, start_or_close
 from bus.codec import EventCodec
 from bus.processes import WorkerProcess
-from bus.samples import enterprise, registered
+from bus.samples import enterprise, penalty, registered
 from bus.settings import Settings
-from tests.integration.test_correlate import publish, request
+from tests.conftest import TestBroker
+from tests.integration.test_correlate import (
+    CERTIFICATE,
+    _deadletters,
+    answer,
+    outputs,
+    publish,
+    request,
+)
 
 pytestmark = pytest.mark.integration
 codec = EventCodec()
@@ -150,3 +159,69 @@ def test_a_frozen_worker_woken_after_its_partitions_moved_commits_no_decision(
     assert all(len(versions) == 1 for versions in found.values()), {
         k: v for k, v in found.items() if len(v) > 1
     }
+
+
+def _certificates(settings: Settings) -> dict[str, set[str]]:
+    """Request id -> every (certificate id / SHA-256 of its bytes) on the canonical topic."""
+
+    async def go() -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        topic = settings.topic("events.certificate")
+        async with aclosing(read_topic(settings, topic, to_end=True, max_seconds=60)) as records:
+            async for r in records:
+                if r.headers.get("event_type") == "certificate.issued":
+                    cert = codec.decode(r.value or b"")
+                    digest = hashlib.sha256(r.value or b"").hexdigest()
+                    found.setdefault(cert.payload.request_event_id, set()).add(
+                        f"{cert.event_id}/{digest}"
+                    )
+        return found
+
+    return asyncio.run(go())
+
+
+@pytest.mark.slow("a worker is killed with SIGKILL three times while review cases are answered")
+def test_kill_9_again_and_again_leaves_one_decision_per_case(
+    settings: Settings, broker: TestBroker, tmp_path: Path
+) -> None:
+    # Every firm has a penalty, so every request opens a review for the bureau; the test
+    # answers each review as it appears and kills the worker right after each of the first
+    # three rounds of answers: between triggers and their decisions. At the end every
+    # request has one certificate with one content, and no answer was refused for want of
+    # the task it answered (state lost or restored stale).
+    rng = random.Random(141)
+    firms = [enterprise(rng) for _ in range(24)]
+    publish(settings, [registered(f, rng) for f in firms])
+    publish(settings, [penalty(f, rng, decided_on=date(2026, 4, 1)) for f in firms])
+    requests = [request(f) for f in firms]
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    kills = 0
+    answered: set[str] = set()
+    try:
+        publish(settings, requests)
+        deadline = time.monotonic() + 600
+        while len(answered) < len(firms):
+            assert time.monotonic() < deadline, f"{len(answered)} of {len(firms)} tasks seen"
+            tasks = outputs(settings, "task", "task.created", len(firms), CERTIFICATE)
+            new = [t for t in tasks if t.payload.task_id not in answered]
+            if not new:
+                continue
+            publish(settings, [answer(t, "task.completed", t.payload.assignee,
+                                      outcome="confirmed") for t in new])  # fmt: skip
+            answered |= {t.payload.task_id for t in new}
+            if kills < 3:
+                worker.kill()  # SIGKILL: answers in flight, decisions not yet made
+                kills += 1
+                broker.forget_dead_members()
+                worker.start()
+        deadline = time.monotonic() + 300
+        while len(found := _certificates(settings)) < len(requests):
+            assert time.monotonic() < deadline, f"{len(found)} of {len(requests)} decided"
+            time.sleep(1)
+        letters = asyncio.run(_deadletters(settings))
+    finally:
+        worker.stop()
+    assert kills == 3
+    assert set(found) == {str(r.event_id) for r in requests}
+    assert all(len(v) == 1 for v in found.values()), {k: v for k, v in found.items() if len(v) > 1}
+    assert [d.headers.get("bus.reason") for d in letters] == []

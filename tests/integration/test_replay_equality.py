@@ -54,21 +54,42 @@ def log(settings: Settings) -> list[Record]:
     return asyncio.run(go())
 
 
-def settle(settings: Settings, timeout: float = 120) -> None:
-    """Wait until the correlate agent has committed everything on the canonical topics."""
+async def record_ends(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict:
+    """Per partition, the offset after its last record: a transaction's commit marker takes
+    an offset too, which no consumer receives and no group commits past."""
+    ends = await consumer.end_offsets(tps)
+    found = {}
+    for tp in tps:
+        consumer.assign([tp])
+        consumer.seek(tp, max(ends[tp] - 2, 0))  # a transaction holds a record before its marker
+        last = None
+        while await consumer.position(tp) < ends[tp]:
+            for r in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                last = r.offset
+        found[tp] = ends[tp] if last is None and ends[tp] < 2 else (last or 0) + 1
+    return found
+
+
+def settle(settings: Settings, timeout: float = 180) -> None:
+    """Wait until the correlate agent and the case engine have committed everything."""
+    groups = {f"{settings.app_id}.correlate": canonical(settings),
+              settings.app_id: [settings.topic("cases")]}  # fmt: skip
 
     async def behind() -> int:
         admin = AIOKafkaAdminClient(**settings.kafka())
-        consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None)
+        consumer = AIOKafkaConsumer(**settings.kafka(), group_id=None,
+                                    isolation_level="read_committed")  # fmt: skip
         await admin.start()
         await consumer.start()
         try:
-            committed = await admin.list_consumer_group_offsets(f"{settings.app_id}.correlate")
-            tps = [TopicPartition(t, p) for t in canonical(settings)
-                   for p in range(settings.partitions)]  # fmt: skip
-            ends = await consumer.end_offsets(tps)
-            done = {tp: om.offset for tp, om in committed.items()}
-            return sum(max(n - done.get(tp, 0), 0) for tp, n in ends.items())
+            total = 0
+            for group, topics in groups.items():
+                committed = await admin.list_consumer_group_offsets(group)
+                tps = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
+                done = {tp: om.offset for tp, om in committed.items()}
+                ends = await record_ends(consumer, tps)
+                total += sum(max(n - done.get(tp, 0), 0) for tp, n in ends.items())
+            return total
         finally:
             await consumer.stop()
             await admin.close()
@@ -76,7 +97,7 @@ def settle(settings: Settings, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     quiet = 0
     while quiet < 3:  # caught up three times running: nothing of its own still on the way
-        assert time.monotonic() < deadline, "the correlate agent did not catch up"
+        assert time.monotonic() < deadline, "the bus did not catch up"
         quiet = quiet + 1 if asyncio.run(behind()) == 0 else 0
         time.sleep(0.3)
 
