@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(default=512 * 1024, ge=1024, description="Larger is rejected")
     batch_size: int = Field(default=500, ge=1, description="Events an agent handles at once")
     batch_wait: float = Field(default=0.05, gt=0, description="Seconds to fill a batch")
+    processing_guarantee: Literal["auto", "exactly_once", "at_least_once"] = Field(
+        default="auto",
+        description="exactly_once: each batch's outputs, state and offsets in one Kafka "
+        "transaction; at_least_once: outputs acknowledged before offsets are committed; "
+        "auto: exactly_once where the broker has transactions",
+    )
     data_dir: Path = Field(default=Path("var"), description="Worker state (tables) and broker")
     departments_file: Path | None = Field(
         default=None, description="Department directory YAML; the shipped one when unset"
