@@ -12,7 +12,8 @@ Guarantees (``BUS_PROCESSING_GUARANTEE``):
 
 * ``exactly_once`` (``auto`` on a broker with transactions): each batch's outputs, its
   stores' changelog records and its consumed offsets are one Kafka transaction per input
-  partition number, under the transactional id ``<app_id>.<agent>.<partition>``. The worker
+  partition number, under the transactional id ``<app_id>.<agent>.<partition>`` (under a
+  backlog a transaction spans fetches, up to ``BUS_BATCH_SIZE`` events). The worker
   that is given a partition starts that id's producer before it restores the partition's
   state, which aborts what the previous owner left open and fences it: a zombie's later
   writes fail (aiokafka 0.14 sends no group generation with the offsets, KIP-447, so the
@@ -75,29 +76,26 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 @dataclass(slots=True)
-class _Part:
-    """One input partition number's share of a batch: one transaction of its producer."""
+class _Txn:
+    """The open transaction of one input partition number: what it holds so far."""
 
-    outs: list[Out]  # outputs and changelog records
-    offsets: dict[TopicPartition, int]  # to commit with them; none for a tick
-    producer: AIOKafkaProducer | None = None  # set once its transaction has begun
+    producer: AIOKafkaProducer
+    started: float  # monotonic
+    first: dict[TopicPartition, int] = field(default_factory=dict)  # to re-read it from
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # to commit with it
     acks: list[asyncio.Future[object]] = field(default_factory=list)
+    events: int = 0
 
 
 @dataclass(slots=True)
 class _Batch:
-    """A batch whose outputs are on their way: what to wait for, then write, then commit.
-
-    At least once: ``acks``, then ``changelog``, then ``commit``. Exactly once: ``parts``,
-    each committed in its own transaction.
-    """
+    """A batch whose outputs are on their way: what to wait for, then write, then commit."""
 
     acks: list[asyncio.Future[object]]
     changelog: list[Out]
     first: dict[TopicPartition, int]
     commit: dict[TopicPartition, int]
     size: int
-    parts: dict[int, _Part] = field(default_factory=dict)
 
 
 LAG_INTERVAL = 5.0  # seconds between consumer-lag updates
@@ -106,6 +104,12 @@ TXN_TIMEOUT_MS = 30_000
 """How long the broker keeps a transaction of a worker that died open (readers of its topics
 wait behind it). The partition's next owner aborts it at once; this bounds the wait when no
 worker takes over. A batch's transaction lasts well under a second."""
+
+TXN_MAX_AGE = 1.0
+"""Seconds a transaction stays open at most while a backlog lasts. Each one costs the broker a
+few writes (transaction log, markers, offsets) whatever its size, so under a backlog a
+partition's transaction spans fetches until it holds ``BUS_BATCH_SIZE`` events or is this
+old; once the agent has caught up (a fetch that is not full) every open one is committed."""
 
 FENCED = (ProducerFenced, InvalidProducerEpoch, InvalidProducerIdMapping, IllegalOperation)
 """A transactional producer that cannot go on: another worker started the same transactional
@@ -250,6 +254,7 @@ class BatchAgent(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._txn: dict[int, AIOKafkaProducer] = {}  # partition number -> its producer
+        self._open: dict[int, _Txn] = {}  # partition number -> its open transaction
         self._partitions: dict[str, list[int]] = {}
         self._inflight: _Batch | None = None
         self._deadletter_topic = s.topic("deadletter")
@@ -321,14 +326,15 @@ class BatchAgent(Service):
                 self._last_lag = time.monotonic()
                 await self._update_lag()
             async with self.lock:
+                if self.transactional:
+                    await self._transact(fetched)
+                    continue
                 current: _Batch | None = None
                 try:
                     fetched = self._restored_only(fetched)
                     if fetched:
                         current = await self._start(fetched)
                     await self.settle()
-                    if current is not None and current.parts:
-                        await self._begin(current)
                     self._inflight = current
                     if self._tick_due():
                         await self.settle()
@@ -362,33 +368,22 @@ class BatchAgent(Service):
         return kept
 
     async def _start(self, fetched: dict[TopicPartition, list[Record]]) -> _Batch:
-        """Process a fetch. At least once, its outputs are sent at once; exactly once, each
-        partition number's records are processed apart (their outputs and state changes
-        are that partition's transaction) and sent by ``_begin``."""
         m = self.ctx.metrics
-        first = {tp: rs[0].offset for tp, rs in fetched.items()}
-        commit = {tp: rs[-1].offset + 1 for tp, rs in fetched.items()}
-        size = sum(len(rs) for rs in fetched.values())
+        records = _merged(fetched, list(fetched))
+        t0 = time.perf_counter()
+        outs = await self.process(records)
+        m.batch_seconds.labels(self.name).observe(time.perf_counter() - t0)
         for tp, rs in fetched.items():
             m.events_in.labels(self.name, tp.topic).inc(len(rs))
-        t0 = time.perf_counter()
-        if not self.transactional:
-            outs = await self.process(_merged(fetched, list(fetched)))
-            m.batch_seconds.labels(self.name).observe(time.perf_counter() - t0)
-            self._count_out(outs)
-            changelog = [o for store in self.stores for o in store.take_pending()]
-            return _Batch(await self._send(outs), changelog, first, commit, size)
-        by_number: dict[int, list[TopicPartition]] = {}
-        for tp in fetched:
-            by_number.setdefault(tp.partition, []).append(tp)
-        parts = {}
-        for p, tps in sorted(by_number.items()):
-            outs = await self.process(_merged(fetched, tps))
-            self._count_out(outs)
-            outs += [o for store in self.stores for o in store.take_pending()]
-            parts[p] = _Part(outs, {tp: commit[tp] for tp in tps})
-        m.batch_seconds.labels(self.name).observe(time.perf_counter() - t0)
-        return _Batch([], [], first, {}, size, parts)
+        self._count_out(outs)
+        changelog = [o for store in self.stores for o in store.take_pending()]
+        return _Batch(
+            acks=await self._send(outs),
+            changelog=changelog,
+            first={tp: rs[0].offset for tp, rs in fetched.items()},
+            commit={tp: rs[-1].offset + 1 for tp, rs in fetched.items()},
+            size=len(records),
+        )
 
     async def on_assigned(self, partitions: set[int]) -> None:
         """Called after the stores of newly assigned partitions are restored."""
@@ -440,32 +435,19 @@ class BatchAgent(Service):
         changelog = [o for store in self.stores for o in store.take_pending()]
         if not outs and not changelog:
             return None
-        if not self.transactional:
-            return _Batch(await self._send(outs), changelog, {}, {}, 0)
-        # No offsets; each record goes with the partition number whose state it comes from:
-        # a changelog record's own, an output's by its key (decisions are keyed by subject).
-        owned = sorted({tp.partition for tp in self.assignment})
-        groups: dict[int, list[Out]] = {}
-        for o in changelog:
-            assert o.partition is not None  # a store writes into its partition's number
-            groups.setdefault(o.partition, []).append(o)
-        for o in outs:
-            p = await self._partition_of(o, self._txn_any())
-            groups.setdefault(p if p in owned or not owned else owned[0], []).append(o)
-        batch = _Batch([], [], {}, {}, 0, {p: _Part(os, {}) for p, os in groups.items()})
-        await self._begin(batch)
-        return batch
+        return _Batch(await self._send(outs), changelog, {}, {}, 0)
 
     async def settle(self) -> None:
-        """Complete the batch in flight: wait for its outputs, write its state, commit."""
+        """Complete the batch in flight: wait for its outputs, write its state, commit.
+
+        Exactly once: commit every open transaction.
+        """
+        if self._open:
+            await self._commit({p: self._open[p] for p in sorted(self._open)})
         batch, self._inflight = self._inflight, None
         if batch is None:
             return
         assert self._consumer is not None
-        if batch.parts:
-            await self._commit_parts(batch)
-            self.processed += batch.size
-            return
         try:
             await asyncio.gather(*batch.acks)
             if batch.changelog:
@@ -486,8 +468,6 @@ class BatchAgent(Service):
         for b in failed:
             for tp, offset in b.first.items():
                 first[tp] = min(offset, first.get(tp, offset))
-        for b in failed:
-            await self._abort_open(b)
         owned = {tp.partition for tp in self.assignment}
         partitions = {tp.partition for tp in first} & owned
         for store in self.stores:
@@ -585,7 +565,7 @@ class BatchAgent(Service):
             )  # fmt: skip
             self.transactional = False
             return True
-        if isinstance(failure, NO_TRANSACTIONS | TransactionalIdAuthorizationFailed):
+        if isinstance(failure, (*NO_TRANSACTIONS, TransactionalIdAuthorizationFailed)):
             why = (
                 f"may not use the transactional ids {self.group}.<partition>: allow this "
                 f"user Write on TransactionalId prefix {self.group}. (docs/operations.md)"
@@ -634,73 +614,142 @@ class BatchAgent(Service):
         if start:
             await self._consumer.seek_to_beginning(*start)
 
-    async def _begin(self, batch: _Batch) -> None:
-        """Open each part's transaction and send its records (acknowledged in ``settle``)."""
-        for p in list(batch.parts):
-            part = batch.parts[p]
-            producer = self._txn.get(p)
-            if producer is None or any(tp not in self.assignment for tp in part.offsets):
-                del batch.parts[p]  # given away meanwhile: its new owner does it
-                for tp in part.offsets:
-                    batch.first.pop(tp, None)
-                continue
-            await producer.begin_transaction()
-            part.producer = producer
-            part.acks = await self._send(part.outs, producer)
+    async def _transact(self, fetched: dict[TopicPartition, list[Record]]) -> None:
+        """Exactly once: add a fetch to its partitions' open transactions; commit the due ones.
 
-    async def _commit_parts(self, batch: _Batch) -> None:
-        """Commit every part's transaction, outputs + state + offsets, side by side.
-
-        A part whose producer was fenced belongs to another worker now: given up, not
-        retried. Any other failure aborts that part and is raised, after the others are
-        committed, so that only the failed parts are read again.
+        Each partition number's records are processed apart, so that their outputs and state
+        changes belong to that partition's transaction, which commits them with its offsets.
         """
-        numbers = list(batch.parts)
+        caught_up = sum(len(rs) for rs in fetched.values()) < self.ctx.settings.batch_size
+        touched: dict[TopicPartition, int] = {}
+        try:
+            fetched = self._restored_only(fetched)
+            touched = {tp: rs[0].offset for tp, rs in fetched.items()}
+            by_number: dict[int, list[TopicPartition]] = {}
+            for tp in fetched:
+                by_number.setdefault(tp.partition, []).append(tp)
+            m = self.ctx.metrics
+            t0 = time.perf_counter()
+            for p, tps in sorted(by_number.items()):
+                records = _merged(fetched, tps)
+                outs = await self.process(records)
+                self._count_out(outs)
+                txn = await self._txn_of(p)
+                for tp in tps:
+                    txn.first.setdefault(tp, fetched[tp][0].offset)
+                    txn.offsets[tp] = fetched[tp][-1].offset + 1
+                txn.events += len(records)
+                changelog = [o for store in self.stores for o in store.take_pending()]
+                txn.acks += await self._send(outs + changelog, txn.producer)
+            if fetched:
+                m.batch_seconds.labels(self.name).observe(time.perf_counter() - t0)
+                for tp, rs in fetched.items():
+                    m.events_in.labels(self.name, tp.topic).inc(len(rs))
+            if self._tick_due():
+                await self._tick_in_transactions()
+                caught_up = True
+            now, size = time.monotonic(), self.ctx.settings.batch_size
+            due = {
+                p: txn
+                for p, txn in sorted(self._open.items())
+                if caught_up or txn.events >= size or now - txn.started >= TXN_MAX_AGE
+            }
+            await self._commit(due)
+        except Exception as exc:
+            if isinstance(exc, (KafkaError, OSError)):
+                log.warning("%s: broker trouble, re-reading: %r", self.name, exc)
+            else:
+                log.exception("%s: batch failed; it will be re-read", self.name)
+            await self._roll_back(dict(self._open), touched)
+            await self.sleep(1.0)
+
+    async def _txn_of(self, p: int) -> _Txn:
+        """Partition number ``p``'s open transaction; begun now if none is."""
+        txn = self._open.get(p)
+        if txn is None:
+            producer = self._txn.get(p)
+            if producer is None:  # given up (fenced) since the fetch: not ours to write
+                raise ProducerFenced()
+            await producer.begin_transaction()
+            txn = self._open[p] = _Txn(producer, time.monotonic())
+        return txn
+
+    async def _tick_in_transactions(self) -> None:
+        """A tick's records, each with the partition number whose state it comes from: a
+        changelog record's own, an output's by its key (decisions are keyed by subject)."""
+        outs = await self.tick()
+        self._count_out(outs)
+        owned = sorted({tp.partition for tp in self.assignment} & set(self._txn))
+        groups: dict[int, list[Out]] = {}
+        for o in [o for store in self.stores for o in store.take_pending()]:
+            assert o.partition is not None  # a store writes into its partition's number
+            groups.setdefault(o.partition, []).append(o)
+        for o in outs:
+            p = await self._partition_of(o, self._txn_any())
+            groups.setdefault(p if p in owned or not owned else owned[0], []).append(o)
+        for p, records in groups.items():
+            txn = await self._txn_of(p)
+            txn.acks += await self._send(records, txn.producer)
+
+    async def _commit(self, due: dict[int, _Txn]) -> None:
+        """Commit transactions side by side: outputs + state + offsets, each all or nothing.
+
+        A fenced one belongs to another worker now: given up, not retried. Any other
+        failure aborts that one and rolls its partition back (state restored, re-read from
+        its first offsets), after the others are committed; the first such error is raised.
+        """
+        for p in due:
+            self._open.pop(p, None)
+        numbers = list(due)
         results = await asyncio.gather(
-            *(self._commit_part(batch.parts[p]) for p in numbers), return_exceptions=True
+            *(self._commit_one(due[p]) for p in numbers), return_exceptions=True
         )
+        failed: dict[int, _Txn] = {}
         failure: BaseException | None = None
         for p, result in zip(numbers, results, strict=True):
-            part = batch.parts[p]
-            if result is None or isinstance(result, FENCED):
-                if result is not None:
-                    await self._lost(p, result)
-                del batch.parts[p]
-                for tp in part.offsets:
-                    batch.first.pop(tp, None)  # committed, or the new owner's to re-read
+            if result is None:
+                self.processed += due[p].events
+            elif isinstance(result, FENCED):
+                await self._lost(p, result)
             elif isinstance(result, Exception):
+                failed[p] = due[p]
                 failure = failure or result
-                await self._abort(p, part)
             else:
                 raise result  # cancelled: the agent is stopping
         if failure is not None:
-            self._inflight = batch  # the caller re-reads what is left of it
+            await self._roll_back(failed, {})
             raise failure
 
-    async def _commit_part(self, part: _Part) -> None:
-        producer = part.producer
-        assert producer is not None
-        results = await asyncio.gather(*part.acks, return_exceptions=True)
+    async def _commit_one(self, txn: _Txn) -> None:
+        results = await asyncio.gather(*txn.acks, return_exceptions=True)
         if failed := next((r for r in results if isinstance(r, BaseException)), None):
             raise failed
-        if part.offsets:
-            await producer.send_offsets_to_transaction(part.offsets, self.group)
-        await producer.commit_transaction()
-        part.producer = None
+        if txn.offsets:
+            await txn.producer.send_offsets_to_transaction(txn.offsets, self.group)
+        await txn.producer.commit_transaction()
 
-    async def _abort(self, p: int, part: _Part) -> None:
-        """End a failed part's transaction; if even that fails, give the partition up."""
-        producer, part.producer = part.producer, None
-        if producer is None:
-            return
-        try:
-            await asyncio.wait_for(producer.abort_transaction(), 10)
-        except Exception as exc:
-            await self._lost(p, exc)
-
-    async def _abort_open(self, batch: _Batch) -> None:
-        for p, part in list(batch.parts.items()):
-            await self._abort(p, part)
+    async def _roll_back(self, txns: dict[int, _Txn], touched: dict[TopicPartition, int]) -> None:
+        """Abort ``txns``; their partitions (and ``touched``) get their state back as last
+        committed and are read again from their first uncommitted offsets."""
+        assert self._consumer is not None
+        first = dict(touched)
+        for p, txn in txns.items():
+            self._open.pop(p, None)
+            for tp, offset in txn.first.items():
+                first[tp] = min(offset, first.get(tp, offset))
+            try:
+                await asyncio.wait_for(txn.producer.abort_transaction(), 10)
+            except Exception as exc:  # cannot end it: the next owner's producer will
+                await self._lost(p, exc)
+        # Partitions with a transaction still open keep their state (and its records).
+        partitions = {tp.partition for tp in first} & {tp.partition for tp in self.assignment}
+        partitions -= set(self._open)
+        for store in self.stores:
+            store.drop(partitions)
+            await store.restore(self.ctx.settings, partitions)
+        for tp, offset in first.items():
+            if tp in self.assignment and tp.partition in partitions:
+                self._consumer.seek(tp, offset)
 
     async def _lost(self, p: int, exc: BaseException) -> None:
         """Partition number ``p`` cannot be written by this worker: forget it until assigned.
