@@ -107,9 +107,9 @@ worker takes over. A batch's transaction lasts well under a second."""
 
 TXN_MAX_AGE = 1.0
 """Seconds a transaction stays open at most while a backlog lasts. Each one costs the broker a
-few writes (transaction log, markers, offsets) whatever its size, so under a backlog a
-partition's transaction spans fetches until it holds ``BUS_BATCH_SIZE`` events or is this
-old; once the agent has caught up (a fetch that is not full) every open one is committed."""
+few writes (transaction log, markers, offsets) whatever its size, so under a backlog (full
+fetches) a partition's transaction spans fetches until it holds ``BUS_BATCH_SIZE`` events or
+is this old; after a fetch that is not full, every open one is committed."""
 
 FENCED = (ProducerFenced, InvalidProducerEpoch, InvalidProducerIdMapping, IllegalOperation)
 """A transactional producer that cannot go on: another worker started the same transactional
@@ -255,6 +255,7 @@ class BatchAgent(Service):
         self._producer: AIOKafkaProducer | None = None
         self._txn: dict[int, AIOKafkaProducer] = {}  # partition number -> its producer
         self._open: dict[int, _Txn] = {}  # partition number -> its open transaction
+        self.committed = 0  # transactions
         self._partitions: dict[str, list[int]] = {}
         self._inflight: _Batch | None = None
         self._deadletter_topic = s.topic("deadletter")
@@ -301,6 +302,9 @@ class BatchAgent(Service):
             try:
                 await self.settle()
             finally:
+                if self.transactional:
+                    log.info("%s: %d events in %d transactions", self.name, self.processed,
+                             self.committed)  # fmt: skip
                 await self.close_transactions(set(self._txn))
                 if self._consumer is not None:
                     await self._consumer.stop()
@@ -620,8 +624,9 @@ class BatchAgent(Service):
         Each partition number's records are processed apart, so that their outputs and state
         changes belong to that partition's transaction, which commits them with its offsets.
         """
-        caught_up = sum(len(rs) for rs in fetched.values()) < self.ctx.settings.batch_size
         touched: dict[TopicPartition, int] = {}
+        # A full fetch means a backlog: the open transactions take the next fetch too.
+        caught_up = sum(len(rs) for rs in fetched.values()) < self.ctx.settings.batch_size
         try:
             fetched = self._restored_only(fetched)
             touched = {tp: rs[0].offset for tp, rs in fetched.items()}
@@ -645,14 +650,14 @@ class BatchAgent(Service):
                 m.batch_seconds.labels(self.name).observe(time.perf_counter() - t0)
                 for tp, rs in fetched.items():
                     m.events_in.labels(self.name, tp.topic).inc(len(rs))
-            if self._tick_due():
+            ticked = self._tick_due()
+            if ticked:
                 await self._tick_in_transactions()
-                caught_up = True
             now, size = time.monotonic(), self.ctx.settings.batch_size
             due = {
                 p: txn
                 for p, txn in sorted(self._open.items())
-                if caught_up or txn.events >= size or now - txn.started >= TXN_MAX_AGE
+                if caught_up or ticked or txn.events >= size or now - txn.started >= TXN_MAX_AGE
             }
             await self._commit(due)
         except Exception as exc:
@@ -706,10 +711,14 @@ class BatchAgent(Service):
         )
         failed: dict[int, _Txn] = {}
         failure: BaseException | None = None
+        counter = self.ctx.metrics.transactions
         for p, result in zip(numbers, results, strict=True):
             if result is None:
                 self.processed += due[p].events
+                self.committed += 1
+                counter.labels(self.name, "committed").inc()
             elif isinstance(result, FENCED):
+                counter.labels(self.name, "fenced").inc()
                 await self._lost(p, result)
             elif isinstance(result, Exception):
                 failed[p] = due[p]
@@ -737,6 +746,7 @@ class BatchAgent(Service):
             self._open.pop(p, None)
             for tp, offset in txn.first.items():
                 first[tp] = min(offset, first.get(tp, offset))
+            self.ctx.metrics.transactions.labels(self.name, "aborted").inc()
             try:
                 await asyncio.wait_for(txn.producer.abort_transaction(), 10)
             except Exception as exc:  # cannot end it: the next owner's producer will

@@ -167,6 +167,9 @@ def test_without_transactions_auto_runs_at_least_once_and_exactly_once_refuses(
     strict = tansu_settings(tansu, tmp_path, "exactly_once")
     asyncio.run(create_topics(strict))
     refused = WorkerProcess(strict, tmp_path / "strict.log")
-    with pytest.raises(BusError, match="exited"):
-        refused.start(timeout=90)
+    try:
+        with pytest.raises(BusError, match="exited"):
+            refused.start(timeout=90)
+    finally:
+        refused.stop()
     assert "BUS_PROCESSING_GUARANTEE" in refused.log()
