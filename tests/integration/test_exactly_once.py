@@ -17,6 +17,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import Iterator
+from contextlib import aclosing
 from pathlib import Path
 
 import pytest
@@ -152,10 +153,12 @@ def test_without_transactions_auto_runs_at_least_once_and_exactly_once_refuses(
 
         async def canonical() -> set[str]:
             got: set[str] = set()
-            async for r in read_topic(s, s.topic("events.penalty"), idle=3, max_seconds=90):
-                got.add(r.headers.get("event_id", ""))
-                if len(got) >= len(events):
-                    break
+            reading = read_topic(s, s.topic("events.penalty"), idle=3, max_seconds=90)
+            async with aclosing(reading) as records:  # its consumer closed on this loop
+                async for r in records:
+                    got.add(r.headers.get("event_id", ""))
+                    if len(got) >= len(events):
+                        break
             return got
 
         assert asyncio.run(canonical()) == {str(e.event_id) for e in events}
