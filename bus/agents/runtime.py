@@ -730,11 +730,12 @@ class BatchAgent(Service):
             raise failure
 
     async def _commit_one(self, txn: _Txn) -> None:
+        # The offsets go in while the records are still on their way (two round trips fewer).
+        if txn.offsets:
+            await txn.producer.send_offsets_to_transaction(txn.offsets, self.group)
         results = await asyncio.gather(*txn.acks, return_exceptions=True)
         if failed := next((r for r in results if isinstance(r, BaseException)), None):
             raise failed
-        if txn.offsets:
-            await txn.producer.send_offsets_to_transaction(txn.offsets, self.group)
         await txn.producer.commit_transaction()
 
     async def _roll_back(self, txns: dict[int, _Txn], touched: dict[TopicPartition, int]) -> None:
