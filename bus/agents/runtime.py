@@ -653,20 +653,28 @@ class BatchAgent(Service):
             ticked = self._tick_due()
             if ticked:
                 await self._tick_in_transactions()
-            now, size = time.monotonic(), self.ctx.settings.batch_size
-            due = {
-                p: txn
-                for p, txn in sorted(self._open.items())
-                if caught_up or ticked or txn.events >= size or now - txn.started >= TXN_MAX_AGE
-            }
-            await self._commit(due)
         except Exception as exc:
-            if isinstance(exc, (KafkaError, OSError)):
-                log.warning("%s: broker trouble, re-reading: %r", self.name, exc)
-            else:
-                log.exception("%s: batch failed; it will be re-read", self.name)
+            self._log_failure(exc)
             await self._roll_back(dict(self._open), touched)
             await self.sleep(1.0)
+            return
+        now, size = time.monotonic(), self.ctx.settings.batch_size
+        due = {
+            p: txn
+            for p, txn in sorted(self._open.items())
+            if caught_up or ticked or txn.events >= size or now - txn.started >= TXN_MAX_AGE
+        }
+        try:
+            await self._commit(due)
+        except Exception as exc:  # those that failed are rolled back already
+            self._log_failure(exc)
+            await self.sleep(1.0)
+
+    def _log_failure(self, exc: Exception) -> None:
+        if isinstance(exc, (KafkaError, OSError)):
+            log.warning("%s: broker trouble, re-reading: %r", self.name, exc)
+        else:
+            log.exception("%s: batch failed; it will be re-read", self.name)
 
     async def _txn_of(self, p: int) -> _Txn:
         """Partition number ``p``'s open transaction; begun now if none is."""
