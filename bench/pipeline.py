@@ -1,11 +1,12 @@
 """The whole pipeline: certificate latency, and throughput with the correlate agent in the path.
 
-    python -m bench.pipeline                      # embedded noida broker
-    python -m bench.pipeline --engine tansu
+    python -m bench.pipeline --engine kafka --events 30000   # both guarantees, one run
+    python -m bench.pipeline --guarantee exactly_once         # only one of them
+    python -m bench.pipeline --engine tansu                    # no transactions there
 
-1. **Certificate latency.** A worker with every agent; 200 enterprises registered; then
-   ``--requests`` compliance-certificate requests for clean enterprises published at
-   ``--rate`` per second. Latency is from publishing the request (to ingress, as the
+1. **Certificate latency**, for each guarantee. A worker with every agent; 200 enterprises
+   registered; then ``--requests`` compliance-certificate requests for clean enterprises
+   published at ``--rate`` per second. Latency is from publishing the request (to ingress, as the
    Financial Office would) to a consumer receiving the signed ``certificate.issued``.
 2. **Throughput with correlate.** The 500 enterprises are registered first (as they would
    be: a penalty is imposed on a registered enterprise; ``--unregistered`` skips this and
@@ -13,7 +14,9 @@
    worker is ready (so consumer-group joins are not counted); the same events go through the
    raw loop (``bench/raw_loop.py``) in the same run. The pipeline's time runs from its first
    canonical penalty to the moment the correlate agent has made every penalty durable (the
-   record of every enterprise updated and its changelog written).
+   record of every enterprise updated and its changelog written). By default the pipeline
+   runs twice, ``exactly_once`` (one Kafka transaction per batch and partition) and
+   ``at_least_once``, each on fresh topics, so both stand beside the same raw loop.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ async def durable(
     consumer = AIOKafkaConsumer(
         settings.topic(CORRELATE_SEEN.name), bootstrap_servers=settings.bootstrap_servers,
         group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=20,
+        isolation_level="read_committed",  # durable under exactly_once means committed
     )  # fmt: skip
     await consumer.start()
     try:
@@ -279,6 +283,13 @@ def bootstrap_of(settings: Settings) -> str:
     return settings.bootstrap_servers[0]
 
 
+GUARANTEES = {
+    "both": ("exactly_once", "at_least_once"),
+    "exactly_once": ("exactly_once",),
+    "at_least_once": ("at_least_once",),
+}
+
+
 async def main(args: argparse.Namespace) -> None:
     """Run both measurements and print them with the same run's raw loop."""
     tmp = Path(tempfile.mkdtemp(prefix="bus-pipeline-"))
@@ -289,12 +300,22 @@ async def main(args: argparse.Namespace) -> None:
         run = f"p{time.time_ns()}"
         settings = Settings(broker=bootstrap, app_id=run, topic_prefix=run, partitions=3,
                             data_dir=tmp / "var", web_port=0, metrics_port=0)  # fmt: skip
-        await create_topics(settings)
-        with WorkerProcess(settings, tmp / "worker.log"):
-            lat = await certificate_latency(settings, args.requests, args.rate)
-        print(f"certificate: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
-              f"max {lat['max_ms']:.1f} ms, {lat['under_1s']:.1%} under 1 s "
-              f"({args.requests} requests at {args.rate:.0f}/s)", flush=True)  # fmt: skip
+        guarantees = GUARANTEES[args.guarantee]
+        if args.engine == "tansu" and "exactly_once" in guarantees:
+            print("Tansu has no transactions: at_least_once only", flush=True)
+            guarantees = ("at_least_once",)
+        for i, guarantee in enumerate(guarantees):
+            one = settings.model_copy(update={
+                "app_id": f"{run}-c{i}", "topic_prefix": f"{run}c{i}",
+                "processing_guarantee": guarantee,
+            })  # fmt: skip
+            await create_topics(one)
+            with WorkerProcess(one, tmp / f"worker-c{i}.log"):
+                lat = await certificate_latency(one, args.requests, args.rate)
+            print(f"certificate, {guarantee}: p50 {lat['p50_ms']:.1f} ms, p99 "
+                  f"{lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms, {lat['under_1s']:.1%} "
+                  f"under 1 s ({args.requests} requests at {args.rate:.0f}/s)",
+                  flush=True)  # fmt: skip
 
         backlog = encode(args.events, 1)
         raws = {n: await raw_throughput(bootstrap, tmp, backlog, args.partitions, n,
@@ -303,21 +324,25 @@ async def main(args: argparse.Namespace) -> None:
         for n, raw in raws.items():
             print(f"raw loop, {n} process(es): {raw.eps:.0f} events/s; CPU per event: "
                   f"{raw.cpu_per_event()}", flush=True)  # fmt: skip
-        full = settings.model_copy(update={
-            "app_id": f"{run}-full", "topic_prefix": f"{run}f", "partitions": args.partitions,
-            "data_dir": tmp / "full",
-        })  # fmt: skip
-        if args.workers > 1:
-            from bench.scaleout import group_settings
-
-            full = group_settings(bootstrap, tmp, f"{run}-full", partitions=args.partitions)
-        bus = await pipeline_throughput(full, tmp, backlog, args, broker_pid=broker.pid)
         shape = "ingest and correlate in two workers" if args.split else f"{args.workers} worker(s)"
-        ratios = ", ".join(f"{bus.eps / r.eps:.2f} of {n} raw process(es)"
-                           for n, r in raws.items())  # fmt: skip
-        print(f"pipeline (ingest + correlate, {shape}): {bus.eps:.0f} events/s; {ratios}; "
-              f"CPU per event: {bus.cpu_per_event()} "
-              f"({args.events} events, {args.partitions} partitions, logs {tmp})")  # fmt: skip
+        for i, guarantee in enumerate(guarantees):
+            name = f"{run}-{guarantee}"
+            full = settings.model_copy(update={
+                "app_id": name, "topic_prefix": f"{run}g{i}", "partitions": args.partitions,
+                "data_dir": tmp / name,
+            })  # fmt: skip
+            if args.workers > 1:
+                from bench.scaleout import group_settings
+
+                full = group_settings(bootstrap, tmp, name, partitions=args.partitions)
+            full = full.model_copy(update={"processing_guarantee": guarantee})
+            bus = await pipeline_throughput(full, tmp / name, backlog, args, broker_pid=broker.pid)
+            ratios = ", ".join(f"{bus.eps / r.eps:.2f} of {n} raw process(es)"
+                               for n, r in raws.items())  # fmt: skip
+            print(f"pipeline {guarantee} (ingest + correlate, {shape}): {bus.eps:.0f} events/s; "
+                  f"{ratios}; CPU per event: {bus.cpu_per_event()} "
+                  f"({args.events} events, {args.partitions} partitions, logs {tmp})",
+                  flush=True)  # fmt: skip
         raw = raws[1]
         budget = 2 * raw.cpu["raw loop"] / raw.events * 1e6
         print(f"at 0.50 of the raw loop, one process may spend {budget:.0f} µs of CPU per event "
@@ -341,6 +366,12 @@ if __name__ == "__main__":
         "loop is also measured with as many processes",
     )
     p.add_argument("--partitions", type=int, default=6)
+    p.add_argument(
+        "--guarantee",
+        choices=list(GUARANTEES),
+        default="both",
+        help="BUS_PROCESSING_GUARANTEE of the pipeline; both: one after the other, same run",
+    )
     p.add_argument(
         "--unregistered",
         action="store_true",

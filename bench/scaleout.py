@@ -398,9 +398,10 @@ class Seen:
 class Reader:
     """Reads canonical topics, dead letters and the correlate agent's changelogs from the start.
 
-    One consumer with every partition assigned, no group: counts records instead of trusting
-    end offsets. The enterprise records are rebuilt from their changelog as a worker taking
-    over a partition would (``bus.record.apply_part``), to check what a next owner gets.
+    One consumer with every partition assigned, no group, committed records only (what every
+    consumer of the bus reads): counts records instead of trusting end offsets. The
+    enterprise records are rebuilt from their changelog as a worker taking over a partition
+    would (``bus.record.apply_part``), to check what a next owner gets.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -414,6 +415,7 @@ class Reader:
         self.consumer = AIOKafkaConsumer(
             **settings.kafka(), group_id=None, enable_auto_commit=False,
             auto_offset_reset="earliest", fetch_max_wait_ms=50, max_poll_records=5000,
+            isolation_level="read_committed",  # what the bus's consumers see
         )  # fmt: skip
 
     async def __aenter__(self) -> Reader:

@@ -244,7 +244,12 @@ def worker(
     broker: BrokerOpt = None,
     loglevel: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
-    """Run a worker: the Faust app with every agent. Start more to scale out."""
+    """Run a worker: the Faust app with every agent. Start more to scale out.
+
+    BUS_PROCESSING_GUARANTEE: exactly_once (each batch's outputs, state and offsets in one
+    Kafka transaction), at_least_once, or auto (the default: exactly once where the broker
+    has transactions, else at least once with a warning).
+    """
     from faust import Worker
 
     from bus.app import create_app

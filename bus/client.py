@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import UnknownError, UnsupportedVersionError
 
 from bus.codec import EventCodec
 from bus.errors import BrokerError
@@ -119,6 +120,10 @@ def kafka_consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafka
 def kafka_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
     """Every producer of the bus: acknowledged by every in-sync replica, lingering 5 ms."""
     return AIOKafkaProducer(**{**settings.kafka(), "acks": "all", "linger_ms": 5, **options})
+
+
+NO_TRANSACTIONS = (UnknownError, UnsupportedVersionError)
+"""What a broker without transactions answers to InitProducerId (Tansu: UnknownError)."""
 
 
 def kafka_admin(settings: Settings, **options: Any) -> AIOKafkaAdminClient:

@@ -33,6 +33,10 @@ class Metrics:
         self.deadletters = Counter(
             f"{prefix}_deadletters", "Events rejected, by reason", ["agent", "reason"], registry=r
         )
+        self.transactions = Counter(
+            f"{prefix}_transactions", "Kafka transactions of an agent, by outcome",
+            ["agent", "outcome"], registry=r,
+        )  # fmt: skip
         self.batch_seconds = Histogram(
             f"{prefix}_batch_seconds", "Time to process one batch (before acknowledgements)",
             ["agent"], buckets=_SECONDS, registry=r,

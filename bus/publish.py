@@ -23,12 +23,11 @@ from aiokafka.errors import (
     KafkaError,
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
-    UnknownError,
-    UnsupportedVersionError,
 )
 
 from bus.agents.out import REPLAY_COUNT, REPLAY_FIRST, REPLAY_OF, ROUTE
 from bus.client import (
+    NO_TRANSACTIONS,
     BusClient,
     Record,
     kafka_consumer,
@@ -476,10 +475,6 @@ def replay_headers(letter: Record, to_sink: bool) -> list[tuple[str, bytes]]:
         (REPLAY_COUNT, str(link.count + 1 if link else 1).encode()),
     ]
     return headers
-
-
-NO_TRANSACTIONS = (UnknownError, UnsupportedVersionError)
-"""What a broker without transactions answers to InitProducerId (Tansu: UnknownError)."""
 
 
 async def _replay_producer(

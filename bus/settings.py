@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         description="Seconds the case engine waits to fill a batch; it adds to every "
         "decision's latency",
     )
+    processing_guarantee: Literal["auto", "exactly_once", "at_least_once"] = Field(
+        default="auto",
+        description="exactly_once: each batch's outputs, state and offsets in one Kafka "
+        "transaction; at_least_once: outputs acknowledged before offsets are committed; "
+        "auto: exactly_once where the broker has transactions",
+    )
     data_dir: Path = Field(default=Path("var"), description="Worker state (tables) and broker")
     departments_file: Path | None = Field(
         default=None, description="Department directory YAML; the shipped one when unset"

@@ -6,15 +6,22 @@ events/s where a plain aiokafka loop that also decodes every event reaches ~16 0
 (docs/benchmarks.md). So the agents that see every event are *batch agents*: a
 ``mode.Service`` started by the Faust worker (same process, lifecycle, logging, health) that
 reads its topics with a plain aiokafka consumer in its own consumer group, handles whole
-fetches at once, and commits offsets only after everything it produced is acknowledged.
+fetches at once, and commits offsets only after everything it produced is written.
 
-Guarantees (at-least-once, effects idempotent by ``event_id``):
+Guarantees (``BUS_PROCESSING_GUARANTEE``):
 
-* outputs of a batch are acknowledged by the broker before the batch's offsets are
-  committed, so a crash re-delivers, never loses;
-* state (``bus.agents.stores``) is written to a changelog topic after the batch's outputs
-  are acknowledged and before its offsets are committed, and restored before a partition is
-  consumed again, so a re-delivered event is recognised.
+* ``exactly_once`` (``auto`` on a broker with transactions): each batch's outputs, its
+  stores' changelog records and its consumed offsets are one Kafka transaction per input
+  partition number, under the transactional id ``<app_id>.<agent>.<partition>`` (under a
+  backlog a transaction spans fetches, up to ``BUS_BATCH_SIZE`` events). The worker
+  that is given a partition starts that id's producer before it restores the partition's
+  state, which aborts what the previous owner left open and fences it: a zombie's later
+  writes fail (aiokafka 0.14 sends no group generation with the offsets, KIP-447, so the
+  transactional id is the fence, as in Kafka Streams' first exactly-once design).
+* ``at_least_once`` (``auto`` on a broker without transactions): outputs are acknowledged
+  before the changelog records are written and before offsets are committed, so a crash
+  re-delivers, never loses, and a re-delivered event is recognised through the restored
+  state (a crash between outputs and changelog re-forwards at most one batch).
 
 Scale-out is Kafka's: every worker runs the same agents in the same consumer groups and the
 broker splits partitions between them.
@@ -31,8 +38,8 @@ import operator
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -42,14 +49,23 @@ from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
     ConsumerProtocolMemberMetadata,
 )
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalOperation,
+    IllegalStateError,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    ProducerFenced,
+    TransactionalIdAuthorizationFailed,
+)
 from aiokafka.partitioner import murmur2
 from mode import Service
 
 from bus.agents.out import Out
 from bus.agents.stores import Store
-from bus.client import kafka_consumer, kafka_producer
-from bus.errors import BusError
+from bus.client import NO_TRANSACTIONS, kafka_consumer, kafka_producer, start_or_close
+from bus.errors import BusError, ConfigurationError
 
 if TYPE_CHECKING:
     from bus.app import Context
@@ -57,6 +73,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+
+@dataclass(slots=True)
+class _Txn:
+    """The open transaction of one input partition number: what it holds so far."""
+
+    producer: AIOKafkaProducer
+    started: float  # monotonic
+    first: dict[TopicPartition, int] = field(default_factory=dict)  # to re-read it from
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # to commit with it
+    acks: list[asyncio.Future[object]] = field(default_factory=list)
+    events: int = 0
 
 
 @dataclass(slots=True)
@@ -71,6 +99,21 @@ class _Batch:
 
 
 LAG_INTERVAL = 5.0  # seconds between consumer-lag updates
+
+TXN_TIMEOUT_MS = 30_000
+"""How long the broker keeps a transaction of a worker that died open (readers of its topics
+wait behind it). The partition's next owner aborts it at once; this bounds the wait when no
+worker takes over. A batch's transaction lasts well under a second."""
+
+TXN_MAX_AGE = 1.0
+"""Seconds a transaction stays open at most while a backlog lasts. Each one costs the broker a
+few writes (transaction log, markers, offsets) whatever its size, so under a backlog (full
+fetches) a partition's transaction spans fetches until it holds ``BUS_BATCH_SIZE`` events or
+is this old; after a fetch that is not full, every open one is committed."""
+
+FENCED = (ProducerFenced, InvalidProducerEpoch, InvalidProducerIdMapping, IllegalOperation)
+"""A transactional producer that cannot go on: another worker started the same transactional
+id (it owns the partition now), or the broker aborted the transaction after its timeout."""
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -121,10 +164,17 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.agent.lock:  # let the batch in flight finish and commit
-            await self.agent.settle()
-            self.agent.assignment -= set(revoked)
-            for store in self.agent.stores:
-                store.drop(tp.partition for tp in revoked)
+            try:
+                await self.agent.settle()
+            except Exception as exc:  # not committed: the partitions' next owner re-reads it
+                self.agent._inflight = None
+                log.warning("%s: batch in flight not committed at revocation: %r",
+                            self.agent.name, exc)  # fmt: skip
+            finally:
+                self.agent.assignment -= set(revoked)
+                for store in self.agent.stores:
+                    store.drop(tp.partition for tp in revoked)
+                await self.agent.close_transactions({tp.partition for tp in revoked})
         for tp in revoked:  # the new owner reports their lag; a stale series would lie
             with contextlib.suppress(KeyError):
                 self.agent.ctx.metrics.lag.remove(self.agent.name, tp.topic, str(tp.partition))
@@ -138,15 +188,35 @@ class _Listener(ConsumerRebalanceListener):
         partitions = {tp.partition for tp in assigned}
         restored = 0
         async with self.agent.lock:
+            # Transactions first: starting a partition's producer aborts what its previous
+            # owner left open, so the restore below reads all that was committed and no more.
+            if not await self.agent.open_transactions(partitions):
+                return
             for store in self.agent.stores:
                 restored += await store.restore(self.agent.ctx.settings, partitions)
             self.agent.assignment = set(assigned)
+            if self.agent.transactional:
+                await self.agent.seek_committed(assigned)
             await self.agent.on_assigned(partitions)
         self.agent.ready.set()
         log.info(
             "%s: partitions assigned %s (%d ids restored in %.2fs)",
             self.agent.name, _fmt(assigned), restored, time.monotonic() - t0,
         )  # fmt: skip
+
+
+def _merged(
+    fetched: Mapping[TopicPartition, list[Record]], tps: list[TopicPartition]
+) -> list[Record]:
+    """Records of ``tps`` across partitions and topics, oldest first (each partition's order
+    kept): a penalty published before a certificate request is folded in before it."""
+    lists = [fetched[tp] for tp in sorted(tps)]
+    return lists[0] if len(lists) == 1 else list(heapq.merge(*lists, key=_timestamp))
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _fmt(tps: Iterable[TopicPartition]) -> str:
@@ -178,8 +248,14 @@ class BatchAgent(Service):
         self.ready = asyncio.Event()  # set once the group gave this member its partitions
         self.assignment: set[TopicPartition] = set()
         self.processed = 0
+        self.guarantee = s.processing_guarantee
+        # ``auto`` tries transactions and falls back at the first assignment if refused.
+        self.transactional = s.processing_guarantee != "at_least_once"
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._txn: dict[int, AIOKafkaProducer] = {}  # partition number -> its producer
+        self._open: dict[int, _Txn] = {}  # partition number -> its open transaction
+        self.committed = 0  # transactions
         self._partitions: dict[str, list[int]] = {}
         self._inflight: _Batch | None = None
         self._deadletter_topic = s.topic("deadletter")
@@ -226,6 +302,10 @@ class BatchAgent(Service):
             try:
                 await self.settle()
             finally:
+                if self.transactional:
+                    log.info("%s: %d events in %d transactions", self.name, self.processed,
+                             self.committed)  # fmt: skip
+                await self.close_transactions(set(self._txn))
                 if self._consumer is not None:
                     await self._consumer.stop()
                 if self._producer is not None:
@@ -250,6 +330,9 @@ class BatchAgent(Service):
                 self._last_lag = time.monotonic()
                 await self._update_lag()
             async with self.lock:
+                if self.transactional:
+                    await self._transact(fetched)
+                    continue
                 current: _Batch | None = None
                 try:
                     fetched = self._restored_only(fetched)
@@ -289,11 +372,8 @@ class BatchAgent(Service):
         return kept
 
     async def _start(self, fetched: dict[TopicPartition, list[Record]]) -> _Batch:
-        # Across partitions and topics, oldest first (each partition's order is kept):
-        # a penalty published before a certificate request is folded in before it.
-        lists = [fetched[tp] for tp in sorted(fetched)]
-        records = lists[0] if len(lists) == 1 else list(heapq.merge(*lists, key=_timestamp))
         m = self.ctx.metrics
+        records = _merged(fetched, list(fetched))
         t0 = time.perf_counter()
         outs = await self.process(records)
         m.batch_seconds.labels(self.name).observe(time.perf_counter() - t0)
@@ -362,7 +442,12 @@ class BatchAgent(Service):
         return _Batch(await self._send(outs), changelog, {}, {}, 0)
 
     async def settle(self) -> None:
-        """Complete the batch in flight: wait for its outputs, write its state, commit."""
+        """Complete the batch in flight: wait for its outputs, write its state, commit.
+
+        Exactly once: commit every open transaction.
+        """
+        if self._open:
+            await self._commit({p: self._open[p] for p in sorted(self._open)})
         batch, self._inflight = self._inflight, None
         if batch is None:
             return
@@ -387,16 +472,18 @@ class BatchAgent(Service):
         for b in failed:
             for tp, offset in b.first.items():
                 first[tp] = min(offset, first.get(tp, offset))
-        owned = {tp.partition for tp in self._consumer.assignment()}
+        owned = {tp.partition for tp in self.assignment}
         partitions = {tp.partition for tp in first} & owned
         for store in self.stores:
             store.drop(partitions)
             await store.restore(self.ctx.settings, partitions)
         for tp, offset in first.items():
-            if tp in self._consumer.assignment():
+            if tp in self.assignment:
                 self._consumer.seek(tp, offset)
 
-    async def _send(self, outs: list[Out]) -> list[asyncio.Future[object]]:
+    async def _send(
+        self, outs: list[Out], producer: AIOKafkaProducer | None = None
+    ) -> list[asyncio.Future[object]]:
         """Produce ``outs`` as one record batch per partition; returns the ack futures.
 
         Per-record ``send`` costs a future and an accumulator lookup each (a fifth of the
@@ -404,21 +491,13 @@ class BatchAgent(Service):
         as Kafka's default partitioner does (murmur2 of the key), so keyed records land
         where any other Kafka producer would put them.
         """
-        assert self._producer is not None
-        producer = self._producer
+        producer = producer or self._producer
+        assert producer is not None
         groups: dict[tuple[str, int], list[Out]] = {}
         for o in outs:
             p = o.partition
             if p is None:
-                parts = self._partitions.get(o.topic)
-                if parts is None:
-                    parts = sorted(await producer.partitions_for(o.topic))
-                    self._partitions[o.topic] = parts
-                p = (
-                    parts[key_hash(o.key) % len(parts)]
-                    if o.key is not None
-                    else parts[self.processed % len(parts)]
-                )
+                p = await self._partition_of(o, producer)
             groups.setdefault((o.topic, p), []).append(o)
         futures = []
         for (topic, partition), items in groups.items():
@@ -436,3 +515,291 @@ class BatchAgent(Service):
             batch.close()
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         return futures
+
+    async def _partition_of(self, o: Out, producer: AIOKafkaProducer) -> int:
+        """The partition ``o`` goes to: its own, or by its key as Kafka's partitioner says."""
+        if o.partition is not None:
+            return o.partition
+        parts = self._partitions.get(o.topic)
+        if parts is None:
+            parts = sorted(await producer.partitions_for(o.topic))
+            self._partitions[o.topic] = parts
+        if o.key is None:
+            return parts[self.processed % len(parts)]
+        return parts[key_hash(o.key) % len(parts)]
+
+    # ---- exactly once: one transactional producer per input partition number -------------
+
+    def _txn_any(self) -> AIOKafkaProducer:
+        """Any started producer, for metadata."""
+        producer = next(iter(self._txn.values()), None) or self._producer
+        assert producer is not None
+        return producer
+
+    async def open_transactions(self, partitions: set[int]) -> bool:
+        """Start the transactional producer of each newly assigned partition number.
+
+        Starting ``<app_id>.<agent>.<partition>`` makes the broker abort that id's open
+        transaction and refuse its earlier producer from now on: the partition's previous
+        owner, alive or a zombie, can no longer write. Under ``auto``, a broker that refuses
+        transactions (no InitProducerId) turns the agent to at least once, with one warning.
+        Returns False when the partitions cannot be served now (a rejoin is requested).
+        """
+        if not self.transactional:
+            return True
+        todo = sorted(p for p in partitions if p not in self._txn)
+        results = await asyncio.gather(
+            *(self._start_txn_producer(p) for p in todo), return_exceptions=True
+        )
+        failure: BaseException | None = None
+        for p, result in zip(todo, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+            else:
+                self._txn[p] = result
+        if failure is None:
+            return True
+        await self.close_transactions(set(todo))
+        if isinstance(failure, NO_TRANSACTIONS) and self.guarantee == "auto":
+            log.warning(
+                "%s: the broker refused transactions (%s on InitProducerId): processing at "
+                "least once (BUS_PROCESSING_GUARANTEE=auto); after a crash a batch may be "
+                "forwarded twice, and consumers drop copies by event_id",
+                self.name, type(failure).__name__,
+            )  # fmt: skip
+            self.transactional = False
+            return True
+        if isinstance(failure, (*NO_TRANSACTIONS, TransactionalIdAuthorizationFailed)):
+            why = (
+                f"may not use the transactional ids {self.group}.<partition>: allow this "
+                f"user Write on TransactionalId prefix {self.group}. (docs/operations.md)"
+                if isinstance(failure, TransactionalIdAuthorizationFailed)
+                else f"the broker refused transactions ({type(failure).__name__} on "
+                "InitProducerId); BUS_PROCESSING_GUARANTEE=auto or at_least_once runs without"
+            )
+            await self.crash(ConfigurationError(f"{self.name}: exactly once impossible: {why}"))
+            return False
+        log.warning("%s: transactional producers not started (%r): rejoining the group",
+                    self.name, failure)  # fmt: skip
+        self._rejoin()
+        return False
+
+    async def _start_txn_producer(self, partition: int) -> AIOKafkaProducer:
+        s = self.ctx.settings
+        producer = kafka_producer(
+            s,
+            transactional_id=f"{self.group}.{partition}",
+            transaction_timeout_ms=TXN_TIMEOUT_MS,
+            linger_ms=s.producer_linger_ms,
+            max_batch_size=s.producer_max_batch_size,
+            client_id=f"{self.group}-{partition}",
+        )
+        await asyncio.wait_for(start_or_close(producer), 60)
+        return producer
+
+    async def close_transactions(self, partitions: set[int]) -> None:
+        """Stop the producers of partitions given away (settled before, nothing open)."""
+        stopping = [self._txn.pop(p) for p in sorted(partitions) if p in self._txn]
+        await asyncio.gather(*(_stop_quietly(p) for p in stopping))
+
+    async def seek_committed(self, assigned: Iterable[TopicPartition]) -> None:
+        """Start from the offsets committed *now*, after the previous owner was fenced.
+
+        aiokafka may have fetched them before (its issue #738), while that owner could still
+        commit: the restored state would then be ahead of the position.
+        """
+        assert self._consumer is not None
+        tps = list(assigned)
+        committed = await asyncio.gather(*(self._consumer.committed(tp) for tp in tps))
+        start = [tp for tp, offset in zip(tps, committed, strict=True) if offset is None]
+        for tp, offset in zip(tps, committed, strict=True):
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+        if start:
+            await self._consumer.seek_to_beginning(*start)
+
+    async def _transact(self, fetched: dict[TopicPartition, list[Record]]) -> None:
+        """Exactly once: add a fetch to its partitions' open transactions; commit the due ones.
+
+        Each partition number's records are processed apart, so that their outputs and state
+        changes belong to that partition's transaction, which commits them with its offsets.
+        """
+        touched: dict[TopicPartition, int] = {}
+        # A full fetch means a backlog: the open transactions take the next fetch too.
+        caught_up = sum(len(rs) for rs in fetched.values()) < self.ctx.settings.batch_size
+        try:
+            fetched = self._restored_only(fetched)
+            touched = {tp: rs[0].offset for tp, rs in fetched.items()}
+            by_number: dict[int, list[TopicPartition]] = {}
+            for tp in fetched:
+                by_number.setdefault(tp.partition, []).append(tp)
+            m = self.ctx.metrics
+            t0 = time.perf_counter()
+            for p, tps in sorted(by_number.items()):
+                records = _merged(fetched, tps)
+                outs = await self.process(records)
+                self._count_out(outs)
+                txn = await self._txn_of(p)
+                for tp in tps:
+                    txn.first.setdefault(tp, fetched[tp][0].offset)
+                    txn.offsets[tp] = fetched[tp][-1].offset + 1
+                txn.events += len(records)
+                changelog = [o for store in self.stores for o in store.take_pending()]
+                txn.acks += await self._send(outs + changelog, txn.producer)
+            if fetched:
+                m.batch_seconds.labels(self.name).observe(time.perf_counter() - t0)
+                for tp, rs in fetched.items():
+                    m.events_in.labels(self.name, tp.topic).inc(len(rs))
+            ticked = self._tick_due()
+            if ticked:
+                await self._tick_in_transactions()
+        except Exception as exc:
+            self._log_failure(exc)
+            await self._roll_back(dict(self._open), touched)
+            await self.sleep(1.0)
+            return
+        now, size = time.monotonic(), self.ctx.settings.batch_size
+        due = {
+            p: txn
+            for p, txn in sorted(self._open.items())
+            if caught_up or ticked or txn.events >= size or now - txn.started >= TXN_MAX_AGE
+        }
+        try:
+            await self._commit(due)
+        except Exception as exc:  # those that failed are rolled back already
+            self._log_failure(exc)
+            await self.sleep(1.0)
+
+    def _log_failure(self, exc: Exception) -> None:
+        if isinstance(exc, (KafkaError, OSError)):
+            log.warning("%s: broker trouble, re-reading: %r", self.name, exc)
+        else:
+            log.exception("%s: batch failed; it will be re-read", self.name)
+
+    async def _txn_of(self, p: int) -> _Txn:
+        """Partition number ``p``'s open transaction; begun now if none is."""
+        txn = self._open.get(p)
+        if txn is None:
+            producer = self._txn.get(p)
+            if producer is None:  # given up (fenced) since the fetch: not ours to write
+                raise ProducerFenced()
+            await producer.begin_transaction()
+            txn = self._open[p] = _Txn(producer, time.monotonic())
+        return txn
+
+    async def _tick_in_transactions(self) -> None:
+        """A tick's records, each with the partition number whose state it comes from: a
+        changelog record's own, an output's by its key (decisions are keyed by subject)."""
+        outs = await self.tick()
+        self._count_out(outs)
+        owned = sorted({tp.partition for tp in self.assignment} & set(self._txn))
+        groups: dict[int, list[Out]] = {}
+        for o in [o for store in self.stores for o in store.take_pending()]:
+            assert o.partition is not None  # a store writes into its partition's number
+            groups.setdefault(o.partition, []).append(o)
+        for o in outs:
+            p = await self._partition_of(o, self._txn_any())
+            groups.setdefault(p if p in owned or not owned else owned[0], []).append(o)
+        for p, records in groups.items():
+            txn = await self._txn_of(p)
+            txn.acks += await self._send(records, txn.producer)
+
+    async def _commit(self, due: dict[int, _Txn]) -> None:
+        """Commit transactions side by side: outputs + state + offsets, each all or nothing.
+
+        A fenced one belongs to another worker now: given up, not retried. Any other
+        failure aborts that one and rolls its partition back (state restored, re-read from
+        its first offsets), after the others are committed; the first such error is raised.
+        """
+        for p in due:
+            self._open.pop(p, None)
+        numbers = list(due)
+        results = await asyncio.gather(
+            *(self._commit_one(due[p]) for p in numbers), return_exceptions=True
+        )
+        failed: dict[int, _Txn] = {}
+        failure: BaseException | None = None
+        counter = self.ctx.metrics.transactions
+        for p, result in zip(numbers, results, strict=True):
+            if result is None:
+                self.processed += due[p].events
+                self.committed += 1
+                counter.labels(self.name, "committed").inc()
+            elif isinstance(result, FENCED):
+                counter.labels(self.name, "fenced").inc()
+                await self._lost(p, result)
+            elif isinstance(result, Exception):
+                failed[p] = due[p]
+                failure = failure or result
+            else:
+                raise result  # cancelled: the agent is stopping
+        if failure is not None:
+            await self._roll_back(failed, {})
+            raise failure
+
+    async def _commit_one(self, txn: _Txn) -> None:
+        # The offsets go in while the records are still on their way (two round trips fewer).
+        if txn.offsets:
+            await txn.producer.send_offsets_to_transaction(txn.offsets, self.group)
+        results = await asyncio.gather(*txn.acks, return_exceptions=True)
+        if failed := next((r for r in results if isinstance(r, BaseException)), None):
+            raise failed
+        await txn.producer.commit_transaction()
+
+    async def _roll_back(self, txns: dict[int, _Txn], touched: dict[TopicPartition, int]) -> None:
+        """Abort ``txns``; their partitions (and ``touched``) get their state back as last
+        committed and are read again from their first uncommitted offsets."""
+        assert self._consumer is not None
+        first = dict(touched)
+        for p, txn in txns.items():
+            self._open.pop(p, None)
+            for tp, offset in txn.first.items():
+                first[tp] = min(offset, first.get(tp, offset))
+            self.ctx.metrics.transactions.labels(self.name, "aborted").inc()
+            try:
+                await asyncio.wait_for(txn.producer.abort_transaction(), 10)
+            except Exception as exc:  # cannot end it: the next owner's producer will
+                await self._lost(p, exc)
+        # Partitions with a transaction still open keep their state (and its records).
+        partitions = {tp.partition for tp in first} & {tp.partition for tp in self.assignment}
+        partitions -= set(self._open)
+        for store in self.stores:
+            store.drop(partitions)
+            await store.restore(self.ctx.settings, partitions)
+        for tp, offset in first.items():
+            if tp in self.assignment and tp.partition in partitions:
+                self._consumer.seek(tp, offset)
+
+    async def _lost(self, p: int, exc: BaseException) -> None:
+        """Partition number ``p`` cannot be written by this worker: forget it until assigned.
+
+        Fenced means another worker started its producer: it owns the partition and re-reads
+        from the last commit. Paused here; a rejoin brings the group's view up to date (and
+        the partition back, if it is still ours and only its transaction had timed out).
+        """
+        log.warning("%s: partition %d fenced or its transaction ended (%r): given up until "
+                    "the group assigns it again", self.name, p, exc)  # fmt: skip
+        producer = self._txn.pop(p, None)
+        if producer is not None:
+            txn = getattr(producer, "_txn_manager", None)
+            if txn is not None:
+                # fails with the fencing, already reported: not again as "never retrieved"
+                txn.wait_for_transaction_end().add_done_callback(_retrieved)
+            await _stop_quietly(producer)
+        self.assignment = {tp for tp in self.assignment if tp.partition != p}
+        for store in self.stores:
+            store.drop([p])
+        if self._consumer is not None:
+            self._consumer.pause(*(tp for tp in self._consumer.assignment() if tp.partition == p))
+        self._rejoin()
+
+    def _rejoin(self) -> None:
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None:
+            coordinator.request_rejoin()
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    """Stop a producer; a fenced one fails what it still held, already reported."""
+    with contextlib.suppress(Exception):
+        await producer.stop()

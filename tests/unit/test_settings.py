@@ -30,6 +30,7 @@ def test_defaults() -> None:
     assert s.max_event_bytes == 512 * 1024
     assert s.departments_file is None
     assert s.sasl_password is None
+    assert s.processing_guarantee == "auto"  # exactly once where the broker has transactions
 
 
 def test_bus_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,6 +80,7 @@ def test_arguments_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("BUS_TOPIC_PREFIX", "bus/prod"),
         ("BUS_WEB_PORT", "70000"),
         ("BUS_BATCH_WAIT", "0"),
+        ("BUS_PROCESSING_GUARANTEE", "exactly-once"),
     ],
 )
 def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
