@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench.cpu import CpuSampler
 from bench.ingest import Msg, drain, encode
 from bench.pipeline import correlate_done, raw_throughput
+from bus.agents.cases import CaseState
 from bus.agents.correlate import derived_id
 from bus.agents.stores import PartedStore
 from bus.app import load_signer
@@ -65,6 +66,7 @@ from bus.settings import Settings
 from bus.topics import (
     CORRELATE_RECORDS,
     CORRELATE_SEEN,
+    cases_changelog,
     create_topics,
     department_ingress_topic,
     publishing_departments,
@@ -393,6 +395,7 @@ class Seen:
     certificates: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     tasks: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     records: dict[int, dict[str, EnterpriseRecord]] = field(default_factory=dict)
+    cases: dict[str, CaseState] = field(default_factory=dict)  # the case engine's, by USCC
 
 
 class Reader:
@@ -411,6 +414,7 @@ class Reader:
         self.topics = [settings.topic(f"events.{f}") for f in FAMILIES]
         self.handled_topic = settings.topic(CORRELATE_SEEN.name)
         self.records_topic = settings.topic(CORRELATE_RECORDS.name)
+        self.cases_topic = cases_changelog(settings)
         self.dead_topic = settings.topic("deadletter")
         self.consumer = AIOKafkaConsumer(
             **settings.kafka(), group_id=None, enable_auto_commit=False,
@@ -422,7 +426,13 @@ class Reader:
         await self.consumer.start()
         tps = [
             TopicPartition(t, p)
-            for t in [*self.topics, self.handled_topic, self.records_topic, self.dead_topic]
+            for t in [
+                *self.topics,
+                self.handled_topic,
+                self.records_topic,
+                self.dead_topic,
+                self.cases_topic,
+            ]
             for p in range(self.s.partitions)
         ]
         self.consumer.assign(tps)
@@ -440,6 +450,10 @@ class Reader:
             for r in records:
                 if tp.topic == self.records_topic:
                     self._apply(r.partition, r.key or b"", r.value)
+                elif tp.topic == self.cases_topic:  # the last state of each enterprise
+                    self.seen.cases[(r.key or b"").decode()] = CaseState.model_validate_json(
+                        r.value or b"{}"
+                    )
                 else:
                     self._add(tp.topic, r.value or b"", dict(r.headers or ()))
         return n
@@ -555,7 +569,7 @@ def verdict(
             if sum(1 for (case, _), ids in seen.tasks.items() if case == str(r.event_id))
             != OPENING_TASKS
         },
-        bad_records=record_problems(sc, seen.records),
+        bad_records=record_problems(sc, seen.records, seen.cases),
         parked=sum(p.read_text().count(" waits for the registration of ") for p in logs),
         deadletters=seen.deadletters,
         takeover_s=takeover,
@@ -563,9 +577,11 @@ def verdict(
 
 
 def record_problems(
-    sc: Scenario, by_partition: dict[int, dict[str, EnterpriseRecord]]
+    sc: Scenario,
+    by_partition: dict[int, dict[str, EnterpriseRecord]],
+    cases: dict[str, CaseState],
 ) -> dict[str, str]:
-    """What is wrong with each enterprise's record as its changelog holds it."""
+    """What is wrong with each enterprise's record and cases as their changelogs hold them."""
     records: dict[str, EnterpriseRecord] = {}
     problems: dict[str, str] = {}
     for part in by_partition.values():
@@ -581,8 +597,10 @@ def record_problems(
             problems[reg.subject] = f"profile lost (status {r.status}, name {r.name})"
         elif r.waiting:
             problems[reg.subject] = f"{len(r.waiting)} requests still parked"
-        elif str(reg.event_id) not in r.reviews or len(r.tasks) != OPENING_TASKS:
-            problems[reg.subject] = f"opening case lost ({len(r.tasks)} tasks)"
+        elif (c := cases.get(reg.subject)) is None or str(reg.event_id) not in c.reviews:
+            problems[reg.subject] = "opening case lost"
+        elif len(c.tasks) != OPENING_TASKS:
+            problems[reg.subject] = f"opening case has {len(c.tasks)} tasks"
     for uscc, cases in sc.cases.items():
         r = records.get(uscc)
         missing = cases - set(r.penalties if r is not None else ())

@@ -520,7 +520,7 @@ def test_status_shows_workers_partitions_dead_letters_and_tasks(
         assert f"ingress/{p}" in up.stdout
     assert "dead letters: 1 (schema.decode 1)" in up.stdout
     assert "tasks: 4 open, 0 overdue" in up.stdout
-    assert down.stdout.count("no worker running") == 2
+    assert down.stdout.count("no worker running") == 3  # ingest, correlate, cases
     unreachable = bus("status", settings=settings.model_copy(update={"broker": "127.0.0.1:1"}))
     assert unreachable.returncode == 1
 
