@@ -390,6 +390,7 @@ class Seen:
     """Everything read back: canonical copies by id, correlate's durable ids, dead letters."""
 
     canonical: Counter[str] = field(default_factory=Counter)
+    decided: set[str] = field(default_factory=set)  # ids of the bus's own decisions
     handled: set[str] = field(default_factory=set)
     deadletters: Counter[str] = field(default_factory=Counter)
     certificates: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
@@ -477,6 +478,8 @@ class Reader:
         else:
             event_id = headers.get("event_id", b"").decode()
             seen.canonical[event_id] += 1
+            if headers.get("source") == b"ks.bus":
+                seen.decided.add(event_id)
             kind = headers.get("event_type", b"").decode()
             if kind == "certificate.issued":
                 cert = self.codec.decode(value).payload
@@ -508,7 +511,9 @@ class Handover:
     published: int
     lost: set[str]  # published, never on its canonical topic
     unhandled: set[str]  # on a canonical topic, never made durable by the correlate agent
-    duplicates: int  # extra canonical copies: at-least-once re-deliveries
+    duplicates: int  # extra canonical copies of departments' events: re-deliveries in the flow
+    decision_copies: int  # extra copies of the bus's decisions (same id, same bytes): the case
+    # engine decides a step again when a hand-over came before Faust committed its offset
     missing_certificates: set[str]  # requests without a certificate
     doubled_certificates: set[str]  # requests with two certificate ids or serials
     doubled_tasks: set[tuple[str, str]]  # (case, assignee) with two task ids
@@ -532,6 +537,7 @@ class Handover:
         return (
             f"{self.action}: {self.published} published, lost {len(self.lost)}, "
             f"skipped by correlate {len(self.unhandled)}, duplicates {self.duplicates}, "
+            f"decision copies {self.decision_copies}, "
             f"certificates missing {len(self.missing_certificates)} / doubled "
             f"{len(self.doubled_certificates)}, tasks doubled {len(self.doubled_tasks)}, "
             f"cases incomplete {len(self.incomplete_cases)}, records wrong "
@@ -553,7 +559,8 @@ def verdict(
         published=len(published),
         lost=published - set(seen.canonical),
         unhandled=set(seen.canonical) - seen.handled,
-        duplicates=sum(seen.canonical.values()) - len(seen.canonical),
+        duplicates=sum(n - 1 for k, n in seen.canonical.items() if k not in seen.decided),
+        decision_copies=sum(n - 1 for k, n in seen.canonical.items() if k in seen.decided),
         missing_certificates={k for k, v in certificates.items() if not v},
         doubled_certificates={
             k

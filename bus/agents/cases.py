@@ -1013,6 +1013,10 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
                 if tp.topic == name}  # fmt: skip
         engine.forget(lost)
         await writer.release(lost)
+        if lost:
+            # Faust commits at its interval, not on a hand-over: commit what is done now, or
+            # the next owner decides those steps again (the same way, but twice).
+            await app.consumer.commit()
 
     @app.service
     class _Writers(Service):  # stops the producers with the worker
