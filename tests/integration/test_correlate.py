@@ -45,17 +45,26 @@ def publish(settings: Settings, events: list[Envelope]) -> float:
 
 
 def outputs(
-    settings: Settings, family: str, event_type: str, n: int, matter: str | None = None
+    settings: Settings,
+    family: str,
+    event_type: str,
+    n: int,
+    matter: str | None = None,
+    *,
+    wait: float = 60.0,
 ) -> list[Envelope]:
     """Wait for ``n`` events of ``event_type`` on a canonical topic (or time out with fewer).
 
+    Returns as soon as ``n`` are there; gives up after ``wait`` seconds, or as many quiet
+    ones: checks that something does *not* come pass a short ``wait``.
     ``matter`` keeps only tasks of that matter (a registration also opens other cases).
     """
 
     async def go() -> list[Envelope]:
         found = []
         topic = settings.topic(f"events.{family}")
-        async with aclosing(read_topic(settings, topic, idle=3, max_seconds=30)) as records:
+        reading = read_topic(settings, topic, idle=wait, max_seconds=wait)
+        async with aclosing(reading) as records:
             async for r in records:
                 if r.headers.get("event_type") == event_type:
                     event = codec.decode(r.value or b"")
@@ -90,7 +99,7 @@ def firm() -> Enterprise:
     return enterprise(random.Random(41))
 
 
-def test_clean_enterprise_gets_a_verifiable_certificate_in_under_a_second(
+def test_clean_enterprise_gets_a_verifiable_certificate_dated_by_its_request(
     settings: Settings, tmp_path: Path, firm: Enterprise
 ) -> None:
     rng = random.Random(42)
@@ -103,7 +112,8 @@ def test_clean_enterprise_gets_a_verifiable_certificate_in_under_a_second(
     assert issued.causation_id == req.event_id
     assert issued.correlation_id == req.correlation_id
     assert issued.source == "ks.bus"
-    assert (issued.occurred_at.timestamp() - sent) < 1.0
+    # dated by the bus accepting the request, not by the clock (how fast: bench/pipeline.py)
+    assert abs(issued.occurred_at.timestamp() - sent) < 30
     cert = SignedCertificate.from_payload(issued.payload, uscc=firm.uscc)
     Verifier.from_paths([settings.data_dir / "keys" / f"{settings.signing_key_id}.pub"]).verify(
         cert
@@ -122,11 +132,11 @@ def test_active_penalty_in_the_period_opens_a_review_task_for_the_bureau(
     with WorkerProcess(settings, tmp_path / "worker.log"):
         publish(settings, [registered(firm, rng), fine])
         assert outputs(settings, "penalty", "penalty.imposed", 1)
-        time.sleep(0.5)  # the penalty is folded in before the request is published
+        folded(settings, "penalty", 1)  # the penalty is folded in before the request comes
         req = request(firm)
         publish(settings, [req])
         [task] = outputs(settings, "task", "task.created", 1, CERTIFICATE)
-        issued = outputs(settings, "certificate", "certificate.issued", 1)
+        issued = outputs(settings, "certificate", "certificate.issued", 1, wait=3)
     assert issued == []
     assert task.payload.assignee == fine.payload.agency
     assert task.payload.evidence == [fine.payload.case_number]
@@ -156,7 +166,7 @@ def test_revoked_repaired_or_out_of_period_penalties_do_not_count(
     with WorkerProcess(settings, tmp_path / "worker.log"):
         publish(settings, events)
         assert outputs(settings, "penalty", events[-1].event_type, 1)
-        time.sleep(0.5)
+        folded(settings, "penalty", len(events) - 1)  # every penalty event, not the registration
         publish(settings, [request(firm)])
         [issued] = outputs(settings, "certificate", "certificate.issued", 1)
     assert issued.payload.result == "clean"
@@ -170,7 +180,7 @@ def test_request_before_registration_waits_for_it(
         publish(settings, [request(firm)])
         assert outputs(settings, "certificate", "certificate.requested", 1)
         assert (
-            outputs(settings, "certificate", "certificate.issued", 1) == []
+            outputs(settings, "certificate", "certificate.issued", 1, wait=3) == []
         )  # not on missing data
         publish(settings, [registered(firm, rng)])
         [issued] = outputs(settings, "certificate", "certificate.issued", 1)
@@ -191,7 +201,7 @@ def penalised(settings: Settings, firm: Enterprise, seed: int) -> tuple[Envelope
     fine = penalty(firm, rng, decided_on=date(2026, 4, 1))
     publish(settings, [registered(firm, rng), fine])
     assert outputs(settings, "penalty", "penalty.imposed", 1)
-    time.sleep(0.5)
+    folded(settings, "penalty", 1)
     publish(settings, [request(firm)])
     [task] = outputs(settings, "task", "task.created", 1, CERTIFICATE)
     return fine, task
@@ -242,9 +252,9 @@ def test_late_tasks_are_escalated_once_even_across_a_restart(
         overdue = outputs(late, "task", "task.overdue", len(opened))
         escalated = outputs(late, "task", "task.escalated", len(opened))
     with WorkerProcess(late, tmp_path / "worker.log"):  # restarted: what was sent is remembered
-        time.sleep(2)
-        overdue_after = outputs(late, "task", "task.overdue", 2 * len(opened))
-        escalated_after = outputs(late, "task", "task.escalated", 2 * len(opened))
+        time.sleep(2)  # guards what must not happen (a second notice): cannot fail when slow
+        overdue_after = outputs(late, "task", "task.overdue", 2 * len(opened), wait=3)
+        escalated_after = outputs(late, "task", "task.escalated", 2 * len(opened), wait=3)
     assert len(opened) == 5
     assert sorted(e.payload.task_id for e in overdue) == sorted(t.payload.task_id for t in opened)
     review = next(e for e in overdue if e.payload.task_id == task.payload.task_id)

@@ -109,7 +109,7 @@ def test_parallel_approval_is_decided_when_every_opinion_is_in(
                     )
                 ],
             )
-        assert outputs(settings, "approval", "approval.decided", 1) == []  # one still missing
+        assert outputs(settings, "approval", "approval.decided", 1, wait=3) == []  # one missing
         publish(settings, [event("approval.opinion", asked[-1], firm.uscc,
                                  application_number="KS-SP-2026-000123", opinion=opinions[-1],
                                  note="同意")])  # fmt: skip
