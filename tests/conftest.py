@@ -68,12 +68,22 @@ class TestBroker:
         self.local.restart()
 
 
+#: Seconds a slow test may take unless it names its own timeout: on two busy cores the slow
+#: tests took up to half the suite's default of 120 s, so only a hang should reach this.
+SLOW_TIMEOUT = 300
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A slow test says why it is slow: ``@pytest.mark.slow("three Kafka nodes, one killed")``."""
+    """A slow test says why it is slow: ``@pytest.mark.slow("three Kafka nodes, one killed")``.
+
+    It gets ``SLOW_TIMEOUT`` instead of the default timeout unless it sets its own.
+    """
     for item in items:
         for mark in item.iter_markers("slow"):
             if not (mark.args and isinstance(mark.args[0], str) and mark.args[0].strip()):
                 raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.slow needs the reason")
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 
 @pytest.fixture(scope="session")
