@@ -432,7 +432,7 @@ class ConnectProcess:
 
     def stop(self) -> int:
         assert self.proc is not None
-        return terminate(self.proc, timeout=15)
+        return terminate(self.proc, timeout=60)  # SIGKILL only if it hangs
 
 
 async def published_count(db: CaseDatabase) -> int:
