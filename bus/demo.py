@@ -157,15 +157,19 @@ def run_demo(
     """Play the scenarios against a fresh embedded broker and worker; 0 when all went right.
 
     SIGTERM is taken as Ctrl-C, so that ``kill`` or a supervisor stopping the demo still stops
-    its broker, worker and gateway instead of leaving them running. ``data_dir`` is kept: the
-    certificates the demo signed stay verifiable with the public key in it after it stops.
+    its broker, worker and gateway instead of leaving them running. Ctrl-C stops it even when
+    it was started with SIGINT ignored (Python then installs no handler of its own), as a
+    background job of a script is. ``data_dir`` is kept: the certificates the demo signed stay
+    verifiable with the public key in it after it stops.
     """
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run_demo(console, engine=engine, keep_running=keep_running, seed=seed,
                          data_dir=data_dir)  # fmt: skip
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _interrupt(signum: int, frame: object) -> None:
