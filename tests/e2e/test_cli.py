@@ -396,9 +396,13 @@ def test_demo_keep_running_says_how_to_reach_it_and_stops_everything(
         after = run("certificate", "verify", "c.json", "-k", key.group(1))
         assert after.returncode == 0, after.stdout + after.stderr
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        if demo.poll() is None:  # SIGTERM first: a SIGKILL would leave its worker, gateway and
+            demo.terminate()  # broker running, and they would slow every test after this one
+            try:
+                demo.wait(120)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.wait()
         if demo.stdout is not None:
             demo.stdout.close()
 
