@@ -430,7 +430,7 @@ async def _issued(s: Settings) -> tuple[list[Any], int]:
     codec = EventCodec()
     issued = [
         codec.decode(r.value or b"")
-        async for r in read_topic(s, s.topic("events.certificate"), idle=1.0)
+        async for r in read_topic(s, s.topic("events.certificate"), to_end=True, max_seconds=60)
         if r.headers.get("event_type") == "certificate.issued"
     ]
     if not issued:

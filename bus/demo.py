@@ -157,15 +157,19 @@ def run_demo(
     """Play the scenarios against a fresh embedded broker and worker; 0 when all went right.
 
     SIGTERM is taken as Ctrl-C, so that ``kill`` or a supervisor stopping the demo still stops
-    its broker, worker and gateway instead of leaving them running. ``data_dir`` is kept: the
-    certificates the demo signed stay verifiable with the public key in it after it stops.
+    its broker, worker and gateway instead of leaving them running. Ctrl-C stops it even when
+    it was started with SIGINT ignored (Python then installs no handler of its own), as a
+    background job of a script is. ``data_dir`` is kept: the certificates the demo signed stay
+    verifiable with the public key in it after it stops.
     """
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run_demo(console, engine=engine, keep_running=keep_running, seed=seed,
                          data_dir=data_dir)  # fmt: skip
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -202,7 +206,7 @@ def _run_demo(
                       f"{settings.metrics_port}/metrics)")  # fmt: skip
         plays = scenarios(seed)
         verdicts = asyncio.run(
-            publish_and_wait(settings, [(i, s.data) for i, s in enumerate(plays, 1)], wait=20)
+            publish_and_wait(settings, [(i, s.data) for i, s in enumerate(plays, 1)], wait=60)
         )
         console.print(f"[bold]4.[/] {len(plays)} events published by departments")
         ok = _show(console, plays, verdicts)
@@ -281,7 +285,7 @@ async def _published(settings: Settings) -> dict[str, datetime]:
     """
     published: dict[str, datetime] = {}
     topic = settings.topic("ingress")
-    async with aclosing(read_topic(settings, topic, idle=2, max_seconds=20)) as records:
+    async with aclosing(read_topic(settings, topic, to_end=True, max_seconds=60)) as records:
         async for r in records:
             event_id = r.headers.get("event_id")
             if event_id:
@@ -290,11 +294,15 @@ async def _published(settings: Settings) -> dict[str, datetime]:
 
 
 async def _collect(settings: Settings, family: str, wanted: int) -> list[Envelope]:
-    """The bus's own decisions on one canonical topic, up to ``wanted``."""
+    """The bus's own decisions on one canonical topic, up to ``wanted``.
+
+    Waits for them as long as the worker keeps deciding: on a busy machine the next decision
+    can come seconds after the last one.
+    """
     codec = EventCodec()
     found: list[Envelope] = []
     topic = settings.topic(f"events.{family}")
-    async with aclosing(read_topic(settings, topic, idle=2, max_seconds=20)) as records:
+    async with aclosing(read_topic(settings, topic, idle=30, max_seconds=60)) as records:
         async for r in records:
             event = codec.decode(r.value or b"")
             if event.source == "ks.bus":

@@ -185,7 +185,7 @@ async def play_edge(
                              f"[red]{r.status_code}[/] {r.text}"))  # fmt: skip
                 ok = False
             try:
-                cert = await asyncio.wait_for(_certificate(receiver, request_id), 30)
+                cert = await asyncio.wait_for(_certificate(receiver, request_id), 60)
                 took = (time.perf_counter() - t0) * 1000
                 ok &= cert["subject"] == certified.uscc
                 rows.append((f"Financial Office asks for {certified.name}'s certificate",
@@ -271,7 +271,7 @@ async def _outbox_case(
                 return True
         return False
 
-    done = await _until(published, 30)
+    done = await _until(published, 60)
     rows.append((f"{TOWN_NAMES[firm.town]} bureau's case system closes a case on {firm.name}",
                  "PostgreSQL outbox", "accepted on the canonical topic" if done
                  else "[red]not published[/]"))  # fmt: skip

@@ -44,7 +44,7 @@ async def migrate_owners(settings: Settings, *, dry_run: bool = False) -> Owners
     codec = EventCodec()
     owners_topic = settings.topic(INGEST_OWNERS.name)
     owners: dict[tuple[int, str], str] = {}
-    async for r in read_topic(settings, owners_topic, idle=0.5, max_seconds=600):
+    async for r in read_topic(settings, owners_topic, to_end=True, max_seconds=600):
         key = (r.key or b"").decode()
         if r.value is None:
             owners.pop((r.partition, key), None)
@@ -56,7 +56,7 @@ async def migrate_owners(settings: Settings, *, dry_run: bool = False) -> Owners
     for topic in topics:
         # One topic's partition holds one set of enterprises, in log order: the first
         # decision wins as it did at ingest.
-        async for r in read_topic(settings, topic, idle=0.5, max_seconds=3600):
+        async for r in read_topic(settings, topic, to_end=True, max_seconds=3600):
             event = codec.decode(r.value or b"")
             found = policy.decision_of(event)
             if found is None:

@@ -120,7 +120,7 @@ async def collect(settings: Settings) -> Status:
     finally:
         await consumer.stop()
         await admin.close()
-    async for r in read_topic(settings, settings.topic("deadletter"), idle=0.5):
+    async for r in read_topic(settings, settings.topic("deadletter"), to_end=True, max_seconds=60):
         status.deadletters[r.headers.get("bus.reason", "?")] += 1
     status.task_counts = await _tasks(settings)
     return status

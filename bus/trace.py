@@ -73,6 +73,8 @@ async def trace(settings: Settings, key: str, max_seconds: float = 60.0) -> list
     """Every canonical event whose correlation id — or, for a USCC, whose subject — is ``key``.
 
     A USCC traces the enterprise: every case about it. Anything else is a correlation id.
+    Each topic is read to the end offsets it had when reading began, so a slow first fetch
+    (a busy machine) cannot leave events out.
     """
     codec = EventCodec()
     by_subject = is_valid_uscc(key)
@@ -80,7 +82,7 @@ async def trace(settings: Settings, key: str, max_seconds: float = 60.0) -> list
 
     async def one(topic: str) -> list[Step]:
         steps = []
-        async for r in read_topic(settings, topic, idle=0.5, max_seconds=max_seconds):
+        async for r in read_topic(settings, topic, to_end=True, max_seconds=max_seconds):
             h = r.headers
             if by_subject:
                 if (r.key or b"").decode(errors="replace") != key:
@@ -98,7 +100,7 @@ async def trace(settings: Settings, key: str, max_seconds: float = 60.0) -> list
         """Event ids an agent refused after acceptance (a wrong answer to a task), and why."""
         out = {}
         topic = settings.topic("deadletter")
-        async for r in read_topic(settings, topic, idle=0.5, max_seconds=max_seconds):
+        async for r in read_topic(settings, topic, to_end=True, max_seconds=max_seconds):
             if r.headers.get("bus.stage", "ingest") != "ingest" and "event_id" in r.headers:
                 out[r.headers["event_id"]] = r.headers.get("bus.reason", "?")
         return out

@@ -68,12 +68,29 @@ class TestBroker:
         self.local.restart()
 
 
+#: Seconds a test that starts processes (``integration``, ``e2e``) or is ``slow`` may take unless
+#: it names its own timeout. On two cores shared with other work, tests with a worker and a few
+#: CLI runs took 120 s, the default, and slow ones 200 s: only a hang should reach these.
+PROCESS_TIMEOUT = 300
+SLOW_TIMEOUT = 600
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A slow test says why it is slow: ``@pytest.mark.slow("three Kafka nodes, one killed")``."""
+    """A slow test says why it is slow: ``@pytest.mark.slow("three Kafka nodes, one killed")``.
+
+    Slow tests and tests that start processes get ``SLOW_TIMEOUT`` and ``PROCESS_TIMEOUT``
+    instead of the default timeout unless they set their own.
+    """
     for item in items:
         for mark in item.iter_markers("slow"):
             if not (mark.args and isinstance(mark.args[0], str) and mark.args[0].strip()):
                 raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.slow needs the reason")
+        if item.get_closest_marker("timeout"):
+            continue
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+        elif item.get_closest_marker("e2e") or item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.timeout(PROCESS_TIMEOUT))
 
 
 @pytest.fixture(scope="session")

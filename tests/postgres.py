@@ -56,7 +56,7 @@ class ThrowawayPostgres:
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}")
 
-    def start(self, timeout: float = 30.0) -> str:
+    def start(self, timeout: float = 120.0) -> str:  # a busy machine starts it slowly
         """initdb, start, wait until it answers, create ``test``; the DSN of ``test``."""
         self.run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
                  "-E", "UTF8", "--no-locale", "--no-sync")  # fmt: skip

@@ -35,6 +35,7 @@ from bus.codec import EventCodec, load_json
 from bus.departments import Directory
 from bus.errors import (
     AuthorisationError,
+    BrokerError,
     BusError,
     ConfigurationError,
     DecodeError,
@@ -790,7 +791,12 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
         if not (named or state.cases.recently_published(department, correlation_id)):
             raise missing
         state.metrics.case_reads.inc()
-        steps = await trace(settings, correlation_id, max_seconds=20)
+        try:
+            steps = await trace(settings, correlation_id, max_seconds=20)
+        except BrokerError:  # the topics were not read to their end in time
+            raise GatewayError(
+                503, "broker.unavailable", "the case could not be read; try again"
+            ) from None
         parties = participants(steps)
         if not steps or not (named or department in parties):
             raise missing  # published into it, but the case is another's

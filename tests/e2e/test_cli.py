@@ -15,7 +15,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -27,6 +29,7 @@ from bus.samples import penalties
 from bus.settings import Settings
 
 pytestmark = pytest.mark.e2e
+T = TypeVar("T")
 
 
 def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
@@ -38,6 +41,29 @@ def bus(*args: str, settings: Settings | None = None, stdin: str | None = None,
         [sys.executable, "-m", "bus.cli", *args],
         env=env, input=stdin, capture_output=True, text=True, timeout=timeout, cwd=cwd,
     )  # fmt: skip
+
+
+def _wait_for(check: Callable[[], T], seconds: float = 60) -> T:
+    """``check()`` once it is truthy; polls (the worker is asynchronous), gives up after a while."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.3)
+
+
+def _bus_until(
+    done: Callable[[subprocess.CompletedProcess[str]], bool], *args: str, settings: Settings
+) -> subprocess.CompletedProcess[str]:
+    """``bus(*args)`` again until ``done`` holds for its result (or a minute has gone by), and
+    that last result: the worker is asynchronous."""
+    deadline = time.monotonic() + 60
+    while True:
+        result = bus(*args, settings=settings)
+        if done(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.3)
 
 
 @pytest.mark.parametrize(
@@ -255,7 +281,9 @@ def test_schemas_check_passes_on_the_shipped_contract() -> None:
 
 
 def test_demo_plays_the_scenarios_and_exits_zero(postgres_dsn: str, tmp_path: Path) -> None:
+    started = time.monotonic()
     result = bus("demo", timeout=180, env={"BUS_DEMO_POSTGRES": postgres_dsn}, cwd=tmp_path)
+    ran_ms = (time.monotonic() - started) * 1000
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "all events ended where they should" in out
@@ -277,11 +305,11 @@ def test_demo_plays_the_scenarios_and_exits_zero(postgres_dsn: str, tmp_path: Pa
     # penalty decided months ago): no time in the tables exceeds the demo's own run.
     took = [int(ms) for ms in re.findall(r"(\d+) ms\b", out)]
     assert len(took) >= 14, out[-3000:]  # 2 certificates, 1 approval, 10 + 1 cases, the edge
-    assert max(took) < 60_000, sorted(took)[-3:]
+    assert max(took) < ran_ms, (sorted(took)[-3:], ran_ms)
     assert "trigger not found" not in out
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # 140 s on two cores busy with other work
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_demo_keep_running_says_how_to_reach_it_and_stops_everything(
     stop: int, tmp_path: Path
@@ -355,7 +383,10 @@ def test_demo_keep_running_says_how_to_reach_it_and_stops_everything(
                                 content=(tmp_path / "c.json").read_bytes())  # fmt: skip
             assert verdict.json()["valid"] is True, verdict.text
         demo.send_signal(stop)
-        assert demo.wait(120) == 0  # it stops a broker, a worker and a gateway; slow under load
+        # Gateway, worker and broker each get SIGKILL if SIGTERM is not enough in 15, 20 and
+        # 10 s: it exits well within this unless it hangs.
+        code = demo.wait(120)
+        assert code == 0, printed[-2000:] + demo.stdout.read()[-2000:]
         for address in (assigned["BUS_BROKER"].removeprefix("kafka://"),
                         url.group(1).removeprefix("http://")):  # fmt: skip
             host, port = address.rsplit(":", 1)
@@ -365,9 +396,13 @@ def test_demo_keep_running_says_how_to_reach_it_and_stops_everything(
         after = run("certificate", "verify", "c.json", "-k", key.group(1))
         assert after.returncode == 0, after.stdout + after.stderr
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        if demo.poll() is None:  # SIGTERM first: a SIGKILL would leave its worker, gateway and
+            demo.terminate()  # broker running, and they would slow every test after this one
+            try:
+                demo.wait(120)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.wait()
         if demo.stdout is not None:
             demo.stdout.close()
 
@@ -393,16 +428,15 @@ def test_a_certificate_is_exported_and_verified_from_the_command_line(
     events.write_text(codec.to_json(registered(firm, rng)) + "\n" + codec.to_json(req) + "\n")
     with WorkerProcess(settings, tmp_path / "worker.log"):
         assert bus("publish", str(events), settings=settings).returncode == 0
-        serial = None
-        for _ in range(30):
+
+        def serials() -> list[str]:
             listing = bus("certificate", "list", "--uscc", firm.uscc, settings=settings)
             assert listing.returncode == 0, listing.stderr
-            found = [w for w in listing.stdout.split() if w.startswith("KS-2")]
-            if found:
-                serial = found[0]
-                break
-            time.sleep(0.5)
-        assert serial is not None
+            return [w for w in listing.stdout.split() if w.startswith("KS-2")]
+
+        found = _wait_for(serials)
+        assert found, "no certificate issued"
+        serial = found[0]
         exported = bus("certificate", "export", serial, "--out", str(tmp_path / "c.json"),
                        settings=settings)  # fmt: skip
     assert exported.returncode == 0, exported.stderr
@@ -434,17 +468,14 @@ def test_trace_follows_a_case_across_departments(settings: Settings, tmp_path: P
     )
     with WorkerProcess(settings, tmp_path / "worker.log"):
         assert bus("publish", str(tmp_path / "e.jsonl"), settings=settings).returncode == 0
-        case = by_uscc = None
-        for _ in range(20):
-            case = bus("trace", str(reg.event_id), settings=settings)
-            if case.stdout.count("task.created") == 4:
-                break
-            time.sleep(0.5)
-        by_uscc = bus("trace", firm.uscc, settings=settings)
+        case = _bus_until(lambda r: r.stdout.count("task.created") == 4,
+                          "trace", str(reg.event_id), settings=settings)  # fmt: skip
+        by_uscc = _bus_until(lambda r: "penalty.imposed" in r.stdout,
+                             "trace", firm.uscc, settings=settings)  # fmt: skip
         missing = bus("trace", "no-such-case", settings=settings)
     # The registration's case: the registration and the four tell-us-once tasks, in order.
-    assert case is not None
     assert case.returncode == 0, case.stderr
+    assert case.stdout.count("task.created") == 4, case.stdout
     assert case.stdout.index("enterprise.registered") < case.stdout.index("task.created")
     assert "ks.tax" in case.stdout
     assert "penalty.imposed" not in case.stdout  # another case
@@ -482,18 +513,13 @@ def test_dead_letters_are_replayed_once_after_a_fix(settings: Settings, tmp_path
         dry = bus("deadletters", "replay", "--reason", "auth.", "--dry-run", settings=settings)
         done = bus("deadletters", "replay", "--reason", "auth.", settings=settings)
         again = bus("deadletters", "replay", "--reason", "auth.", settings=settings)
-        canonical = []
-        for _ in range(20):
-            listing = bus("trace", jinxi.subject, settings=settings)
-            if str(jinxi.payload.case_number) in listing.stdout:
-                canonical.append(listing.stdout)
-                break
-            time.sleep(0.5)
+        canonical = _bus_until(lambda r: str(jinxi.payload.case_number) in r.stdout,
+                               "trace", jinxi.subject, settings=settings)  # fmt: skip
     assert "1 would replay" in dry.stdout
     assert "1 replayed" in done.stdout
     assert "0 replayed, 1 skipped" in again.stdout
     assert "already replayed" in again.stdout
-    assert canonical, "the replayed penalty never reached the canonical topic"
+    assert str(jinxi.payload.case_number) in canonical.stdout, "the replayed penalty is not on it"
 
 
 def test_status_shows_workers_partitions_dead_letters_and_tasks(
@@ -508,11 +534,7 @@ def test_status_shows_workers_partitions_dead_letters_and_tasks(
     (tmp_path / "e.jsonl").write_text(codec.to_json(registered(enterprise(rng), rng)) + "\n{bad\n")
     with WorkerProcess(settings, tmp_path / "worker.log"):
         bus("publish", str(tmp_path / "e.jsonl"), settings=settings)
-        for _ in range(20):
-            up = bus("status", settings=settings)
-            if "tasks: 4 open" in up.stdout:
-                break
-            time.sleep(0.5)
+        up = _bus_until(lambda r: "tasks: 4 open" in r.stdout, "status", settings=settings)
     down = bus("status", settings=settings)
     assert up.returncode == 0, up.stderr
     assert "reachable" in up.stdout
@@ -525,18 +547,8 @@ def test_status_shows_workers_partitions_dead_letters_and_tasks(
     assert unreachable.returncode == 1
 
 
-def _wait_for(check: object, seconds: float = 60) -> object:
-    """``check()`` once it is truthy; polls (the worker is asynchronous), gives up after a while."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = check()  # type: ignore[operator]
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.3)
-
-
 @pytest.mark.slow("a worker whose clock runs a month ahead, and the CLI run several times")
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # 221 s on two cores busy with other work
 def test_tasks_inbox_and_local_times_from_the_command_line(
     settings: Settings, tmp_path: Path
 ) -> None:

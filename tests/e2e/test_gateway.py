@@ -36,11 +36,13 @@ pytestmark = pytest.mark.e2e
 codec = EventCodec()
 
 
-def read(settings: Settings, name: str, idle: float = 1.0) -> list[Record]:
-    """Every record on ``<prefix>.<name>`` now."""
+def read(settings: Settings, name: str, idle: float | None = None) -> list[Record]:
+    """Every record on ``<prefix>.<name>`` now (up to the end offsets, so a slow first fetch
+    cannot return fewer); with ``idle``, also what comes until that many seconds of quiet."""
+    how = {"to_end": True} if idle is None else {"idle": idle}
 
     async def collect() -> list[Record]:
-        async with contextlib.aclosing(read_topic(settings, settings.topic(name), idle=idle)) as rs:
+        async with contextlib.aclosing(read_topic(settings, settings.topic(name), **how)) as rs:
             return [r async for r in rs]
 
     return asyncio.run(collect())
@@ -50,7 +52,7 @@ def wait_for(settings: Settings, name: str, count: int, timeout: float = 30) -> 
     """Records on a topic once there are at least ``count`` (the worker is asynchronous)."""
     deadline = time.monotonic() + timeout
     while True:
-        records = read(settings, name, idle=0.5)
+        records = read(settings, name)
         if len(records) >= count or time.monotonic() > deadline:
             return records
         time.sleep(0.3)

@@ -47,11 +47,12 @@ def bus(*args: str, settings: Settings, timeout: float = 120) -> subprocess.Comp
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
-def read(settings: Settings, name: str, **kw: Any) -> list[Record]:
-    """Every committed record on ``<prefix>.<name>`` now."""
+def read(settings: Settings, name: str) -> list[Record]:
+    """Every committed record on ``<prefix>.<name>`` now: up to the end offsets, so a slow
+    first fetch on a busy machine cannot return fewer."""
 
     async def go() -> list[Record]:
-        return [r async for r in read_topic(settings, settings.topic(name), idle=0.5, **kw)]
+        return [r async for r in read_topic(settings, settings.topic(name), to_end=True)]
 
     return asyncio.run(go())
 

@@ -101,7 +101,7 @@ def test_a_bureau_cannot_launder_another_bureaus_penalty(gateway: Gateway, tmp_p
             and codec.decode(r.value or b"").payload.matter == "compliance-certificate"
             for r in rs))  # fmt: skip
         certificates = read(gateway.settings, "events.certificate", idle=1)
-        penalties = read(gateway.settings, "events.penalty", idle=0.5)
+        penalties = read(gateway.settings, "events.penalty")
     refused = {r.headers["event_id"]: r.headers for r in dead}
     assert refused[str(repair.event_id)]["bus.reason"] == "auth.event_type"
     for event in (revoke, again):
@@ -274,7 +274,7 @@ def test_concurrent_posts_of_one_event_id_publish_it_once(gateway: Gateway) -> N
         return sorted(a.status_code for a in answers)
 
     codes = asyncio.run(post_all())
-    ingress = read(gateway.settings, "ingress", idle=0.5)
+    ingress = read(gateway.settings, "ingress")
     assert codes == [202] + [409] * 7
     assert [r.headers["event_id"] for r in ingress] == [str(event.event_id)]
 

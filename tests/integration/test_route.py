@@ -30,11 +30,12 @@ codec = EventCodec()
 def inbox(
     settings: Settings, department: str, n: int | None = None, idle: float = 2.0
 ) -> list[Record]:
-    """The records in a department's inbox (waits for ``n``, or until quiet)."""
+    """The records in a department's inbox (waits for ``n``, or until quiet for ``idle``)."""
+    quiet = idle if n is None else 60  # a busy worker may be quiet for seconds before the first
 
     async def go() -> list[Record]:
         topic = inbox_topic(settings, department)
-        async with aclosing(read_topic(settings, topic, idle=idle, max_seconds=30, until=n)) as rs:
+        async with aclosing(read_topic(settings, topic, idle=quiet, max_seconds=60, until=n)) as rs:
             return [r async for r in rs]
 
     return asyncio.run(go())
