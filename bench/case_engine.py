@@ -1,4 +1,4 @@
-"""The case engine (``bus/agents/cases.py``) alone: case steps/s and CPU per step, beside the raw loop.
+"""The case engine alone (``bus/agents/cases.py``): case steps/s and CPU per step, beside raw.
 
     python -m bench.case_engine                       # Apache Kafka, 1 then 2 workers
     python -m bench.case_engine --steps 20000 --workers 1
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.cpu import CpuSampler, per_event
 from bench.ingest import Msg, drain, encode
-from bench.pipeline import Measured, publish_batches, raw_throughput
+from bench.pipeline import Measured, _broker, publish_batches, raw_throughput
 from bench.scaleout import group_settings, load, start_all
 from bus.agents.cases import derived_id, encode_step
 from bus.codec import EventCodec
@@ -147,7 +146,7 @@ def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
 
 async def engine_throughput(
     bootstrap: str, tmp: Path, steps: list[Msg], expect: tuple[int, int], workers: int,
-    args: argparse.Namespace, broker_pid: int,
+    args: argparse.Namespace, broker_pid: int | None,
 ) -> Measured:  # fmt: skip
     """Case steps/s of ``workers`` workers running only the case engine over ``steps``."""
     run = f"c{time.time_ns()}"
@@ -167,7 +166,7 @@ async def engine_throughput(
         await stable(settings, workers)
         await asyncio.sleep(1.0)  # the producers of the partitions are started on assignment
         pids = [p.proc.pid for p in procs if p.proc]
-        groups = {"worker": pids, "broker": [broker_pid]}
+        groups = {"worker": pids, **_broker(broker_pid)}
         certificates, tasks = expect
         if args.profile:
             spy = profile(pids[0], args.profile_seconds, tmp / f"{run}.pyspy.txt")
