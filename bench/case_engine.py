@@ -2,6 +2,7 @@
 
     python -m bench.case_engine                       # Apache Kafka, 1 then 2 workers
     python -m bench.case_engine --steps 20000 --workers 1
+    python -m bench.case_engine --within 0.005 0.05   # BUS_CASE_BATCH_WAIT, side by side
     python -m bench.case_engine --profile             # py-spy on the (first) worker too
 
 1 000 enterprises are registered, a share of them penalised (``--penalised``); their records
@@ -146,13 +147,16 @@ def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
 
 async def engine_throughput(
     bootstrap: str, tmp: Path, steps: list[Msg], expect: tuple[int, int], workers: int,
-    args: argparse.Namespace, broker_pid: int | None,
+    within: float, args: argparse.Namespace, broker_pid: int | None,
 ) -> Measured:  # fmt: skip
-    """Case steps/s of ``workers`` workers running only the case engine over ``steps``."""
+    """Case steps/s of ``workers`` workers running only the case engine over ``steps``.
+
+    ``within`` is their ``BUS_CASE_BATCH_WAIT``.
+    """
     run = f"c{time.time_ns()}"
     settings = group_settings(bootstrap, tmp, run, partitions=args.partitions)
     settings = settings.model_copy(update={
-        "agents": ["cases"], "case_batch_wait": args.within, "task_check_interval": 60.0,
+        "agents": ["cases"], "case_batch_wait": within, "task_check_interval": 60.0,
     })  # fmt: skip
     await create_topics(settings)
     procs = [
@@ -200,11 +204,11 @@ async def main(args: argparse.Namespace) -> None:
                                    broker_pid=broker.pid)  # fmt: skip
         print(f"raw loop, 1 process: {raw.eps:.0f} events/s; CPU per event: "
               f"{raw.cpu_per_event()} ({load()})", flush=True)  # fmt: skip
-        for n in args.workers:
-            got = await engine_throughput(bootstrap, tmp, steps, (certificates, tasks), n, args,
-                                          broker.pid)  # fmt: skip
+        for n, within in [(n, w) for n in args.workers for w in args.within]:
+            got = await engine_throughput(bootstrap, tmp, steps, (certificates, tasks), n,
+                                          within, args, broker.pid)  # fmt: skip
             print(
-                f"case engine, {n} worker(s), batch wait {args.within * 1000:.0f} ms: "
+                f"case engine, {n} worker(s), batch wait {within * 1000:.0f} ms: "
                 f"{got.eps:.0f} steps/s, {got.eps / raw.eps:.2f} of the raw loop; "
                 f"CPU per step: {per_event(got.cpu, got.events)} ({load()})",
                 flush=True,
@@ -219,8 +223,8 @@ if __name__ == "__main__":
     p.add_argument("--penalised", type=float, default=0.3, help="share of the 1 000 enterprises")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--partitions", type=int, default=6)
-    p.add_argument("--within", type=float, default=0.005,
-                   help="BUS_CASE_BATCH_WAIT of the workers, seconds")  # fmt: skip
+    p.add_argument("--within", type=float, nargs="+", default=[0.005],
+                   help="BUS_CASE_BATCH_WAIT of the workers, s (each measured)")  # fmt: skip
     p.add_argument("--engine", default="kafka", choices=LOCAL_ENGINES)
     p.add_argument("--profile", action="store_true", help="py-spy on the first worker")
     p.add_argument("--profile-seconds", type=float, default=20.0)
