@@ -62,6 +62,10 @@ async def certificate_latency(
         await client.publish_many([registered(f, rng) for f in firms] + others)
     await drain(settings.bootstrap_servers[0], settings.topic("events.enterprise"),
                 len(firms) + len(others), 60)  # fmt: skip
+    # Each registration opens an opening-a-business case (4 tasks): wait for the case engine
+    # to have decided them all, or the first requests queue behind them.
+    await drain(settings.bootstrap_servers[0], settings.topic("events.task"),
+                4 * (len(firms) + len(others)), 300)  # fmt: skip
     await asyncio.sleep(1.0)  # the registrations are folded in
     make = model_for("certificate.requested")
     reqs = [
