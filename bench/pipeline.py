@@ -326,6 +326,8 @@ async def main(args: argparse.Namespace) -> None:
               f"({args.requests} requests at {args.rate:.0f}/s, "
               f"{lat['other_per_s']:.0f} other events/s published meanwhile)",
               flush=True)  # fmt: skip
+        if args.latency_only:
+            return
 
         backlog = encode(args.events, 1)
         raws = {n: await raw_throughput(bootstrap, tmp, backlog, args.partitions, n,
@@ -367,6 +369,7 @@ if __name__ == "__main__":
         default=1000.0,
         help="other events per second while the certificates are measured (0: none)",
     )
+    p.add_argument("--latency-only", action="store_true", help="certificate latency alone")
     p.add_argument("--events", type=int, default=50_000)
     p.add_argument("--engine", default="kafka", choices=LOCAL_ENGINES)
     p.add_argument("--split", action="store_true", help="ingest and correlate in two workers")
