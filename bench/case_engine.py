@@ -219,13 +219,13 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--steps", type=int, default=6_000)
     p.add_argument("--penalised", type=float, default=0.3, help="share of the 1 000 enterprises")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--within", type=float, nargs="+", default=[0.005],
                    help="BUS_CASE_BATCH_WAIT of the workers, s (each measured)")  # fmt: skip
     p.add_argument("--engine", default="kafka", choices=LOCAL_ENGINES)
-    p.add_argument("--profile", action="store_true", help="py-spy on the first worker")
+    p.add_argument("--profile", action="store_true", help="py-spy (pip install py-spy) on worker 0")
     p.add_argument("--profile-seconds", type=float, default=20.0)
     asyncio.run(main(p.parse_args()))
