@@ -138,7 +138,7 @@ async def stable(settings: Settings, members: int, seconds: float = 90.0) -> Non
 
 
 def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy on a worker for ``seconds`` (its summary is written to ``out``)."""
+    """py-spy on a worker for ``seconds``: its collapsed stacks are written to ``out``."""
     spy = Path(sys.executable).with_name("py-spy")
     cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate",
            "200", "--format", "raw", "--output", str(out), "--nonblocking"]  # fmt: skip
