@@ -27,6 +27,7 @@ bench: $(STAMP)  ## on Apache Kafka, each beside its raw-client limit in the sam
 	$(BIN)/python bench/ingest.py --engine kafka
 	$(BIN)/python -m bench.pipeline --engine kafka --events 30000
 	$(BIN)/python -m bench.pipeline --engine kafka --events 30000 --workers 2
+	$(BIN)/python -m bench.case_engine --engine kafka
 	$(BIN)/python -m bench.gateway --engine kafka
 
 clean:

@@ -4,10 +4,12 @@
     python -m bench.pipeline --guarantee exactly_once         # only one of them
     python -m bench.pipeline --engine tansu                    # no transactions there
 
-1. **Certificate latency**, for each guarantee. A worker with every agent; 200 enterprises
-   registered; then ``--requests`` compliance-certificate requests for clean enterprises
-   published at ``--rate`` per second. Latency is from publishing the request (to ingress, as the
-   Financial Office would) to a consumer receiving the signed ``certificate.issued``.
+1. **Certificate latency**, for each guarantee. A worker with every agent; 200 enterprises registered; then
+   ``--requests`` compliance-certificate requests for clean enterprises published at
+   ``--rate`` per second, while ``--load`` other events per second (penalties on 500 other
+   enterprises) flow. Latency is from publishing the request (to ingress, as the Financial
+   Office would) to a consumer receiving the signed ``certificate.issued`` (ingest, the fold,
+   the case engine).
 2. **Throughput with correlate.** The 500 enterprises are registered first (as they would
    be: a penalty is imposed on a registered enterprise; ``--unregistered`` skips this and
    measures the parking path instead), then ``--events`` penalties are published once the
@@ -47,13 +49,26 @@ from bus.settings import Settings
 from bus.topics import CORRELATE_SEEN, create_topics
 
 
-async def certificate_latency(settings: Settings, requests: int, rate: float) -> dict[str, float]:
-    """p50/p99 from request published to certificate received."""
+async def certificate_latency(
+    settings: Settings, requests: int, rate: float, load: float = 0.0
+) -> dict[str, float]:
+    """p50/p99 from request published to certificate received, with ``load`` other events/s.
+
+    The other events are penalties on 500 other registered enterprises (``bench.ingest``'s),
+    published from 2 s before the first request to the last: they go through ingest and the
+    fold, not the case engine, and leave the requesting enterprises clean.
+    """
     rng = random.Random(61)
     firms = [enterprise(rng) for _ in range(200)]
+    others = registrations(seed=1) if load else []
     async with BusClient(settings) as client:
-        await client.publish_many([registered(f, rng) for f in firms])
-    await drain(settings.bootstrap_servers[0], settings.topic("events.enterprise"), len(firms), 60)
+        await client.publish_many([registered(f, rng) for f in firms] + others)
+    await drain(settings.bootstrap_servers[0], settings.topic("events.enterprise"),
+                len(firms) + len(others), 60)  # fmt: skip
+    # Each registration opens an opening-a-business case (4 tasks): wait for the case engine
+    # to have decided them all, or the first requests queue behind them.
+    await drain(settings.bootstrap_servers[0], settings.topic("events.task"),
+                4 * (len(firms) + len(others)), 300)  # fmt: skip
     await asyncio.sleep(1.0)  # the registrations are folded in
     make = model_for("certificate.requested")
     reqs = [
@@ -68,8 +83,21 @@ async def certificate_latency(settings: Settings, requests: int, rate: float) ->
     arriving = asyncio.create_task(
         drain(settings.bootstrap_servers[0], cert_topic, 2 * requests, 120)
     )
+    flowing = None
+    if load:
+        other = encode(int(load * (requests / rate + 2)), 1)
+        flowing = asyncio.create_task(
+            produce(settings.bootstrap_servers[0], settings.topic("ingress"), other, load)
+        )
+        await asyncio.sleep(2.0)
+    t0 = time.time()
     sent = await produce(settings.bootstrap_servers[0], settings.topic("ingress"), msgs, rate)
     arrived = await arriving
+    flowed = 0.0
+    if flowing is not None:
+        other_sent = await flowing
+        flowed = sum(t0 <= t <= max(sent.values()) for t in other_sent.values())
+        flowed /= max(sent.values()) - t0
     by_request: dict[str, float] = {}
     for record_id, _, now in arrived:  # certificate.issued's event id is derived; use causation
         by_request.setdefault(record_id, now)
@@ -86,6 +114,7 @@ async def certificate_latency(settings: Settings, requests: int, rate: float) ->
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
         "max_ms": latencies[-1],
         "under_1s": sum(lat < 1000 for lat in latencies) / len(latencies),
+        "other_per_s": flowed,
     }
 
 
@@ -311,11 +340,14 @@ async def main(args: argparse.Namespace) -> None:
             })  # fmt: skip
             await create_topics(one)
             with WorkerProcess(one, tmp / f"worker-c{i}.log"):
-                lat = await certificate_latency(one, args.requests, args.rate)
+                lat = await certificate_latency(one, args.requests, args.rate, args.load)
             print(f"certificate, {guarantee}: p50 {lat['p50_ms']:.1f} ms, p99 "
                   f"{lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms, {lat['under_1s']:.1%} "
-                  f"under 1 s ({args.requests} requests at {args.rate:.0f}/s)",
+                  f"under 1 s ({args.requests} requests at {args.rate:.0f}/s, "
+                  f"{lat['other_per_s']:.0f} other events/s published meanwhile)",
                   flush=True)  # fmt: skip
+        if args.latency_only:
+            return
 
         backlog = encode(args.events, 1)
         raws = {n: await raw_throughput(bootstrap, tmp, backlog, args.partitions, n,
@@ -355,6 +387,13 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--rate", type=float, default=50.0, help="certificate requests per second")
+    p.add_argument(
+        "--load",
+        type=float,
+        default=1000.0,
+        help="other events per second while the certificates are measured (0: none)",
+    )
+    p.add_argument("--latency-only", action="store_true", help="certificate latency alone")
     p.add_argument("--events", type=int, default=50_000)
     p.add_argument("--engine", default="kafka", choices=LOCAL_ENGINES)
     p.add_argument("--split", action="store_true", help="ingest and correlate in two workers")

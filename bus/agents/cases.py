@@ -281,6 +281,7 @@ class FencedWriter:
         self.state: AIOKafkaProducer | None = None  # changelog records, after a commit
         self.owned: set[int] = set()  # claimed on assignment, released on revocation
         self.transactions: bool | None = None  # unknown until the first producer starts
+        self._starting = asyncio.Lock()
 
     def transactional_id(self, partition: int) -> str:
         """The transactional id of a partition's producer: the same on every worker."""
@@ -377,9 +378,11 @@ class FencedWriter:
         ]  # fmt: skip
 
     async def _save(self, partition: int, states: dict[str, bytes]) -> None:
-        if self.state is None:
-            self.state = kafka_producer(self.settings, enable_idempotence=True)
-            await start_or_close(self.state)
+        async with self._starting:  # partitions are written side by side: start one producer
+            if self.state is None:
+                producer = kafka_producer(self.settings, enable_idempotence=True)
+                await start_or_close(producer)
+                self.state = producer
         sent = [
             await self.state.send(self.changelog, value, key=uscc.encode(), partition=partition)
             for uscc, value in states.items()
@@ -975,10 +978,15 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
                 p = event.message.partition
                 outs.setdefault(p, []).extend(engine.handle(p, event.value, store))
             states = store.take()
-            for p in sorted(outs.keys() | states.keys()):
-                try:
-                    await writer.write(p, outs.get(p, []), states.get(p, {}))
-                except (*FENCED, NotOwned) as exc:
+            # The partitions' transactions run side by side: each is several round trips.
+            parts = sorted(outs.keys() | states.keys())
+            results = await asyncio.gather(
+                *(writer.write(p, outs.get(p, []), states.get(p, {})) for p in parts),
+                return_exceptions=True,
+            )
+            failed: BaseException | None = None
+            for p, exc in zip(parts, results, strict=True):
+                if isinstance(exc, (*FENCED, NotOwned)):
                     # Another worker owns the partition: nothing of this batch is kept here.
                     # Its offsets are not committed (this worker left the group), so the
                     # owner decides these steps again, the same way, on committed state.
@@ -986,7 +994,12 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
                                 "in hand are dropped here", p, type(exc).__name__)  # fmt: skip
                     engine.forget([p])
                     continue
+                if isinstance(exc, BaseException):
+                    failed = failed or exc  # the other partitions' committed states still apply
+                    continue
                 store.apply(states.get(p, {}))
+            if failed is not None:
+                raise failed
             engine.export_task_counts()
             ctx.metrics.case_steps.inc(len(batch))
 
