@@ -4,8 +4,8 @@
     python -m bench.pipeline --guarantee exactly_once         # only one of them
     python -m bench.pipeline --engine tansu                    # no transactions there
 
-1. **Certificate latency**, for each guarantee. A worker with every agent; 200 enterprises registered; then
-   ``--requests`` compliance-certificate requests for clean enterprises published at
+1. **Certificate latency**, for each guarantee. A worker with every agent; 200 enterprises
+   registered; then ``--requests`` compliance-certificate requests for clean enterprises published at
    ``--rate`` per second, while ``--load`` other events per second (penalties on 500 other
    enterprises) flow. Latency is from publishing the request (to ingress, as the Financial
    Office would) to a consumer receiving the signed ``certificate.issued`` (ingest, the fold,
