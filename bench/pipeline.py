@@ -5,11 +5,11 @@
     python -m bench.pipeline --engine tansu                    # no transactions there
 
 1. **Certificate latency**, for each guarantee. A worker with every agent; 200 enterprises
-   registered; then ``--requests`` compliance-certificate requests for clean enterprises published at
-   ``--rate`` per second, while ``--load`` other events per second (penalties on 500 other
-   enterprises) flow. Latency is from publishing the request (to ingress, as the Financial
-   Office would) to a consumer receiving the signed ``certificate.issued`` (ingest, the fold,
-   the case engine).
+   registered; then ``--requests`` compliance-certificate requests for clean enterprises
+   published at ``--rate`` per second, while ``--load`` other events per second (penalties
+   on 500 other enterprises) flow. Latency is from publishing the request (to ingress, as
+   the Financial Office would) to a consumer receiving the signed ``certificate.issued``
+   (ingest, the fold, the case engine).
 2. **Throughput with correlate.** The 500 enterprises are registered first (as they would
    be: a penalty is imposed on a registered enterprise; ``--unregistered`` skips this and
    measures the parking path instead), then ``--events`` penalties are published once the

@@ -349,7 +349,12 @@ class FencedWriter:
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             producer = await self._producer(partition)
             try:
-                if self.transactions:
+                if not encoded:
+                    # Nothing of the state changed, so these outputs come from their steps
+                    # alone (a clean certificate): any worker makes the same bytes, nothing
+                    # to fence, and a transaction's round trips would only add latency.
+                    await asyncio.gather(*await self._send(await self._plain(), outs))
+                elif self.transactions:
                     async with producer.transaction():
                         await self._send(producer, outs)
                 else:
@@ -377,14 +382,19 @@ class FencedWriter:
             for o in outs
         ]  # fmt: skip
 
-    async def _save(self, partition: int, states: dict[str, bytes]) -> None:
+    async def _plain(self) -> AIOKafkaProducer:
+        """The worker's one non-transactional producer: state, and stateless decisions."""
         async with self._starting:  # partitions are written side by side: start one producer
             if self.state is None:
                 producer = kafka_producer(self.settings, enable_idempotence=True)
                 await start_or_close(producer)
                 self.state = producer
+        return self.state
+
+    async def _save(self, partition: int, states: dict[str, bytes]) -> None:
+        producer = await self._plain()
         sent = [
-            await self.state.send(self.changelog, value, key=uscc.encode(), partition=partition)
+            await producer.send(self.changelog, value, key=uscc.encode(), partition=partition)
             for uscc, value in states.items()
         ]
         await asyncio.gather(*sent)
