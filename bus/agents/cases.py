@@ -1037,9 +1037,13 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
         engine.forget(lost)
         await writer.release(lost)
         if lost:
-            # Faust commits at its interval, not on a hand-over: commit what is done now, or
-            # the next owner decides those steps again (the same way, but twice).
-            await app.consumer.commit()
+            # Faust does not commit on a hand-over: commit what is done now, or the next
+            # owner decides those steps again (the same way, but twice). A zombie's commit
+            # is refused; its steps are then decided again by their owner.
+            try:
+                await app.consumer.commit()
+            except Exception as exc:  # refused: the next owner re-decides
+                log.info("cases: offsets not committed on revocation: %r", exc)
 
     @app.service
     class _Writers(Service):  # stops the producers with the worker
