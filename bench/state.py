@@ -400,7 +400,24 @@ def memory(records: Changelog, cases: Changelog, seen_ids: list[bytes], n: int) 
     out.append(f"cases table: {len(table)} values, {open_cases} open cases, {tasks} tasks, "
                f"{case_bytes / 1e6:.0f} MB traced as dicts, "
                f"{case_bytes / max(open_cases, 1):.0f} B per open case")  # fmt: skip
-    del table
+    values = list(table.values())[:: max(1, len(table) // 2000)]
+    if values:
+        share: dict[str, int] = {}
+        for v in values:
+            seen: set[int] = {id(v)}
+            share["value dict"] = share.get("value dict", 0) + sys.getsizeof(v)
+            requests = [c.get("request") for c in v.get("reviews", {}).values()]
+            share["reviews: the request event, copied"] = share.get(
+                "reviews: the request event, copied", 0
+            ) + deep(requests, seen)
+            for k in ("reviews", "tasks", "done", "closed_tasks"):
+                name = "reviews: the rest" if k == "reviews" else k
+                share[name] = share.get(name, 0) + deep(v.get(k), seen)
+        whole = sum(share.values())
+        out.append(f"  deep size of {len(values)} sampled values: {whole / len(values):.0f} B each")
+        for k, b in sorted(share.items(), key=lambda kv: -kv[1]):
+            out.append(f"    {k}: {b / len(values):.0f} B ({b / whole:.0%})")
+    del table, values
     ids, id_bytes = traced(lambda: set(seen_ids))
     out.append(f"de-duplication ids (correlate): {len(seen_ids)} ids, {id_bytes / 1e6:.0f} MB "
                f"traced as a set of bytes, {id_bytes / n:.0f} B per enterprise")  # fmt: skip
