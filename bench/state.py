@@ -214,18 +214,15 @@ async def changelog(bootstrap: str, topic: str) -> Changelog:
     return c
 
 
-async def fold_rates(bootstrap: str, settings: Settings) -> tuple[int, float, float, float]:
-    """Events the fold made durable, and its events/s over the whole, first and last tenth.
+async def rates(
+    bootstrap: str, topic: str, weight: Callable[[Any], int] = lambda r: 1
+) -> tuple[int, float, float, float]:
+    """Records (weighted) on ``topic``, and their rate over the whole, first and last tenth.
 
-    From the de-duplication changelog: one record per batch and partition, 16 bytes an
-    event, stamped when written. Rates between the records nearest each tenth's boundary.
+    By record timestamps; rates between the records nearest each tenth's boundary.
     """
     points: list[tuple[float, int]] = []
-    await read_topic(
-        bootstrap,
-        settings.topic(CORRELATE_SEEN.name),
-        lambda r: points.append((r.timestamp / 1000, len(r.value or b"") // 16)),
-    )
+    await read_topic(bootstrap, topic, lambda r: points.append((r.timestamp / 1000, weight(r))))
     points.sort()
     cum, total = [], 0
     for ts, k in points:
@@ -239,12 +236,17 @@ async def fold_rates(bootstrap: str, settings: Settings) -> tuple[int, float, fl
         return (b[1] - a[1]) / (b[0] - a[0]) if b[0] > a[0] else float("nan")
 
     first, last = cum[0], cum[-1]
-    return (
-        total,
-        rate(first, last),
-        rate(first, at(total * 0.1)),
-        rate(at(total * 0.9), last),
-    )
+    return total, rate(first, last), rate(first, at(total * 0.1)), rate(at(total * 0.9), last)
+
+
+async def fold_rates(bootstrap: str, settings: Settings) -> tuple[int, float, float, float]:
+    """Events the fold made durable, and its events/s over the whole, first and last tenth.
+
+    From the de-duplication changelog: one record per batch and partition, 16 bytes an
+    event, stamped when written.
+    """
+    topic = settings.topic(CORRELATE_SEEN.name)
+    return await rates(bootstrap, topic, lambda r: len(r.value or b"") // 16)
 
 
 # ---- the worker --------------------------------------------------------------------------
@@ -471,6 +473,9 @@ async def run(args: argparse.Namespace) -> None:
               f"{last:.0f}; RSS {mb(rss_folded)} = {rss_folded / n / 1e3:.1f} KB per "
               f"enterprise; load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
 
+        steps, c_whole, c_first, c_last = await rates(bootstrap, cases_changelog(s))
+        print(f"case engine: {steps} table writes; {c_whole:.0f}/s overall, first tenth "
+              f"{c_first:.0f}, last tenth {c_last:.0f}", flush=True)  # fmt: skip
         records = await changelog(bootstrap, s.topic(CORRELATE_RECORDS.name))
         cases = await changelog(bootstrap, cases_changelog(s))
         print(f"state.correlate-records: {records.records} records "
