@@ -377,9 +377,10 @@ def memory(records: Changelog, cases: Changelog, seen_ids: list[bytes], n: int) 
         for k, v in parts_of(r).items():
             totals[k] = totals.get(k, 0) + v
     whole = sum(totals.values())
-    out.append(f"  deep size of {len(sample)} sampled records: {whole / len(sample):.0f} B each")
-    for k, v in sorted(totals.items(), key=lambda kv: -kv[1]):
-        out.append(f"    {k}: {v / len(sample):.0f} B ({v / whole:.0%})")
+    if sample:
+        out.append(f"  deep size of {len(sample)} sampled records: {whole / len(sample):.0f} B")
+        for k, v in sorted(totals.items(), key=lambda kv: -kv[1]):
+            out.append(f"    {k}: {v / len(sample):.0f} B ({v / whole:.0%})")
     fined = [r for r in restored.values() if r.penalties]
     if fined:
         pe = [p for r in fined[:2000] for p in r.penalties.values()]
