@@ -49,6 +49,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench.cpu import CpuSampler
 from bench.ingest import Msg, produce
 from bench.pipeline import publish_batches
 from bench.scaleout import certificate_request, group_settings
@@ -214,13 +215,26 @@ async def changelog(bootstrap: str, topic: str) -> Changelog:
     return c
 
 
-async def rates(
-    bootstrap: str, topic: str, weight: Callable[[Any], int] = lambda r: 1
-) -> tuple[int, float, float, float]:
-    """Records (weighted) on ``topic``, and their rate over the whole, first and last tenth.
+@dataclass
+class Rates:
+    """Records (weighted) on a topic: how many, and the spans of the whole, first, last tenth."""
 
-    By record timestamps; rates between the records nearest each tenth's boundary.
-    """
+    total: int
+    spans: dict[str, tuple[tuple[float, int], tuple[float, int]]]  # (time, count) at each end
+
+    def per_second(self, span: str) -> float:
+        """Records a second over ``span`` ("whole", "first", "last")."""
+        (t0, c0), (t1, c1) = self.spans[span]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else float("nan")
+
+    def cpu_us(self, cpu: CpuSampler, span: str, group: str = "worker") -> float:
+        """CPU µs a record of ``group`` over ``span``: what other load does not change."""
+        (t0, c0), (t1, c1) = self.spans[span]
+        return cpu.between(t0, t1)[group] / max(c1 - c0, 1) * 1e6
+
+
+async def rates(bootstrap: str, topic: str, weight: Callable[[Any], int] = lambda r: 1) -> Rates:
+    """Records on ``topic`` by their timestamps, and the records nearest each tenth's boundary."""
     points: list[tuple[float, int]] = []
     await read_topic(bootstrap, topic, lambda r: points.append((r.timestamp / 1000, weight(r))))
     points.sort()
@@ -232,18 +246,16 @@ async def rates(
     def at(count: float) -> tuple[float, int]:
         return next(p for p in cum if p[1] >= count)
 
-    def rate(a: tuple[float, int], b: tuple[float, int]) -> float:
-        return (b[1] - a[1]) / (b[0] - a[0]) if b[0] > a[0] else float("nan")
-
     first, last = cum[0], cum[-1]
-    return total, rate(first, last), rate(first, at(total * 0.1)), rate(at(total * 0.9), last)
+    spans = {"whole": (first, last), "first": (first, at(total * 0.1)),
+             "last": (at(total * 0.9), last)}  # fmt: skip
+    return Rates(total, spans)
 
 
-async def fold_rates(bootstrap: str, settings: Settings) -> tuple[int, float, float, float]:
-    """Events the fold made durable, and its events/s over the whole, first and last tenth.
+async def fold_rates(bootstrap: str, settings: Settings) -> Rates:
+    """Events the fold made durable, by the de-duplication changelog.
 
-    From the de-duplication changelog: one record per batch and partition, 16 bytes an
-    event, stamped when written.
+    One record per batch and partition, 16 bytes an event, stamped when written.
     """
     topic = settings.topic(CORRELATE_SEEN.name)
     return await rates(bootstrap, topic, lambda r: len(r.value or b"") // 16)
@@ -465,18 +477,22 @@ async def run(args: argparse.Namespace) -> None:
         t = time.monotonic()
         worker.start(timeout=300)
         assert worker.proc is not None
-        await settled(bootstrap, [f"{s.app_id}.correlate", s.app_id], 5, 3600)
+        async with CpuSampler({"worker": [worker.proc.pid]}, interval=0.5) as cpu:
+            await settled(bootstrap, [f"{s.app_id}.correlate", s.app_id], 5, 3600)
         folded_s = time.monotonic() - t
         rss_folded = rss(worker.proc.pid)
-        total, whole, first, last = await fold_rates(bootstrap, s)
-        print(f"folded in {folded_s:.0f} s (from start): {total} events made durable by "
-              f"correlate; {whole:.0f} events/s overall, first tenth {first:.0f}, last tenth "
-              f"{last:.0f}; RSS {mb(rss_folded)} = {rss_folded / n / 1e3:.1f} KB per "
-              f"enterprise; load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
-
-        steps, c_whole, c_first, c_last = await rates(bootstrap, cases_changelog(s))
-        print(f"case engine: {steps} table writes; {c_whole:.0f}/s overall, first tenth "
-              f"{c_first:.0f}, last tenth {c_last:.0f}", flush=True)  # fmt: skip
+        fold = await fold_rates(bootstrap, s)
+        print(f"folded in {folded_s:.0f} s (from start): {fold.total} events made durable by "
+              f"correlate; {fold.per_second('whole'):.0f} events/s overall, first tenth "
+              f"{fold.per_second('first'):.0f} ({fold.cpu_us(cpu, 'first'):.0f} µs of worker "
+              f"CPU an event), last tenth {fold.per_second('last'):.0f} "
+              f"({fold.cpu_us(cpu, 'last'):.0f} µs); RSS {mb(rss_folded)} = "
+              f"{rss_folded / n / 1e3:.1f} KB per enterprise; load {os.getloadavg()[0]:.1f}",
+              flush=True)  # fmt: skip
+        steps = await rates(bootstrap, cases_changelog(s))
+        print(f"case engine: {steps.total} table writes; {steps.per_second('whole'):.0f}/s "
+              f"overall, first tenth {steps.per_second('first'):.0f}, last tenth "
+              f"{steps.per_second('last'):.0f}", flush=True)  # fmt: skip
         records = await changelog(bootstrap, s.topic(CORRELATE_RECORDS.name))
         cases = await changelog(bootstrap, cases_changelog(s))
         print(f"state.correlate-records: {records.records} records "
