@@ -14,7 +14,10 @@ registration opens an "opening-a-business" case with four tasks in the case engi
    group has committed every partition up to its end (a transaction's commit marker takes
    an offset no group commits past: one short is done on a transactional topic) and nothing
    moved for a few seconds. The fold's events/s in the first and the last tenth come from
-   the de-duplication changelog (a record per batch, its timestamp, 16 bytes an event).
+   the de-duplication changelog (a record per batch, its timestamp, 16 bytes an event), with
+   the worker's CPU per event over the same spans (``/proc``): on a shared machine the rate
+   follows the load, the CPU per event says whether the work per event grew with the state.
+   The case engine's rate likewise, from its table's changelog.
 3. Then: the worker's RSS (``/proc``); the records of ``state.correlate-records`` and of the
    cases table's changelog (all records, and the keys compaction would keep).
 4. kill -9; a clean certificate request for a known enterprise is published; the worker is
