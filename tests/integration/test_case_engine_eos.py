@@ -23,8 +23,8 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
         not os.environ.get("BUS_FAULT_PROBES"),
-        reason="a probe of Faust's guarantees for the coming case engine (minutes of kills "
-        "and rebalances, needs an unloaded machine): BUS_FAULT_PROBES=1 runs it",
+        reason="a probe of Faust's own exactly-once, which the case engine does not rely on "
+        "(minutes of kills and rebalances, needs an unloaded machine): BUS_FAULT_PROBES=1 runs it",
     ),
 ]
 
