@@ -34,8 +34,6 @@ from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
     ProducerFenced,
-    UnknownError,
-    UnsupportedVersionError,
 )
 from mode import Service
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,7 +42,7 @@ from bus.agents.out import Headers, Out, rejection_headers
 from bus.agents.route import Router, load_subscriptions
 from bus.agents.runtime import key_hash
 from bus.certificates import Signer, UnsignedCertificate, new_serial
-from bus.client import kafka_producer, start_or_close
+from bus.client import NO_TRANSACTIONS, kafka_producer, start_or_close
 from bus.errors import BusError
 from bus.matters import Matter, TaskTemplate, load_matters
 from bus.record import EnterpriseRecord, TaskEntry
@@ -79,8 +77,6 @@ _IDS = uuid.UUID("0b5e7c1e-6a1d-4c55-9d0e-4b7573000001")  # namespace of derived
 
 StepKind = Literal["trigger", "answer", "tick"]
 
-NO_TRANSACTIONS = (UnknownError, UnsupportedVersionError)
-"""What a broker without transactions answers to InitProducerId (Tansu: UnknownError)."""
 FENCED = (ProducerFenced, InvalidProducerEpoch)
 """Another worker took the partition over: this one is a zombie and must not write."""
 

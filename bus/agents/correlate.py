@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from bus.agents.cases import ANSWERS, StepKind, derived_id, encode_step, starts_case
+from bus.agents.cases import ANSWERS, BUS, StepKind, derived_id, encode_step, starts_case
 from bus.agents.out import Headers, Out, deadletter
 from bus.agents.route import NOTIFY, Router, load_subscriptions
 from bus.agents.runtime import BatchAgent, Record
@@ -39,7 +39,6 @@ __all__ = ["CorrelateAgent", "derived_id"]
 
 log = logging.getLogger(__name__)
 
-BUS = "ks.bus"
 BUS_FAMILIES = ("certificate.", "task.", "approval.decided")
 
 

@@ -16,12 +16,11 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from bus.agents.cases import FencedWriter
 from bus.agents.out import Out
-from bus.client import kafka_consumer, read_topic, start_or_close
+from bus.client import read_topic
 from bus.codec import EventCodec
 from bus.processes import WorkerProcess
 from bus.samples import enterprise, penalty, registered
@@ -40,27 +39,11 @@ pytestmark = pytest.mark.integration
 codec = EventCodec()
 
 
-async def _read(settings: Settings, topic: str, isolation: str) -> list[bytes]:
-    """Every value of a topic (all partitions) as a reader with ``isolation`` sees it."""
-    consumer = kafka_consumer(settings, isolation_level=isolation)
-    await start_or_close(consumer)
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not tps:
-            await consumer._client.force_metadata_update()  # created a moment ago
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        values: list[bytes] = []
-        deadline = time.monotonic() + 30
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            assert time.monotonic() < deadline, f"{topic} not read to its end in 30 s"
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                values += [r.value or b"" for r in records]
-        return values
-    finally:
-        await consumer.stop()
+async def _read(settings: Settings, topic: str) -> list[bytes]:
+    """Every value of a topic, as any reader of the bus sees it (committed records only)."""
+    reading = read_topic(settings, topic, to_end=True, max_seconds=30)
+    async with aclosing(reading) as records:
+        return [r.value or b"" async for r in records]
 
 
 def test_a_partitions_new_owner_fences_the_old_one_whose_decision_is_never_committed(
@@ -91,8 +74,8 @@ def test_a_partitions_new_owner_fences_the_old_one_whose_decision_is_never_commi
                             {"a": {"v": "after"}})  # fmt: skip
             return (
                 fenced,
-                await _read(settings, topic, "read_committed"),
-                await _read(settings, changelog, "read_committed"),
+                await _read(settings, topic),
+                await _read(settings, changelog),
             )
         finally:
             await old.stop()
