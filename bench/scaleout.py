@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import os
 import random
 import re
@@ -64,6 +66,7 @@ from bus.schemas.envelope import Envelope
 from bus.schemas.events import FAMILIES, model_for
 from bus.settings import Settings
 from bus.topics import (
+    CASES,
     CORRELATE_RECORDS,
     CORRELATE_SEEN,
     cases_changelog,
@@ -397,6 +400,7 @@ class Seen:
     tasks: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     records: dict[int, dict[str, EnterpriseRecord]] = field(default_factory=dict)
     cases: dict[str, CaseState] = field(default_factory=dict)  # the case engine's, by USCC
+    steps: set[str] = field(default_factory=set)  # event ids handed to the case engine
 
 
 class Reader:
@@ -416,6 +420,7 @@ class Reader:
         self.handled_topic = settings.topic(CORRELATE_SEEN.name)
         self.records_topic = settings.topic(CORRELATE_RECORDS.name)
         self.cases_topic = cases_changelog(settings)
+        self.steps_topic = settings.topic(CASES.name)
         self.dead_topic = settings.topic("deadletter")
         self.consumer = AIOKafkaConsumer(
             **settings.kafka(), group_id=None, enable_auto_commit=False,
@@ -433,6 +438,7 @@ class Reader:
                 self.records_topic,
                 self.dead_topic,
                 self.cases_topic,
+                self.steps_topic,
             ]
             for p in range(self.s.partitions)
         ]
@@ -455,6 +461,8 @@ class Reader:
                     self.seen.cases[(r.key or b"").decode()] = CaseState.model_validate_json(
                         r.value or b"{}"
                     )
+                elif tp.topic == self.steps_topic:
+                    self._step(r.value or b"{}")
                 else:
                     self._add(tp.topic, r.value or b"", dict(r.headers or ()))
         return n
@@ -466,6 +474,12 @@ class Reader:
         if record is None:
             record = records[uscc] = EnterpriseRecord(uscc=uscc)
         apply_part(record, part, value)
+
+    def _step(self, value: bytes) -> None:
+        step = json.loads(value)
+        for name, encoded in step.get("headers", ()):
+            if name == "event_id":
+                self.seen.steps.add(base64.b64decode(encoded).decode())
 
     def _add(self, topic: str, value: bytes, headers: dict[str, bytes]) -> None:
         seen = self.seen
@@ -491,11 +505,15 @@ class Reader:
                 case = (str(task.causation_id), task.payload.assignee)
                 seen.tasks.setdefault(case, set()).add(task.payload.task_id)
 
-    async def until(self, done: Callable[[Seen], bool], seconds: float, idle: float = 2.0) -> bool:
-        """Read until ``done(seen)`` and ``idle`` quiet seconds, or ``seconds`` have passed."""
-        deadline = time.monotonic() + seconds
+    async def until(self, done: Callable[[Seen], bool], stall: float, idle: float = 2.0) -> bool:
+        """Read until ``done(seen)`` and ``idle`` quiet seconds; False after ``stall`` seconds
+        in which nothing new was read.
+
+        A wait for progress, not a clock budget: on a busy machine the workers are slow but
+        keep writing, and the caller's own timeout bounds the whole.
+        """
         quiet = time.monotonic()
-        while time.monotonic() < deadline:
+        while time.monotonic() - quiet < stall:
             if await self.poll():
                 quiet = time.monotonic()
             elif done(self.seen) and time.monotonic() - quiet >= idle:
@@ -522,6 +540,9 @@ class Handover:
     parked: int  # requests of registered firms parked as unregistered: state not yet restored
     deadletters: Counter[str]  # by reason; only duplicate.event_id is expected
     takeover_s: list[float] = field(default_factory=list)
+    stepped: set[str] = field(default_factory=set)  # missing certificates whose step reached
+    # the case engine (the rest never left the flow)
+    settled: bool = True  # everything expected had come out before the verdict was drawn
 
     @property
     def clean(self) -> bool:
@@ -538,16 +559,23 @@ class Handover:
             f"{self.action}: {self.published} published, lost {len(self.lost)}, "
             f"skipped by correlate {len(self.unhandled)}, duplicates {self.duplicates}, "
             f"decision copies {self.decision_copies}, "
-            f"certificates missing {len(self.missing_certificates)} / doubled "
+            f"certificates missing {len(self.missing_certificates)} "
+            f"({len(self.stepped)} of them handed to the case engine) / doubled "
             f"{len(self.doubled_certificates)}, tasks doubled {len(self.doubled_tasks)}, "
             f"cases incomplete {len(self.incomplete_cases)}, records wrong "
             f"{len(self.bad_records)}, parked {self.parked}, dead letters "
             f"{dict(self.deadletters)}, takeover {', '.join(f'{t:.1f}' for t in self.takeover_s)} s"
+            + ("" if self.settled else "; output stalled before it was complete")
         )
 
 
 def verdict(
-    action: str, sc: Scenario, seen: Seen, takeover: list[float], logs: Iterable[Path]
+    action: str,
+    sc: Scenario,
+    seen: Seen,
+    takeover: list[float],
+    logs: Iterable[Path],
+    settled: bool = True,
 ) -> Handover:
     """Compare what was published with what came out, and what the workers logged."""
     published = {str(e.event_id) for e in sc.published}
@@ -562,6 +590,8 @@ def verdict(
         duplicates=sum(n - 1 for k, n in seen.canonical.items() if k not in seen.decided),
         decision_copies=sum(n - 1 for k, n in seen.canonical.items() if k in seen.decided),
         missing_certificates={k for k, v in certificates.items() if not v},
+        stepped={k for k, v in certificates.items() if not v and k in seen.steps},
+        settled=settled,
         doubled_certificates={
             k
             for k, v in certificates.items()
@@ -636,6 +666,10 @@ def _complete(sc: Scenario) -> Callable[[Seen], bool]:
     return done
 
 
+#: Seconds a hand-over round waits for the partitions to split, and for any new output while
+#: it waits for the rest: generous, because a rebalance on a busy machine is slow, not stuck.
+SPLIT_S = 120
+STALL_S = 90
 #: How a worker leaves in a hand-over: SIGTERM, SIGKILL, or SIGSTOP past the session timeout
 #: (a zombie that is evicted, then SIGCONT and rejoins with its stale batch in hand).
 ACTIONS = ("stop", "kill", "pause")
@@ -676,10 +710,10 @@ async def handover(
     async with Reader(s) as reader:
         try:
             await start_all(pair)
-            await wait_split(s, pair, 60)
+            await wait_split(s, pair, SPLIT_S)
             await Paced(s, sc.registrations, 0).run(chunks=10)
             opened = OPENING_TASKS * len(sc.registrations)
-            if not await reader.until(lambda seen: len(seen.tasks) >= opened, 60, idle=0):
+            if not await reader.until(lambda seen: len(seen.tasks) >= opened, STALL_S, idle=0):
                 raise RuntimeError(f"registrations not handled:\n{pair[0].log()[-2000:]}")
             paced = Paced(s, sc.events, seconds)
             publishing = asyncio.create_task(paced.run())
@@ -696,7 +730,7 @@ async def handover(
                     victim.pause()
                 else:
                     stopping = asyncio.create_task(asyncio.to_thread(victim.stop))
-                await wait_split(s, [survivor], 60 + s.session_timeout)
+                await wait_split(s, [survivor], SPLIT_S + s.session_timeout)
                 takeover.append(time.monotonic() - t0)
                 if action == "stop":
                     code = await stopping
@@ -708,12 +742,13 @@ async def handover(
                     paced.extend(25)  # ... and through the rejoin
                     await asyncio.to_thread(victim.start)
                 if action == "pause" or c < cycles - 1:
-                    await wait_split(s, pair, 60)
+                    await wait_split(s, pair, SPLIT_S)
             await publishing
-            await reader.until(_complete(sc), 90)
+            settled = await reader.until(_complete(sc), STALL_S)
         finally:
             await stop_all(pair)
-    return verdict(action, sc, reader.seen, takeover, [p.log_file for p in pair])
+    logs = [p.log_file for p in pair]
+    return verdict(action, sc, reader.seen, takeover, logs, settled)
 
 
 async def handovers(args: argparse.Namespace) -> None:

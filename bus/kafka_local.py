@@ -68,6 +68,10 @@ _LOCAL_SETTINGS = {
     "num.network.threads": "2",
     "num.io.threads": "4",
 }
+#: A lone node's controller fences its own broker when a heartbeat is 9 s late (a starved JVM
+#: on a busy machine), and every partition then refuses writes (NotEnoughReplicas) or has no
+#: leader until it is back. With one node there is nobody to fail over to, so it waits longer.
+_ONE_NODE_SETTINGS = {"broker.session.timeout.ms": "60000"}
 _LOG4J = """\
 status = warn
 appender.out.type = Console
@@ -309,6 +313,7 @@ class KafkaCluster:
         return {
             **settings_for(self.nodes),
             **_LOCAL_SETTINGS,
+            **(_ONE_NODE_SETTINGS if self.nodes == 1 else {}),
             "process.roles": "broker,controller",
             "node.id": str(node),
             "controller.quorum.voters": voters,

@@ -71,7 +71,7 @@ def assert_exactly_once(result: Handover, cycles: int) -> None:
 
 
 @pytest.mark.slow("two worker processes, one frozen past its session timeout under load")
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_a_woken_zombie_leaves_every_event_exactly_once(kafka: str, tmp_path: Path) -> None:
     """SIGSTOP a worker past its session timeout while events flow; the other takes over and
     its producers fence the frozen one's; SIGCONT: the zombie's batch in hand is refused."""
@@ -79,7 +79,7 @@ def test_a_woken_zombie_leaves_every_event_exactly_once(kafka: str, tmp_path: Pa
 
 
 @pytest.mark.slow("two worker processes, SIGKILLed and restarted under load")
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(900)
 def test_workers_killed_mid_stream_and_restarted_leave_every_event_exactly_once(
     kafka: str, tmp_path: Path
 ) -> None:

@@ -160,7 +160,7 @@ def test_two_then_three_workers_split_the_partitions(group_broker: str, tmp_path
     # (the case engine may decide a step twice across a hand-over, with the same id and bytes)
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     ("action", "cycles"),
     [("stop", 2), ("kill", 3), ("pause", 1)],
