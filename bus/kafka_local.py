@@ -69,8 +69,8 @@ _LOCAL_SETTINGS = {
     "num.io.threads": "4",
 }
 #: A lone node's controller fences its own broker when a heartbeat is 9 s late (a starved JVM
-#: on a busy machine), and every partition then refuses writes (NotEnoughReplicas) or has no
-#: leader until it is back. With one node there is nobody to fail over to, so it waits longer.
+#: on a busy machine), and every partition then has no leader until it is back. With one node
+#: there is nobody to fail over to, so it waits longer.
 _ONE_NODE_SETTINGS = {"broker.session.timeout.ms": "60000"}
 _LOG4J = """\
 status = warn
