@@ -5,8 +5,8 @@ each case step (a matter's trigger, an answer to a task) to ``cases`` with the r
 stood then and the time the log took the event. The agent decides on that alone, so a
 decision depends only on the log before it and replays byte for byte.
 
-Each enterprise's open cases and tasks (``CaseState``) live in a Faust ``Table``: changelog,
-recovery and standby replicas are Faust's. Deadlines: a Faust timer puts a tick on every
+Each enterprise's open cases and tasks (``CaseState``) live in a Faust ``Table``: changelog
+and recovery are Faust's. Deadlines: a Faust timer puts a tick on every
 partition this worker owns; the agent pops what is due from an index ordered by due time.
 
 Guarantee: at least once, effects deterministic. A batch's outputs are acknowledged before
