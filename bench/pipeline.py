@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import random
 import statistics
 import sys
@@ -39,19 +41,19 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.cpu import CpuSampler, per_event
 from bench.ingest import ROOT, Msg, drain, encode, produce, spawn
-from bus.client import BusClient
+from bus.client import BusClient, read_topic
 from bus.codec import EventCodec
 from bus.kafka_local import LOCAL_ENGINES, local_broker
 from bus.processes import WorkerProcess, terminate
 from bus.samples import enterprise, registered, registrations
 from bus.schemas.events import model_for
 from bus.settings import Settings
-from bus.topics import CORRELATE_SEEN, create_topics
+from bus.topics import CASES, CORRELATE_SEEN, create_topics
 
 
 async def certificate_latency(
     settings: Settings, requests: int, rate: float, load: float = 0.0
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """p50/p99 from request published to certificate received, with ``load`` other events/s.
 
     The other events are penalties on 500 other registered enterprises (``bench.ingest``'s),
@@ -115,6 +117,48 @@ async def certificate_latency(
         "max_ms": latencies[-1],
         "under_1s": sum(lat < 1000 for lat in latencies) / len(latencies),
         "other_per_s": flowed,
+        "hops": await hops(settings, reqs, sent, arrived),
+    }
+
+
+#: Where a certificate's time goes, from the records' own timestamps (each set when a producer
+#: took the record): what each hop adds, from the record before it.
+HOPS = (
+    ("ingest", "request published → canonical request made by ingest"),
+    ("fold", "→ case step made by correlate (ingest's commit, correlate's fetch and fold)"),
+    ("engine", "→ certificate made by the case engine (correlate's commit, Faust's fetch, "
+               "the batch wait, the decision)"),
+    ("delivery", "→ certificate received by a consumer"),
+)  # fmt: skip
+
+
+async def hops(
+    settings: Settings,
+    reqs: list[Any],
+    sent: dict[str, float],
+    arrived: list[tuple[str, int, float]],
+) -> dict[str, tuple[float, float]]:
+    """p50 and p99 in ms of each of :data:`HOPS`, over the requests."""
+    made = {eid: ts / 1000 for eid, ts, _ in arrived}  # canonical requests and certificates
+    received = {eid: now for eid, _, now in arrived}
+    stepped: dict[str, float] = {}
+    async for r in read_topic(settings, settings.topic(CASES.name), to_end=True):
+        step = json.loads(r.value or b"{}")
+        for name, value in step.get("headers", ()):
+            if name == "event_id":
+                stepped[base64.b64decode(value).decode()] = r.timestamp_ms / 1000
+    spans: dict[str, list[float]] = {name: [] for name, _ in HOPS}
+    for req in reqs:
+        rid, cid = str(req.event_id), str(_certificate_id(req.event_id))
+        if rid not in made or rid not in stepped or cid not in made:
+            continue
+        times = (sent[rid], made[rid], stepped[rid], made[cid], received[cid])
+        for (name, _), a, b in zip(HOPS, times, times[1:], strict=False):
+            spans[name].append((b - a) * 1000)
+    return {
+        name: (statistics.median(v), sorted(v)[int(len(v) * 0.99) - 1])
+        for name, v in spans.items()
+        if v
     }
 
 
@@ -346,6 +390,10 @@ async def main(args: argparse.Namespace) -> None:
                   f"under 1 s ({args.requests} requests at {args.rate:.0f}/s, "
                   f"{lat['other_per_s']:.0f} other events/s published meanwhile)",
                   flush=True)  # fmt: skip
+            for name, meaning in HOPS:
+                if name in lat["hops"]:
+                    p50, p99 = lat["hops"][name]
+                    print(f"  {name:9} p50 {p50:7.1f} ms, p99 {p99:7.1f} ms   {meaning}")
         if args.latency_only:
             return
 
