@@ -4,6 +4,7 @@
     python -m bench.case_engine --steps 20000 --workers 1
     python -m bench.case_engine --within 0.005 0.05   # BUS_CASE_BATCH_WAIT, side by side
     python -m bench.case_engine --profile             # py-spy on the (first) worker too
+    python -m bench.case_engine --workers 1 --batch 500 1   # beside the naive agent
 
 1 000 enterprises are registered, a share of them penalised (``--penalised``); their records
 are built here as the flow would hand them on. A backlog of ``--steps`` case steps is
@@ -19,6 +20,8 @@ Half the steps are clean requests, a quarter reviews opened, a quarter answers. 
 from the first decision to the last, by record timestamps of the certificates and tasks the
 engine commits; CPU of the workers and the broker over that span (``bench/cpu.py``). The raw
 loop (``bench/raw_loop.py``) runs over as many events in the same run, for reference.
+``--batch 1`` is the naive agent, the same code taking one step at a time: one ``take`` per
+event, and its write (a transaction when it changes state) awaited before the next.
 """
 
 from __future__ import annotations
@@ -147,16 +150,17 @@ def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
 
 async def engine_throughput(
     bootstrap: str, tmp: Path, steps: list[Msg], expect: tuple[int, int], workers: int,
-    within: float, args: argparse.Namespace, broker_pid: int | None,
+    within: float, args: argparse.Namespace, broker_pid: int | None, batch: int = 500,
 ) -> Measured:  # fmt: skip
     """Case steps/s of ``workers`` workers running only the case engine over ``steps``.
 
-    ``within`` is their ``BUS_CASE_BATCH_WAIT``.
+    ``within`` is their ``BUS_CASE_BATCH_WAIT``, ``batch`` their ``BUS_BATCH_SIZE``.
     """
     run = f"c{time.time_ns()}"
     settings = group_settings(bootstrap, tmp, run, partitions=args.partitions)
     settings = settings.model_copy(update={
         "agents": ["cases"], "case_batch_wait": within, "task_check_interval": 60.0,
+        "batch_size": batch,
     })  # fmt: skip
     await create_topics(settings)
     procs = [
@@ -204,11 +208,12 @@ async def main(args: argparse.Namespace) -> None:
                                    broker_pid=broker.pid)  # fmt: skip
         print(f"raw loop, 1 process: {raw.eps:.0f} events/s; CPU per event: "
               f"{raw.cpu_per_event()} ({load()})", flush=True)  # fmt: skip
-        for n, within in [(n, w) for n in args.workers for w in args.within]:
+        runs = [(n, w, b) for n in args.workers for w in args.within for b in args.batch]
+        for n, within, batch in runs:
             got = await engine_throughput(bootstrap, tmp, steps, (certificates, tasks), n,
-                                          within, args, broker.pid)  # fmt: skip
+                                          within, args, broker.pid, batch)  # fmt: skip
             print(
-                f"case engine, {n} worker(s), batch wait {within * 1000:.0f} ms: "
+                f"case engine, {n} worker(s), batch {batch}, wait {within * 1000:.0f} ms: "
                 f"{got.eps:.0f} steps/s, {got.eps / raw.eps:.2f} of the raw loop; "
                 f"CPU per step: {per_event(got.cpu, got.events)} ({load()})",
                 flush=True,
@@ -225,6 +230,13 @@ if __name__ == "__main__":
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--within", type=float, nargs="+", default=[0.005],
                    help="BUS_CASE_BATCH_WAIT of the workers, s (each measured)")  # fmt: skip
+    p.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[500],
+        help="BUS_BATCH_SIZE of the workers (each measured); 1: the naive agent",
+    )
     p.add_argument("--engine", default="kafka", choices=LOCAL_ENGINES)
     p.add_argument("--profile", action="store_true", help="py-spy (pip install py-spy) on worker 0")
     p.add_argument("--profile-seconds", type=float, default=20.0)
