@@ -26,7 +26,7 @@ registration opens an "opening-a-business" case with four tasks in the case engi
    late-timer warnings (the longest drift is the longest event-loop stall it saw).
 5. Where the memory goes: the bench restores the records changelog itself into
    ``EnterpriseRecord`` objects, as the worker does, under ``tracemalloc``, and sizes the
-   parts of a sample of records; the cases table's values (JSON dicts, as Faust holds them)
+   parts of a sample of records; the cases table's values (JSON bytes, as the worker holds them)
    and the de-duplication ids likewise.
 """
 
@@ -409,14 +409,14 @@ def memory(records: Changelog, cases: Changelog, seen_ids: list[bytes], n: int) 
                    f"({len(prof[0])} keys); as UTF-8 JSON {js:.0f} B")  # fmt: skip
     del restored, sample, fined
 
-    table, case_bytes = traced(
-        lambda: {k: json.loads(v) for k, v in cases.last.items() if v is not None}
-    )
-    assert isinstance(table, dict)
+    # As the worker holds them: each value its changelog record's JSON bytes.
+    held, case_bytes = traced(lambda: {k: bytes(v) for k, v in cases.last.items() if v is not None})
+    assert isinstance(held, dict)
+    table = {k: json.loads(v) for k, v in held.items()}
     tasks = sum(len(v.get("tasks", {})) for v in table.values())
     open_cases = sum(len(v.get("reviews", {})) for v in table.values())
     out.append(f"cases table: {len(table)} values, {open_cases} open cases, {tasks} tasks, "
-               f"{case_bytes / 1e6:.0f} MB traced as dicts, "
+               f"{case_bytes / 1e6:.0f} MB traced as JSON bytes, "
                f"{case_bytes / max(open_cases, 1):.0f} B per open case")  # fmt: skip
     values = list(table.values())[:: max(1, len(table) // 2000)]
     if values:

@@ -214,7 +214,10 @@ class MemoryCaseStore:
 
 
 class TableStore:
-    """``CaseStore`` over a Faust table (values as JSON), written once a batch is committed.
+    """``CaseStore`` over a Faust table, written once a batch is committed.
+
+    Values are kept as their JSON bytes, the changelog's own: a quarter of the memory of
+    Faust's default (a dict per value), and a recovery that decodes nothing.
 
     Writes wait in ``pending`` until the batch's outputs and changelog records are committed
     (``FencedWriter``); only then do they reach the table in memory. A crash or a fenced
@@ -231,7 +234,7 @@ class TableStore:
         if state is not None:
             return state
         raw = self.table.get(uscc.encode())
-        return CaseState.model_validate(raw) if raw else None
+        return CaseState.model_validate_json(raw) if raw else None
 
     def put(self, uscc: str, state: CaseState) -> None:
         self.pending[uscc] = state
@@ -239,18 +242,18 @@ class TableStore:
     def items(self, partition: int) -> Iterator[tuple[str, CaseState]]:
         for key, raw in list(self.table.items()):
             if raw and key_hash(key) % self.partitions == partition:
-                yield key.decode(), CaseState.model_validate(raw)
+                yield key.decode(), CaseState.model_validate_json(raw)
 
-    def take(self) -> dict[int, dict[str, dict[str, Any]]]:
-        """What the batch changed, by partition: enterprise -> state as JSON-ready dict."""
-        by_partition: dict[int, dict[str, dict[str, Any]]] = {}
+    def take(self) -> dict[int, dict[str, bytes]]:
+        """What the batch changed, by partition: enterprise -> state as JSON."""
+        by_partition: dict[int, dict[str, bytes]] = {}
         for uscc, state in self.pending.items():
             p = key_hash(uscc.encode()) % self.partitions
-            by_partition.setdefault(p, {})[uscc] = state.model_dump(mode="json")
+            by_partition.setdefault(p, {})[uscc] = state.model_dump_json().encode()
         self.pending.clear()
         return by_partition
 
-    def apply(self, states: dict[str, dict[str, Any]]) -> None:
+    def apply(self, states: dict[str, bytes]) -> None:
         """Committed states into the table in memory (their changelog records are written)."""
         for uscc, value in states.items():
             self.table.data[uscc.encode()] = value
@@ -332,16 +335,13 @@ class FencedWriter:
         self.producers[partition] = producer
         return producer
 
-    async def write(
-        self, partition: int, outs: list[Out], states: dict[str, dict[str, Any]]
-    ) -> None:
+    async def write(self, partition: int, outs: list[Out], encoded: dict[str, bytes]) -> None:
         """Outputs and changelog records of one partition, committed together or not at all.
 
         Raises ``FENCED`` when another worker took the partition over, ``NotOwned`` when it
         was given away meanwhile; other Kafka errors are retried (the same records: the
         transaction before was aborted).
         """
-        encoded = {k: json.dumps(v, separators=(",", ":")).encode() for k, v in states.items()}
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             producer = await self._producer(partition)
             try:
@@ -968,7 +968,8 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
     # an enterprise's changelog record lands in its steps' partition number. (Faust's default,
     # "the current event's partition", is a batch's last event inside take().)
     table = app.Table(
-        CASES_TABLE, default=None, key_type=bytes, use_partitioner=True, partitions=s.partitions,
+        CASES_TABLE, default=None, key_type=bytes, value_type=bytes,  # bytes: "raw", no decoding
+        use_partitioner=True, partitions=s.partitions,
     )  # fmt: skip
     store = TableStore(table, s.partitions)
     name = topic.get_topic_name()

@@ -62,16 +62,16 @@ def test_a_partitions_new_owner_fences_the_old_one_whose_decision_is_never_commi
         try:
             await old.claim([0])
             await old.write(0, [Out(topic, b"before", key=b"k", partition=0)],
-                            {"a": {"v": "before"}})  # fmt: skip
+                            {"a": b'{"v":"before"}'})  # fmt: skip
             await new.claim([0])  # the partition moved: its producer fences the old one's
             fenced: type[Exception] | None = None
             try:
                 await old.write(0, [Out(topic, b"zombie", key=b"k", partition=0)],
-                                {"a": {"v": "zombie"}})  # fmt: skip
+                                {"a": b'{"v":"zombie"}'})  # fmt: skip
             except (ProducerFenced, InvalidProducerEpoch) as exc:
                 fenced = type(exc)
             await new.write(0, [Out(topic, b"after", key=b"k", partition=0)],
-                            {"a": {"v": "after"}})  # fmt: skip
+                            {"a": b'{"v":"after"}'})  # fmt: skip
             return (
                 fenced,
                 await _read(settings, topic),
