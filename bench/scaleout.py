@@ -546,6 +546,7 @@ class Handover:
     stepped: set[str] = field(default_factory=set)  # missing certificates whose step reached
     # the case engine (the rest never left the flow)
     settled: bool = True  # everything expected had come out before the verdict was drawn
+    seed: int | None = None  # the round's random moments: the same seed acts at the same shares
 
     @property
     def clean(self) -> bool:
@@ -569,6 +570,7 @@ class Handover:
             f"{len(self.bad_records)}, parked {self.parked}, dead letters "
             f"{dict(self.deadletters)}, takeover {', '.join(f'{t:.1f}' for t in self.takeover_s)} s"
             + ("" if self.settled else "; output stalled before it was complete")
+            + ("" if self.seed is None else f"; seed {self.seed}")
         )
 
 
@@ -751,7 +753,9 @@ async def handover(
         finally:
             await stop_all(pair)
     logs = [p.log_file for p in pair]
-    return verdict(action, sc, reader.seen, takeover, logs, settled)
+    result = verdict(action, sc, reader.seen, takeover, logs, settled)
+    result.seed = seed
+    return result
 
 
 async def handovers(args: argparse.Namespace) -> None:

@@ -368,8 +368,18 @@ class FencedWriter:
                     raise
                 log.warning("cases: writing partition %s failed (%r), try %s of %s",
                             partition, exc, attempt + 1, WRITE_ATTEMPTS)  # fmt: skip
-                await self.release([partition])  # a new producer: the old one may be stuck
+                await self._renew(partition)  # a new producer: the old one may be stuck
                 await asyncio.sleep(0.5 * attempt)
+
+    async def _renew(self, partition: int) -> None:
+        """Drop a partition's producer but keep the partition: the next try starts another.
+
+        (``release`` would also give the partition up, and every later batch of it would be
+        dropped as another worker's until the next rebalance.)
+        """
+        producer = self.producers.pop(partition, None)
+        if producer is not None:
+            await producer.stop()
 
     async def _send(self, producer: AIOKafkaProducer, outs: list[Out]) -> list[asyncio.Future[Any]]:
         return [
