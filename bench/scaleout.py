@@ -55,6 +55,7 @@ from bus.agents.cases import CaseState
 from bus.agents.correlate import derived_id
 from bus.agents.stores import PartedStore
 from bus.app import load_signer
+from bus.client import kafka_admin
 from bus.codec import EventCodec
 from bus.departments import Directory
 from bus.kafka_local import LOCAL_ENGINES, local_broker
@@ -400,7 +401,8 @@ class Seen:
     tasks: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     records: dict[int, dict[str, EnterpriseRecord]] = field(default_factory=dict)
     cases: dict[str, CaseState] = field(default_factory=dict)  # the case engine's, by USCC
-    steps: set[str] = field(default_factory=set)  # event ids handed to the case engine
+    steps: dict[str, tuple[int, int]] = field(default_factory=dict)  # event id handed to the
+    # case engine -> (partition, offset) of its step on ``cases``
 
 
 class Reader:
@@ -463,7 +465,7 @@ class Reader:
                         r.value or b"{}"
                     )
                 elif tp.topic == self.steps_topic:
-                    n -= not self._step(r.value or b"{}")
+                    n -= not self._step(r.value or b"{}", r.partition, r.offset)
                 else:
                     self._add(tp.topic, r.value or b"", dict(r.headers or ()))
         return n
@@ -476,12 +478,12 @@ class Reader:
             record = records[uscc] = EnterpriseRecord(uscc=uscc)
         apply_part(record, part, value)
 
-    def _step(self, value: bytes) -> bool:
+    def _step(self, value: bytes, partition: int, offset: int) -> bool:
         """Note a case step's event id; False for a deadline tick."""
         step = json.loads(value)
         for name, encoded in step.get("headers", ()):
             if name == "event_id":
-                self.seen.steps.add(base64.b64decode(encoded).decode())
+                self.seen.steps[base64.b64decode(encoded).decode()] = (partition, offset)
         return step.get("kind") != "tick"
 
     def _add(self, topic: str, value: bytes, headers: dict[str, bytes]) -> None:
@@ -543,8 +545,8 @@ class Handover:
     parked: int  # requests of registered firms parked as unregistered: state not yet restored
     deadletters: Counter[str]  # by reason; only duplicate.event_id is expected
     takeover_s: list[float] = field(default_factory=list)
-    stepped: set[str] = field(default_factory=set)  # missing certificates whose step reached
-    # the case engine (the rest never left the flow)
+    stepped: dict[str, str] = field(default_factory=dict)  # missing certificates whose step
+    # reached the case engine (the rest never left the flow) -> where, and the engine's offset
     settled: bool = True  # everything expected had come out before the verdict was drawn
     seed: int | None = None  # the round's random moments: the same seed acts at the same shares
 
@@ -564,7 +566,8 @@ class Handover:
             f"skipped by correlate {len(self.unhandled)}, duplicates {self.duplicates}, "
             f"decision copies {self.decision_copies}, "
             f"certificates missing {len(self.missing_certificates)} "
-            f"({len(self.stepped)} of them handed to the case engine) / doubled "
+            f"({len(self.stepped)} of them handed to the case engine"
+            f"{': ' + ', '.join(self.stepped.values()) if self.stepped else ''}) / doubled "
             f"{len(self.doubled_certificates)}, tasks doubled {len(self.doubled_tasks)}, "
             f"cases incomplete {len(self.incomplete_cases)}, records wrong "
             f"{len(self.bad_records)}, parked {self.parked}, dead letters "
@@ -595,7 +598,11 @@ def verdict(
         duplicates=sum(n - 1 for k, n in seen.canonical.items() if k not in seen.decided),
         decision_copies=sum(n - 1 for k, n in seen.canonical.items() if k in seen.decided),
         missing_certificates={k for k, v in certificates.items() if not v},
-        stepped={k for k, v in certificates.items() if not v and k in seen.steps},
+        stepped={
+            k: "cases/{}@{}".format(*seen.steps[k])
+            for k, v in certificates.items()
+            if not v and k in seen.steps
+        },
         settled=settled,
         doubled_certificates={
             k
@@ -643,11 +650,11 @@ def record_problems(
             problems[reg.subject] = "opening case lost"
         elif len(c.tasks) != OPENING_TASKS:
             problems[reg.subject] = f"opening case has {len(c.tasks)} tasks"
-    for uscc, cases in sc.cases.items():
+    for uscc, imposed in sc.cases.items():
         r = records.get(uscc)
-        missing = cases - set(r.penalties if r is not None else ())
+        missing = imposed - set(r.penalties if r is not None else ())
         if missing:
-            problems[uscc] = f"{len(missing)} of {len(cases)} penalties missing"
+            problems[uscc] = f"{len(missing)} of {len(imposed)} penalties missing"
     for uscc, ids in sc.parked.items():
         r = records.get(uscc)
         kept = set(r.unrouted) if r is not None else set()  # parked by event id
@@ -755,7 +762,23 @@ async def handover(
     logs = [p.log_file for p in pair]
     result = verdict(action, sc, reader.seen, takeover, logs, settled)
     result.seed = seed
+    if result.stepped:  # had the engine's group committed past those steps?
+        done = await committed(s, s.app_id, s.topic(CASES.name))
+        for k, where in result.stepped.items():
+            p = reader.seen.steps[k][0]
+            result.stepped[k] = f"{where} (the engine's group committed {done.get(p)})"
     return result
+
+
+async def committed(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    """A group's committed offsets on ``topic``, by partition."""
+    admin = kafka_admin(settings)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
 async def handovers(args: argparse.Namespace) -> None:
