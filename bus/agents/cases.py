@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
+    KafkaTimeoutError,
     ProducerFenced,
 )
 from mode import Service
@@ -91,8 +92,10 @@ class NotOwned(BusError):
 
 TXN_TIMEOUT_MS = 30_000
 """How long the broker keeps a dead worker's open transaction before aborting it."""
-WRITE_ATTEMPTS = 5
-"""Tries of one partition's transaction before the worker gives up and stops."""
+WRITE_RETRY_MAX_S = 5.0
+"""Longest wait between tries of a partition's write. A retriable error is tried again until
+the write succeeds or the partition is another worker's: giving up would let Faust commit the
+batch's offsets (its ``take`` acks a batch however the agent leaves it) with nothing decided."""
 
 
 def derived_id(*parts: str) -> uuid.UUID:
@@ -339,10 +342,13 @@ class FencedWriter:
         """Outputs and changelog records of one partition, committed together or not at all.
 
         Raises ``FENCED`` when another worker took the partition over, ``NotOwned`` when it
-        was given away meanwhile; other Kafka errors are retried (the same records: the
-        transaction before was aborted).
+        was given away meanwhile, a Kafka error that is not retriable as it is; retriable ones
+        are tried again, for as long as it takes (the same records: the transaction before
+        was aborted).
         """
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             producer = await self._producer(partition)
             try:
                 if not encoded:
@@ -364,12 +370,12 @@ class FencedWriter:
             except KafkaError as exc:
                 if partition not in self.owned:
                     raise NotOwned(partition) from exc
-                if attempt == WRITE_ATTEMPTS:
+                if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
                     raise
-                log.warning("cases: writing partition %s failed (%r), try %s of %s",
-                            partition, exc, attempt + 1, WRITE_ATTEMPTS)  # fmt: skip
+                log.warning("cases: writing partition %s failed (%r); try %s",
+                            partition, exc, attempt + 1)  # fmt: skip
                 await self._renew(partition)  # a new producer: the old one may be stuck
-                await asyncio.sleep(0.5 * attempt)
+                await asyncio.sleep(min(0.5 * attempt, WRITE_RETRY_MAX_S))
 
     async def _renew(self, partition: int) -> None:
         """Drop a partition's producer but keep the partition: the next try starts another.
