@@ -290,10 +290,18 @@ class FencedWriter:
         return f"{self.settings.app_id}.cases.{partition}"
 
     async def claim(self, partitions: Iterable[int]) -> None:
-        """Start the producers of partitions just assigned, fencing their previous owners."""
-        for p in sorted(partitions):
-            self.owned.add(p)
-            await self._producer(p)
+        """Start the producers of partitions just assigned, fencing their previous owners.
+
+        All are owned at once: a producer that cannot start now starts on its first write.
+        """
+        claimed = sorted(partitions)
+        self.owned.update(claimed)
+        for p in claimed:
+            try:
+                await self._producer(p)
+            except KafkaError as exc:
+                log.warning("cases: partition %s's producer did not start (%r); its first "
+                            "write starts it", p, exc)  # fmt: skip
 
     async def release(self, partitions: Iterable[int]) -> None:
         """Stop the producers of partitions given away."""
