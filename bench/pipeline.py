@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import random
 import statistics
 import sys
@@ -41,6 +39,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.cpu import CpuSampler, per_event
 from bench.ingest import ROOT, Msg, drain, encode, produce, spawn
+from bus.agents.cases import step_event_id
 from bus.client import BusClient, read_topic
 from bus.codec import EventCodec
 from bus.kafka_local import LOCAL_ENGINES, local_broker
@@ -143,10 +142,8 @@ async def hops(
     received = {eid: now for eid, _, now in arrived}
     stepped: dict[str, float] = {}
     async for r in read_topic(settings, settings.topic(CASES.name), to_end=True):
-        step = json.loads(r.value or b"{}")
-        for name, value in step.get("headers", ()):
-            if name == "event_id":
-                stepped[base64.b64decode(value).decode()] = r.timestamp_ms / 1000
+        if (event_id := step_event_id(r.value or b"{}")) is not None:
+            stepped[event_id] = r.timestamp_ms / 1000
     spans: dict[str, list[float]] = {name: [] for name, _ in HOPS}
     for req in reqs:
         rid, cid = str(req.event_id), str(_certificate_id(req.event_id))

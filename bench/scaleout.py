@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import os
 import random
 import re
@@ -51,7 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench.cpu import CpuSampler
 from bench.ingest import Msg, drain, encode
 from bench.pipeline import correlate_done, raw_throughput
-from bus.agents.cases import CaseState
+from bus.agents.cases import CaseState, step_event_id
 from bus.agents.correlate import derived_id
 from bus.agents.stores import PartedStore
 from bus.app import load_signer
@@ -479,12 +477,11 @@ class Reader:
         apply_part(record, part, value)
 
     def _step(self, value: bytes, partition: int, offset: int) -> bool:
-        """Note a case step's event id; False for a deadline tick."""
-        step = json.loads(value)
-        for name, encoded in step.get("headers", ()):
-            if name == "event_id":
-                self.seen.steps[base64.b64decode(encoded).decode()] = (partition, offset)
-        return step.get("kind") != "tick"
+        """Note where a case step is; False for a deadline tick."""
+        event_id = step_event_id(value)
+        if event_id is not None:
+            self.seen.steps[event_id] = (partition, offset)
+        return event_id is not None
 
     def _add(self, topic: str, value: bytes, headers: dict[str, bytes]) -> None:
         seen = self.seen

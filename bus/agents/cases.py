@@ -139,6 +139,15 @@ def starts_case(matter: Matter, record: EnterpriseRecord) -> bool:
     return True
 
 
+def step_event_id(value: bytes) -> str | None:
+    """The event id of the event a case step carries; ``None`` for a deadline tick."""
+    step = json.loads(value)
+    for name, encoded in step.get("headers", ()):
+        if name == "event_id":
+            return base64.b64decode(encoded).decode()
+    return None
+
+
 def tick_step(at: datetime) -> bytes:
     """A deadline tick: everything due at ``at`` in the partition it is put on fires."""
     return json.dumps({"kind": "tick", "at": round(at.timestamp() * 1000)}).encode()
@@ -307,9 +316,7 @@ class FencedWriter:
         """Stop the producers of partitions given away."""
         for p in list(partitions):
             self.owned.discard(p)
-            producer = self.producers.pop(p, None)
-            if producer is not None:
-                await producer.stop()
+            await self._renew(p)
 
     async def stop(self) -> None:
         """Stop every producer (the worker is stopping)."""
