@@ -7,8 +7,9 @@ department's own), read its own inbox (``<prefix>.inbox.<code>``), and use consu
 named ``<code>.…`` for that. Nothing else: not the shared ingress, not another department's
 topics. :func:`acl_commands` prints what makes it so, as the ``kafka-configs.sh`` and
 ``kafka-acls.sh`` lines an operator runs (``bus topics acls``), so the ACLs follow the
-directory instead of a hand-kept list. The bus's own principals (workers, gateway,
-connectors, operators) are not departments: docs/operations.md lists theirs.
+directory instead of a hand-kept list. The bus's own principals are not departments:
+:func:`worker_acl_commands` prints the worker's (``bus topics acls --worker``), made from the
+same settings as the names it uses; docs/operations.md lists the others.
 """
 
 from __future__ import annotations
@@ -105,4 +106,46 @@ def acl_commands(
     return lines
 
 
-__all__ = ["acl_commands", "group_prefix", "principal"]
+def worker_acl_commands(
+    settings: Settings,
+    user: str = "bus-worker",
+    *,
+    bootstrap: str | None = None,
+    command_config: str = "admin.properties",
+    secrets: str = "secrets",
+) -> list[str]:
+    """Shell lines that make ``user`` a principal able to run ``bus worker``, and no more.
+
+    Derived from the names the worker uses: the bus's topics (``<topic_prefix>.``), Faust's
+    own (``<app_id>-``: the case table's changelog, the assignor's topic, created by the
+    worker), the consumer groups (``<app_id>``, ``<app_id>.<agent>``) and the transactional ids
+    (``<app_id>.<agent>.<partition>``). Not topic creation for the bus's topics: that is
+    ``bus topics create``, an admin's.
+    """
+    servers = bootstrap or ",".join(settings.bootstrap_servers)
+    admin = (
+        f"--bootstrap-server {shlex.quote(servers)} --command-config {shlex.quote(command_config)}"
+    )
+    grant = f"kafka-acls.sh {admin} --add --allow-principal {principal(user)}"
+    prefixed = "--resource-pattern-type prefixed"
+    lines = [f"# The worker's principal {principal(user)} (bus topics acls --worker)."]
+    if settings.sasl_mechanism.startswith("SCRAM"):
+        password = f"$(cat {shlex.quote(f'{secrets}/{user}')})"
+        lines.append(
+            f"kafka-configs.sh {admin} --alter --entity-type users --entity-name {user} "
+            f'--add-config "{settings.sasl_mechanism}=[password={password}]"'
+        )
+    app = shlex.quote(settings.app_id)
+    lines += [
+        f"{grant} --operation Read --operation Write --operation Describe "
+        f"--topic {shlex.quote(settings.topic_prefix + '.')} {prefixed}",
+        f"{grant} --operation Create --operation Read --operation Write --operation Describe "
+        f"--topic {shlex.quote(settings.app_id + '-')} {prefixed}",
+        f"{grant} --operation Read --group {app} {prefixed}",
+        f"{grant} --operation Write --operation Describe "
+        f"--transactional-id {shlex.quote(settings.app_id + '.')} {prefixed}",
+    ]
+    return lines
+
+
+__all__ = ["acl_commands", "group_prefix", "principal", "worker_acl_commands"]

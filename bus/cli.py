@@ -200,25 +200,34 @@ def topics_acls(
         str, typer.Option(help="The admin's client properties, for the tools.")
     ] = "admin.properties",
     secrets: Annotated[
-        str, typer.Option(help="Folder of password files, one per department, named by code.")
+        str, typer.Option(help="Folder of password files, one per principal, named by it.")
     ] = "secrets",
+    worker: Annotated[
+        str | None,
+        typer.Option(help="Instead: the lines for the workers' principal of this name."),
+    ] = None,
 ) -> None:
     """Print the kafka-configs.sh and kafka-acls.sh lines that make departments principals.
 
     Each department (User:<code>) gets a SCRAM user and may write only its own ingress topic,
-    read only its own inbox, and use consumer groups named <code>.*; the output is a shell
-    script (docs/operations.md).
+    read only its own inbox, and use consumer groups named <code>.*; with --worker, the
+    workers' principal gets what `bus worker` uses. The output is a shell script
+    (docs/operations.md).
     """
-    from bus.acls import acl_commands
+    from bus.acls import acl_commands, worker_acl_commands
     from bus.departments import Directory
 
     s = _settings()
     try:
         directory = Directory.load(s.departments_file, s.policy_file)
-        lines = acl_commands(
-            s, directory, departments=department or (), bootstrap=bootstrap_server,
-            command_config=command_config, secrets=secrets,
-        )  # fmt: skip
+        if worker:
+            lines = worker_acl_commands(s, worker, bootstrap=bootstrap_server,
+                                        command_config=command_config, secrets=secrets)  # fmt: skip
+        else:
+            lines = acl_commands(
+                s, directory, departments=department or (), bootstrap=bootstrap_server,
+                command_config=command_config, secrets=secrets,
+            )  # fmt: skip
     except BusError as exc:
         raise _fail(exc) from None
     for line in lines:  # plain: a terminal-wide console would wrap the commands

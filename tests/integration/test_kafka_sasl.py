@@ -1,10 +1,12 @@
 """Kafka principals are departments, on a real Kafka with SASL (SCRAM-SHA-512) and ACLs.
 
 One node started for this module (``KafkaCluster(sasl=True)``: ``User:bus`` is the super
-user). The bus's topics are created and a real ``bus worker`` runs as ``bus``; two
-departments are made principals by running what ``bus topics acls`` prints, with Kafka's own
-tools. Then, as a department's system would, with a plain Kafka producer: its own ingress
-takes events in its own name; another department's ingress and the shared one are refused by
+user). The bus's topics are created; two departments and the workers' principal
+(``bus-worker``) are made principals by running what ``bus topics acls`` prints, with Kafka's
+own tools, and a real ``bus worker`` runs as ``bus-worker``: the ACLs printed for it are all
+it needs (the flow's and the case engine's transactions, Faust's topics and groups). Then,
+as a department's system would, with a plain Kafka producer: its own ingress takes events in
+its own name; another department's ingress and the shared one are refused by
 the broker; an event in another's name on its own ingress is a dead letter
 (``auth.source_mismatch``) and a replay sends a dead letter back to the ingress it came by;
 it reads its own inbox with its own consumer groups only; a wrong password does not log in.
@@ -30,7 +32,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from bus.acls import acl_commands
+from bus.acls import acl_commands, worker_acl_commands
 from bus.brokers import wait_for_broker
 from bus.client import Record, read_topic
 from bus.codec import EventCodec
@@ -54,6 +56,7 @@ pytestmark = [
 ]
 Z, H = "ks.enforcement.zhoushi", "ks.enforcement.huaqiao"
 PASSWORDS = {Z: "zhoushi-pw-1", H: "huaqiao-pw-2"}
+WORKER, WORKER_PASSWORD = "bus-worker", "worker-pw-3"
 codec = EventCodec()
 
 
@@ -79,12 +82,12 @@ def bus_settings(sasl_kafka: KafkaCluster, tmp_path_factory: pytest.TempPathFact
     )  # fmt: skip
     asyncio.run(create_topics(settings))
     secrets = tmp_path_factory.mktemp("secrets")
-    for code, password in PASSWORDS.items():
+    for code, password in {**PASSWORDS, WORKER: WORKER_PASSWORD}.items():
         (secrets / code).write_text(password)
-    script = acl_commands(
-        settings, Directory.load(), departments=[Z, H], bootstrap=sasl_kafka.bootstrap,
-        command_config=str(sasl_kafka.admin_config), secrets=str(secrets),
-    )  # fmt: skip
+    tools = {"bootstrap": sasl_kafka.bootstrap, "command_config": str(sasl_kafka.admin_config),
+             "secrets": str(secrets)}  # fmt: skip
+    script = acl_commands(settings, Directory.load(), departments=[Z, H], **tools)
+    script += worker_acl_commands(settings, WORKER, **tools)
     ran = subprocess.run(
         ["sh", "-e", "-c", "\n".join(script)], capture_output=True, text=True, timeout=240,
         env={"PATH": f"{sasl_kafka.tools_dir}:/usr/bin:/bin"}, check=False,
@@ -97,9 +100,11 @@ def bus_settings(sasl_kafka: KafkaCluster, tmp_path_factory: pytest.TempPathFact
 def worker(
     bus_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
-    """A real ``bus worker`` logged in as the bus's principal."""
+    """A real ``bus worker`` logged in as the workers' principal, with its ACLs only."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with WorkerProcess(bus_settings, log).start(timeout=120) as w:
+    # Deadline ticks every second: the case engine's batches, transactions and offset commits.
+    login = {"sasl_username": WORKER, "sasl_password": WORKER_PASSWORD, "task_check_interval": 1}
+    with WorkerProcess(bus_settings.model_copy(update=login), log).start(timeout=120) as w:
         yield w
 
 
@@ -260,6 +265,21 @@ def test_a_department_reads_its_own_inbox_with_its_own_groups_only(
     assert got == []
     with pytest.raises(GroupAuthorizationFailedError):
         asyncio.run(read(mine, f"{H}.case-system", got, seconds=2))
+
+
+def test_the_worker_runs_under_its_own_acls(
+    sasl_kafka: KafkaCluster, bus_settings: Settings, worker: WorkerProcess
+) -> None:
+    """Its case engine claims its partitions and commits its offsets in transactions."""
+    from bench.scaleout import committed
+
+    topic = bus_settings.topic("cases")
+    deadline = time.monotonic() + 90
+    while len(done := asyncio.run(committed(bus_settings, bus_settings.app_id, topic))) < 3:
+        assert time.monotonic() < deadline, (done, worker.log()[-3000:])
+        time.sleep(1)
+    assert "AuthorizationFailed" not in worker.log()
+    assert worker.running
 
 
 def test_bus_status_and_the_gateway_health_check_log_in(bus_settings: Settings) -> None:

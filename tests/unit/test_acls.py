@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.acls import acl_commands
+from bus.acls import acl_commands, worker_acl_commands
 from bus.departments import Directory
 from bus.errors import ConfigurationError
 from bus.settings import Settings
@@ -137,3 +137,20 @@ def test_bus_topics_acls_prints_the_lines() -> None:
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.splitlines() == acl_commands(SETTINGS, DIRECTORY, departments=["ks.tax"])
+
+
+def test_the_workers_principal_gets_the_names_the_worker_uses_and_no_more() -> None:
+    s = Settings(broker="kafka://k1:9092;k2:9092", topic_prefix="city", app_id="city-bus",
+                 sasl_mechanism="SCRAM-SHA-512")  # fmt: skip
+    lines = worker_acl_commands(s, "bus-worker", secrets="/run/secrets")
+    acls = [shlex.split(x) for x in lines if x.startswith("kafka-acls.sh ")]
+    resources = {(a[a.index("--operation") - 1], tuple(a[a.index("--operation") :])) for a in acls}
+    assert all("User:bus-worker" in a for a in acls)
+    assert all(a[-2:] == ["--resource-pattern-type", "prefixed"] for a in acls)
+    named = {(a[-4], a[-3]) for a in acls}
+    assert named == {("--topic", "city."), ("--topic", "city-bus-"), ("--group", "city-bus"),
+                     ("--transactional-id", "city-bus.")}  # fmt: skip
+    assert len(resources) == 4
+    create = [a for a in acls if "Create" in a]
+    assert [a[-3] for a in create] == ["city-bus-"]  # Faust's own topics; the bus's are an admin's
+    assert "$(cat /run/secrets/bus-worker)" in lines[1]
