@@ -10,9 +10,12 @@ and recovery are Faust's. Deadlines: a Faust timer puts a tick on every
 partition this worker owns; the agent pops what is due from an index ordered by due time.
 
 Guarantee: at least once, effects deterministic. A batch's outputs are acknowledged before
-its table writes are made, and Faust flushes those before it commits offsets; a crash re-runs
+its table writes are made, and its offsets are committed only after both; a crash re-runs
 steps on the state before them and produces the same records under the same ids, which
-every consumer drops by ``event_id``. Why not Faust's exactly-once: docs/architecture.md.
+every consumer drops by ``event_id``. The engine commits its input offsets itself, with the
+partition's transactional producer: Faust's acks are off for ``cases`` because its offset
+bookkeeping committed past steps never decided across rebalances. Why not Faust's
+exactly-once: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -39,6 +42,7 @@ from aiokafka.errors import (
 from mode import Service
 from pydantic import BaseModel, ConfigDict, Field
 
+from bus.agents.gaps import GapCheck
 from bus.agents.out import Headers, Out, rejection_headers
 from bus.agents.route import Router, load_subscriptions
 from bus.agents.runtime import key_hash
@@ -94,8 +98,10 @@ TXN_TIMEOUT_MS = 30_000
 """How long the broker keeps a dead worker's open transaction before aborting it."""
 WRITE_RETRY_MAX_S = 5.0
 """Longest wait between tries of a partition's write. A retriable error is tried again until
-the write succeeds or the partition is another worker's: giving up would let Faust commit the
-batch's offsets (its ``take`` acks a batch however the agent leaves it) with nothing decided."""
+the write succeeds or the partition is another worker's."""
+COMMIT_S = 1.0
+"""How often the offsets of steps decided and saved are committed when no transaction of the
+partition carries them sooner. A crash re-runs at most this much, deciding the same."""
 
 
 def derived_id(*parts: str) -> uuid.UUID:
@@ -285,14 +291,28 @@ class FencedWriter:
     broker) plain producers, and a warning.
     """
 
-    def __init__(self, settings: Settings, changelog: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        changelog: str,
+        topic: str | None = None,
+        commit_plain: Callable[[dict[TopicPartition, int]], Awaitable[Any]] | None = None,
+    ) -> None:
         self.settings = settings
         self.changelog = changelog
+        self.topic = topic  # the input whose offsets are committed, under group ``app_id``
+        self.commit_plain = commit_plain  # how offsets are committed without transactions
+        # Offsets whose steps' outputs and state are written, not yet committed, by partition.
+        self.done: dict[int, int] = {}
+        self._writing: dict[int, asyncio.Lock] = {}  # one transaction at a time per producer
         self.producers: dict[int, AIOKafkaProducer] = {}
         self.state: AIOKafkaProducer | None = None  # changelog records, after a commit
         self.owned: set[int] = set()  # claimed on assignment, released on revocation
         self.transactions: bool | None = None  # unknown until the first producer starts
         self._starting = asyncio.Lock()
+        # One start at a time per partition: the claim and a first write may both start one,
+        # and the later of two producers with one transactional id fences the earlier.
+        self._claiming: dict[int, asyncio.Lock] = {}
 
     def transactional_id(self, partition: int) -> str:
         """The transactional id of a partition's producer: the same on every worker."""
@@ -316,10 +336,15 @@ class FencedWriter:
         """Stop the producers of partitions given away."""
         for p in list(partitions):
             self.owned.discard(p)
+            self.done.pop(p, None)
             await self._renew(p)
 
     async def stop(self) -> None:
-        """Stop every producer (the worker is stopping)."""
+        """Commit what is done and stop every producer (the worker is stopping)."""
+        try:
+            await self.commit()
+        except Exception as exc:  # the next owner re-runs those steps, deciding the same
+            log.info("cases: offsets not committed on stop: %r", exc)
         await self.release(list(self.producers))
         if self.state is not None:
             await self.state.stop()
@@ -332,6 +357,21 @@ class FencedWriter:
         producer = self.producers.get(partition)
         if producer is not None:
             return producer
+        async with self._claiming.setdefault(partition, asyncio.Lock()):
+            producer = self.producers.get(partition)  # started while this one waited
+            if producer is not None:
+                return producer
+            if partition not in self.owned:
+                raise NotOwned(partition)
+            producer = await self._start(partition)
+            if partition not in self.owned:  # given away while it started
+                await producer.stop()
+                raise NotOwned(partition)
+            self.producers[partition] = producer
+            return producer
+
+    async def _start(self, partition: int) -> AIOKafkaProducer:
+        producer: AIOKafkaProducer | None = None
         if self.transactions is not False:
             producer = kafka_producer(
                 self.settings,
@@ -350,17 +390,29 @@ class FencedWriter:
             producer = kafka_producer(self.settings)
             await start_or_close(producer)
         assert producer is not None
-        self.producers[partition] = producer
         return producer
 
-    async def write(self, partition: int, outs: list[Out], encoded: dict[str, bytes]) -> None:
+    async def write(
+        self,
+        partition: int,
+        outs: list[Out],
+        encoded: dict[str, bytes],
+        offset: int | None = None,
+    ) -> None:
         """Outputs and changelog records of one partition, committed together or not at all.
 
-        Raises ``FENCED`` when another worker took the partition over, ``NotOwned`` when it
-        was given away meanwhile, a Kafka error that is not retriable as it is; retriable ones
-        are tried again, for as long as it takes (the same records: the transaction before
-        was aborted).
+        ``offset`` (the next step to read) is committed once both are written: in the
+        partition's next transaction, or by ``commit`` within ``COMMIT_S``. Raises ``FENCED``
+        when another worker took the partition over, ``NotOwned`` when it was given away
+        meanwhile, a Kafka error that is not retriable as it is; retriable ones are tried
+        again, for as long as it takes (the same records: the transaction before was aborted).
         """
+        async with self._writing.setdefault(partition, asyncio.Lock()):
+            await self._write(partition, outs, encoded)
+            if offset is not None and self.topic is not None:
+                self.done[partition] = max(offset, self.done.get(partition, 0))
+
+    async def _write(self, partition: int, outs: list[Out], encoded: dict[str, bytes]) -> None:
         attempt = 0
         while True:
             attempt += 1
@@ -370,10 +422,13 @@ class FencedWriter:
                     # Nothing of the state changed, so these outputs come from their steps
                     # alone (a clean certificate): any worker makes the same bytes, nothing
                     # to fence, and a transaction's round trips would only add latency.
-                    await asyncio.gather(*await self._send(await self._plain(), outs))
+                    if outs:
+                        await asyncio.gather(*await self._send(await self._plain(), outs))
                 elif self.transactions:
                     async with producer.transaction():
                         await self._send(producer, outs)
+                        committed = await self._offsets(producer, partition)
+                    self._committed(partition, committed)
                 else:
                     await asyncio.gather(*await self._send(producer, outs))
                 if encoded:
@@ -391,6 +446,49 @@ class FencedWriter:
                             partition, exc, attempt + 1)  # fmt: skip
                 await self._renew(partition)  # a new producer: the old one may be stuck
                 await asyncio.sleep(min(0.5 * attempt, WRITE_RETRY_MAX_S))
+
+    async def commit(self, partitions: Iterable[int] | None = None) -> None:
+        """Commit the offsets of steps decided and saved, partition by partition.
+
+        Each is committed by the partition's transactional producer, so a zombie cannot
+        commit; a partition given away meanwhile is skipped (its owner re-runs those steps).
+        """
+        for partition in sorted(self.done if partitions is None else set(partitions)):
+            if partition not in self.owned:
+                self.done.pop(partition, None)
+                continue
+            async with self._writing.setdefault(partition, asyncio.Lock()):
+                if partition not in self.done:
+                    continue
+                try:
+                    producer = await self._producer(partition)
+                except NotOwned:
+                    continue
+                if self.transactions:
+                    try:
+                        async with producer.transaction():
+                            committed = await self._offsets(producer, partition)
+                    except FENCED:
+                        await self.release([partition])
+                        continue
+                    self._committed(partition, committed)
+                elif self.commit_plain is not None and self.topic is not None:
+                    offset = self.done[partition]
+                    await self.commit_plain({TopicPartition(self.topic, partition): offset})
+                    self._committed(partition, offset)
+
+    async def _offsets(self, producer: AIOKafkaProducer, partition: int) -> int | None:
+        """Add the partition's finished offset to the transaction open on ``producer``."""
+        offset = self.done.get(partition)
+        if offset is None or self.topic is None:
+            return None
+        tp = TopicPartition(self.topic, partition)
+        await producer.send_offsets_to_transaction({tp: offset}, self.settings.app_id)
+        return offset
+
+    def _committed(self, partition: int, offset: int | None) -> None:
+        if offset is not None and self.done.get(partition) == offset:
+            del self.done[partition]
 
     async def _renew(self, partition: int) -> None:
         """Drop a partition's producer but keep the partition: the next try starts another.
@@ -991,9 +1089,12 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
     """Register the case agent, its table and its deadline timer on ``app``."""
     s = ctx.settings
     engine = CaseEngine(ctx, signer)
+    # acks=False: Faust neither tracks nor commits this topic's offsets; the writer commits
+    # each partition's, after its steps' outputs and state are written.
     topic = app.topic(
         s.topic(CASES.name),
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        acks=False,
     )  # fmt: skip
     # Keyed by the raw USCC bytes and placed by the producer's partitioner, as the topic is:
     # an enterprise's changelog record lands in its steps' partition number. (Faust's default,
@@ -1006,38 +1107,73 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
     name = topic.get_topic_name()
     assert table.changelog_topic.get_topic_name() == cases_changelog(s)  # read by verdicts
 
-    writer = FencedWriter(s, cases_changelog(s))
+    async def commit_plain(offsets: dict[TopicPartition, int]) -> None:
+        # Without transactions (an embedded development broker): the group's own commit.
+        from faust.types import TP
+
+        consumer: Any = app.consumer  # ``_commit``: the group commit of offsets given, not acked
+        await consumer._commit({TP(tp.topic, tp.partition): o for tp, o in offsets.items()})
+
+    writer = FencedWriter(s, cases_changelog(s), name, commit_plain)
+
+    gaps = GapCheck(s, name, s.app_id)
+
+    async def rewind(p: int, offset: int) -> None:
+        """Read partition ``p`` again from ``offset``: what follows was not decided."""
+        from faust.types import TP
+
+        gaps.reread[p] = offset
+        await app.consumer.seek(TP(name, p), offset)
 
     @app.agent(topic, name="cases")
     async def cases(stream: Any) -> None:
         async for batch in stream.take_events(s.batch_size, within=s.case_batch_wait):
             outs: dict[int, list[Out]] = {}
+            firsts: dict[int, int] = {}  # the first offset decided, by partition
+            ends: dict[int, int] = {}  # the next offset to read, by partition
+            holes: set[int] = set()
+            expect = gaps.next
             for event in batch:
-                p = event.message.partition
+                p, offset = event.message.partition, event.message.offset
+                if p in holes:
+                    continue
+                pending = p in gaps.reread
+                if (pending or offset - expect.get(p, -2) > 1) and (
+                    hole := await gaps.missing(p, offset)
+                ) is not None:
+                    holes.add(p)
+                    if not pending:
+                        await rewind(p, hole)
+                    continue
+                firsts.setdefault(p, offset)
+                ends[p] = expect[p] = offset + 1
                 outs.setdefault(p, []).extend(engine.handle(p, event.value, store))
             states = store.take()
             # The partitions' transactions run side by side: each is several round trips.
-            parts = sorted(outs.keys() | states.keys())
+            parts = sorted(ends.keys() | states.keys())
             results = await asyncio.gather(
-                *(writer.write(p, outs.get(p, []), states.get(p, {})) for p in parts),
+                *(writer.write(p, outs.get(p, []), states.get(p, {}), ends.get(p)) for p in parts),
                 return_exceptions=True,
             )
-            failed: BaseException | None = None
             for p, exc in zip(parts, results, strict=True):
                 if isinstance(exc, (*FENCED, NotOwned)):
                     # Another worker owns the partition: nothing of this batch is kept here.
-                    # Its offsets are not committed (this worker left the group), so the
-                    # owner decides these steps again, the same way, on committed state.
+                    # Its offsets are not committed, so the owner decides these steps again,
+                    # the same way, on committed state.
                     log.warning("cases: partition %s is another worker's now (%s): its steps "
                                 "in hand are dropped here", p, type(exc).__name__)  # fmt: skip
                     engine.forget([p])
-                    continue
-                if isinstance(exc, BaseException):
-                    failed = failed or exc  # the other partitions' committed states still apply
-                    continue
-                store.apply(states.get(p, {}))
-            if failed is not None:
-                raise failed
+                    gaps.forget([p])
+                elif isinstance(exc, BaseException):
+                    # Nothing of it was kept: its steps are read and decided again.
+                    log.error("cases: writing partition %s failed (%r); its steps are read "
+                              "again from offset %s", p, exc, firsts.get(p))  # fmt: skip
+                    engine.forget([p])
+                    if p in firsts:
+                        await rewind(p, firsts[p])
+                    await asyncio.sleep(1.0)
+                else:
+                    store.apply(states.get(p, {}))
             engine.export_task_counts()
             ctx.metrics.case_steps.inc(len(batch))
 
@@ -1051,31 +1187,38 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
             except Exception as exc:  # a partition lost while ticking: its new owner ticks
                 log.info("cases: tick to partition %s skipped: %r", p, exc)
 
+    @app.timer(COMMIT_S)
+    async def commit_offsets() -> None:
+        await writer.commit()
+
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         got = args[0] if args else kwargs.get("assigned", ())
         # Fence the partitions' previous owners now, before their state is restored: their
         # open transactions are aborted, so the restore does not wait for them.
-        await writer.claim(tp.partition for tp in got if tp.topic == name)
+        mine = [tp.partition for tp in got if tp.topic == name]
+        gaps.forget(mine)  # their next offset is the group's committed one
+        await writer.claim(mine)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         lost = {tp.partition for tp in (args[0] if args else kwargs.get("revoked", ()))
                 if tp.topic == name}  # fmt: skip
         engine.forget(lost)
-        await writer.release(lost)
+        gaps.forget(lost)
         if lost:
-            # Faust does not commit on a hand-over: commit what is done now, or the next
-            # owner decides those steps again (the same way, but twice). A zombie's commit
-            # is refused; its steps are then decided again by their owner.
-            try:
-                await app.consumer.commit()
-            except Exception as exc:  # refused: the next owner re-decides
+            # What is done is committed now, or the next owner decides those steps again (the
+            # same way, but twice). A zombie's commit is fenced; their owner re-decides them.
+            try:  # bounded: a write stuck in retries must not hold the rebalance
+                await asyncio.wait_for(writer.commit(lost), timeout=s.session_timeout / 2)
+            except Exception as exc:
                 log.info("cases: offsets not committed on revocation: %r", exc)
+        await writer.release(lost)
 
     @app.service
     class _Writers(Service):  # stops the producers with the worker
         async def on_stop(self) -> None:
             await writer.stop()
+            await gaps.stop()
 
     return engine

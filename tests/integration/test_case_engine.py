@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
-from bus.agents.cases import FencedWriter
+from bus.agents.cases import FencedWriter, step_event_id
 from bus.agents.out import Out
 from bus.client import read_topic
 from bus.codec import EventCodec
 from bus.processes import WorkerProcess
 from bus.samples import enterprise, penalty, registered
 from bus.settings import Settings
+from bus.topics import CASES
 from tests.conftest import TestBroker
 from tests.integration.test_correlate import (
     CERTIFICATE,
@@ -146,6 +147,20 @@ def test_a_frozen_worker_woken_after_its_partitions_moved_commits_no_decision(
     }
 
 
+async def _where(settings: Settings, ids: set[str]) -> list[str]:
+    """Where each event of ``ids`` is on ``cases``, beside the engine's committed offset."""
+    from bench.scaleout import committed
+
+    found: list[str] = []
+    topic = settings.topic(CASES.name)
+    async with aclosing(read_topic(settings, topic, to_end=True, max_seconds=30)) as records:
+        async for r in records:
+            if r.value and (eid := step_event_id(r.value)) in ids:
+                found.append(f"{eid[:8]} at cases/{r.partition}@{r.offset}")
+    done = await committed(settings, settings.app_id, topic)
+    return [*found, f"not on cases: {len(ids) - len(found)}", f"the group committed {done}"]
+
+
 def _certificates(settings: Settings) -> dict[str, set[str]]:
     """Request id -> every (certificate id / SHA-256 of its bytes) on the canonical topic."""
 
@@ -190,6 +205,7 @@ def test_kill_9_again_and_again_leaves_one_decision_per_case(
         broker.forget_dead_members()
         worker.start()
 
+    answered: dict[str, str] = {}  # enterprise -> its answer's event id
     try:
         publish(settings, requests)
         kill_and_restart()
@@ -199,15 +215,22 @@ def test_kill_9_again_and_again_leaves_one_decision_per_case(
             assert time.monotonic() < deadline, f"{len(tasks)} of {len(firms)} reviews opened"
             tasks = outputs(settings, "task", "task.created", len(firms), CERTIFICATE)
         for i, chunk in enumerate((tasks[:8], tasks[8:16], tasks[16:])):
-            publish(settings, [answer(t, "task.completed", t.payload.assignee,
-                                      outcome="confirmed") for t in chunk])  # fmt: skip
+            answers = [answer(t, "task.completed", t.payload.assignee, outcome="confirmed")
+                       for t in chunk]  # fmt: skip
+            answered.update({a.subject: str(a.event_id) for a in answers})
+            publish(settings, answers)
             if i < 2:
                 kill_and_restart()
         deadline = time.monotonic() + 300
-        while len(found := _certificates(settings)) < len(requests):
-            assert time.monotonic() < deadline, f"{len(found)} of {len(requests)} decided"
+        while len(found := _certificates(settings)) < len(requests) and time.monotonic() < deadline:
             time.sleep(1)
         letters = asyncio.run(_deadletters(settings))
+        if len(found) < len(requests):
+            missing = {answered[r.subject] for r in requests if str(r.event_id) not in found}
+            why = asyncio.run(_where(settings, missing))
+            reasons = [d.headers.get("bus.reason") for d in letters]
+            pytest.fail(f"{len(found)} of {len(requests)} decided; the answers missing: {why}; "
+                        f"dead letters {reasons}")  # fmt: skip
     finally:
         worker.stop()
     assert kills == 3
