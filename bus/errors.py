@@ -14,9 +14,10 @@
     └── GatewayError                an HTTP answer: status beside the reason (bus.gateway.errors)
 
 ``reason`` is a stable, dotted code (``schema.validation``, ``auth.event_type`` ...) that ends
-up in dead-letter headers and metric labels, so operators can filter and count by it; ``str()``
-is the human sentence. ``retriable`` follows aiokafka's convention: ``True`` means trying the
-same thing again later may succeed.
+up in dead-letter headers and metric labels, so operators can filter and count by it; every
+code is in ``bus.reasons`` (docs/reasons.md); ``str()`` is the human sentence.
+``retriable`` follows aiokafka's convention: ``True`` means trying the same thing again later
+may succeed.
 """
 
 from __future__ import annotations
