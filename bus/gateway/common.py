@@ -124,6 +124,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_json(data: bytes) -> Any:
+    """A body as JSON, or 400 with the decoder's reason (not JSON, nested too deep)."""
     try:
         return load_json(data)
     except DecodeError as exc:  # not JSON, or nested deeper than MAX_JSON_DEPTH
@@ -223,6 +224,7 @@ async def publish(state: GatewayState, events: list[Envelope]) -> list[Receipt]:
 
 
 def verdict_body(v: Verdict) -> EventVerdict:
+    """The bus's verdict on one event, as the gateway answers it."""
     if v.reason:
         refusal = ErrorBody(error=v.reason, field=v.field, message=v.error or v.reason)
         return EventVerdict(event_id=str(v.event_id), verdict="refused", refusal=refusal)
@@ -252,6 +254,7 @@ async def publish_and_judge(
 
 
 def inboxes_of(state: GatewayState, department: str) -> Inboxes:
+    """The inbox reader, if it serves ``department``; else 503 ``inbox.unavailable``."""
     if state.inboxes is None or not state.inboxes.knows(department):
         raise GatewayError(503, "inbox.unavailable", f"no inbox for {department} here")
     return state.inboxes
