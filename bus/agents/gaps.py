@@ -1,10 +1,12 @@
 """Every step of a partition reaches the case engine, in order: holes are found and re-read.
 
-Faust can drop records it fetched around a rebalance before any agent sees them (a stale
-read offset after a hand-over, a record of the previous generation skipped), and the next
-records of the partition then arrive as if nothing was missing. The case engine commits its
-offsets itself (``bus.agents.cases``), so it checks before it decides: a partition's next
-record should follow the one before, or the group's committed offset after an assignment.
+Faust 0.15 can drop records before any agent sees them: at an assignment its fetcher starts
+before it seeks to the committed offsets, and what is fetched again below the read offset it
+keeps per partition is dropped without a word. The next records of the partition then
+arrive as if nothing was missing (seen in worker logs under kill -9: docs/architecture.md).
+The case engine commits its offsets itself (``bus.agents.cases``), so it checks before it
+decides: a partition's next record should follow the one before, or the group's committed
+offset after an assignment.
 One offset between them is a transaction's commit marker. More may be an aborted
 transaction, or records never delivered: a read-committed fetch from the expected offset
 tells which, and a hole is read again from its first record.
