@@ -161,6 +161,20 @@ async def _where(settings: Settings, ids: set[str]) -> list[str]:
     return [*found, f"not on cases: {len(ids) - len(found)}", f"the group committed {done}"]
 
 
+async def _registrations(settings: Settings, usccs: set[str]) -> str:
+    """Where the registrations of ``usccs`` are, beside what correlate has committed there."""
+    from bench.scaleout import committed
+
+    topic = settings.topic("events.enterprise")
+    found: list[str] = []
+    async with aclosing(read_topic(settings, topic, to_end=True, max_seconds=30)) as records:
+        async for r in records:
+            if (r.key or b"").decode() in usccs:
+                found.append(f"{r.headers.get('event_type')} at {r.partition}@{r.offset}")
+    done = await committed(settings, f"{settings.app_id}.correlate", topic)
+    return f"on events.enterprise: {found}; correlate committed {done}"
+
+
 def _certificates(settings: Settings) -> dict[str, set[str]]:
     """Request id -> every (certificate id / SHA-256 of its bytes) on the canonical topic."""
 
@@ -211,9 +225,14 @@ def test_kill_9_again_and_again_leaves_one_decision_per_case(
         kill_and_restart()
         tasks = outputs(settings, "task", "task.created", len(firms), CERTIFICATE)
         deadline = time.monotonic() + 300
-        while len(tasks) < len(firms):
-            assert time.monotonic() < deadline, f"{len(tasks)} of {len(firms)} reviews opened"
+        while len(tasks) < len(firms) and time.monotonic() < deadline:
             tasks = outputs(settings, "task", "task.created", len(firms), CERTIFICATE)
+        if len(tasks) < len(firms):
+            unopened = {f.uscc for f in firms} - {t.subject for t in tasks}
+            why = asyncio.run(_registrations(settings, unopened))
+            parked = [u for u in unopened if f"waits for the registration of {u}" in worker.log()]
+            pytest.fail(f"{len(tasks)} of {len(firms)} reviews opened; of the others "
+                        f"{len(parked)} were parked as unregistered; {why}")  # fmt: skip
         for i, chunk in enumerate((tasks[:8], tasks[8:16], tasks[16:])):
             answers = [answer(t, "task.completed", t.payload.assignee, outcome="confirmed")
                        for t in chunk]  # fmt: skip
