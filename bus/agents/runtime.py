@@ -713,7 +713,6 @@ class BatchAgent(Service):
         """
         for p in due:
             self._open.pop(p, None)
-            await self._past_markers(due[p])
         numbers = list(due)
         results = await asyncio.gather(
             *(self._commit_one(due[p]) for p in numbers), return_exceptions=True
@@ -737,19 +736,6 @@ class BatchAgent(Service):
         if failure is not None:
             await self._roll_back(failed, {})
             raise failure
-
-    async def _past_markers(self, txn: _Txn) -> None:
-        """Commit the consumer's position where it passed the last record: a transaction's
-        commit marker follows its records, and an offset short of it shows as lag 1 for ever.
-
-        Safe here: every record handed out so far is processed, and the position does not
-        count records fetched but not yet handed out.
-        """
-        assert self._consumer is not None
-        assigned = self._consumer.assignment()
-        for tp, offset in txn.offsets.items():
-            if tp in assigned:
-                txn.offsets[tp] = max(offset, await self._consumer.position(tp))
 
     async def _commit_one(self, txn: _Txn) -> None:
         # The offsets go in while the records are still on their way (two round trips fewer).

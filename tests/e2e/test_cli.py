@@ -522,12 +522,6 @@ def test_dead_letters_are_replayed_once_after_a_fix(settings: Settings, tmp_path
     assert str(jinxi.payload.case_number) in canonical.stdout, "the replayed penalty is not on it"
 
 
-def _lag(settings: Settings) -> dict[str, int | None]:
-    from bus.status import collect
-
-    return {a.name: a.lag for a in asyncio.run(collect(settings)).agents if a.name != "cases"}
-
-
 def test_status_shows_workers_partitions_dead_letters_and_tasks(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -541,11 +535,6 @@ def test_status_shows_workers_partitions_dead_letters_and_tasks(
     with WorkerProcess(settings, tmp_path / "worker.log"):
         bus("publish", str(tmp_path / "e.jsonl"), settings=settings)
         up = _bus_until(lambda r: "tasks: 4 open" in r.stdout, "status", settings=settings)
-        # Caught up is lag 0, commit markers included (they follow every transaction).
-        deadline = time.monotonic() + 60
-        while (lag := _lag(settings)) != {"ingest": 0, "correlate": 0}:
-            assert time.monotonic() < deadline, lag
-            time.sleep(0.5)
     down = bus("status", settings=settings)
     assert up.returncode == 0, up.stderr
     assert "reachable" in up.stdout
