@@ -37,7 +37,7 @@ import logging
 import operator
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -206,11 +206,17 @@ class _Listener(ConsumerRebalanceListener):
 
 
 def _merged(
-    fetched: Mapping[TopicPartition, list[Record]], tps: list[TopicPartition]
+    fetched: Mapping[TopicPartition, list[Record]],
+    tps: list[TopicPartition],
+    rank: Callable[[str], int] = lambda topic: 0,
 ) -> list[Record]:
     """Records of ``tps`` across partitions and topics, oldest first (each partition's order
-    kept): a penalty published before a certificate request is folded in before it."""
-    lists = [fetched[tp] for tp in sorted(tps)]
+    kept): a penalty published before a certificate request is folded in before it.
+
+    Records of one millisecond are common (a batch's outputs are stamped as they are
+    produced); among those, topics come in ``rank`` order, then by name.
+    """
+    lists = [fetched[tp] for tp in sorted(tps, key=lambda tp: (rank(tp.topic), tp))]
     return lists[0] if len(lists) == 1 else list(heapq.merge(*lists, key=_timestamp))
 
 
@@ -373,7 +379,7 @@ class BatchAgent(Service):
 
     async def _start(self, fetched: dict[TopicPartition, list[Record]]) -> _Batch:
         m = self.ctx.metrics
-        records = _merged(fetched, list(fetched))
+        records = _merged(fetched, list(fetched), self.topic_rank)
         t0 = time.perf_counter()
         outs = await self.process(records)
         m.batch_seconds.labels(self.name).observe(time.perf_counter() - t0)
@@ -388,6 +394,10 @@ class BatchAgent(Service):
             commit={tp: rs[-1].offset + 1 for tp, rs in fetched.items()},
             size=len(records),
         )
+
+    def topic_rank(self, topic: str) -> int:
+        """Where records of ``topic`` go among records of the same millisecond: lower first."""
+        return 0
 
     async def on_assigned(self, partitions: set[int]) -> None:
         """Called after the stores of newly assigned partitions are restored."""
@@ -636,7 +646,7 @@ class BatchAgent(Service):
             m = self.ctx.metrics
             t0 = time.perf_counter()
             for p, tps in sorted(by_number.items()):
-                records = _merged(fetched, tps)
+                records = _merged(fetched, tps, self.topic_rank)
                 outs = await self.process(records)
                 self._count_out(outs)
                 txn = await self._txn_of(p)

@@ -161,3 +161,58 @@ def test_a_tick_pops_what_is_due_and_never_walks_every_record() -> None:
     assert first.count("task.escalated") == len(created)  # the matter escalates late tasks
     assert again == 0  # nothing twice
     assert walked == 0  # the index was built as cases opened; no state was walked
+
+
+def test_a_request_logged_with_its_firms_registration_and_penalty_is_decided_on_both() -> None:
+    # A restarted worker's ingest can write a firm's registration, penalty and certificate
+    # request in one transaction, all in one millisecond. Correlate must fold the facts first:
+    # taken first, the request would wait for the registration and be handed on with the
+    # record as of the registration, before the penalty: a clean certificate for a penalised
+    # firm.
+    import asyncio
+    import json
+    import random
+    import tempfile
+    from pathlib import Path
+
+    from aiokafka.structs import ConsumerRecord, TopicPartition
+
+    from bus.agents.cases import step_event_id
+    from bus.agents.correlate import CorrelateAgent
+    from bus.agents.runtime import _merged
+    from bus.app import Context
+    from bus.codec import EventCodec
+    from bus.departments import Directory
+    from bus.samples import enterprise, penalty, registered
+    from bus.schemas.events import model_for
+
+    rng = random.Random(7)
+    firm = enterprise(rng)
+    request = model_for("certificate.requested")(
+        event_type="certificate.requested", source="ks.finance", subject=firm.uscc,
+        payload={"period_start": "2025-01-01", "period_end": "2026-12-31", "purpose": "ipo",
+                 "requested_by": "ks.finance", "applicant": "张伟"},
+    )  # fmt: skip
+    events = {"enterprise": registered(firm, rng), "penalty": penalty(firm, rng),
+              "certificate": request}  # fmt: skip
+
+    async def run() -> dict:  # type: ignore[type-arg]
+        s = Settings(app_id="t", topic_prefix="t", data_dir=Path(tempfile.mkdtemp()))
+        ctx = Context(s, EventCodec(), Directory.load(None))
+        correlate = CorrelateAgent(ctx)
+        fetched = {}
+        for family, e in events.items():
+            value = ctx.codec.encode(e)
+            r = ConsumerRecord(f"t.events.{family}", 0, 0, 1_790_000_000_000, 0,
+                               e.subject.encode(), value, None, 0, len(value),
+                               e.kafka_headers())  # fmt: skip
+            fetched[TopicPartition(r.topic, 0)] = [r]
+        records = _merged(fetched, list(fetched), correlate.topic_rank)
+        outs = await correlate.process(records)
+        (step,) = [o for o in outs if o.topic == "t.cases"
+                   and step_event_id(o.value or b"") == str(request.event_id)]  # fmt: skip
+        return json.loads(step.value or b"")["record"]  # type: ignore[no-any-return]
+
+    record = asyncio.run(run())
+    assert record["status"] != "unknown"
+    assert len(record["penalties"]) == 1  # the penalty logged with the request is on it
