@@ -1132,13 +1132,12 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
             firsts: dict[int, int] = {}  # the first offset decided, by partition
             ends: dict[int, int] = {}  # the next offset to read, by partition
             holes: set[int] = set()
-            expect = gaps.next
             for event in batch:
                 p, offset = event.message.partition, event.message.offset
                 if p in holes:
                     continue
                 pending = p in gaps.reread
-                if (pending or offset - expect.get(p, -2) > 1) and (
+                if (pending or offset - gaps.next.get(p, -2) > 1) and (
                     hole := await gaps.missing(p, offset)
                 ) is not None:
                     holes.add(p)
@@ -1146,7 +1145,8 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
                         await rewind(p, hole)
                     continue
                 firsts.setdefault(p, offset)
-                ends[p] = expect[p] = offset + 1
+                ends[p] = offset + 1
+                gaps.advance(p, offset + 1)
                 outs.setdefault(p, []).extend(engine.handle(p, event.value, store))
             states = store.take()
             # The partitions' transactions run side by side: each is several round trips.
