@@ -42,16 +42,19 @@ from bench.cpu import CpuSampler, per_event
 from bench.ingest import Msg, drain, encode
 from bench.pipeline import Measured, _broker, publish_batches, raw_throughput
 from bench.scaleout import group_settings, load, start_all
-from bus.agents.cases import derived_id, encode_step
-from bus.codec import EventCodec
-from bus.kafka_local import LOCAL_ENGINES, local_broker
-from bus.processes import WorkerProcess
-from bus.record import EnterpriseRecord
-from bus.samples import enterprise, penalty, registered
+from bus.agents.cases import case_id, encode_step, task_id_for
+from bus.dev.kafka_local import LOCAL_ENGINES, local_broker
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import enterprise, penalty, registered
+from bus.domain.matters import load_matters
+from bus.domain.record import EnterpriseRecord
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
 from bus.settings import Settings
-from bus.topics import CASES, create_topics
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import CASES, create_topics
+
+certificate_matter = load_matters()["compliance-certificate"]
 
 FIRMS = 1000
 KEPT_HEADERS = ("event_type", "event_id", "correlation_id")
@@ -103,7 +106,8 @@ def backlog(steps: int, penalised: float, seed: int = 5) -> tuple[list[Msg], int
             _, req = waiting.pop(0)
             record = records[req.subject]
             agency = next(iter(record.penalties.values())).agency or ""
-            task_id = f"task-{derived_id('review', str(req.event_id), agency).hex[:16]}"
+            case = case_id(certificate_matter, req)
+            task_id = task_id_for("review", case, agency)
             answer = done(
                 event_type="task.completed", source=agency, subject=req.subject,
                 occurred_at=at, correlation_id=req.correlation_id, causation_id=req.event_id,

@@ -82,7 +82,7 @@ def triggers(count: int, firms: int, seed: int) -> list[dict[str, Any]]:
     the next case; one case in five is left open (its deadline passes) when the next one opens.
     The day advances with the stream, so deadlines fall due.
     """
-    from bus.samples import enterprise
+    from bus.dev.samples import enterprise
 
     rng = random.Random(seed)
     usccs = [enterprise(rng).uscc for _ in range(firms)]
@@ -210,7 +210,7 @@ class EngineConfig:
     tick: float = 1.0
     datadir: str = "."
     consistency_check: bool = True
-    faust_metrics: bool = False  # bus.faust_metrics.observe, as the bus's worker does
+    faust_metrics: bool = False  # bus.streaming.faust_metrics.observe, as the bus's worker does
 
     def topic(self, name: str) -> str:
         return f"{self.app_id}.{name}"
@@ -251,7 +251,7 @@ def make_app(cfg: EngineConfig) -> Any:
     if cfg.faust_metrics:
         from prometheus_client import CollectorRegistry
 
-        from bus.faust_metrics import observe
+        from bus.streaming.faust_metrics import observe
 
         observe(app, CollectorRegistry())
     cases = app.topic(cfg.topic("cases"), key_type=bytes, value_type=bytes,
@@ -796,7 +796,7 @@ def worker_main(argv: list[str]) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    from bus.kafka_local import KafkaCluster
+    from bus.dev.kafka_local import KafkaCluster
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-cases-"))
     print(f"logs and data in {tmp}", flush=True)
@@ -862,7 +862,7 @@ def cli() -> None:
     p.add_argument(
         "--faust-metrics",
         action="store_true",
-        help="run each variant also with Faust's Prometheus monitor (bus.faust_metrics)",
+        help="run each variant also with Faust's Prometheus monitor (bus.streaming.faust_metrics)",
     )
     asyncio.run(main(p.parse_args()))
 

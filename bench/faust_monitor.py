@@ -7,7 +7,7 @@ the consumer fetching it (``track_tp_end_offset``), the stream taking it and han
 agent (``on_message_in``, ``on_stream_event_in``), the agent finishing it
 (``on_stream_event_out``, ``on_message_out``), and one changelog record sent and acknowledged
 (``on_send_initiated``, ``on_send_completed``). No broker: the process CPU of the hooks alone,
-which is what ``bus.faust_metrics`` adds to a Faust agent (the bench.cases runs with
+which is what ``bus.streaming.faust_metrics`` adds to a Faust agent (the bench.cases runs with
 ``--faust-metrics`` show it in a whole worker, where broker noise is larger than it).
 """
 
@@ -23,7 +23,7 @@ from faust.sensors.monitor import Monitor
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from bus.faust_metrics import FaustMetrics, FaustMonitor
+from bus.streaming.faust_metrics import FaustMetrics, FaustMonitor
 
 
 class _Message:

@@ -4,7 +4,7 @@
     python -m bench.faust_recovery --records 300000 --broker 127.0.0.1:9092
 
 The small Faust app of the tests (``tests/integration/faust_app.py``: one agent counting
-records per key in one table, observed by ``bus.faust_metrics``) runs once to write
+records per key in one table, observed by ``bus.streaming.faust_metrics``) runs once to write
 ``--records`` changelog records, then a second process with an empty memory store rebuilds the
 table. Its ``/metrics`` is scraped every 50 ms meanwhile: whether recovery showed as in
 progress, the largest remaining-offsets value seen, and what the series say at the end.
@@ -28,8 +28,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from bus.brokers import free_port
-from bus.processes import terminate
+from bus.dev.brokers import free_port
+from bus.dev.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,7 @@ def main() -> None:
     if args.broker:
         run(args.broker, args.records, args.keys, tmp)
         return
-    from bus.kafka_local import KafkaCluster
+    from bus.dev.kafka_local import KafkaCluster
 
     with KafkaCluster(1, data_dir=tmp / "kafka") as cluster:
         run(cluster.bootstrap, args.records, args.keys, tmp)

@@ -29,15 +29,15 @@ from typing import Any
 
 import httpx
 
-from bus.brokers import free_port
-from bus.client import BusClient
-from bus.codec import EventCodec
-from bus.gateway.keys import issue_key, keys_path
-from bus.kafka_local import LOCAL_ENGINES, local_broker
-from bus.processes import settings_env, terminate
-from bus.samples import penalties
+from bus.dev.brokers import free_port
+from bus.dev.kafka_local import LOCAL_ENGINES, local_broker
+from bus.dev.processes import settings_env, terminate
+from bus.dev.samples import penalties
+from bus.edge.gateway.keys import issue_key, keys_path
 from bus.settings import Settings
-from bus.topics import create_topics
+from bus.streaming.client import BusClient
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import create_topics
 
 
 def _quantiles(latencies: list[float]) -> dict[str, float]:
@@ -96,7 +96,7 @@ def start_gateway(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes
     env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bus.gateway.cli", "run", "--port", str(port),
+            [sys.executable, "-m", "bus.cli.gateway", "run", "--port", str(port),
              "--log-level", "warning"],
             env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip

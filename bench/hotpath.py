@@ -24,14 +24,14 @@ from pathlib import Path
 
 from aiokafka.structs import ConsumerRecord
 
+from bus.agents.app import RECENT_EVENTS, Context, tune_gc
 from bus.agents.correlate import CorrelateAgent
 from bus.agents.ingest import IngestAgent
 from bus.agents.out import Out
-from bus.app import RECENT_EVENTS, Context, tune_gc
-from bus.codec import EventCodec, Recent
-from bus.departments import Directory
-from bus.samples import penalties, registrations
+from bus.dev.samples import penalties, registrations
+from bus.domain.departments import Directory
 from bus.settings import Settings
+from bus.streaming.codec import EventCodec, Recent
 
 BATCH = 500
 

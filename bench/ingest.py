@@ -28,12 +28,12 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bus.codec import EventCodec
-from bus.kafka_local import LOCAL_ENGINES, local_broker
-from bus.processes import WorkerProcess, terminate
-from bus.samples import penalties
+from bus.dev.kafka_local import LOCAL_ENGINES, local_broker
+from bus.dev.processes import WorkerProcess, terminate
+from bus.dev.samples import penalties
 from bus.settings import Settings
-from bus.topics import create_topics
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import create_topics
 
 Msg = tuple[bytes, bytes, list[tuple[str, bytes]], str]  # key, value, headers, event_id
 ROOT = Path(__file__).resolve().parent.parent

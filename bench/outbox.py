@@ -26,12 +26,12 @@ from typing import Any
 
 import psycopg
 
-from bus.client import BusClient
-from bus.codec import EventCodec
-from bus.kafka_local import LOCAL_ENGINES, local_broker
-from bus.samples import penalties
+from bus.dev.kafka_local import LOCAL_ENGINES, local_broker
+from bus.dev.samples import penalties
 from bus.settings import Settings
-from bus.topics import create_topics
+from bus.streaming.client import BusClient
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import create_topics
 from connectors.outbox import OutboxOptions, OutboxSource, create_outbox
 
 DSN = os.environ.get("BUS_DEMO_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

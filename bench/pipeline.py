@@ -40,14 +40,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench.cpu import CpuSampler, per_event
 from bench.ingest import ROOT, Msg, drain, encode, produce, spawn
 from bus.agents.cases import step_event_id
-from bus.client import BusClient, read_topic
-from bus.codec import EventCodec
-from bus.kafka_local import LOCAL_ENGINES, local_broker
-from bus.processes import WorkerProcess, terminate
-from bus.samples import enterprise, registered, registrations
+from bus.dev.kafka_local import LOCAL_ENGINES, local_broker
+from bus.dev.processes import WorkerProcess, terminate
+from bus.dev.samples import enterprise, registered, registrations
 from bus.schemas.events import model_for
 from bus.settings import Settings
-from bus.topics import CASES, CORRELATE_SEEN, create_topics
+from bus.streaming.client import BusClient, read_topic
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import CASES, CORRELATE_SEEN, create_topics
 
 
 async def certificate_latency(

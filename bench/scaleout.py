@@ -49,22 +49,22 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench.cpu import CpuSampler
 from bench.ingest import Msg, drain, encode
 from bench.pipeline import correlate_done, raw_throughput
-from bus.agents.cases import CaseState, step_event_id
+from bus.agents.app import load_signer
+from bus.agents.cases import CaseState, case_key, step_event_id
 from bus.agents.correlate import derived_id
 from bus.agents.stores import PartedStore
-from bus.app import load_signer
-from bus.client import kafka_admin
-from bus.codec import EventCodec
-from bus.departments import Directory
-from bus.kafka_local import LOCAL_ENGINES, local_broker
-from bus.processes import WorkerProcess
-from bus.record import EnterpriseRecord, apply_part
-from bus.samples import enterprise, penalty, registered
-from bus.samples import penalties as sample_penalties
+from bus.dev.kafka_local import LOCAL_ENGINES, local_broker
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import enterprise, penalty, registered
+from bus.dev.samples import penalties as sample_penalties
+from bus.domain.departments import Directory
+from bus.domain.record import EnterpriseRecord, apply_part
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import FAMILIES, model_for
 from bus.settings import Settings
-from bus.topics import (
+from bus.streaming.client import kafka_admin
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import (
     CASES,
     CORRELATE_RECORDS,
     CORRELATE_SEEN,
@@ -409,7 +409,7 @@ class Reader:
     One consumer with every partition assigned, no group, committed records only (what every
     consumer of the bus reads): counts records instead of trusting end offsets. The
     enterprise records are rebuilt from their changelog as a worker taking over a partition
-    would (``bus.record.apply_part``), to check what a next owner gets.
+    would (``bus.domain.record.apply_part``), to check what a next owner gets.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -643,7 +643,9 @@ def record_problems(
             problems[reg.subject] = f"profile lost (status {r.status}, name {r.name})"
         elif r.waiting:
             problems[reg.subject] = f"{len(r.waiting)} requests still parked"
-        elif (c := cases.get(reg.subject)) is None or str(reg.event_id) not in c.reviews:
+        elif (c := cases.get(reg.subject)) is None or (
+            case_key("opening-a-business", str(reg.event_id)) not in c.reviews
+        ):
             problems[reg.subject] = "opening case lost"
         elif len(c.tasks) != OPENING_TASKS:
             problems[reg.subject] = f"opening case has {len(c.tasks)} tasks"

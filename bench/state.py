@@ -58,13 +58,13 @@ from bench.pipeline import publish_batches
 from bench.scaleout import certificate_request, group_settings
 from bus.agents.correlate import derived_id
 from bus.agents.stores import PartedStore
-from bus.codec import EventCodec
-from bus.kafka_local import local_broker
-from bus.processes import WorkerProcess
-from bus.record import EnterpriseRecord, apply_part
-from bus.samples import enterprise, penalty, registered
+from bus.dev.kafka_local import local_broker
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import enterprise, penalty, registered
+from bus.domain.record import EnterpriseRecord, apply_part
 from bus.settings import Settings
-from bus.topics import CORRELATE_RECORDS, CORRELATE_SEEN, cases_changelog, create_topics
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import CORRELATE_RECORDS, CORRELATE_SEEN, cases_changelog, create_topics
 
 PENALTY_SHARE = 5  # one penalty per five registrations
 _RESTORED = re.compile(r"(\w+): partitions assigned .*\((\d+) ids restored in ([\d.]+)s\)")

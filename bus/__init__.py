@@ -5,11 +5,11 @@
 Everything else (agents, the app, the CLI) is the bus's own machinery.
 """
 
-from bus.client import BusClient, Receipt
-from bus.codec import EventCodec
 from bus.errors import BusError
 from bus.schemas import EVENT_TYPES, Envelope, is_valid_uscc, make_uscc, model_for, uscc_problem
 from bus.settings import Settings
+from bus.streaming.client import BusClient, Receipt
+from bus.streaming.codec import EventCodec
 
 __version__ = "0.1.0"
 

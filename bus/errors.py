@@ -11,7 +11,8 @@
     ├── DuplicateEvent              the ``event_id`` was seen before (not an error for callers)
     ├── BrokerError                 the Kafka-protocol broker is unreachable or misbehaves
     ├── ConnectorError              a connector failed (``retriable`` says whether to try again)
-    └── GatewayError                an HTTP answer: status beside the reason (bus.gateway.errors)
+    └── GatewayError                an HTTP answer: status beside the reason
+                                    (bus.edge.gateway.errors)
 
 ``reason`` is a stable, dotted code (``schema.validation``, ``auth.event_type`` ...) that ends
 up in dead-letter headers and metric labels, so operators can filter and count by it; every

@@ -56,6 +56,7 @@ class Reason(StrEnum):
     CONFIG_PUBLIC_KEY = "config.public_key"
     CONFIG_SIGNING_KEY = "config.signing_key"
     CONFIG_WORKERS_RUNNING = "config.workers_running"
+    CONNECTOR_COMMIT_REFUSED = "connector.commit_refused"
     CONNECTOR_ERROR = "connector.error"
     CONNECTOR_OUTBOX_COLUMNS = "connector.outbox.columns"
     CONNECTOR_OUTBOX_DATABASE = "connector.outbox.database"
@@ -147,6 +148,9 @@ MEANING: dict[Reason, str] = {
     Reason.CONFIG_PUBLIC_KEY: "a public key file is missing or wrong",
     Reason.CONFIG_SIGNING_KEY: "the signing key is missing or wrong",
     Reason.CONFIG_WORKERS_RUNNING: "a migration refused while workers run",
+    Reason.CONNECTOR_COMMIT_REFUSED: (
+        "a sink's group refused its offsets after a rebalance: the next owner delivers again"
+    ),
     Reason.CONNECTOR_ERROR: "a connector failed",
     Reason.CONNECTOR_OUTBOX_COLUMNS: "the outbox table lacks a column the connector needs",
     Reason.CONNECTOR_OUTBOX_DATABASE: "the outbox database could not be reached or read",

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     calendar_dir: Path | None = Field(
         default=None, description="Operator holiday files (YYYY.yaml), see docs/calendar-data.md"
     )
+    matters_dir: Path | None = Field(
+        default=None,
+        description="The matters (一件事) the worker runs, one YAML file each, scenarios in "
+        "scenarios/; the shipped ones when unset (docs/matters.md)",
+    )
     task_check_interval: float = Field(
         default=30.0, gt=0, description="Seconds between checks for overdue tasks"
     )

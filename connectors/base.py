@@ -42,18 +42,20 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bus.agents.out import rejection_headers
-from bus.client import BusClient, Receipt, _text, kafka_consumer, kafka_producer
-from bus.codec import EventCodec
 from bus.errors import BusError, ConnectorError
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
+from bus.streaming.client import BusClient, Receipt, _text, kafka_consumer, kafka_producer
+from bus.streaming.codec import EventCodec
 
 log = logging.getLogger(__name__)
+
+REASON_COMMIT_REFUSED = "connector.commit_refused"
 
 T = TypeVar("T")
 
@@ -330,6 +332,13 @@ class Sink(Connector):
     batch goes to the dead-letter topic with the reason and the sink moves on, so one bad
     endpoint day never blocks an inbox for ever. Set ``deadletter_on_failure = False`` to
     stop instead (the batch is re-read on restart).
+
+    While ``write`` runs (retries and an endpoint's ``Retry-After`` included) the sink pauses
+    its partitions and keeps polling, so a slow outside system never outlasts the consumer's
+    poll interval and has the sink evicted from its group. When a rebalance takes a partition
+    away, the batch in hand is finished and its offset committed first (bounded by
+    ``settings.session_timeout``); a commit the group refuses is logged, and the records are
+    given again to whichever sink owns the partition next.
     """
 
     kind = "sink"
@@ -354,6 +363,12 @@ class Sink(Connector):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.delivered = 0
+        self.poll_every = 1.0
+        """Seconds between the polls that keep the sink in its group while ``write`` runs."""
+        self._writing: asyncio.Future[None] | None = None
+        self._done: dict[TopicPartition, int] = {}  # written, offset not committed yet
+        self._held: dict[TopicPartition, list[Any]] = {}  # fetched while paused
+        self._rebalances = 0
 
     @abstractmethod
     async def write(self, batch: list[SinkRecord]) -> None:
@@ -363,18 +378,22 @@ class Sink(Connector):
         """Join the sink's consumer group on its topic, then ``on_start``."""
         self._producer = kafka_producer(self.settings)
         await self._producer.start()
-        self._consumer = kafka_consumer(
-            self.settings,
-            self.topic,
-            group_id=self.group,
-            client_id=f"{self.group}-consumer",
-            max_poll_records=self.batch_size,
-            fetch_max_wait_ms=int(self.batch_wait * 1000),
-            session_timeout_ms=int(self.settings.session_timeout * 1000),
-            heartbeat_interval_ms=int(self.settings.heartbeat_interval * 1000),
-        )
+        options: dict[str, Any] = {
+            "group_id": self.group,
+            "client_id": f"{self.group}-consumer",
+            "max_poll_records": self.batch_size,
+            "fetch_max_wait_ms": int(self.batch_wait * 1000),
+            "session_timeout_ms": int(self.settings.session_timeout * 1000),
+            "heartbeat_interval_ms": int(self.settings.heartbeat_interval * 1000),
+        }
+        self._consumer = kafka_consumer(self.settings, **{**options, **self.consumer_options()})
+        self._consumer.subscribe([self.topic], listener=_SinkListener(self))
         await self._consumer.start()
         await super().start()
+
+    def consumer_options(self) -> dict[str, Any]:
+        """Extra ``AIOKafkaConsumer`` options for this sink (none by default)."""
+        return {}
 
     async def close(self) -> None:
         """``on_stop``, then leave the group and close the producer."""
@@ -412,13 +431,58 @@ class Sink(Connector):
         if consumer is None:
             raise ConnectorError(f"{self.name}: run() before start()", reason="connector.state")
         while not self.stopping:
-            fetched = await consumer.getmany(
-                timeout_ms=int(self.batch_wait * 1000), max_records=self.batch_size
-            )
+            fetched, self._held = self._held, {}
+            if not fetched:
+                fetched = await consumer.getmany(
+                    timeout_ms=int(self.batch_wait * 1000), max_records=self.batch_size
+                )
+            rebalances = self._rebalances
             for tp in sorted(fetched):
-                records = fetched[tp]
-                await self._deliver(tp, self.decode(records))
-                await consumer.commit({tp: records[-1].offset + 1})
+                if self._rebalances != rebalances:
+                    break  # positions went back to the committed offsets: fetch from there
+                await self._polling_while(consumer, self._write_down(tp, fetched[tp]))
+                await self.commit_done(consumer)
+
+    async def _write_down(self, tp: TopicPartition, records: list[Any]) -> None:
+        await self._deliver(tp, self.decode(records))
+        self._done[tp] = records[-1].offset + 1  # before anyone awaiting this sees it done
+
+    async def _polling_while(self, consumer: AIOKafkaConsumer, work: Awaitable[None]) -> None:
+        """Await ``work`` with every partition paused, polling so the group keeps the sink."""
+        task = self._writing = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.poll_every)
+                if done:
+                    break
+                consumer.pause(*consumer.assignment())
+                for tp, records in (await consumer.getmany(timeout_ms=0)).items():
+                    self._held.setdefault(tp, []).extend(records)  # assigned since the pause
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            self._writing = None
+            consumer.resume(*consumer.paused())
+        task.result()
+
+    async def commit_done(
+        self, consumer: AIOKafkaConsumer, only: Iterable[TopicPartition] | None = None
+    ) -> None:
+        """Commit what was written; a refused commit means another sink reads it again."""
+        offsets = {tp: o for tp, o in self._done.items() if only is None or tp in set(only)}
+        if not offsets:
+            return
+        for tp in offsets:
+            del self._done[tp]
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            self.metrics.failures.labels(self.name, REASON_COMMIT_REFUSED).inc()
+            log.warning(
+                "%s: commit of %s refused (%s): the partitions' next owner delivers them again",
+                self.name, offsets, exc,
+            )  # fmt: skip
 
     async def _deliver(self, tp: TopicPartition, batch: list[SinkRecord]) -> None:
         t0 = time.perf_counter()
@@ -448,3 +512,24 @@ class Sink(Connector):
             )  # fmt: skip
             futures.append(await self._producer.send(topic, r.value, key=r.key, headers=headers))
         await asyncio.gather(*futures)
+
+
+class _SinkListener(ConsumerRebalanceListener):
+    """Finishes the batch in hand and commits it before a rebalance hands its partition on."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        sink, consumer = self.sink, self.sink._consumer
+        writing = sink._writing
+        if writing is not None and not writing.done():
+            # A write outlasting this leaves its offset uncommitted: the next owner redelivers.
+            await asyncio.wait({writing}, timeout=sink.settings.session_timeout)
+        sink._rebalances += 1
+        sink._held.clear()
+        if consumer is not None:
+            await sink.commit_done(consumer, revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Nothing to do: the group's committed offsets say where to start."""

@@ -48,11 +48,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bus.codec import load_json
-from bus.departments import Directory
+from bus.domain.departments import Directory
+from bus.edge.publish import Verdict, _collect, verdict_offsets
 from bus.errors import BusError, ConfigurationError, ConnectorError, DecodeError, ValidationFailed
-from bus.publish import Verdict, _collect, verdict_offsets
 from bus.schemas.envelope import Envelope
+from bus.schemas.jsontext import load_json
 from bus.settings import Settings
 from connectors.base import Guarantee, Source
 

@@ -42,10 +42,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from bus.codec import load_json
-from bus.departments import Directory
+from bus.domain.departments import Directory
 from bus.errors import BusError, ConfigurationError, ConnectorError
 from bus.schemas.envelope import Envelope
+from bus.schemas.jsontext import load_json
 from bus.schemas.types import DepartmentCode
 from bus.settings import Settings
 from connectors.base import Backoff, Guarantee, Source

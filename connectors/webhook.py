@@ -71,12 +71,12 @@ from pydantic import (
 )
 from standardwebhooks.webhooks import Webhook
 
-from bus.certificates import KEY_ID_PATTERN, Signer
-from bus.codec import load_json
+from bus.domain.certificates import KEY_ID_PATTERN, Signer
 from bus.errors import BusError, ConfigurationError, ConnectorError, DecodeError
+from bus.schemas.jsontext import load_json
 from bus.schemas.types import DepartmentCode
 from bus.settings import Settings
-from bus.topics import inbox_topic
+from bus.streaming.topics import inbox_topic
 from connectors.base import Backoff, Guarantee, Sink, SinkRecord
 
 log = logging.getLogger(__name__)
@@ -537,7 +537,7 @@ class WebhookSink(Sink):
             self.signing = _Signing(key_id or "shared", secret=secret_bytes(secret))
         else:
             if signer is None:
-                from bus.app import load_signer  # the bus's key, as certificates use
+                from bus.agents.app import load_signer  # the bus's key, as certificates use
 
                 signer = load_signer(settings)
             self.signing = _Signing(key_id or signer.key_id, signer=signer)
@@ -550,7 +550,7 @@ class WebhookSink(Sink):
     @classmethod
     def from_options(cls, settings: Settings, name: str, options: WebhookOptions) -> WebhookSink:
         """The sink a connectors-file entry describes (``bus connect NAME``)."""
-        from bus.departments import Directory
+        from bus.domain.departments import Directory
 
         if Directory.load(settings.departments_file).get(options.department) is None:
             raise ConfigurationError(

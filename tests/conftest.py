@@ -9,19 +9,16 @@ Tests that need three nodes take ``kafka3``, a cluster started the first time on
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bus.client import kafka_admin
-from bus.kafka_local import LOCAL_ENGINES, KafkaCluster, LocalBroker, local_broker
+from bus.dev.kafka_local import LOCAL_ENGINES, KafkaCluster, LocalBroker, local_broker
 from bus.settings import Settings
-from bus.topics import create_topics
+from connectors.contract import fresh_topics
 
 pytest_plugins = ["tests.postgres", "tests.fuzzstats"]
 
@@ -156,32 +153,5 @@ def kafka3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
 @pytest.fixture
 def settings(broker: TestBroker, tmp_path: Path) -> Iterator[Settings]:
     """Settings for one test: its own app id and topic prefix, topics created, 3 partitions."""
-    run = f"t{uuid.uuid4().hex[:10]}"
-    s = Settings(
-        broker=broker.bootstrap,
-        app_id=run,
-        topic_prefix=run,
-        partitions=3,
-        data_dir=tmp_path / "var",
-        web_port=0,
-        metrics_port=0,
-        batch_wait=0.02,
-    )
-    asyncio.run(create_topics(s))
-    yield s
-    asyncio.run(_drop_topics(s))
-
-
-async def _drop_topics(settings: Settings) -> None:
-    """Delete one test's topics, so the session's broker does not carry every test's."""
-    admin = kafka_admin(settings)
-    try:
-        await admin.start()
-        ours = (settings.topic_prefix + ".", settings.app_id + "-")  # and Faust's changelogs
-        mine = [t for t in await admin.list_topics() if t.startswith(ours)]
-        if mine:
-            await admin.delete_topics(mine)
-    except Exception as exc:  # an embedded broker without DeleteTopics: keep them
-        print(f"topics of {settings.topic_prefix} not deleted: {exc!r}")
-    finally:
-        await admin.close()
+    with fresh_topics(broker.bootstrap, tmp_path) as s:
+        yield s

@@ -46,16 +46,17 @@ from bus.agents.gaps import GapCheck
 from bus.agents.out import Headers, Out, rejection_headers
 from bus.agents.route import Router, load_subscriptions
 from bus.agents.runtime import key_hash
-from bus.certificates import Signer, UnsignedCertificate, new_serial
-from bus.client import NO_TRANSACTIONS, kafka_producer, start_or_close
+from bus.domain.certificates import Signer, UnsignedCertificate, new_serial
+from bus.domain.matters import Matter, TaskTemplate, by_trigger, load_matters
+from bus.domain.record import EnterpriseRecord, TaskEntry
+from bus.domain.tasks import TASK_STATES, TaskKey
+from bus.domain.workdays import CHINA_TZ, WorkingCalendar
 from bus.errors import BusError
-from bus.matters import Matter, TaskTemplate, load_matters
-from bus.record import EnterpriseRecord, TaskEntry
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
 from bus.settings import Settings
-from bus.tasks import TASK_STATES, TaskKey
-from bus.topics import (
+from bus.streaming.client import NO_TRANSACTIONS, kafka_producer, start_or_close
+from bus.streaming.topics import (
     CASE_PARTIES,
     CASES,
     CASES_TABLE,
@@ -63,12 +64,11 @@ from bus.topics import (
     canonical_topic,
     cases_changelog,
 )
-from bus.workdays import CHINA_TZ, WorkingCalendar
 
 if TYPE_CHECKING:
     import faust
 
-    from bus.app import Context
+    from bus.agents.app import Context
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,21 @@ def encode_step(
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode()
+
+
+def case_id(matter: Matter, trigger: Envelope) -> str:
+    """A case is named by its matter and its trigger: one trigger may open several matters."""
+    return case_key(matter.name, str(trigger.event_id))
+
+
+def case_key(matter: str, trigger_id: str) -> str:
+    """``case_id`` from names: the matter's, and the trigger's event id."""
+    return str(derived_id("case", matter, trigger_id))
+
+
+def task_id_for(template: str, case: str, assignee: str) -> str:
+    """A task's stable id: the same case and assignee always give the same task."""
+    return f"task-{derived_id(template, case, assignee).hex[:16]}"
 
 
 def starts_case(matter: Matter, record: EnterpriseRecord) -> bool:
@@ -535,8 +550,8 @@ class CaseEngine:
         self.ctx = ctx
         self.signer = signer
         self.calendar = calendar or WorkingCalendar.load(s.calendar_dir)
-        self.matters: dict[str, Matter] = load_matters()
-        self._matters_by_name = {m.name: m for m in self.matters.values()}
+        self.matters: dict[str, Matter] = load_matters(s.matters_dir)  # by name
+        self.triggers = by_trigger(self.matters)
         self.codec = ctx.codec
         self.deadletter = s.topic(DEADLETTER.name)
         self.router = Router(
@@ -584,8 +599,11 @@ class CaseEngine:
                 return [self._letter(raw, event, headers, origin, exc)]
             outs += self._route(event, raw, headers, record, event.source)  # taken: confirm
         else:
-            outs = self._trigger(self.matters[event.event_type], record, state, event, partition)
-            if step_id not in state.reviews:
+            matters = self.triggers.get(event.event_type, ())
+            outs = []
+            for matter in matters:  # several matters may start from one event
+                outs += self._trigger(matter, record, state, event, partition)
+            if not any(case_id(m, event) in state.reviews for m in matters):
                 return outs  # decided at once, nothing to remember: a re-run decides the same
         state.remember(step_id)
         store.put(event.subject, state)
@@ -623,7 +641,7 @@ class CaseEngine:
             if action == "issue_certificate":
                 parties = {event.source, getattr(p, "requested_by", None)}
                 return [
-                    self._parties(event.correlation_id, parties),
+                    self._parties(event.correlation_id, self._with_cases(state, event, parties)),
                     self._certificate(event, record, on_record),
                 ]
             by_agency: dict[str, list[str]] = {}
@@ -713,7 +731,7 @@ class CaseEngine:
         partition: int,
     ) -> list[Out]:
         """Create the tasks of a case: ``plan`` is template name -> assignee -> evidence."""
-        case = str(trigger.event_id)
+        case = case_id(matter, trigger)
         if case in state.reviews:
             return []  # open already: a step re-delivered after it left ``done``
         now = self._at.astimezone(CHINA_TZ)
@@ -727,7 +745,7 @@ class CaseEngine:
                 "lead": matter.lead,
             }.get(template.supervisor or "", template.supervisor)
             for assignee, evidence in sorted(assignees.items()):
-                task_id = f"task-{derived_id(name, case, assignee).hex[:16]}"
+                task_id = task_id_for(name, case, assignee)
                 tasks[task_id] = evidence
                 state.tasks[task_id] = TaskEntry(
                     task_id=task_id, matter=matter.name, case=case, assignee=assignee,
@@ -735,7 +753,8 @@ class CaseEngine:
                 )  # fmt: skip
                 title = template.title.format(
                     enterprise=record.name or record.uscc,
-                    cases=", ".join(evidence),
+                    # a penalty that triggers (joint discipline) is the case; else the evidence
+                    cases=getattr(trigger.payload, "case_number", None) or ", ".join(evidence),
                     licences=", ".join(evidence),
                     application=getattr(trigger.payload, "application_number", ""),
                     title=getattr(trigger.payload, "title", ""),
@@ -760,9 +779,15 @@ class CaseEngine:
             parties = {trigger.source, getattr(trigger.payload, "requested_by", None)}
             parties |= {t.assignee for t in state.tasks.values() if t.case == case}
             parties |= {t.supervisor for t in state.tasks.values() if t.case == case}
-            outs.append(self._parties(trigger.correlation_id, parties))
+            outs.append(
+                self._parties(trigger.correlation_id, self._with_cases(state, trigger, parties))
+            )
             state.reviews[case] = {
-                "matter": matter.name, "opened_at": self._at.timestamp(), "tasks": tasks,
+                # what decides the case later, as its version said when it was opened:
+                # a changed or removed definition never changes a running case
+                "matter": matter.name, "version": matter.version,
+                "rule": matter.decision.rule, "late": matter.late,
+                "opened_at": self._at.timestamp(), "tasks": tasks,
                 "request": trigger.model_dump(mode="json"),
             }  # fmt: skip
             due_index = self._due.setdefault(partition, [])
@@ -834,16 +859,30 @@ class CaseEngine:
         tasks = [state.tasks[t] for t in review["tasks"] if t in state.tasks]
         if not all(t.closed for t in tasks):
             return []
-        matter = self._matters_by_name[review["matter"]]
+        rule = self._rule_of(review)
         closing: list[Out] = []
-        if matter.decision.rule == "all_opinions":
+        if rule == "all_opinions":
             closing.append(self._approval_decided(record, review, tasks))
-        elif matter.decision.rule == "clean_record":
+        elif rule == "clean_record":
             closing.append(self._certificate_after_review(record, state, review, tasks))
         del state.reviews[case]
         for t in tasks:
             state.forget_task(t.task_id)
         return closing
+
+    def _rule_of(self, review: dict[str, Any]) -> str:
+        """The decision rule a case was opened under (an older case without one: today's)."""
+        if rule := review.get("rule"):
+            return str(rule)
+        matter = self.matters.get(review.get("matter", ""))
+        return matter.decision.rule if matter is not None else "always"
+
+    def _late_of(self, review: dict[str, Any], name: str) -> str:
+        """What a case's late tasks get, as its version said (an older case: today's)."""
+        if late := review.get("late"):
+            return str(late)
+        matter = self.matters.get(name)
+        return matter.late if matter is not None else "escalate_to_supervisor"
 
     def _approval_decided(
         self, record: EnterpriseRecord, review: dict[str, Any], tasks: list[TaskEntry]
@@ -928,19 +967,14 @@ class CaseEngine:
             for task in state.open_tasks():
                 if task.due_at > now:
                     continue
-                matter = self._matters_by_name.get(task.matter)
+                late = self._late_of(state.reviews.get(task.case, {}), task.matter)
                 if not task.overdue:
                     task.overdue = changed = True
                     self.steps += 1
                     overdue = {"task_id": task.task_id, "assignee": task.assignee,
                                "due_at": task.due_at}  # fmt: skip
                     outs.append(self._task_event(None, state, task, "task.overdue", overdue, uscc))
-                if (
-                    not task.escalated
-                    and task.supervisor
-                    and matter is not None
-                    and matter.late == "escalate_to_supervisor"
-                ):
+                if not task.escalated and task.supervisor and late == "escalate_to_supervisor":
                     task.escalated = changed = True
                     self.steps += 1
                     late = f"not completed by {task.due_at:%Y-%m-%d %H:%M} UTC"
@@ -1005,7 +1039,7 @@ class CaseEngine:
         total: Counter[TaskKey] = Counter()
         for counts in self._task_counts.values():
             total.update(counts)
-        for name in self._matters_by_name:
+        for name in self.matters:
             for state in TASK_STATES:
                 gauge.labels(name, "", state).set(0)
         for key in self._task_series - total.keys():
@@ -1051,14 +1085,30 @@ class CaseEngine:
             subject=record.uscc if record is not None else str(cause),
             occurred_at=self._at if caused else task.due_at,
             correlation_id=request.get("correlation_id") or task.case,
-            # a case is named by its trigger's event id
-            causation_id=cause.event_id if isinstance(cause, Envelope) else uuid.UUID(task.case),
+            # a deadline's cause is the case's trigger
+            causation_id=cause.event_id
+            if isinstance(cause, Envelope)
+            else uuid.UUID(request.get("event_id") or task.case),
             payload=payload,
         )
         notify = [task.assignee]
         if event_type == "task.escalated" and task.supervisor:
             notify.append(task.supervisor)
         return self._out(event, *notify)
+
+    @staticmethod
+    def _with_cases(
+        state: CaseState, trigger: Envelope, parties: set[str | None]
+    ) -> set[str | None]:
+        """``parties`` and those of the other open cases one correlation id names: the parties
+        record is kept per correlation id, and one trigger may open several matters."""
+        named = trigger.correlation_id
+        others = {c for c, r in state.reviews.items()
+                  if r.get("request", {}).get("correlation_id") == named}  # fmt: skip
+        for t in state.tasks.values():
+            if t.case in others:
+                parties |= {t.assignee, t.supervisor}
+        return parties
 
     def _parties(self, correlation_id: str, parties: set[str | None]) -> Out:
         """Who takes part in a case, for the gateway's access check (``state.case-parties``)."""

@@ -3,7 +3,7 @@
 Reads every subject-keyed canonical topic in one consumer group. Because all of them have
 the same partition count and are keyed by USCC, the range assignor gives a worker the same
 partition numbers of every topic: everything about one enterprise reaches one worker, and
-its record (``bus.record.EnterpriseRecord``) lives in a key-value store beside it.
+its record (``bus.domain.record.EnterpriseRecord``) lives in a key-value store beside it.
 
 Every event is folded into its record and routed to the inboxes that subscribe to it. An
 event that starts a matter or answers a task becomes a *case step* on ``cases``: the event's
@@ -25,15 +25,15 @@ from bus.agents.out import Headers, Out, deadletter
 from bus.agents.route import NOTIFY, Router, load_subscriptions
 from bus.agents.runtime import BatchAgent, Record
 from bus.agents.stores import PartedStore, SeenStore
+from bus.domain.matters import by_trigger, load_matters
+from bus.domain.record import EnterpriseRecord, apply_part, encode_part
 from bus.errors import BusError
-from bus.matters import Matter, load_matters
-from bus.record import EnterpriseRecord, apply_part, encode_part
 from bus.schemas.envelope import HISTORICAL, Envelope
 from bus.schemas.events import FAMILIES, model_for
-from bus.topics import CASES, CORRELATE_RECORDS, CORRELATE_SEEN, DEADLETTER
+from bus.streaming.topics import CASES, CORRELATE_RECORDS, CORRELATE_SEEN, DEADLETTER
 
 if TYPE_CHECKING:
-    from bus.app import Context
+    from bus.agents.app import Context
 
 __all__ = ["CorrelateAgent", "derived_id"]
 
@@ -68,7 +68,7 @@ class CorrelateAgent(BatchAgent):
         self.seen = SeenStore(s.topic(CORRELATE_SEEN.name))
         topics = [s.topic(f"events.{f}") for f in FAMILIES]
         super().__init__(ctx, topics, stores=[self.records, self.seen])
-        self.matters: dict[str, Matter] = load_matters()
+        self.triggers = by_trigger(load_matters(s.matters_dir))
         self.codec = ctx.codec
         self.recent = ctx.recent
         self.deadletter = s.topic(DEADLETTER.name)
@@ -123,15 +123,16 @@ class CorrelateAgent(BatchAgent):
                 outs.append(self._step("answer", event, value, headers, origin, record))
                 continue
             parts = set(record.apply(event))
-            matter = self.matters.get(event.event_type)
-            if matter is not None and (HISTORICAL, b"1") in (r.headers or ()):
-                matter = None  # it records the past: folded in, no live work started
-            if matter is not None and matter.requires_registration and record.status == "unknown":
+            matters = self.triggers.get(event.event_type, ())
+            if matters and (HISTORICAL, b"1") in (r.headers or ()):
+                matters = ()  # it records the past: folded in, no live work started
+            waits = [m.name for m in matters if m.requires_registration]
+            if waits and record.status == "unknown":
                 record.waiting.append(event.model_dump(mode="json", warnings=False))
                 parts.add("profile")
-                log.info("%s %s waits for the registration of %s", matter.name,
+                log.info("%s %s waits for the registration of %s", ", ".join(waits),
                          event.event_id, record.uscc)  # fmt: skip
-            elif matter is not None and starts_case(matter, record):
+            elif any(starts_case(m, record) for m in matters):
                 value, headers = r.value or b"", list(r.headers or ())
                 outs.append(self._step("trigger", event, value, headers, origin, record))
             outs.extend(self._route(event, r, record))

@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from bus.client import kafka_admin, kafka_consumer
 from bus.settings import Settings
+from bus.streaming.client import kafka_admin, kafka_consumer
 
 log = logging.getLogger(__name__)
 

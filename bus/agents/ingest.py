@@ -28,7 +28,7 @@ from bus.agents.stores import KeyedStore, SeenStore
 from bus.errors import AuthorisationError, BusError, DecodeError, DuplicateEvent
 from bus.schemas.envelope import HISTORICAL, Envelope
 from bus.schemas.events import EVENT_TYPES
-from bus.topics import (
+from bus.streaming.topics import (
     DEADLETTER,
     INGEST_OWNERS,
     INGEST_SEEN,
@@ -39,7 +39,7 @@ from bus.topics import (
 )
 
 if TYPE_CHECKING:
-    from bus.app import Context
+    from bus.agents.app import Context
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Ingestor:
 class IngestAgent(BatchAgent):
     """The ingest agent: ingress topics -> canonical topics | dead letters, de-duplicated.
 
-    Reads the shared ingress and every department's own ingress (``bus.topics``); a record
+    Reads the shared ingress and every department's own ingress (``bus.streaming.topics``); a record
     of a department's topic is bound to that department.
     """
 

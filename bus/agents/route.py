@@ -45,12 +45,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bus.agents.out import Headers, Out
-from bus.departments import Directory
+from bus.domain.departments import Directory
 from bus.errors import ConfigurationError, first_problem
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import EVENT_TYPES
 from bus.settings import Settings
-from bus.topics import inbox_topic
+from bus.streaming.topics import inbox_topic
 
 log = logging.getLogger(__name__)
 

@@ -64,11 +64,11 @@ from mode import Service
 
 from bus.agents.out import Out
 from bus.agents.stores import Store
-from bus.client import NO_TRANSACTIONS, kafka_consumer, kafka_producer, start_or_close
 from bus.errors import BusError, ConfigurationError
+from bus.streaming.client import NO_TRANSACTIONS, kafka_consumer, kafka_producer, start_or_close
 
 if TYPE_CHECKING:
-    from bus.app import Context
+    from bus.agents.app import Context
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class WorkerRangeAssignor(RangePartitionAssignor):
     The range assignor orders members by member id, which the broker makes up per group: one
     worker could own ingress 0-2 in the ingest group and the canonical topics' 3-5 in the
     correlate group, so its correlate would read none of the events its ingest decoded
-    (``bus.codec.Recent``) and every event would cross between workers. Here each member
+    (``bus.streaming.codec.Recent``) and every event would cross between workers. Here each member
     names its worker in the group's member metadata (the protocol's user data) and members
     are ordered by that first: with the same workers in both groups, a worker gets the same
     partition numbers of ingress and of every canonical topic.

@@ -20,8 +20,8 @@ from typing import Generic, Protocol, TypeVar
 from aiokafka import ConsumerRecord, TopicPartition
 
 from bus.agents.out import Out
-from bus.client import kafka_consumer
 from bus.settings import Settings
+from bus.streaming.client import kafka_consumer
 
 V = TypeVar("V")
 Apply = Callable[["ConsumerRecord[bytes, bytes]"], None]

@@ -13,12 +13,13 @@ import time
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
 
-from bus.client import BusClient
 from bus.errors import BrokerError, ConnectorError, ValidationFailed
 from bus.settings import Settings
-from bus.topics import inbox_topic
+from bus.streaming.client import BusClient, kafka_admin, kafka_consumer, topic_partitions
+from bus.streaming.topics import inbox_topic
 from connectors.base import (
     Backoff,
     ConnectorMetrics,
@@ -28,7 +29,7 @@ from connectors.base import (
     Source,
     is_retriable,
 )
-from tests.connectors.contract import (
+from connectors.contract import (
     SinkContract,
     SourceContract,
     TopicWatcher,
@@ -328,6 +329,144 @@ async def test_a_record_that_does_not_decode_still_reaches_write_with_its_error(
     assert record.error.startswith("schema.")
     assert record.event_id == "raw-1"
     assert record.value == b"not avro at all"
+
+
+class HeldSink(ListSink):
+    """Its first ``write`` waits until the test lets it go: an endpoint that takes its time."""
+
+    def __init__(self, *args: Any, poll_interval: float = 1.5, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.poll_every = 0.2
+        self.poll_interval = poll_interval
+        self.go = asyncio.Event()
+        self.held_since: float | None = None
+
+    def consumer_options(self) -> dict[str, Any]:
+        # The range assignor orders members by id, which starts with the client id: last in
+        # that order, this sink gives partition 0 (the held batch's) away in a rebalance.
+        return {"max_poll_interval_ms": int(self.poll_interval * 1000), "client_id": "zz-held"}
+
+    async def write(self, batch: list[SinkRecord]) -> None:
+        if not self.go.is_set():
+            self.held_since = time.monotonic()
+            await self.go.wait()
+        await super().write(batch)
+
+
+async def members(settings: Settings, group: str) -> tuple[str, int]:
+    """A consumer group's state and member count, as the broker sees it."""
+    admin = kafka_admin(settings)
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([group])
+        (g,) = response.groups
+        return g[2], len(g[5])
+    finally:
+        await admin.close()
+
+
+async def all_committed(settings: Settings, group: str, topic: str) -> bool:
+    """Whether ``group`` committed every partition of ``topic`` up to its end."""
+    admin = kafka_admin(settings)
+    consumer = kafka_consumer(settings)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        partitions = (await topic_partitions(consumer, [topic])).get(topic) or ()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        ends = await consumer.end_offsets(tps)
+        return bool(tps) and all(
+            tp in committed and committed[tp].offset >= end for tp, end in ends.items()
+        )
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def test_a_write_longer_than_the_poll_interval_keeps_the_sink_in_its_group(
+    settings: Settings,
+) -> None:
+    """A slow endpoint (a long Retry-After) must not have the sink evicted and redeliver."""
+    topic = inbox_topic(settings, "ks.amr")
+    ids = await put(settings, topic, 6)
+    outside: dict[str, Any] = {"got": [], "batches": [], "broken": None}
+    sink = HeldSink(settings, topic, outside, name="slow")
+    task = asyncio.create_task(sink.serve())
+    try:
+        await wait_until(lambda: sink.held_since is not None or task.done(), 20, "a held write")
+        held_since = sink.held_since
+        assert held_since is not None
+        # Held for three poll intervals: an unpolled consumer leaves its group after one.
+        await wait_until(
+            lambda: time.monotonic() - held_since > 3 * sink.poll_interval, 20, "three intervals"
+        )
+        assert await members(settings, sink.group) == ("Stable", 1), "the sink left its group"
+        sink.go.set()
+        await wait_until(lambda: len(outside["got"]) >= 6 or task.done(), 20, "every record")
+    finally:
+        sink.stop()
+        await asyncio.wait_for(task, 10)
+    assert metric(sink, "bus_connector_failures_total", reason="connector.commit_refused") == 0
+    again = ListSink(settings, topic, outside, name="slow")
+    task = asyncio.create_task(again.serve())
+    try:
+        more = await put(settings, topic, 2)
+        await wait_until(lambda: len(outside["got"]) >= 8, 20, "the two after a restart")
+    finally:
+        again.stop()
+        await asyncio.wait_for(task, 10)
+    assert sorted(outside["got"]) == sorted(ids + more), "lost or delivered twice"
+
+
+async def test_a_rebalance_during_a_write_finishes_and_commits_it_before_handing_over(
+    settings: Settings,
+) -> None:
+    """The group waits for the batch in hand; then its offset is committed, not written twice.
+
+    An inbox has one partition; the second sink takes it over (see ``HeldSink``).
+    """
+    topic = inbox_topic(settings, "ks.tax")
+    ids = await put(settings, topic, 9)
+    outside: dict[str, Any] = {"got": [], "batches": [], "broken": None}
+    first = HeldSink(settings, topic, outside, name="pair", poll_interval=60)
+    first_task = asyncio.create_task(first.serve())
+    second = ListSink(settings, topic, outside, name="pair")
+    second_task: asyncio.Task[None] | None = None
+    try:
+        await wait_until(lambda: first.held_since is not None or first_task.done(), 20, "held")
+        second_task = asyncio.create_task(second.serve())
+
+        async def rebalancing() -> bool:
+            return (await members(settings, first.group))[0] in ("PreparingRebalance",
+                                                                "CompletingRebalance")  # fmt: skip
+
+        await wait_until(rebalancing, 20, "a rebalance for the second sink", every=0.1)
+        # The hand-over waits for the write (up to the session timeout, 10 s): without that
+        # wait the group settles in well under a second and the batch is written twice.
+        waited = time.monotonic()
+        while time.monotonic() - waited < 3:
+            assert (await members(settings, first.group))[0] != "Stable", "handed over mid-write"
+            await asyncio.sleep(0.2)
+        first.go.set()
+        await wait_until(lambda: len(set(outside["got"])) >= 9, 30, "every record")
+        # A batch handed over uncommitted is written again before the group's offsets reach
+        # the end: wait for that, then count.
+        await wait_until(lambda: all_committed(settings, first.group, topic), 30, "commits")
+
+        async def both_in() -> bool:
+            return await members(settings, first.group) == ("Stable", 2)
+
+        await wait_until(both_in, 30, "both sinks in a stable group", every=0.2)
+        await wait_until(lambda: all_committed(settings, first.group, topic), 30, "commits")
+    finally:
+        first.stop()
+        second.stop()
+        await asyncio.wait_for(first_task, 10)
+        if second_task is not None:
+            await asyncio.wait_for(second_task, 10)
+    assert sorted(outside["got"]) == sorted(ids), "a batch was delivered twice across the hand-over"
+    assert metric(first, "bus_connector_failures_total", reason="connector.commit_refused") == 0
 
 
 def test_metrics_are_named_bus_connector_and_kept_per_registry() -> None:

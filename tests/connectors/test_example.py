@@ -23,15 +23,15 @@ from typing import Any
 
 import pytest
 
-from bus.codec import EventCodec
+from bus.dev.processes import settings_env
 from bus.errors import ConfigurationError
-from bus.processes import settings_env
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
+from bus.streaming.codec import EventCodec
 from connectors import registry
 from connectors.base import Source
+from connectors.contract import SourceContract, TopicWatcher, sample_events
 from connectors.example import DirectorySource
-from tests.connectors.contract import SourceContract, TopicWatcher, sample_events
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -25,21 +25,21 @@ import pytest
 from typer.testing import CliRunner
 
 from bus.cli import app
-from bus.codec import EventCodec
+from bus.dev.processes import WorkerProcess, settings_env
+from bus.dev.samples import enterprise, penalty
 from bus.errors import ConfigurationError
-from bus.processes import WorkerProcess, settings_env
-from bus.samples import enterprise, penalty
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
+from bus.streaming.codec import EventCodec
 from connectors import registry
 from connectors.base import Source
+from connectors.contract import SourceContract, TopicWatcher, sample_events
 from connectors.file_import import (
     EncodingMismatch,
     FileImportSource,
     ImportRejected,
     guess_format,
 )
-from tests.connectors.contract import SourceContract, TopicWatcher, sample_events
 
 pytestmark = pytest.mark.integration
 

@@ -35,23 +35,22 @@ import psycopg
 import pytest
 import yaml
 
-from bus.codec import EventCodec
+from bus.dev.processes import WorkerProcess, settings_env, terminate
+from bus.dev.samples import enterprise, registered
 from bus.errors import ConfigurationError, ConnectorError
-from bus.processes import WorkerProcess, settings_env, terminate
-from bus.samples import enterprise, registered
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
-from connectors import registry
+from bus.streaming.codec import EventCodec
+from connectors import contract, registry
 from connectors.base import ConnectorMetrics, Source
-from connectors.outbox import OutboxOptions, OutboxSource, create_outbox, outbox_ddl
-from tests.connectors import contract
-from tests.connectors.contract import (
+from connectors.contract import (
     FAST,
     SourceContract,
     TopicWatcher,
     metric,
     wait_until,
 )
+from connectors.outbox import OutboxOptions, OutboxSource, create_outbox, outbox_ddl
 
 pytestmark = pytest.mark.integration
 

@@ -33,18 +33,26 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from bus.brokers import free_port
-from bus.certificates import Signer
-from bus.client import BusClient
-from bus.codec import EventCodec
+from bus.dev.brokers import free_port
+from bus.dev.processes import settings_env, terminate
+from bus.domain.certificates import Signer
+from bus.edge.publish import replay_deadletters
 from bus.errors import BusError, ConfigurationError
-from bus.processes import settings_env, terminate
-from bus.publish import replay_deadletters
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
-from bus.topics import inbox_topic
+from bus.streaming.client import BusClient
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import inbox_topic
 from connectors import registry
 from connectors.base import Backoff, ConnectorMetrics, Sink
+from connectors.contract import (
+    FAST,
+    SinkContract,
+    TopicWatcher,
+    metric,
+    sample_events,
+    wait_until,
+)
 from connectors.webhook import (
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
@@ -56,14 +64,6 @@ from connectors.webhook import (
     standard_secret,
     verify_webhook,
     webhook_id,
-)
-from tests.connectors.contract import (
-    FAST,
-    SinkContract,
-    TopicWatcher,
-    metric,
-    sample_events,
-    wait_until,
 )
 
 DEPARTMENT = "ks.enforcement.huaqiao"
@@ -793,7 +793,7 @@ def bus_connect(
 async def test_bus_connect_runs_the_webhook_and_stops_cleanly_on_sigterm(
     settings: Settings, endpoint: Endpoint, tmp_path: Path
 ) -> None:
-    from bus.app import load_signer
+    from bus.agents.app import load_signer
 
     bus_key = load_signer(settings)  # what the child process will load from the data dir
     config = tmp_path / "connectors.yaml"

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bus.brokers import free_port
-from bus.gateway.keys import issue_key, keys_path
-from bus.processes import settings_env, terminate
+from bus.dev.brokers import free_port
+from bus.dev.processes import settings_env, terminate
+from bus.edge.gateway.keys import issue_key, keys_path
 from bus.settings import Settings
 
 
@@ -41,7 +41,7 @@ def gateway(settings: Settings, tmp_path: Path) -> Iterator[Gateway]:
     log_file = tmp_path / "gateway.log"
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bus.gateway.cli", "run", "--port", str(port)],
+            [sys.executable, "-m", "bus.cli.gateway", "run", "--port", str(port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -21,12 +21,12 @@ from typing import TypeVar
 
 import pytest
 
-from bus.brokers import free_port
-from bus.client import topic_partitions
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess, settings_env
-from bus.samples import penalties
+from bus.dev.brokers import free_port
+from bus.dev.processes import WorkerProcess, settings_env
+from bus.dev.samples import penalties
 from bus.settings import Settings
+from bus.streaming.client import topic_partitions
+from bus.streaming.codec import EventCodec
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
@@ -161,7 +161,7 @@ def test_topics_create_is_idempotent(settings: Settings) -> None:
 def test_topics_create_makes_the_catalogue_and_an_inbox_per_department(
     settings: Settings,
 ) -> None:
-    from bus.topics import full_catalogue, inbox_topic
+    from bus.streaming.topics import full_catalogue, inbox_topic
 
     fresh = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "-fresh"})
     result = bus("topics", "create", settings=fresh)
@@ -413,7 +413,7 @@ def test_a_certificate_is_exported_and_verified_from_the_command_line(
     import random
     from datetime import date
 
-    from bus.samples import enterprise, registered
+    from bus.dev.samples import enterprise, registered
     from bus.schemas.events import model_for
 
     rng = random.Random(71)
@@ -457,7 +457,7 @@ def test_a_certificate_is_exported_and_verified_from_the_command_line(
 def test_trace_follows_a_case_across_departments(settings: Settings, tmp_path: Path) -> None:
     import random
 
-    from bus.samples import enterprise, penalty, registered
+    from bus.dev.samples import enterprise, penalty, registered
 
     rng = random.Random(91)
     firm = enterprise(rng)
@@ -490,7 +490,7 @@ def test_trace_follows_a_case_across_departments(settings: Settings, tmp_path: P
 def test_dead_letters_are_replayed_once_after_a_fix(settings: Settings, tmp_path: Path) -> None:
     import yaml
 
-    from bus.samples import penalties
+    from bus.dev.samples import penalties
 
     # The directory of the day forgot the Jinxi bureau: its penalties are dead-lettered.
     shipped = Path(__file__).resolve().parents[2] / "bus" / "data" / "departments.yaml"
@@ -527,7 +527,7 @@ def test_status_shows_workers_partitions_dead_letters_and_tasks(
 ) -> None:
     import random
 
-    from bus.samples import enterprise, registered
+    from bus.dev.samples import enterprise, registered
 
     rng = random.Random(95)
     codec = EventCodec()
@@ -554,7 +554,7 @@ def test_tasks_inbox_and_local_times_from_the_command_line(
 ) -> None:
     import random
 
-    from bus.samples import enterprise, registered
+    from bus.dev.samples import enterprise, registered
     from bus.schemas.events import model_for
 
     rng = random.Random(97)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bus.demo_edge import play_edge, start_gateway
-from bus.processes import WorkerProcess, terminate
-from bus.samples import enterprise, registered
+from bus.dev.demo_edge import play_edge, start_gateway
+from bus.dev.processes import WorkerProcess, terminate
+from bus.dev.samples import enterprise, registered
 from bus.settings import Settings
 from tests.integration.test_correlate import folded, outputs, publish, request
 

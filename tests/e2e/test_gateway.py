@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from bus.certificates import Signer
-from bus.client import Record, read_topic
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess, settings_env
-from bus.samples import enterprise, penalty, registered, town_code
+from bus.dev.processes import WorkerProcess, settings_env
+from bus.dev.samples import enterprise, penalty, registered, town_code
+from bus.domain.certificates import Signer
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
 from bus.settings import Settings
+from bus.streaming.client import Record, read_topic
+from bus.streaming.codec import EventCodec
 from tests.e2e.conftest import Gateway
 
 pytestmark = pytest.mark.e2e
@@ -230,7 +230,7 @@ def test_a_missing_invalid_or_revoked_key_is_unauthorised(
         headers = gateway.key(event.source)
         key_id = headers["Authorization"].split()[1].split(".")[0]
         revoke = subprocess.run(
-            [sys.executable, "-m", "bus.gateway.cli", "keys", "revoke", key_id],
+            [sys.executable, "-m", "bus.cli.gateway", "keys", "revoke", key_id],
             env={**os.environ, **settings_env(gateway.settings)},
             capture_output=True,
             text=True,
@@ -292,7 +292,7 @@ def test_openapi_lists_the_routes(gateway: Gateway) -> None:
 
 
 def test_the_asyncapi_document_is_served_without_a_key(gateway: Gateway) -> None:
-    from bus.asyncapi import asyncapi_document
+    from bus.streaming.asyncapi import asyncapi_document
 
     r = gateway.http.get("/asyncapi.json")
     assert r.status_code == 200, r.text

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from bus.certificates import Signer
+from bus.domain.certificates import Signer
 from tests.e2e.conftest import Gateway
 
 pytestmark = pytest.mark.e2e

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess
-from bus.samples import enterprise, registered
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import enterprise, registered
+from bus.streaming.codec import EventCodec
 from tests.e2e.conftest import Gateway
 
 pytestmark = pytest.mark.e2e

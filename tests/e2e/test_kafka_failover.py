@@ -1,7 +1,8 @@
 """Three Apache Kafka nodes; one is killed under load and comes back: nothing acknowledged is lost.
 
-Topics have three replicas with two in sync, as in production (bus/kafka_settings.py), so a
-write acknowledged by the cluster survives the loss of any one node. Department systems keep
+Topics have three replicas with two in sync, as in production
+(bus/streaming/kafka_settings.py), so a write acknowledged by the cluster survives the loss of
+any one node. Department systems keep
 publishing through the gateway and ``bus publish`` while the node is down; the worker is never
 restarted and must carry on through the leader elections, and after the node returns.
 """
@@ -22,14 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from bus.client import read_topic
-from bus.codec import EventCodec
-from bus.kafka_local import KafkaCluster
-from bus.processes import WorkerProcess, settings_env
-from bus.samples import penalties
+from bus.dev.kafka_local import KafkaCluster
+from bus.dev.processes import WorkerProcess, settings_env
+from bus.dev.samples import penalties
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
-from bus.topics import create_topics
+from bus.streaming.client import read_topic
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import create_topics
 from tests.e2e.conftest import Gateway
 
 pytestmark = pytest.mark.e2e

@@ -26,14 +26,14 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bus import publish
 from bus.agents.out import rejection_headers
-from bus.client import Record, read_topic
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess, settings_env
-from bus.samples import penalties
+from bus.dev.processes import WorkerProcess, settings_env
+from bus.dev.samples import penalties
+from bus.edge import publish
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
+from bus.streaming.client import Record, read_topic
+from bus.streaming.codec import EventCodec
 from tests.conftest import TestBroker
 
 pytestmark = pytest.mark.e2e

@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from bus.brokers import free_port
-from bus.client import BusClient
-from bus.matters import load_matters
-from bus.processes import WorkerProcess
-from bus.samples import enterprise, registered
+from bus.dev.brokers import free_port
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import enterprise, registered
+from bus.domain.matters import load_matters
+from bus.domain.tasks import TASK_STATES, by_state
+from bus.edge.status import collect
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
-from bus.status import collect
-from bus.tasks import TASK_STATES, by_state
+from bus.streaming.client import BusClient
 from tests.e2e.conftest import Gateway
 from tests.e2e.test_gateway_inbox import until
 from tests.integration.test_metrics import scrape

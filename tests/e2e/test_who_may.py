@@ -23,12 +23,12 @@ from uuid import uuid4
 import httpx
 import pytest
 
-from bus.client import BusClient, Record
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess, settings_env
-from bus.samples import enterprise, penalty, registered
+from bus.dev.processes import WorkerProcess, settings_env
+from bus.dev.samples import enterprise, penalty, registered
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
+from bus.streaming.client import BusClient, Record
+from bus.streaming.codec import EventCodec
 from tests.e2e.conftest import Gateway
 from tests.e2e.test_gateway import read
 from tests.unit.eventdata import build

@@ -1,4 +1,6 @@
-"""A small Faust app, one agent and one table, observed as the worker is (``bus.faust_metrics``).
+"""A small Faust app, one agent and one table, observed as the worker is.
+
+See ``bus.streaming.faust_metrics``.
 
 The tests start it as a process, ``python -m tests.integration.faust_app worker --without-web``
 (Faust's command line turns its web server on otherwise), configured by ``FAUST_APP_*``
@@ -13,8 +15,8 @@ from collections.abc import AsyncIterator
 
 import faust
 
-from bus.faust_metrics import observe
-from bus.metrics import Metrics, MetricsServer
+from bus.streaming.faust_metrics import MetricsServer, observe
+from bus.streaming.metrics import Metrics
 
 AGENT = "count"
 TABLE = "counts"

@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bus.brokers import EmbeddedBroker, Engine, free_port, wait_for_broker
+from bus.dev.brokers import EmbeddedBroker, Engine, free_port, wait_for_broker
 from bus.errors import BrokerError, ConfigurationError
 
 pytestmark = pytest.mark.integration
@@ -183,7 +183,7 @@ def test_a_broker_nobody_stopped_dies_with_the_interpreter() -> None:
     """The broker has its own session, so only our finalizer stands between a forgotten
     ``stop()`` and a broker left running after the test run."""
     script = (
-        "from bus.brokers import EmbeddedBroker\n"
+        "from bus.dev.brokers import EmbeddedBroker\n"
         "b = EmbeddedBroker('noida')\n"
         "b.start()\n"
         "print(b.pid, b.data_dir)\n"

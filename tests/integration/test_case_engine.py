@@ -20,12 +20,12 @@ from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from bus.agents.cases import FencedWriter, step_event_id
 from bus.agents.out import Out
-from bus.client import read_topic
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess
-from bus.samples import enterprise, penalty, registered
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import enterprise, penalty, registered
 from bus.settings import Settings
-from bus.topics import CASES
+from bus.streaming.client import read_topic
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import CASES
 from tests.conftest import TestBroker
 from tests.integration.test_correlate import (
     CERTIFICATE,
@@ -54,7 +54,7 @@ def test_a_partitions_new_owner_fences_the_old_one_whose_decision_is_never_commi
     changelog = settings.topic("fence-changelog")
 
     async def go() -> tuple[type[Exception] | None, list[bytes], list[bytes]]:
-        from bus.topics import TopicSpec, create_topics
+        from bus.streaming.topics import TopicSpec, create_topics
 
         await create_topics(
             settings, (TopicSpec("fence-changelog", "state", "test", partitions=1),)

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from bus.certificates import SignedCertificate, Verifier
-from bus.client import BusClient, read_topic
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess
-from bus.samples import TOWNS, Enterprise, enterprise, penalty, registered
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import TOWNS, Enterprise, enterprise, penalty, registered
+from bus.domain.certificates import SignedCertificate, Verifier
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
 from bus.settings import Settings
+from bus.streaming.client import BusClient, read_topic
+from bus.streaming.codec import EventCodec
 from tests.conftest import TestBroker
 from tests.integration.test_ingest import PacedPublisher
 
@@ -233,7 +233,7 @@ def test_review_completed_by_the_bureau_issues_the_certificate(
 
 
 async def _deadletters(settings: Settings) -> list:
-    from bus.publish import list_deadletters
+    from bus.edge.publish import list_deadletters
 
     return await list_deadletters(settings)
 

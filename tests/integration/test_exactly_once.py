@@ -24,13 +24,13 @@ import pytest
 
 from bench.scaleout import Handover, handover
 from bus.agents.stores import SeenStore
-from bus.brokers import EmbeddedBroker
-from bus.client import kafka_producer, read_topic
+from bus.dev.brokers import EmbeddedBroker
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import penalties
 from bus.errors import BusError
-from bus.processes import WorkerProcess
-from bus.samples import penalties
 from bus.settings import Settings
-from bus.topics import INGEST_SEEN, create_topics
+from bus.streaming.client import kafka_producer, read_topic
+from bus.streaming.topics import INGEST_SEEN, create_topics
 from tests.conftest import TestBroker
 from tests.integration.test_scaleout import publish
 

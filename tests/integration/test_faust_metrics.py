@@ -2,7 +2,7 @@
 
 Real processes on real Kafka, scraped over HTTP: a ``bus worker``, and a small Faust app with
 one agent and one table (``tests/integration/faust_app.py``) observed by the same
-``bus.faust_metrics.observe`` the worker calls.
+``bus.streaming.faust_metrics.observe`` the worker calls.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import NewTopic
 
-from bus.brokers import free_port
-from bus.client import kafka_admin, kafka_producer
-from bus.processes import WorkerProcess, terminate
-from bus.samples import penalties
+from bus.dev.brokers import free_port
+from bus.dev.processes import WorkerProcess, terminate
+from bus.dev.samples import penalties
 from bus.settings import Settings
+from bus.streaming.client import kafka_admin, kafka_producer
 from tests.integration import faust_app
 from tests.integration.test_correlate import publish
 from tests.integration.test_metrics import scrape, value

@@ -12,9 +12,9 @@ import asyncio
 import pytest
 
 from bus.agents.gaps import GapCheck
-from bus.client import kafka_producer
 from bus.settings import Settings
-from bus.topics import TopicSpec, create_topics
+from bus.streaming.client import kafka_producer
+from bus.streaming.topics import TopicSpec, create_topics
 
 pytestmark = pytest.mark.integration
 

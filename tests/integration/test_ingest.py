@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from bus.client import BusClient, Record, read_topic
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess
-from bus.samples import penalties
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import penalties
 from bus.settings import Settings
+from bus.streaming.client import BusClient, Record, read_topic
+from bus.streaming.codec import EventCodec
 from tests.conftest import TestBroker
 
 pytestmark = pytest.mark.integration

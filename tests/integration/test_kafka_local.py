@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bus.kafka_local import kafka_jars
+from bus.dev.kafka_local import kafka_jars
 
 pytestmark = [
     pytest.mark.integration,
@@ -131,7 +131,7 @@ def test_three_nodes_need_the_kafka_engine(tmp_path: Path) -> None:
 
 
 def test_cluster_ids_never_look_like_an_option() -> None:
-    from bus.kafka_local import _cluster_id
+    from bus.dev.kafka_local import _cluster_id
 
     ids = [_cluster_id() for _ in range(5000)]  # about 78 would start with '-' otherwise
     assert all(len(i) == 22 for i in ids)

@@ -32,19 +32,19 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from bus.acls import acl_commands, worker_acl_commands
-from bus.brokers import wait_for_broker
-from bus.client import Record, read_topic
-from bus.codec import EventCodec
-from bus.departments import Directory
+from bus.dev.kafka_local import KafkaCluster
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import enterprise, penalty, registered
+from bus.domain.departments import Directory
+from bus.edge.publish import replay_deadletters
 from bus.errors import BrokerError
-from bus.kafka_local import KafkaCluster
-from bus.processes import WorkerProcess
-from bus.publish import replay_deadletters
-from bus.samples import enterprise, penalty, registered
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
-from bus.topics import create_topics, department_ingress_topic, inbox_topic
+from bus.streaming.acls import acl_commands, worker_acl_commands
+from bus.streaming.client import Record, read_topic
+from bus.streaming.codec import EventCodec
+from bus.streaming.reach import wait_for_broker
+from bus.streaming.topics import create_topics, department_ingress_topic, inbox_topic
 
 pytestmark = [
     pytest.mark.integration,

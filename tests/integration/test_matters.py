@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import date
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess
-from bus.samples import enterprise, penalty, registered
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import enterprise, penalty, registered
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import model_for
 from bus.settings import Settings
+from bus.streaming.codec import EventCodec
 from tests.e2e.test_cli import bus
 from tests.integration.test_correlate import _deadletters, folded, outputs, publish, request
 
@@ -143,3 +144,44 @@ def test_a_historical_import_updates_the_record_but_opens_no_task(
     assert sorted({t.subject for t in opened}) == [new.uscc]
     assert len(opened) == 4
     assert (issued.subject, issued.payload.enterprise_name) == (old.uscc, old.name)
+
+
+def test_the_worker_runs_the_matters_of_bus_matters_dir(settings: Settings, tmp_path: Path) -> None:
+    """A city's folder replaces the shipped matters; two of its matters start from one event."""
+    shipped = Path(str(resources.files("bus.domain.matters")))
+    folder = tmp_path / "matters"
+    folder.mkdir()
+    for name in ("opening-a-business.yaml", "compliance-certificate.yaml"):
+        (folder / name).write_text((shipped / name).read_text(encoding="utf-8"), encoding="utf-8")
+    (folder / "credit-file.yaml").write_text(CREDIT_FILE, encoding="utf-8")
+    ours = settings.model_copy(update={"matters_dir": folder})
+    rng = random.Random(52)
+    firm = enterprise(rng)
+    with WorkerProcess(ours, tmp_path / "worker.log"):
+        publish(ours, [registered(firm, rng)])
+        tasks = outputs(ours, "task", "task.created", 5)
+        more = outputs(ours, "task", "task.created", 6, wait=3)
+    assert sorted((t.payload.matter, t.payload.assignee) for t in tasks) == sorted([
+        ("credit-file", "ks.credit"), ("opening-a-business", "ks.tax"),
+        ("opening-a-business", "ks.hrss"), ("opening-a-business", "ks.housingfund"),
+        ("opening-a-business", f"ks.town.{firm.town.lower()}"),
+    ])  # fmt: skip
+    assert len(more) == 5, "nothing else: the folder's matters only, each case once"
+    assert len({t.payload.task_id for t in tasks}) == 5
+
+
+CREDIT_FILE = """
+name: credit-file
+version: 1
+title: Open the public credit file (信用档案)
+trigger: enterprise.registered
+lead: ks.credit
+decision:
+  rule: always
+tasks:
+  - name: credit-file
+    assignee: ks.credit
+    title: "Open the public credit file of {enterprise}"
+    working_days: 2
+    supervisor: lead
+"""

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bus.brokers import free_port
-from bus.client import read_topic
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess
-from bus.samples import enterprise, penalties, penalty, registered
+from bus.dev.brokers import free_port
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import enterprise, penalties, penalty, registered
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
+from bus.streaming.client import read_topic
+from bus.streaming.codec import EventCodec
 from tests.integration.test_correlate import publish
 
 pytestmark = pytest.mark.integration

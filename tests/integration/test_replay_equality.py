@@ -24,15 +24,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bus.certificates import SignedCertificate, Verifier
-from bus.client import Record, read_topic
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess
-from bus.samples import enterprise, penalty, registered
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import enterprise, penalty, registered
+from bus.domain.certificates import SignedCertificate, Verifier
 from bus.schemas.events import FAMILIES, model_for
 from bus.settings import Settings
-from bus.topics import create_topics
-from tests.conftest import _drop_topics
+from bus.streaming.client import Record, read_topic
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import create_topics
+from connectors.contract import drop_topics
 from tests.integration.test_correlate import answer, outputs, publish, request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -185,7 +185,7 @@ def test_the_same_log_into_a_fresh_bus_gives_the_same_signed_documents(
             copy(settings, fresh, ids)
             settle(fresh)
     again = decisions(fresh)
-    asyncio.run(_drop_topics(fresh))
+    asyncio.run(drop_topics(fresh))
 
     assert len(first) >= 10
     assert again == first  # the same ids, the same bytes: signatures and dates included

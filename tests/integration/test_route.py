@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from bus.client import Record, read_topic
-from bus.codec import EventCodec
-from bus.processes import WorkerProcess
-from bus.samples import enterprise, penalty, registered, town_code
+from bus.dev.processes import WorkerProcess
+from bus.dev.samples import enterprise, penalty, registered, town_code
 from bus.settings import Settings
-from bus.topics import inbox_topic
+from bus.streaming.client import Record, read_topic
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import inbox_topic
 from tests.integration.test_correlate import answer, outputs, publish, request
 
 pytestmark = pytest.mark.integration

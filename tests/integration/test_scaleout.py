@@ -31,16 +31,16 @@ from bench.scaleout import (
     wait_split,
     workers,
 )
+from bus.agents.app import Context
 from bus.agents.out import Out
 from bus.agents.runtime import BatchAgent, Record
-from bus.app import Context
-from bus.brokers import EmbeddedBroker
-from bus.codec import EventCodec
-from bus.departments import Directory
-from bus.samples import penalties
+from bus.dev.brokers import EmbeddedBroker
+from bus.dev.samples import penalties
+from bus.domain.departments import Directory
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
-from bus.topics import create_topics
+from bus.streaming.codec import EventCodec
+from bus.streaming.topics import create_topics
 from tests.conftest import TestBroker
 
 pytestmark = [

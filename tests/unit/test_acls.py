@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from bus.acls import acl_commands, worker_acl_commands
-from bus.departments import Directory
+from bus.domain.departments import Directory
 from bus.errors import ConfigurationError
 from bus.settings import Settings
-from bus.topics import department_ingress_topic, full_catalogue, inbox_topic
+from bus.streaming.acls import acl_commands, worker_acl_commands
+from bus.streaming.topics import department_ingress_topic, full_catalogue, inbox_topic
 
 SETTINGS = Settings(broker="kafka://k1:9092;k2:9092", topic_prefix="city")
 DIRECTORY = Directory.load()

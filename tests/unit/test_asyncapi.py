@@ -26,16 +26,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from bus.asyncapi import AVRO_FORMAT, asyncapi_document, render
 from bus.cli import app as cli
-from bus.codec import EventCodec
+from bus.edge.gateway.app import create_app
 from bus.errors import ConfigurationError
-from bus.gateway.app import create_app
-from bus.metrics import GatewayMetrics
 from bus.schemas.events import EVENT_TYPES, FAMILIES
 from bus.schemas.registry import LocalSchemaRegistry
 from bus.settings import Settings
-from bus.topics import full_catalogue
+from bus.streaming.asyncapi import AVRO_FORMAT, asyncapi_document, render
+from bus.streaming.codec import EventCodec
+from bus.streaming.metrics import GatewayMetrics
+from bus.streaming.topics import full_catalogue
 from tests.unit.eventdata import build
 
 SPEC = Path(__file__).parents[1] / "data" / "asyncapi" / "asyncapi-3.0.0.schema.json"
@@ -249,7 +249,7 @@ async def test_the_gateway_answers_a_broken_catalogue_with_the_error_body(
     def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise ConfigurationError("cannot read schema manifest")
 
-    monkeypatch.setattr("bus.asyncapi.asyncapi_document", broken)
+    monkeypatch.setattr("bus.streaming.asyncapi.asyncapi_document", broken)
     app = create_app(Settings(data_dir=tmp_path), GatewayMetrics())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:

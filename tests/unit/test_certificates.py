@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from bus.certificates import (
+from bus.cli.certificate import certificate_app
+from bus.domain.certificates import (
     FORMAT,
     SignedCertificate,
     Signer,
@@ -39,7 +40,6 @@ from bus.certificates import (
     canonical_bytes,
     new_serial,
 )
-from bus.cli_certificate import certificate_app
 from bus.errors import BusError, ConfigurationError, ValidationFailed
 from bus.schemas.certificate import CertificateIssued
 from bus.schemas.events import model_for
@@ -842,7 +842,7 @@ def test_cli_keygen_in_process(tmp_path: Path, open_umask: None) -> None:
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
     return subprocess.run(
-        [sys.executable, "-m", "bus.cli_certificate", *args],
+        [sys.executable, "-m", "bus.cli.certificate", *args],
         cwd=ROOT,
         env=full_env | (env or {}),
         capture_output=True,

@@ -1,5 +1,6 @@
 """One way to build a Kafka client: every consumer, producer and admin client of the bus comes
-from ``bus.client``'s factory, so a login, TLS or default set there reaches all of them."""
+from ``bus.streaming.client``'s factory, so a login, TLS or default set there reaches all
+of them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from bus.client import kafka_admin, kafka_consumer, kafka_producer
 from bus.settings import Settings
+from bus.streaming.client import kafka_admin, kafka_consumer, kafka_producer
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient"}
@@ -18,7 +19,7 @@ CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient"}
 def test_no_kafka_client_is_built_outside_the_factory() -> None:
     found = []
     for path in [*(ROOT / "bus").rglob("*.py"), *(ROOT / "connectors").rglob("*.py")]:
-        if path == ROOT / "bus" / "client.py":
+        if path == ROOT / "bus" / "streaming" / "client.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in CLIENTS:

@@ -19,11 +19,12 @@ from typing import Any
 import fastavro
 import pytest
 
-from bus.codec import MAX_CLOCK_SKEW, MAX_JSON_DEPTH, EventCodec, check_json_depth, load_json
 from bus.errors import DecodeError, UnknownEventType, ValidationFailed
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import EVENT_TYPES
+from bus.schemas.jsontext import MAX_JSON_DEPTH, check_json_depth, load_json
 from bus.schemas.registry import LocalSchemaRegistry
+from bus.streaming.codec import MAX_CLOCK_SKEW, EventCodec
 from tests.unit.eventdata import build, fields
 
 AVRO_DIR = Path(str(resources.files("bus.schemas") / "avro"))
@@ -420,8 +421,8 @@ def test_decode_any_takes_anything_else_as_json(codec: EventCodec, avro: bytes) 
 
 
 def test_recent_gives_each_kept_event_once_keeping_the_oldest_until_they_age() -> None:
-    from bus.codec import EventCodec, Recent
-    from bus.samples import penalties
+    from bus.dev.samples import penalties
+    from bus.streaming.codec import EventCodec, Recent
 
     codec = EventCodec()
     events = penalties(4, seed=3)

@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bus.agents.out import REPLAY_COUNT, REPLAY_FIRST, REPLAY_OF, rejection_headers
-from bus.client import Record
-from bus.publish import (
+from bus.edge.publish import (
     plan_replay,
     replay_headers,
     replay_link,
@@ -21,6 +20,7 @@ from bus.publish import (
     since_ms,
     source_of,
 )
+from bus.streaming.client import Record
 
 NOW = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
 MS = int(NOW.timestamp() * 1000)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.departments import Directory
+from bus.domain.departments import Directory
 from bus.errors import AuthorisationError, ConfigurationError
 from bus.schemas.events import EVENT_TYPES
 

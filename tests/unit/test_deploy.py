@@ -21,8 +21,8 @@ import yaml
 from typer.main import get_command
 
 from bus.cli import app
-from bus.kafka_settings import CLUSTER_SETTINGS, KAFKA_VERSION, compose_env, settings_for
 from bus.settings import Settings
+from bus.streaming.kafka_settings import CLUSTER_SETTINGS, KAFKA_VERSION, compose_env, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/k8s"
@@ -427,7 +427,7 @@ def test_probes_and_scraping_use_ports_the_containers_open() -> None:
 
 
 def test_gateway_probe_and_service_match_the_gateway() -> None:
-    from bus.gateway.app import create_app
+    from bus.edge.gateway.app import create_app
 
     routes = set(create_app(Settings()).openapi()["paths"])
     d = of_kind("Deployment")["bus-gateway"]
@@ -481,8 +481,8 @@ def test_every_command_in_the_operations_guide_exists() -> None:
         check_bus_command(words, "docs/operations.md", parse=whole)
 
 
-# --- One Kafka: the tests' broker (bus/kafka_local.py), compose and Kubernetes run the same
-# version with the same broker settings, those of bus/kafka_settings.py.
+# --- One Kafka: the tests' broker (bus/dev/kafka_local.py), compose and Kubernetes run the same
+# version with the same broker settings, those of bus/streaming/kafka_settings.py.
 
 STRIMZI = K8S / "kafka"
 #: What a compose Kafka service sets besides CLUSTER_SETTINGS: who it is, where it listens,
@@ -542,7 +542,7 @@ def test_compose_kafka_runs_exactly_the_cluster_settings() -> None:
             assert as_property(env[key]) == value, f"{name}: {key}={env[key]}, not {value}"
         # a broker setting only compose has would drift from the tests and Kubernetes
         extra = {k for k in env if k.startswith("KAFKA_")} - set(expected) - KAFKA_NODE_ENV
-        assert not extra, f"{name}: {extra} are not in bus/kafka_settings.py"
+        assert not extra, f"{name}: {extra} are not in bus/streaming/kafka_settings.py"
 
 
 def test_compose_kafka_keeps_its_log_in_its_own_volume() -> None:

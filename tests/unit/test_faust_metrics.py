@@ -11,7 +11,7 @@ import faust
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from bus.faust_metrics import FaustMetrics, FaustMonitor, observe
+from bus.streaming.faust_metrics import FaustMetrics, FaustMonitor, observe
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:

@@ -31,16 +31,16 @@ import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
+from bus.agents.app import Context
 from bus.agents.ingest import Accepted, Ingestor
-from bus.app import Context
-from bus.codec import MAX_CLOCK_SKEW, EventCodec
-from bus.departments import Directory
+from bus.dev.samples import penalties, registrations
+from bus.domain.departments import Directory
 from bus.errors import BusError
-from bus.samples import penalties, registrations
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import EVENT_TYPES, model_for
 from bus.schemas.types import EARLIEST_YEAR, LATEST_YEAR, latest_day
 from bus.settings import Settings
+from bus.streaming.codec import MAX_CLOCK_SKEW, EventCodec
 from tests.unit.eventdata import build
 
 CATALOGUE = Path(__file__).parents[2] / "docs" / "architecture.md"

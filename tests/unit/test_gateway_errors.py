@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from bus.certificates import Signer
-from bus.codec import EventCodec
-from bus.gateway.app import create_app
-from bus.gateway.keys import issue_key, keys_path
-from bus.metrics import GatewayMetrics
+from bus.domain.certificates import Signer
+from bus.edge.gateway.app import create_app
+from bus.edge.gateway.keys import issue_key, keys_path
 from bus.settings import Settings
+from bus.streaming.codec import EventCodec
+from bus.streaming.metrics import GatewayMetrics
 from tests.unit.eventdata import build
 
 DEPARTMENT = "ks.enforcement.huaqiao"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bus.edge.gateway.keys import authenticate, issue_key, list_keys, revoke_key
 from bus.errors import ConfigurationError
-from bus.gateway.keys import authenticate, issue_key, list_keys, revoke_key
 
 
 @pytest.fixture

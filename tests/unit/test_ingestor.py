@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 
+from bus.agents.app import Context
 from bus.agents.ingest import Ingestor
 from bus.agents.out import deadletter_headers
-from bus.app import Context
-from bus.codec import EventCodec
-from bus.departments import Directory
+from bus.domain.departments import Directory
 from bus.errors import BusError, DecodeError, ValidationFailed
 from bus.schemas.events import EVENT_TYPES
 from bus.settings import Settings
+from bus.streaming.codec import EventCodec
 from tests.unit.eventdata import build
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from bus.dev.samples import enterprise, penalty, registered
+from bus.domain.matters import by_trigger, load_matters
+from bus.domain.record import EnterpriseRecord
 from bus.errors import ConfigurationError
-from bus.matters import load_matters
-from bus.record import EnterpriseRecord
-from bus.samples import enterprise, penalty, registered
 from bus.schemas.events import model_for
 
 
@@ -21,7 +21,7 @@ def test_the_four_shipped_matters_load() -> None:
     assert {m.name for m in matters.values()} == {
         "compliance-certificate", "opening-a-business", "joint-discipline", "parallel-approval",
     }  # fmt: skip
-    assert matters["certificate.requested"].requires_registration
+    assert matters["compliance-certificate"].requires_registration
 
 
 GOOD = """
@@ -48,14 +48,21 @@ def test_a_wrong_matter_file_names_the_file_and_field(
     (tmp_path / "test-matter.yaml").write_text(GOOD.replace(*change))
     with pytest.raises(ConfigurationError) as info:
         load_matters(tmp_path)
-    assert "test-matter.yaml" in str(info.value)
+    assert "test-matter.yaml, line " in str(info.value)
     assert message in str(info.value)
+    line = int(str(info.value).split(", line ")[1].split(":")[0])
+    wrong = change[1].splitlines()[-1].split(":")[0].strip()
+    assert wrong in GOOD.replace(*change).splitlines()[line - 1], "not the field's line"
 
 
-def test_two_matters_with_one_trigger_are_refused(tmp_path: Path) -> None:
+def test_two_matters_may_share_a_trigger_but_not_a_name(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(GOOD)
     (tmp_path / "b.yaml").write_text(GOOD.replace("test-matter", "other-matter"))
-    with pytest.raises(ConfigurationError, match="already triggers"):
+    matters = load_matters(tmp_path)
+    (trigger,) = {m.trigger for m in matters.values()}
+    assert [m.name for m in by_trigger(matters)[trigger]] == ["other-matter", "test-matter"]
+    (tmp_path / "c.yaml").write_text(GOOD)
+    with pytest.raises(ConfigurationError, match="another file is called test-matter"):
         load_matters(tmp_path)
 
 

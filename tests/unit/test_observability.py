@@ -26,9 +26,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from bus.faust_metrics import FaustMetrics
-from bus.metrics import GatewayMetrics, Metrics
 from bus.settings import Settings
+from bus.streaming.faust_metrics import FaustMetrics
+from bus.streaming.metrics import GatewayMetrics, Metrics
 from connectors.base import ConnectorMetrics
 
 ROOT = Path(__file__).resolve().parents[2]

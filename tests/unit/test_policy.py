@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bus.departments import Directory
+from bus.domain.departments import Directory
+from bus.domain.policy import Policy
+from bus.edge.gateway.keys import issue_key
 from bus.errors import AuthorisationError, ConfigurationError
-from bus.gateway.keys import issue_key
-from bus.policy import Policy
 from bus.schemas.envelope import Envelope
 from tests.unit.eventdata import build
 

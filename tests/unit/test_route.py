@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from bus.agents.route import NOTIFY, Router, Subscription, load_subscriptions
-from bus.departments import Directory
+from bus.dev.samples import enterprise, penalty, registered
+from bus.domain.departments import Directory
 from bus.errors import ConfigurationError
-from bus.samples import enterprise, penalty, registered
 from bus.settings import Settings
-from bus.topics import inbox_topic
+from bus.streaming.topics import inbox_topic
 
 DIRECTORY = Directory.load()
 RNG = random.Random(7)
@@ -163,7 +163,7 @@ def test_before_the_registration_only_subscriptions_on_the_enterprise_wait() -> 
 
 
 def test_a_parked_event_is_its_own_changelog_part() -> None:
-    from bus.record import EnterpriseRecord, apply_part, encode_part
+    from bus.domain.record import EnterpriseRecord, apply_part, encode_part
 
     event = fine()
     record = EnterpriseRecord(uscc=FIRM.uscc)
@@ -213,7 +213,7 @@ def test_the_index_leaves_out_only_subscriptions_that_cannot_match(
     # Routing narrows an event type's subscriptions by the path most of them test (the
     # town); for every town, an unknown one, none and a non-text value, the recipients are
     # those of evaluating every subscription in the file's order.
-    from bus.samples import TOWNS
+    from bus.dev.samples import TOWNS
 
     router = Router(Settings(), DIRECTORY, load_subscriptions(None, DIRECTORY))
     assert any(i.get is not None for i in router._index.values())  # the shipped file indexes

@@ -34,12 +34,12 @@ def test_correlate_decides_the_same_with_the_events_ingest_handed_over() -> None
 
     from aiokafka.structs import ConsumerRecord
 
+    from bus.agents.app import Context
     from bus.agents.correlate import CorrelateAgent
     from bus.agents.ingest import IngestAgent
-    from bus.app import Context
-    from bus.codec import EventCodec, Recent
-    from bus.departments import Directory
-    from bus.samples import penalties, registrations
+    from bus.dev.samples import penalties, registrations
+    from bus.domain.departments import Directory
+    from bus.streaming.codec import EventCodec, Recent
 
     def record(topic: str, i: int, key: bytes, value: bytes, headers: list) -> ConsumerRecord:  # type: ignore[type-arg]
         # one log time for both runs: case steps carry it
@@ -105,14 +105,14 @@ def test_a_tick_pops_what_is_due_and_never_walks_every_record() -> None:
 
     from aiokafka.structs import ConsumerRecord
 
+    from bus.agents.app import Context
     from bus.agents.cases import CaseEngine, MemoryCaseStore, tick_step
     from bus.agents.correlate import CorrelateAgent
     from bus.agents.ingest import IngestAgent
-    from bus.app import Context
-    from bus.certificates import Signer
-    from bus.codec import EventCodec, Recent
-    from bus.departments import Directory
-    from bus.samples import penalties, registrations
+    from bus.dev.samples import penalties, registrations
+    from bus.domain.certificates import Signer
+    from bus.domain.departments import Directory
+    from bus.streaming.codec import EventCodec, Recent
 
     def record(topic: str, i: int, key: bytes, value: bytes, headers: list) -> ConsumerRecord:  # type: ignore[type-arg]
         return ConsumerRecord(topic, 0, i, int(time.time() * 1000), 0, key, value, None,
@@ -177,14 +177,14 @@ def test_a_request_logged_with_its_firms_registration_and_penalty_is_decided_on_
 
     from aiokafka.structs import ConsumerRecord, TopicPartition
 
+    from bus.agents.app import Context
     from bus.agents.cases import step_event_id
     from bus.agents.correlate import CorrelateAgent
     from bus.agents.runtime import _merged
-    from bus.app import Context
-    from bus.codec import EventCodec
-    from bus.departments import Directory
-    from bus.samples import enterprise, penalty, registered
+    from bus.dev.samples import enterprise, penalty, registered
+    from bus.domain.departments import Directory
     from bus.schemas.events import model_for
+    from bus.streaming.codec import EventCodec
 
     rng = random.Random(7)
     firm = enterprise(rng)

@@ -7,8 +7,8 @@ import random
 from datetime import UTC, datetime
 
 from bus.agents.stores import PartedStore, SeenStore
-from bus.record import EnterpriseRecord, TaskEntry, apply_part, encode_part
-from bus.samples import enterprise, penalty, registered
+from bus.dev.samples import enterprise, penalty, registered
+from bus.domain.record import EnterpriseRecord, TaskEntry, apply_part, encode_part
 
 
 def test_parted_store_writes_changed_parts_and_rebuilds_the_record() -> None:

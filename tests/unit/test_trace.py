@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bus.trace import elapsed
+from bus.edge.trace import elapsed
 
 
 @pytest.mark.parametrize(

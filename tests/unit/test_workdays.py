@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bus.domain.workdays import CHINA_TZ, WorkingCalendar, statutory_holidays
 from bus.errors import ConfigurationError
-from bus.workdays import CHINA_TZ, WorkingCalendar, statutory_holidays
 
 HYPOTHETICAL_2027 = """\
 year: 2027
@@ -102,13 +102,13 @@ def test_known_years(cal: WorkingCalendar) -> None:
 def test_unknown_year_keeps_statutory_holidays_and_warns_once(
     cal: WorkingCalendar, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="bus.workdays")
+    caplog.set_level(logging.WARNING, logger="bus.domain.workdays")
     assert not cal.is_working_day(date(2027, 1, 1))  # a Friday, New Year's Day by law
     assert not cal.is_working_day(date(2027, 1, 2))  # Saturday
     assert cal.is_working_day(date(2027, 1, 4))  # Monday
     # 2026-12-31 (Thu) + 2 -> 2027-01-04 (Mon), 2027-01-05 (Tue): New Year's Day is skipped
     assert cal.add_working_days(cst(2026, 12, 31), 2) == cst(2027, 1, 5)
-    records = [r for r in caplog.records if r.name == "bus.workdays"]
+    records = [r for r in caplog.records if r.name == "bus.domain.workdays"]
     assert len(records) == 1
     assert records[0].levelno == logging.WARNING
     message = records[0].getMessage()
@@ -120,7 +120,7 @@ def test_unknown_year_keeps_statutory_holidays_and_warns_once(
     assert not cal.covers(2027)  # a health check still sees that the notice is missing
     cal.is_working_day(date(2028, 3, 1))
     assert cal.fallback_years == frozenset({2027, 2028})
-    assert len([r for r in caplog.records if r.name == "bus.workdays"]) == 2
+    assert len([r for r in caplog.records if r.name == "bus.domain.workdays"]) == 2
 
 
 def days(first: date, last: date) -> list[date]:
@@ -180,7 +180,7 @@ def test_operator_file_for_2027_is_used(tmp_path: Path, caplog: pytest.LogCaptur
     assert not cal.is_working_day(date(2027, 2, 8))  # Monday inside the from/to range
     assert cal.is_working_day(date(2027, 2, 14))  # Sunday, adjusted
     assert cal.fallback_years == frozenset()
-    assert not [r for r in caplog.records if r.name == "bus.workdays"]
+    assert not [r for r in caplog.records if r.name == "bus.domain.workdays"]
 
 
 def test_operator_file_replaces_package_year(tmp_path: Path) -> None:

@@ -1,0 +1,2 @@
+"""What faces department systems and operators: publishing with verdicts, the HTTP gateway,
+and the views of status and of one case."""
