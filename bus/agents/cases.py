@@ -47,7 +47,8 @@ from bus.agents.out import Headers, Out, rejection_headers
 from bus.agents.route import Router, load_subscriptions
 from bus.agents.runtime import key_hash
 from bus.domain.certificates import Signer, UnsignedCertificate, new_serial
-from bus.domain.matters import Matter, TaskTemplate, by_trigger, load_matters
+from bus.domain.matters import Matter, by_trigger, load_matters
+from bus.domain.matters.facts import Facts
 from bus.domain.record import EnterpriseRecord, TaskEntry
 from bus.domain.tasks import TASK_STATES, TaskKey
 from bus.domain.workdays import CHINA_TZ, WorkingCalendar
@@ -149,15 +150,13 @@ def task_id_for(template: str, case: str, assignee: str) -> str:
     return f"task-{derived_id(template, case, assignee).hex[:16]}"
 
 
-def starts_case(matter: Matter, record: EnterpriseRecord) -> bool:
-    """Whether ``matter``'s trigger can lead anywhere on this record, decided by the flow.
+def starts_case(matter: Matter, trigger: Envelope, record: EnterpriseRecord) -> bool:
+    """Whether ``matter``'s conditions hold for this trigger on this record, decided by the flow.
 
     Joint discipline reviews licences: a penalty on an enterprise holding none has nothing
     to review, and most penalties are such, so the flow does not hand them on.
     """
-    if matter.decision.rule == "holds_licences":
-        return any(lic.state == "active" for lic in record.licences.values())
-    return True
+    return not matter.when or matter.facts(trigger, record).hold(matter.when)
 
 
 def step_event_id(value: bytes) -> str | None:
@@ -632,47 +631,38 @@ class CaseEngine:
         partition: int,
     ) -> list[Out]:
         """Run ``matter`` for its trigger event."""
-        rule = matter.decision.rule
-        if rule == "clean_record":
-            p = event.payload
-            on_record = record.penalties_between(p.period_start, p.period_end)
-            action = matter.decision.otherwise if on_record else matter.decision.when_clean
+        facts = matter.facts(event, record)
+        if not facts.hold(matter.when):
+            return []
+        plan = {t.name: matter.assignees(t, facts, self._known) for t in matter.tasks}
+        if matter.decision.rule == "clean_record":
             self.decided += 1
-            if action == "issue_certificate":
-                parties = {event.source, getattr(p, "requested_by", None)}
-                return [
-                    self._parties(event.correlation_id, self._with_cases(state, event, parties)),
-                    self._certificate(event, record, on_record),
-                ]
-            by_agency: dict[str, list[str]] = {}
-            for entry in on_record:
-                by_agency.setdefault(entry.agency or "unknown", []).append(entry.case_number)
-            return self._open_case(matter, event, record, state, {"review": by_agency}, partition)
-        if rule == "holds_licences":
-            licences = [lic for lic in record.licences.values() if lic.state == "active"]
-            if not licences:
-                return []
-            by_department: dict[str, list[str]] = {}
-            for lic in licences:
-                dept = lic.issuing_department or matter.lead
-                by_department.setdefault(dept, []).append(lic.licence_number)
-            plan = {t.name: by_department for t in matter.tasks}
-            return self._open_case(matter, event, record, state, plan, partition)
-        # "always" and "all_opinions": every task template, assignees resolved
-        plan = {t.name: self._assignees(t, event, record) for t in matter.tasks}
+            if not plan["review"]:  # nothing on the record: decided at once
+                return self._at_once(matter, record, state, event, facts)
+            if matter.decision.otherwise == "issue_certificate":
+                return self._at_once(matter, record, state, event, facts)
+            plan = {"review": plan["review"]}
         return self._open_case(matter, event, record, state, plan, partition)
 
-    def _assignees(
-        self, template: TaskTemplate, event: Envelope, record: EnterpriseRecord
-    ) -> dict[str, list[str]]:
-        """Assignee -> evidence for one task template."""
-        if template.assignee == "requested_departments":
-            return {d: [event.payload.application_number] for d in event.payload.departments}
-        if template.assignee == "town_of_enterprise":
-            town = str(record.profile.get("town", "")).lower()
-            code = f"ks.town.{town}"
-            return {code if self.ctx.directory.get(code) else "ks.amr": []}
-        return {template.assignee: []}
+    def _at_once(
+        self,
+        matter: Matter,
+        record: EnterpriseRecord,
+        state: CaseState,
+        event: Envelope,
+        facts: Facts,
+    ) -> list[Out]:
+        """A certificate decided on the record alone, listing what the review's list holds."""
+        listed = facts.items(matter.task("review").for_each or "")
+        on_record = [record.penalties[e["case_number"]] for e in listed]
+        parties = {event.source, getattr(event.payload, "requested_by", None)}
+        return [
+            self._parties(event.correlation_id, self._with_cases(state, event, parties)),
+            self._certificate(event, record, on_record),
+        ]
+
+    def _known(self, code: str) -> bool:
+        return self.ctx.directory.get(code) is not None
 
     def _certificate(
         self,
@@ -734,6 +724,7 @@ class CaseEngine:
         case = case_id(matter, trigger)
         if case in state.reviews:
             return []  # open already: a step re-delivered after it left ``done``
+        facts = matter.facts(trigger, record)
         now = self._at.astimezone(CHINA_TZ)
         outs: list[Out] = []
         tasks: dict[str, list[str]] = {}
@@ -751,14 +742,7 @@ class CaseEngine:
                     task_id=task_id, matter=matter.name, case=case, assignee=assignee,
                     supervisor=supervisor, due_at=due,
                 )  # fmt: skip
-                title = template.title.format(
-                    enterprise=record.name or record.uscc,
-                    # a penalty that triggers (joint discipline) is the case; else the evidence
-                    cases=getattr(trigger.payload, "case_number", None) or ", ".join(evidence),
-                    licences=", ".join(evidence),
-                    application=getattr(trigger.payload, "application_number", ""),
-                    title=getattr(trigger.payload, "title", ""),
-                )
+                title = facts.but(evidence=evidence).render(template.title)
                 created = model_for("task.created")(
                     event_type="task.created",
                     event_id=derived_id("task.created", task_id),

@@ -132,7 +132,7 @@ class CorrelateAgent(BatchAgent):
                 parts.add("profile")
                 log.info("%s %s waits for the registration of %s", ", ".join(waits),
                          event.event_id, record.uscc)  # fmt: skip
-            elif any(starts_case(m, record) for m in matters):
+            elif any(starts_case(m, event, record) for m in matters):
                 value, headers = r.value or b"", list(r.headers or ())
                 outs.append(self._step("trigger", event, value, headers, origin, record))
             outs.extend(self._route(event, r, record))

@@ -34,9 +34,7 @@ import fnmatch
 import logging
 import operator
 from collections.abc import Callable
-from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
-from enum import Enum
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bus.agents.out import Headers, Out
+from bus.domain.conditions import OPERATORS, holds, split
 from bus.domain.departments import Directory
 from bus.errors import ConfigurationError, first_problem
 from bus.schemas.envelope import Envelope
@@ -57,7 +56,6 @@ log = logging.getLogger(__name__)
 NOTIFY = "bus.notify"
 """Header on the bus's own events: departments that receive it by construction."""
 
-OPERATORS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists", "contains")
 ROOTS = ("event_type", "source", "subject", "payload", "enterprise")
 
 
@@ -112,7 +110,7 @@ class _Compiled:
         self.conditions = [(_getter(path), _test(cond)) for path, cond in sub.where.items()]
         self.equals: dict[str, str] = {}  # path -> the text it must equal, for the index
         for path, cond in sub.where.items():
-            op, expected = _split(cond)
+            op, expected = split(cond)
             if op == "eq" and isinstance(expected, str):
                 self.equals[path] = expected
 
@@ -138,56 +136,6 @@ def _lookup(path: str, event: Envelope, profile: dict[str, Any]) -> Any:
     return getattr(event, root)
 
 
-def _norm(actual: Any, expected: Any) -> tuple[Any, Any]:
-    """Make a payload value and a YAML value comparable (enums, money, dates)."""
-    if isinstance(actual, Enum):
-        actual = actual.value
-    if isinstance(expected, (int, float, Decimal)) and not isinstance(expected, bool):
-        try:
-            return Decimal(str(actual)), Decimal(str(expected))
-        except (InvalidOperation, ValueError):
-            return actual, expected
-    if isinstance(actual, (date, datetime)) and isinstance(expected, str):
-        try:
-            return actual, type(actual).fromisoformat(expected)
-        except ValueError:
-            return actual, expected
-    return actual, expected
-
-
-def _split(cond: Any) -> tuple[str, Any]:
-    """A condition as (operator, expected value): a bare value means ``eq``."""
-    return next(iter(cond.items())) if isinstance(cond, dict) else ("eq", cond)
-
-
-def _holds(actual: Any, cond: Any) -> bool:
-    op, expected = _split(cond)
-    if op == "exists":
-        return (actual is not None) == bool(expected)
-    if actual is None:
-        return op in ("ne", "not_in")
-    if op in ("in", "not_in"):
-        found = any(a == e for a, e in (_norm(actual, x) for x in expected))
-        return found == (op == "in")
-    if op == "contains":
-        return str(expected) in str(actual)
-    a, e = _norm(actual, expected)
-    try:
-        if op == "eq":
-            return bool(a == e)
-        if op == "ne":
-            return bool(a != e)
-        if op == "gt":
-            return bool(a > e)
-        if op == "gte":
-            return bool(a >= e)
-        if op == "lt":
-            return bool(a < e)
-        return bool(a <= e)
-    except TypeError:  # e.g. a number compared with text: the condition does not hold
-        return False
-
-
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "eq": operator.eq, "ne": operator.ne, "gt": operator.gt,
     "gte": operator.ge, "lt": operator.lt, "lte": operator.le,
@@ -205,21 +153,21 @@ def _getter(path: str) -> Callable[[Envelope, dict[str, Any]], Any]:
 
 
 def _test(cond: Any) -> Callable[[Any], bool]:
-    """``cond`` as a test of one value: ``_holds`` with the common cases precomputed.
+    """``cond`` as a test of one value: ``holds`` with the common cases precomputed.
 
     Text compared with text and money or counts compared with a number are most of what
-    subscriptions ask; they skip ``_norm``. Anything else takes ``_holds``, the reference.
+    subscriptions ask; they skip ``norm``. Anything else takes ``holds``, the reference.
     """
-    op, expected = _split(cond)
+    op, expected = split(cond)
     compare = _COMPARE.get(op)
     if compare is None:
-        return lambda actual: _holds(actual, cond)
+        return lambda actual: holds(actual, cond)
     if isinstance(expected, str):
 
         def text(actual: Any) -> bool:
             if type(actual) is str:
                 return bool(compare(actual, expected))
-            return _holds(actual, cond)
+            return holds(actual, cond)
 
         return text
     if isinstance(expected, (int, float, Decimal)) and not isinstance(expected, bool):
@@ -230,10 +178,10 @@ def _test(cond: Any) -> Callable[[Any], bool]:
                 return bool(compare(actual, number))
             if type(actual) is int:
                 return bool(compare(Decimal(actual), number))
-            return _holds(actual, cond)
+            return holds(actual, cond)
 
         return numeric
-    return lambda actual: _holds(actual, cond)
+    return lambda actual: holds(actual, cond)
 
 
 class _File(BaseModel):

@@ -198,11 +198,12 @@ _CONDITIONS = [
 def test_compiled_conditions_decide_as_the_reference_does(cond: object) -> None:
     # Routing compiles each condition once with fast paths for text and numbers; for every
     # kind of value a payload or profile can hold, the answer is the reference's.
-    from bus.agents.route import _holds, _test
+    from bus.agents.route import _test
+    from bus.domain.conditions import holds
 
     test = _test(cond)
     for actual in _VALUES:
-        assert test(actual) == _holds(actual, cond), (cond, actual)
+        assert test(actual) == holds(actual, cond), (cond, actual)
 
 
 @pytest.mark.parametrize("registered", [True, False])

@@ -160,7 +160,8 @@ def test_the_cli_checks_a_policy_offices_own_folder(tmp_path: Path) -> None:
     )
     invalid = bus("check", "--matters", str(folder), cwd=tmp_path)
     assert invalid.returncode == 2
-    assert "compliance-certificate.yaml, line 21: tasks.0.working_days" in invalid.stderr
+    line = 1 + matter.splitlines().index("    working_days: 5")
+    assert f"compliance-certificate.yaml, line {line}: tasks.0.working_days" in invalid.stderr
 
 
 def test_the_cli_prints_the_timeline(tmp_path: Path) -> None:

@@ -10,35 +10,95 @@ vocabularies below are what the correlate agent knows how to run.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
+from bus.domain.conditions import problem as condition_problem
+from bus.domain.matters.facts import FILTERS, ROOTS, Facts, path_problem, places
+from bus.domain.record import EnterpriseRecord
 from bus.domain.yamlpos import line_of
 from bus.errors import ConfigurationError
+from bus.schemas.envelope import Envelope
 from bus.schemas.events import EVENT_TYPES
 
-Rule = Literal["clean_record", "always", "holds_licences", "all_opinions"]
+Rule = Literal["clean_record", "always", "all_opinions"]
 Action = Literal["issue_certificate", "review_tasks"]
-RESOLVERS = (
-    "penalty_agency",  # one task per bureau whose penalties are on the record
-    "licence_department",  # one task per department whose active licences the enterprise holds
-    "requested_departments",  # one task per department named in the trigger's payload
-    "town_of_enterprise",  # the government of the town where the enterprise sits
-)
 DEPARTMENT = r"^[a-z][a-z0-9]*(\.[a-z0-9][a-z0-9_-]*)+$"
+NAME = r"^[a-z][a-z0-9_-]*$"
+
+
+def _paths_problem(text: str, lists: tuple[str, ...], *, item: bool) -> str | None:
+    for path, filt in places(text):
+        if filt is not None and filt not in FILTERS:
+            return f"{{{path}|{filt}}}: a filter is one of {', '.join(FILTERS)}"
+        if problem := path_problem(path, lists):
+            return problem
+        if path.split(".")[0] == "item" and not item:
+            return f"{{{path}}}: item is there only in a step with for_each"
+    return None
+
+
+def _conditions_problem(when: dict[str, Any], lists: tuple[str, ...]) -> str | None:
+    for path, cond in when.items():
+        if problem := path_problem(path, lists) or condition_problem(cond):
+            return f"{path}: {problem}"
+    return None
+
+
+class ListDef(BaseModel):
+    """A list a matter draws from the record or the trigger, kept to what meets ``where``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: str = Field(
+        alias="from", description="record.penalties, record.licences or a trigger list"
+    )
+    where: dict[str, Any] = Field(default_factory=dict, description="field -> condition")
+
+    @field_validator("from_")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        if value.split(".")[0] not in ("record", "trigger") or path_problem(value, ()):
+            raise ValueError(
+                f"{value!r}: a list comes from record.penalties, record.licences "
+                "or a field of the trigger"
+            )
+        return value
+
+    @field_validator("where")
+    @classmethod
+    def _where(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for field, cond in value.items():
+            if problem := condition_problem(cond):
+                raise ValueError(f"{field}: {problem}")
+        return value
 
 
 class TaskTemplate(BaseModel):
-    """A task a matter creates."""
+    """A task a matter creates: for one department, or one per department of a list."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
-    assignee: str = Field(description=f"a department code or one of {', '.join(RESOLVERS)}")
+    assignee: str = Field(description="a department code, or a text naming one: {item.agency}")
+    for_each: str | None = Field(
+        default=None, description="a list: one task per department its elements name"
+    )
+    evidence: str | None = Field(default=None, description="what each element gives: {item.x}")
+    fallback: str | None = Field(
+        default=None, description="who gets it when the assignee is no department: a code or lead"
+    )
     title: str = Field(min_length=1, max_length=300)
     working_days: int = Field(ge=1, le=60)
     supervisor: str | None = Field(default=None, description="requester, lead or a code")
@@ -46,11 +106,11 @@ class TaskTemplate(BaseModel):
     @field_validator("assignee")
     @classmethod
     def _assignee(cls, value: str) -> str:
-        if value not in RESOLVERS and not re.match(DEPARTMENT, value):
-            raise ValueError(f"{value!r} is neither a department code nor one of {RESOLVERS}")
+        if "{" not in value and not re.match(DEPARTMENT, value):
+            raise ValueError(f"{value!r} is neither a department code nor a text naming one")
         return value
 
-    @field_validator("supervisor")
+    @field_validator("supervisor", "fallback")
     @classmethod
     def _supervisor(cls, value: str | None) -> str | None:
         if value not in (None, "requester", "lead") and not re.match(DEPARTMENT, value or ""):
@@ -83,6 +143,10 @@ class Matter(BaseModel):
     requires_registration: bool = Field(
         default=False, description="park triggers until the enterprise's registration arrives"
     )
+    when: dict[str, Any] = Field(
+        default_factory=dict, description="conditions on the trigger and record to open a case"
+    )
+    lists: dict[str, ListDef] = Field(default_factory=dict)
     decision: Decision
     tasks: tuple[TaskTemplate, ...] = ()
     late: Literal["escalate_to_supervisor", "overdue_only"] = "escalate_to_supervisor"
@@ -93,6 +157,55 @@ class Matter(BaseModel):
         if value not in EVENT_TYPES:
             raise ValueError(f"unknown event type {value!r}")
         return value
+
+    @field_validator("lists")
+    @classmethod
+    def _list_names(cls, value: dict[str, ListDef]) -> dict[str, ListDef]:
+        for name in value:
+            if not re.match(NAME, name) or name in ROOTS:
+                raise ValueError(f"{name!r}: a list is named in lower case, not {', '.join(ROOTS)}")
+        return value
+
+    def mistake(self) -> tuple[tuple[str | int, ...], str] | None:
+        """The first path or list this matter names wrongly: (where in the file, what)."""
+        lists = tuple(self.lists)
+        if problem := _conditions_problem(self.when, lists):
+            return ("when",), problem
+        for name, spec in self.lists.items():
+            if problem := path_problem(spec.from_, lists):
+                return ("lists", name, "from"), problem
+        for i, t in enumerate(self.tasks):
+            if t.for_each is not None and t.for_each not in self.lists:
+                return ("tasks", i, "for_each"), f"{t.for_each!r} is no list of this matter"
+            for field in ("assignee", "evidence", "title"):
+                text = getattr(t, field) or ""
+                if problem := _paths_problem(text, lists, item=t.for_each is not None):
+                    return ("tasks", i, field), problem
+        return None
+
+    def facts(self, trigger: Envelope, record: EnterpriseRecord) -> Facts:
+        """What this matter's conditions, lists and texts read for one trigger."""
+        return Facts(trigger, record, lead=self.lead, lists=self.lists)
+
+    def assignees(
+        self, template: TaskTemplate, facts: Facts, known: Callable[[str], bool]
+    ) -> dict[str, list[str]]:
+        """Assignee -> evidence for one task template: one task, or one per department its
+        list's elements name. A named department that ``known`` does not know, or none at
+        all, gives the task to the template's fallback (the lead unless it says otherwise)."""
+        elements = [None] if template.for_each is None else facts.items(template.for_each)
+        found: dict[str, list[str]] = {}
+        for element in elements:
+            here = facts.but(item=element)
+            who = here.render(template.assignee)
+            if "{" in template.assignee and not (re.match(DEPARTMENT, who) and known(who)):
+                fallback = template.fallback
+                who = self.lead if fallback in (None, "lead") else str(fallback)
+            evidence = found.setdefault(str(who), [])
+            shown = here.render(template.evidence) if template.evidence else ""
+            if shown and shown not in evidence:
+                evidence.append(shown)
+        return found
 
     def task(self, name: str) -> TaskTemplate:
         """The task template called ``name``."""
@@ -118,10 +231,19 @@ def load_matters(directory: Path | None = None) -> dict[str, Matter]:
             line = line_of(text, err["loc"])
             where = f"{path.name}, line {line}" if line else path.name
             raise ConfigurationError(f"matter {where}: {loc}: {err['msg']}") from exc
-        if "review_tasks" in (matter.decision.when_clean, matter.decision.otherwise) and not any(
-            t.name == "review" for t in matter.tasks
+        if found := matter.mistake():
+            place, problem = found
+            line = line_of(text, place)
+            where = f"{path.name}, line {line}" if line else path.name
+            loc = ".".join(str(p) for p in place)
+            raise ConfigurationError(f"matter {where}: {loc}: {problem}")
+        if matter.decision.rule == "clean_record" and not any(
+            t.name == "review" and t.for_each for t in matter.tasks
         ):
-            raise ConfigurationError(f"matter {path.name}: review_tasks needs a task 'review'")
+            raise ConfigurationError(
+                f"matter {path.name}: clean_record needs a task 'review' with for_each: "
+                "the case is clean when its list is empty"
+            )
         if matter.decision.rule != "clean_record" and not matter.tasks:
             raise ConfigurationError(f"matter {path.name}: {matter.decision.rule} needs tasks")
         if matter.name in matters:

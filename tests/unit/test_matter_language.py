@@ -1,0 +1,162 @@
+"""The matter language: conditions shared with subscriptions, paths into the trigger and the
+record, lists, assignees from data, and files whose mistakes name their line."""
+
+from __future__ import annotations
+
+import random
+from datetime import date
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bus.agents.simulate import Simulation, load_scenario
+from bus.dev.samples import enterprise, penalty, registered
+from bus.domain.conditions import problem, satisfied
+from bus.domain.matters import Matter, load_matters
+from bus.domain.record import EnterpriseRecord
+from bus.errors import ConfigurationError
+from bus.schemas.events import model_for
+
+SHIPPED = Path(str(resources.files("bus.domain.matters")))
+
+
+@pytest.mark.parametrize(("actual", "cond", "expected"), [
+    (date(2026, 4, 1), {"gte": "2026-01-01", "lte": "2026-12-31"}, True),
+    (date(2027, 4, 1), {"gte": "2026-01-01", "lte": "2026-12-31"}, False),
+    (["approve", "approve"], {"all": "approve"}, True),
+    (["approve", "refuse"], {"all": "approve"}, False),
+    (["approve", "refuse"], {"any": {"in": ["refuse", "rejected"]}}, True),
+    ([], {"any": "approve"}, False),
+    ([], {"count": 0}, True),
+    ([{"state": "active"}, {"state": "revoked"}], {"count": {"gte": 2}}, True),
+    ([{"state": "active"}, {"state": "revoked"}], {"none": {"state": "repaired"}}, True),
+    ([{"state": "active"}, {"state": "revoked"}], {"all": {"state": "active"}}, False),
+    (["ks.tax", "ks.hrss"], {"contains": "ks.tax"}, True),
+    ("100000.00", {"gte": 100000}, True),
+])  # fmt: skip
+def test_conditions_on_values_and_lists(actual: object, cond: object, expected: bool) -> None:
+    assert satisfied(actual, cond) is expected
+
+
+def test_a_wrong_condition_says_what_is_wrong() -> None:
+    assert problem({"gte": 1, "state": "x"}) is not None
+    assert "takes a list" in (problem({"in": 3}) or "")
+    assert "for lists" in (problem({"count": 1}, lists=False) or "")
+    assert problem({"any": {"state": {"in": ["active"]}}}) is None
+
+
+def _fined() -> tuple[EnterpriseRecord, object]:
+    rng = random.Random(7)
+    firm = enterprise(rng)
+    record = EnterpriseRecord(uscc=firm.uscc)
+    record.apply(registered(firm, rng))
+    older = penalty(firm, rng, n=1, decided_on=date(2026, 3, 1))
+    newer = penalty(firm, rng, n=2, decided_on=date(2026, 5, 1))
+    for fine in (newer, older):
+        record.apply(fine)
+    request = model_for("certificate.requested")(
+        event_type="certificate.requested", source="ks.finance", subject=firm.uscc,
+        payload={"period_start": date(2026, 4, 1), "period_end": date(2026, 12, 31),
+                 "purpose": "ipo", "requested_by": "ks.finance", "applicant": "张伟"},
+    )  # fmt: skip
+    return record, request
+
+
+def test_paths_read_the_trigger_the_enterprise_and_the_record() -> None:
+    record, request = _fined()
+    matter = load_matters()["compliance-certificate"]
+    facts = matter.facts(request, record)  # type: ignore[arg-type]
+    assert facts.get("trigger.period_end") == date(2026, 12, 31)
+    assert facts.get("trigger.source") == "ks.finance"
+    assert facts.get("enterprise") == record.name
+    assert facts.get("enterprise.uscc") == record.uscc
+    decided = [p["decided_on"] for p in facts.get("record.penalties")]
+    assert decided == sorted(decided)  # oldest first, whatever order they came in
+    (in_period,) = facts.items("on_record")  # the period starts in April
+    assert in_period["decided_on"] == date(2026, 5, 1)
+    assert facts.render("{enterprise.town|lower}") == str(record.profile["town"]).lower()
+    assert facts.resolve("{trigger.period_start}") == date(2026, 4, 1)  # typed, not text
+
+
+def test_assignees_come_from_the_list_and_fall_back_to_the_lead() -> None:
+    record, request = _fined()
+    matter = load_matters()["compliance-certificate"]
+    facts = matter.facts(request, record)  # type: ignore[arg-type]
+    review = matter.task("review")
+    (fine,) = facts.items("on_record")
+    assert matter.assignees(review, facts, lambda code: True) == {
+        fine["agency"]: [fine["case_number"]]
+    }
+    nobody = matter.assignees(review, facts, lambda code: False)  # a bureau nobody knows
+    assert nobody == {"ks.finance": [fine["case_number"]]}
+
+
+GOOD = """
+name: big-fines
+title: Big fines reach the credit office
+trigger: penalty.imposed
+lead: ks.credit
+when:
+  trigger.amount: {gte: 100000}
+decision: {rule: always}
+tasks:
+  - name: note
+    assignee: ks.credit
+    title: "Note fine {trigger.case_number} of {enterprise}"
+    working_days: 2
+"""
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("trigger.amount:", "trigger_amount:"), "when: trigger_amount: 'trigger_amount' starts with"),
+    (("{gte: 100000}", "{gte: 1, colour: red}"), "when: trigger.amount: mixes fields and"),
+    (("of {enterprise}", "of {item.name}"), "tasks.0.title: {item.name}: item is there only in"),
+    (("of {enterprise}", "of {enterprise|shout}"), "tasks.0.title: {enterprise|shout}: a filter"),
+    (("assignee: ks.credit", "assignee: ks.credit\n    for_each: fines"), "tasks.0.for_each: 'fines' is no"),
+])  # fmt: skip
+def test_a_wrong_matter_names_its_file_line_and_mistake(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    assert GOOD.count(change[0]) == 1
+    (tmp_path / "big-fines.yaml").write_text(GOOD.replace(*change))
+    with pytest.raises(ConfigurationError) as info:
+        load_matters(tmp_path)
+    assert message in str(info.value)
+    line = int(str(info.value).split(", line ")[1].split(":")[0])
+    wrong = {"when": "when:", "title": "title:", "for_each": "for_each:"}
+    shown = GOOD.replace(*change).splitlines()[line - 1]
+    assert any(w in shown for k, w in wrong.items() if k in message), (line, shown)
+
+
+def test_a_condition_on_the_trigger_decides_whether_a_case_opens(tmp_path: Path) -> None:
+    (tmp_path / "big-fines.yaml").write_text(GOOD)
+    assert isinstance(load_matters(tmp_path)["big-fines"], Matter)
+    doc = yaml.safe_load(
+        (SHIPPED / "scenarios" / "joint-discipline-licensed.yaml").read_text(encoding="utf-8")
+    )
+    registration, small = doc["steps"][0], doc["steps"][1]
+    big = {**small, "payload": {**small["payload"], "case_number": "昆花综执罚决字〔2026〕第0099号",
+                                "kind": "fine", "amount": "200000.00"}}  # fmt: skip
+    doc.update(matter="big-fines", steps=[registration, small, big], expect_not=[],
+               expect=[{"task.created": {"evidence": "[]", "assignee": "ks.credit"}}])  # fmt: skip
+    scenario = tmp_path / "scenarios" / "big.yaml"
+    scenario.parent.mkdir()
+    scenario.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    sim = Simulation(tmp_path)
+    try:
+        outcome = sim.run(load_scenario(scenario))
+    finally:
+        sim.close()
+    assert outcome.passed, outcome.failures
+    (created,) = [m.payload for m in outcome.timeline if m.event_type == "task.created"]
+    assert created["title"].startswith("Note fine 昆花综执罚决字〔2026〕第0099号 of ")
+
+
+def test_the_shipped_matters_use_no_python_resolver() -> None:
+    for path in SHIPPED.glob("*.yaml"):
+        text = path.read_text(encoding="utf-8")
+        for old in ("penalty_agency", "licence_department", "requested_departments",
+                    "town_of_enterprise", "holds_licences"):  # fmt: skip
+            assert old not in text, (path.name, old)
