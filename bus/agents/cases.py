@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import heapq
 import json
 import logging
@@ -47,7 +48,7 @@ from bus.agents.out import Headers, Out, rejection_headers
 from bus.agents.route import Router, load_subscriptions
 from bus.agents.runtime import key_hash
 from bus.domain.certificates import Signer, UnsignedCertificate, new_serial
-from bus.domain.matters import Matter, by_trigger, load_matters
+from bus.domain.matters import Closing, Emit, Matter, StepClosing, by_trigger, load_matters
 from bus.domain.matters.facts import Facts
 from bus.domain.record import EnterpriseRecord, TaskEntry
 from bus.domain.tasks import TASK_STATES, TaskKey
@@ -539,6 +540,20 @@ class FencedWriter:
         await asyncio.gather(*sent)
 
 
+def _only_step(closing: Closing) -> str:
+    """The task template of a case kept before its tasks' templates were (it had one)."""
+    return next(iter(closing.steps), "")
+
+
+@functools.lru_cache(maxsize=4)
+def _legacy(rule: str) -> Closing | None:
+    """How a case opened before cases kept their closing is decided: by the rule it kept, as
+    the shipped matter of that rule decides (the same outcomes, written in the language)."""
+    name = {"clean_record": "compliance-certificate", "all_opinions": "parallel-approval"}
+    matter = load_matters().get(name.get(rule, ""))
+    return matter.closing() if matter is not None else None
+
+
 class CaseEngine:
     """The matters: triggers decided, answers taken, deadlines fired, on ``CaseState``."""
 
@@ -564,6 +579,7 @@ class CaseEngine:
         self._task_counts: dict[int, Counter[TaskKey]] = {}  # by partition indexed
         self._task_series: set[TaskKey] = set()
         self._recounted = False
+        self._closings: dict[str, Closing] = {}  # parsed once per distinct kept definition
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -630,47 +646,71 @@ class CaseEngine:
         event: Envelope,
         partition: int,
     ) -> list[Out]:
-        """Run ``matter`` for its trigger event."""
+        """Run ``matter`` for its trigger event: open its tasks, or decide at once."""
         facts = matter.facts(event, record)
         if not facts.hold(matter.when):
             return []
         plan = {t.name: matter.assignees(t, facts, self._known) for t in matter.tasks}
-        if matter.decision.rule == "clean_record":
+        if matter.outcomes:
             self.decided += 1
-            if not plan["review"]:  # nothing on the record: decided at once
-                return self._at_once(matter, record, state, event, facts)
-            if matter.decision.otherwise == "issue_certificate":
-                return self._at_once(matter, record, state, event, facts)
-            plan = {"review": plan["review"]}
-        return self._open_case(matter, event, record, state, plan, partition)
-
-    def _at_once(
-        self,
-        matter: Matter,
-        record: EnterpriseRecord,
-        state: CaseState,
-        event: Envelope,
-        facts: Facts,
-    ) -> list[Out]:
-        """A certificate decided on the record alone, listing what the review's list holds."""
-        listed = facts.items(matter.task("review").for_each or "")
-        on_record = [record.penalties[e["case_number"]] for e in listed]
+        if any(plan.values()):
+            return self._open_case(matter, event, record, state, plan, partition)
+        closing = matter.closing()  # no task to wait for: decided on the record alone
+        outs = self._decide(matter.name, closing, closing.facts(event, record, {}), event, ())
+        if not outs:
+            return []
         parties = {event.source, getattr(event.payload, "requested_by", None)}
-        return [
-            self._parties(event.correlation_id, self._with_cases(state, event, parties)),
-            self._certificate(event, record, on_record),
-        ]
+        return [self._parties(event.correlation_id, self._with_cases(state, event, parties)), *outs]
 
     def _known(self, code: str) -> bool:
         return self.ctx.directory.get(code) is not None
+
+    def _decide(
+        self,
+        matter: str,
+        closing: Closing,
+        facts: Facts,
+        trigger: Envelope,
+        assignees: Iterable[str],
+    ) -> list[Out]:
+        """What a case's outcome issues or emits (nothing if no outcome holds)."""
+        outcome = closing.outcome(facts)
+        if outcome is None:
+            return []
+        outs: list[Out] = []
+        if outcome.issue == "certificate":
+            listed = facts.items(outcome.listing) if outcome.listing else []
+            outs.append(self._certificate(trigger, facts.record, listed, result=outcome.result))
+        if outcome.emit is not None:
+            outs.append(self._emit(matter, outcome.emit, facts, trigger, assignees))
+        return outs
+
+    def _emit(
+        self, matter: str, emit: Emit, facts: Facts, trigger: Envelope, assignees: Iterable[str]
+    ) -> Out:
+        """An event the outcome names, its payload built from the facts, its id from the trigger."""
+        event = model_for(emit.event)(
+            event_type=emit.event,
+            event_id=derived_id(emit.event, str(trigger.event_id)),
+            source=BUS,
+            occurred_at=self._at,
+            subject=trigger.subject,
+            correlation_id=trigger.correlation_id,
+            causation_id=trigger.event_id,
+            payload=facts.build(emit.payload),
+        )
+        self.ctx.metrics.decision_seconds.labels(matter).observe(
+            max((datetime.now(UTC) - trigger.occurred_at).total_seconds(), 0.0)
+        )
+        return self._out(event, trigger.source, *assignees)
 
     def _certificate(
         self,
         request: Envelope,
         record: EnterpriseRecord,
-        on_record: list[Any],
+        listed: list[dict[str, Any]],
         *,
-        result: str | None = None,
+        result: str,
     ) -> Out:
         p = request.payload
         issued_at = self._at
@@ -682,15 +722,15 @@ class CaseEngine:
             period_start=p.period_start,
             period_end=p.period_end,
             purpose=p.purpose,
-            result=result or ("clean" if not on_record else "record_found"),
+            result=result,
             record=[
                 {
-                    "case_number": e.case_number,
-                    "agency": e.agency or "unknown.agency",
-                    "state": e.state,
-                    "decided_on": e.decided_on,
+                    "case_number": e["case_number"],
+                    "agency": e.get("agency") or "unknown.agency",
+                    "state": e.get("state", "active"),
+                    "decided_on": e.get("decided_on"),
                 }
-                for e in on_record
+                for e in listed
             ],
             issuing_authority=BUS,
             issued_at=issued_at,
@@ -728,6 +768,7 @@ class CaseEngine:
         now = self._at.astimezone(CHINA_TZ)
         outs: list[Out] = []
         tasks: dict[str, list[str]] = {}
+        steps: dict[str, str] = {}  # task id -> the template it was made from
         for name, assignees in plan.items():
             template = matter.task(name)
             due = self.calendar.add_working_days(now, template.working_days)
@@ -738,6 +779,7 @@ class CaseEngine:
             for assignee, evidence in sorted(assignees.items()):
                 task_id = task_id_for(name, case, assignee)
                 tasks[task_id] = evidence
+                steps[task_id] = name
                 state.tasks[task_id] = TaskEntry(
                     task_id=task_id, matter=matter.name, case=case, assignee=assignee,
                     supervisor=supervisor, due_at=due,
@@ -769,11 +811,14 @@ class CaseEngine:
             state.reviews[case] = {
                 # what decides the case later, as its version said when it was opened:
                 # a changed or removed definition never changes a running case
-                "matter": matter.name, "version": matter.version,
-                "rule": matter.decision.rule, "late": matter.late,
-                "opened_at": self._at.timestamp(), "tasks": tasks,
+                "matter": matter.name, "version": matter.version, "late": matter.late,
+                "opened_at": self._at.timestamp(), "tasks": tasks, "steps": steps,
                 "request": trigger.model_dump(mode="json"),
             }  # fmt: skip
+            if matter.outcomes:
+                state.reviews[case]["closing"] = matter.closing().model_dump(
+                    mode="json", by_alias=True, exclude_defaults=True
+                )
             due_index = self._due.setdefault(partition, [])
             for task_id in tasks:
                 heapq.heappush(due_index, (state.tasks[task_id].due_at, record.uscc))
@@ -843,23 +888,35 @@ class CaseEngine:
         tasks = [state.tasks[t] for t in review["tasks"] if t in state.tasks]
         if not all(t.closed for t in tasks):
             return []
-        rule = self._rule_of(review)
         closing: list[Out] = []
-        if rule == "all_opinions":
-            closing.append(self._approval_decided(record, review, tasks))
-        elif rule == "clean_record":
-            closing.append(self._certificate_after_review(record, state, review, tasks))
+        if (how := self._closing_of(review)) is not None:
+            trigger = model_for(review["request"]["event_type"]).model_validate(review["request"])
+            steps = review.get("steps") or dict.fromkeys(review["tasks"], _only_step(how))
+            notes = review.get("notes", {})
+            answered: dict[str, list[dict[str, Any]]] = {}
+            for t in sorted(tasks, key=lambda t: t.assignee):
+                step = how.steps.get(steps.get(t.task_id, ""), StepClosing())
+                answered.setdefault(steps.get(t.task_id, ""), []).append({
+                    "task_id": t.task_id, "assignee": t.assignee, "answer": step.answer(t.outcome),
+                    "note": notes.get(t.assignee), "evidence": review["tasks"].get(t.task_id, []),
+                })  # fmt: skip
+            facts = how.facts(trigger, record, answered)
+            closing = self._decide(
+                review["matter"], how, facts, trigger, (t.assignee for t in tasks)
+            )
         del state.reviews[case]
         for t in tasks:
             state.forget_task(t.task_id)
         return closing
 
-    def _rule_of(self, review: dict[str, Any]) -> str:
-        """The decision rule a case was opened under (an older case without one: today's)."""
-        if rule := review.get("rule"):
-            return str(rule)
-        matter = self.matters.get(review.get("matter", ""))
-        return matter.decision.rule if matter is not None else "always"
+    def _closing_of(self, review: dict[str, Any]) -> Closing | None:
+        """What decides a case, as kept with it (a case from before it was kept: its rule's)."""
+        if kept := review.get("closing"):
+            key = json.dumps(kept, sort_keys=True)
+            if (found := self._closings.get(key)) is None:
+                found = self._closings[key] = Closing.model_validate(kept)
+            return found
+        return _legacy(str(review.get("rule")))
 
     def _late_of(self, review: dict[str, Any], name: str) -> str:
         """What a case's late tasks get, as its version said (an older case: today's)."""
@@ -867,69 +924,6 @@ class CaseEngine:
             return str(late)
         matter = self.matters.get(name)
         return matter.late if matter is not None else "escalate_to_supervisor"
-
-    def _approval_decided(
-        self, record: EnterpriseRecord, review: dict[str, Any], tasks: list[TaskEntry]
-    ) -> Out:
-        trigger = model_for("approval.requested").model_validate(review["request"])
-        notes = review.get("notes", {})
-        refused = any(t.outcome != "approve" for t in tasks)
-        decided = model_for("approval.decided")(
-            event_type="approval.decided",
-            event_id=derived_id("approval.decided", str(trigger.event_id)),
-            source=BUS,
-            occurred_at=self._at,
-            subject=record.uscc,
-            correlation_id=trigger.correlation_id,
-            causation_id=trigger.event_id,
-            payload={
-                "application_number": trigger.payload.application_number,
-                "decision": "refuse" if refused else "approve",
-                "opinions": [
-                    {"department": t.assignee,
-                     "opinion": t.outcome if t.outcome in ("approve", "refuse") else "refuse",
-                     "note": notes.get(t.assignee)}
-                    for t in sorted(tasks, key=lambda t: t.assignee)
-                ],
-            },
-        )  # fmt: skip
-        self.ctx.metrics.decision_seconds.labels(review["matter"]).observe(
-            max((datetime.now(UTC) - trigger.occurred_at).total_seconds(), 0.0)
-        )
-        return self._out(decided, trigger.source, *(t.assignee for t in tasks))
-
-    def _certificate_after_review(
-        self,
-        record: EnterpriseRecord,
-        state: CaseState,
-        review: dict[str, Any],
-        tasks: list[TaskEntry],
-    ) -> Out:
-        outcomes = {t.outcome for t in tasks}
-        if "rejected" in outcomes or "refused" in outcomes:
-            result = "refused"
-        elif "confirmed" in outcomes:
-            result = "record_found"
-        else:
-            result = "clean"
-        request = model_for("certificate.requested").model_validate(review["request"])
-        p = request.payload
-        # A bureau that answered "cleared" took its penalties off the record for this
-        # certificate: they are not listed, so a certificate shows what stands after review.
-        reviewed = {
-            case
-            for task_id, cases in review["tasks"].items()
-            if (task := state.tasks.get(task_id)) is None or task.outcome != "cleared"
-            for case in cases
-        }
-        on_record = [
-            e
-            for e in record.penalties_between(
-                p.period_start, p.period_end, states=("active", "revoked", "repaired")
-            )
-            if e.case_number in reviewed
-        ]
-        return self._certificate(request, record, on_record, result=result)
 
     # -- deadlines ---------------------------------------------------------------------------
 

@@ -176,8 +176,6 @@ version: 1
 title: Open the public credit file (信用档案)
 trigger: enterprise.registered
 lead: ks.credit
-decision:
-  rule: always
 tasks:
   - name: credit-file
     assignee: ks.credit

@@ -100,7 +100,6 @@ trigger: penalty.imposed
 lead: ks.credit
 when:
   trigger.amount: {gte: 100000}
-decision: {rule: always}
 tasks:
   - name: note
     assignee: ks.credit
@@ -114,7 +113,7 @@ tasks:
     (("{gte: 100000}", "{gte: 1, colour: red}"), "when: trigger.amount: mixes fields and"),
     (("of {enterprise}", "of {item.name}"), "tasks.0.title: {item.name}: item is there only in"),
     (("of {enterprise}", "of {enterprise|shout}"), "tasks.0.title: {enterprise|shout}: a filter"),
-    (("assignee: ks.credit", "assignee: ks.credit\n    for_each: fines"), "tasks.0.for_each: 'fines' is no"),
+    (("ks.credit\n    title", "ks.credit\n    for_each: fines\n    title"), "tasks.0.for_each"),
 ])  # fmt: skip
 def test_a_wrong_matter_names_its_file_line_and_mistake(
     tmp_path: Path, change: tuple[str, str], message: str

@@ -29,7 +29,6 @@ name: test-matter
 title: Test
 trigger: enterprise.registered
 lead: ks.amr
-decision: {rule: always}
 tasks:
   - {name: one, assignee: ks.tax, title: "t {enterprise}", working_days: 2}
 """
@@ -40,7 +39,7 @@ tasks:
     (("assignee: ks.tax", "assignee: somebody"), "tasks.0.assignee"),
     (("working_days: 2", "working_days: 0"), "tasks.0.working_days"),
     (("lead: ks.amr", "lead: ks.amr\ncolour: red"), "colour"),
-    (("rule: always", "rule: coin_toss"), "decision.rule"),
+    (("lead: ks.amr", "lead: ks.amr\ndecision: {rule: always}"), "decision rules are written"),
 ])  # fmt: skip
 def test_a_wrong_matter_file_names_the_file_and_field(
     tmp_path: Path, change: tuple[str, str], message: str

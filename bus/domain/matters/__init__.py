@@ -32,8 +32,10 @@ from bus.errors import ConfigurationError
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import EVENT_TYPES
 
-Rule = Literal["clean_record", "always", "all_opinions"]
-Action = Literal["issue_certificate", "review_tasks"]
+DOCUMENTS = ("certificate",)
+"""Kinds of signed document an outcome may issue (bus/domain/certificates.py)."""
+EMITS = ("approval.decided",)
+"""Event types an outcome may emit: the decisions the bus itself publishes."""
 DEPARTMENT = r"^[a-z][a-z0-9]*(\.[a-z0-9][a-z0-9_-]*)+$"
 NAME = r"^[a-z][a-z0-9_-]*$"
 
@@ -49,11 +51,30 @@ def _paths_problem(text: str, lists: tuple[str, ...], *, item: bool) -> str | No
     return None
 
 
-def _conditions_problem(when: dict[str, Any], lists: tuple[str, ...]) -> str | None:
+def _conditions_problem(
+    when: dict[str, Any], lists: tuple[str, ...], steps: tuple[str, ...] = ()
+) -> str | None:
     for path, cond in when.items():
-        if problem := path_problem(path, lists) or condition_problem(cond):
+        if problem := path_problem(path, lists, steps) or condition_problem(cond):
             return f"{path}: {problem}"
     return None
+
+
+def _built_problem(value: Any, lists: tuple[str, ...], steps: tuple[str, ...]) -> str | None:
+    """What is wrong with a payload to build (texts, lists, mappings, each/as), or None."""
+    if isinstance(value, str):
+        for path, _ in places(value):
+            if (problem := path_problem(path, lists, steps)) and path.split(".")[0] != "item":
+                return problem
+        return None
+    if isinstance(value, dict) and set(value) == {"each", "as"}:
+        return path_problem(str(value["each"]), lists, steps) or _built_problem(
+            value["as"], lists, steps
+        )
+    children = (
+        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    )
+    return next((p for v in children if (p := _built_problem(v, lists, steps))), None)
 
 
 class ListDef(BaseModel):
@@ -102,6 +123,8 @@ class TaskTemplate(BaseModel):
     title: str = Field(min_length=1, max_length=300)
     working_days: int = Field(ge=1, le=60)
     supervisor: str | None = Field(default=None, description="requester, lead or a code")
+    answers: tuple[str, ...] = Field(default=(), description="the answers that count as given")
+    other_answer: str | None = Field(default=None, description="what any other answer counts as")
 
     @field_validator("assignee")
     @classmethod
@@ -118,14 +141,71 @@ class TaskTemplate(BaseModel):
         return value
 
 
-class Decision(BaseModel):
-    """How a case is decided, and what follows each outcome."""
+class Emit(BaseModel):
+    """An event the bus publishes as a case's outcome; its payload is built from the facts."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    rule: Rule
-    when_clean: Action | None = None
-    otherwise: Action | None = None
+    event: str
+    payload: dict[str, Any]
+
+    @field_validator("event")
+    @classmethod
+    def _emittable(cls, value: str) -> str:
+        if value not in EMITS:
+            raise ValueError(f"{value!r}: an outcome emits one of {', '.join(EMITS)}")
+        return value
+
+
+class Outcome(BaseModel):
+    """How a case ends when its conditions hold: the first outcome that holds is taken."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    when: dict[str, Any] = Field(default_factory=dict)
+    result: str = Field(pattern=NAME)
+    issue: Literal["certificate"] | None = Field(default=None, description="a signed document")
+    listing: str | None = Field(default=None, description="the list the document lists")
+    emit: Emit | None = None
+
+
+class StepClosing(BaseModel):
+    """What a case needs of one task template to read its answers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    evidence: str | None = None
+    answers: tuple[str, ...] = ()
+    other_answer: str | None = None
+
+    def answer(self, given: str | None) -> str | None:
+        """The answer as the matter counts it."""
+        if given is None or not self.answers or given in self.answers:
+            return given
+        return self.other_answer if self.other_answer is not None else given
+
+
+class Closing(BaseModel):
+    """What decides a running case, as its matter's version said when the case opened: kept
+    with the case, so a changed or removed file changes only the cases opened after it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lead: str
+    lists: dict[str, ListDef] = Field(default_factory=dict)
+    outcomes: tuple[Outcome, ...] = ()
+    steps: dict[str, StepClosing] = Field(default_factory=dict)
+
+    def facts(
+        self, trigger: Envelope, record: EnterpriseRecord, tasks: dict[str, list[dict[str, Any]]]
+    ) -> Facts:
+        """The facts a case is decided on: its trigger, the record now, its answered tasks."""
+        evidence = {n: s.evidence for n, s in self.steps.items() if s.evidence}
+        return Facts(trigger, record, lead=self.lead, lists=self.lists).answered(tasks, evidence)
+
+    def outcome(self, facts: Facts) -> Outcome | None:
+        """The outcome a case reaches on these facts: the first whose conditions hold."""
+        return next((o for o in self.outcomes if facts.hold(o.when)), None)
 
 
 class Matter(BaseModel):
@@ -147,9 +227,22 @@ class Matter(BaseModel):
         default_factory=dict, description="conditions on the trigger and record to open a case"
     )
     lists: dict[str, ListDef] = Field(default_factory=dict)
-    decision: Decision
     tasks: tuple[TaskTemplate, ...] = ()
+    outcomes: tuple[Outcome, ...] = Field(
+        default=(), description="how a case ends, first that holds; none: it just closes"
+    )
+    decision: None = Field(default=None, exclude=True, description="the format before outcomes")
     late: Literal["escalate_to_supervisor", "overdue_only"] = "escalate_to_supervisor"
+
+    @field_validator("decision", mode="before")
+    @classmethod
+    def _no_rules(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError(
+                "decision rules are written as lists, conditions and outcomes now: "
+                "see docs/matters.md, and the shipped matters for each old rule"
+            )
+        return None
 
     @field_validator("trigger")
     @classmethod
@@ -181,6 +274,16 @@ class Matter(BaseModel):
                 text = getattr(t, field) or ""
                 if problem := _paths_problem(text, lists, item=t.for_each is not None):
                     return ("tasks", i, field), problem
+        steps = tuple(t.name for t in self.tasks)
+        for i, o in enumerate(self.outcomes):
+            if problem := _conditions_problem(o.when, lists, steps):
+                return ("outcomes", i, "when"), problem
+            if o.listing is not None and o.listing not in self.lists:
+                return ("outcomes", i, "listing"), f"{o.listing!r} is no list of this matter"
+            if o.issue == "certificate" and self.trigger != "certificate.requested":
+                return ("outcomes", i, "issue"), "a certificate answers certificate.requested"
+            if o.emit is not None and (problem := _built_problem(o.emit.payload, lists, steps)):
+                return ("outcomes", i, "emit", "payload"), problem
         return None
 
     def facts(self, trigger: Envelope, record: EnterpriseRecord) -> Facts:
@@ -206,6 +309,14 @@ class Matter(BaseModel):
             if shown and shown not in evidence:
                 evidence.append(shown)
         return found
+
+    def closing(self) -> Closing:
+        """What decides this matter's cases, to keep with each (see ``Closing``)."""
+        steps = {
+            t.name: StepClosing(evidence=t.evidence, answers=t.answers, other_answer=t.other_answer)
+            for t in self.tasks
+        }
+        return Closing(lead=self.lead, lists=self.lists, outcomes=self.outcomes, steps=steps)
 
     def task(self, name: str) -> TaskTemplate:
         """The task template called ``name``."""
@@ -237,15 +348,6 @@ def load_matters(directory: Path | None = None) -> dict[str, Matter]:
             where = f"{path.name}, line {line}" if line else path.name
             loc = ".".join(str(p) for p in place)
             raise ConfigurationError(f"matter {where}: {loc}: {problem}")
-        if matter.decision.rule == "clean_record" and not any(
-            t.name == "review" and t.for_each for t in matter.tasks
-        ):
-            raise ConfigurationError(
-                f"matter {path.name}: clean_record needs a task 'review' with for_each: "
-                "the case is clean when its list is empty"
-            )
-        if matter.decision.rule != "clean_record" and not matter.tasks:
-            raise ConfigurationError(f"matter {path.name}: {matter.decision.rule} needs tasks")
         if matter.name in matters:
             raise ConfigurationError(f"matter {path.name}: another file is called {matter.name}")
         matters[matter.name] = matter

@@ -15,6 +15,11 @@ A matter's conditions, lists, assignees, evidence and titles name facts by path:
     item.agency                   in a step with ``for_each``: the element in hand
     evidence                      in a task's title: what its elements gave as evidence
     lead                          the matter's lead department
+    answers.review                in outcomes: the answers to a step's tasks (closed ones)
+    tasks.opinion                 in outcomes: a step's tasks (assignee, answer, note, evidence)
+
+In outcomes, an element of a list also has ``answer``: the answer to the task whose evidence
+it gave (none if it gave none).
 
 In text, ``{path}`` is replaced by the value (``{path|lower}`` and ``{path|upper}`` change
 its case); a value that is only ``"{path}"`` stands for the value itself, typed, so a
@@ -35,7 +40,7 @@ from bus.schemas.envelope import Envelope
 if TYPE_CHECKING:
     from bus.domain.matters import ListDef
 
-ROOTS = ("trigger", "enterprise", "record", "item", "evidence", "lead")
+ROOTS = ("trigger", "enterprise", "record", "item", "evidence", "lead", "answers", "tasks")
 ENVELOPE_FIELDS = ("event_id", "event_type", "source", "subject", "occurred_at",
                    "correlation_id", "causation_id")  # fmt: skip
 RECORD_LISTS = ("penalties", "licences")
@@ -49,9 +54,16 @@ def places(text: str) -> list[tuple[str, str | None]]:
     return [(m.group(1), m.group(2)) for m in PLACE.finditer(text)]
 
 
-def path_problem(path: str, lists: Sequence[str]) -> str | None:
-    """What is wrong with a path as written in a matter, or None."""
+def path_problem(path: str, lists: Sequence[str], steps: Sequence[str] = ()) -> str | None:
+    """What is wrong with a path as written in a matter, or None (``steps``: where answers
+    may be read, the task names; none where they may not)."""
     root, _, rest = path.partition(".")
+    if root in ("answers", "tasks"):
+        if not steps:
+            return f"{path!r}: {root} are known in outcomes only"
+        if rest not in steps:
+            return f"{path!r}: name one of the tasks {', '.join(steps)}"
+        return None
     if root in lists and not rest:
         return None
     if root not in ROOTS:
@@ -85,6 +97,8 @@ class Facts:
         lists: Mapping[str, ListDef] | None = None,
         item: Any = None,
         evidence: Sequence[str] = (),
+        tasks: Mapping[str, list[dict[str, Any]]] | None = None,
+        evidence_of: Mapping[str, str] | None = None,
     ) -> None:
         self.trigger = trigger
         self.record = record
@@ -92,11 +106,21 @@ class Facts:
         self.lists = lists or {}
         self.item = item
         self.evidence = list(evidence)
+        self.tasks = tasks or {}
+        self.evidence_of = evidence_of or {}
 
     def but(self, *, item: Any = None, evidence: Sequence[str] = ()) -> Facts:
         """The same facts with an element (and its evidence) in hand."""
         return Facts(self.trigger, self.record, lead=self.lead, lists=self.lists, item=item,
-                     evidence=evidence)  # fmt: skip
+                     evidence=evidence, tasks=self.tasks,
+                     evidence_of=self.evidence_of)  # fmt: skip
+
+    def answered(
+        self, tasks: Mapping[str, list[dict[str, Any]]], evidence_of: Mapping[str, str]
+    ) -> Facts:
+        """The same facts with a case's tasks and their answers, for its outcome."""
+        return Facts(self.trigger, self.record, lead=self.lead, lists=self.lists,
+                     tasks=tasks, evidence_of=evidence_of)  # fmt: skip
 
     def get(self, path: str) -> Any:
         """The value at ``path``; None where there is nothing."""
@@ -127,6 +151,10 @@ class Facts:
             return list(self.evidence)
         if root == "lead":
             return self.lead
+        if root == "tasks":
+            return list(self.tasks.get(rest, ()))
+        if root == "answers":
+            return [t["answer"] for t in self.tasks.get(rest, ()) if t.get("answer") is not None]
         return None
 
     def items(self, name: str) -> list[Any]:
@@ -136,10 +164,34 @@ class Facts:
         if found is None:
             return []
         values = list(found) if isinstance(found, (list, tuple, set, frozenset)) else [found]
+        if self.tasks:
+            values = [self._with_answer(v) for v in values]
         return [v for v in values if all(
             satisfied(_dig(v, field) if field != "item" else v, cond, self.resolve)
             for field, cond in spec.where.items()
         )]  # fmt: skip
+
+    def _with_answer(self, element: Any) -> Any:
+        """``element`` with the answer to the task its evidence went to, if any."""
+        if not isinstance(element, Mapping):
+            return element
+        for step, template in self.evidence_of.items():
+            shown = self.but(item=element).render(template)
+            for task in self.tasks.get(step, ()):
+                if shown in task.get("evidence", ()):
+                    return {**element, "answer": task.get("answer")}
+        return element
+
+    def build(self, value: Any) -> Any:
+        """A payload as a matter writes it: texts read, ``{each: path, as: ...}`` repeated."""
+        if isinstance(value, Mapping):
+            if set(value) == {"each", "as"}:
+                found = self.get(str(value["each"])) or []
+                return [self.but(item=e).build(value["as"]) for e in found]
+            return {k: self.build(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.build(v) for v in value]
+        return self.resolve(value)
 
     def resolve(self, value: Any) -> Any:
         """A value as written in a matter, with the paths it names read."""
