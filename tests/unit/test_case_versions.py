@@ -7,7 +7,7 @@ from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 
-from bus.agents.simulate import Simulation, WaitStep, load_scenario
+from bus.agents.simulate import Scenario, Simulation, WaitStep, load_scenario
 
 SHIPPED = Path(str(resources.files("bus.domain.matters"))) / "scenarios"
 
@@ -50,3 +50,55 @@ def test_a_removed_matter_does_not_stop_its_running_cases() -> None:
         sim.close()
     escalated = [m for m in sim.timeline if m.event_type == "task.escalated"]
     assert len(escalated) == 4
+
+
+def reviewing() -> tuple[Simulation, Scenario]:
+    """A simulation with a compliance certificate's review open."""
+    scenario = load_scenario(SHIPPED / "compliance-certificate-reviewed.yaml")
+    sim = Simulation()
+    first = scenario.model_copy(update={"steps": scenario.steps[:3], "expect": []})
+    assert sim.run(first).open_tasks == 1
+    return sim, scenario
+
+
+def answered(sim: Simulation, scenario: Scenario) -> list[str]:
+    """The bureau clears its case; the results of the certificates that come of it."""
+    later = scenario.model_copy(update={
+        "title": f"{scenario.title}, answered", "steps": scenario.steps[-1:], "expect": [],
+        "start": scenario.start + timedelta(hours=1),
+    })  # fmt: skip
+    outcome = sim.run(later)
+    return [m.payload["result"] for m in outcome.timeline if m.event_type == "certificate.issued"]
+
+
+def refusing(sim: Simulation) -> None:
+    """The office's next version: every review ends refused (workers restarted on it)."""
+    old = sim.matters["compliance-certificate"]
+    refuse = tuple(o.model_copy(update={"result": "refused"}) for o in old.outcomes)
+    sim.matters = {
+        "compliance-certificate": old.model_copy(update={"version": 2, "outcomes": refuse})
+    }
+
+
+def test_changed_outcomes_decide_new_cases_only() -> None:
+    sim, scenario = reviewing()
+    try:
+        refusing(sim)
+        results = answered(sim, scenario)
+    finally:
+        sim.close()
+    assert results == ["clean"], "version 1 decides: the case was opened under it"
+
+
+def test_a_case_kept_before_outcomes_is_decided_as_the_shipped_rule() -> None:
+    sim, scenario = reviewing()
+    try:
+        (state,) = sim.store.data.values()
+        (review,) = state.reviews.values()
+        del review["closing"], review["steps"]
+        review["rule"] = "clean_record"  # what a case opened before outcomes kept
+        refusing(sim)
+        results = answered(sim, scenario)
+    finally:
+        sim.close()
+    assert results == ["clean"]
