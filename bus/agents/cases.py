@@ -48,7 +48,17 @@ from bus.agents.out import Headers, Out, rejection_headers
 from bus.agents.route import Router, load_subscriptions
 from bus.agents.runtime import key_hash
 from bus.domain.certificates import Signer, UnsignedCertificate, new_serial
-from bus.domain.matters import Closing, Emit, Matter, StepClosing, by_trigger, load_matters
+from bus.domain.matters import (
+    Closing,
+    Emit,
+    Matter,
+    StepClosing,
+    TaskTemplate,
+    assign,
+    by_trigger,
+    load_matters,
+    next_steps,
+)
 from bus.domain.matters.facts import Facts
 from bus.domain.record import EnterpriseRecord, TaskEntry
 from bus.domain.tasks import TASK_STATES, TaskKey
@@ -579,7 +589,10 @@ class CaseEngine:
         self._task_counts: dict[int, Counter[TaskKey]] = {}  # by partition indexed
         self._task_series: set[TaskKey] = set()
         self._recounted = False
-        self._closings: dict[str, Closing] = {}  # parsed once per distinct kept definition
+        self._closings: dict[str, Closing] = {}
+        self._partition = (
+            0  # the partition of the step in hand  # parsed once per distinct kept definition
+        )
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -590,6 +603,7 @@ class CaseEngine:
         if step["kind"] == "tick":
             return self._tick(partition, _from_ms(step["at"]), store)
         self._at = _from_ms(step["at"])
+        self._partition = partition
         raw = base64.b64decode(step["event"])
         headers = [(k, base64.b64decode(v)) for k, v in step["headers"]]
         origin = str(step.get("origin", ""))
@@ -650,11 +664,11 @@ class CaseEngine:
         facts = matter.facts(event, record)
         if not facts.hold(matter.when):
             return []
-        plan = {t.name: matter.assignees(t, facts, self._known) for t in matter.tasks}
         if matter.outcomes:
             self.decided += 1
-        if any(plan.values()):
-            return self._open_case(matter, event, record, state, plan, partition)
+        opened = self._open_case(matter, event, record, state, partition)
+        if opened is not None:
+            return opened
         closing = matter.closing()  # no task to wait for: decided on the record alone
         outs = self._decide(matter.name, closing, closing.facts(event, record, {}), event, ())
         if not outs:
@@ -757,72 +771,128 @@ class CaseEngine:
         trigger: Envelope,
         record: EnterpriseRecord,
         state: CaseState,
-        plan: dict[str, dict[str, list[str]]],
         partition: int,
-    ) -> list[Out]:
-        """Create the tasks of a case: ``plan`` is template name -> assignee -> evidence."""
+    ) -> list[Out] | None:
+        """Open a case with the tasks whose turn has come; ``None`` if there were none."""
         case = case_id(matter, trigger)
         if case in state.reviews:
             return []  # open already: a step re-delivered after it left ``done``
+        review: dict[str, Any] = {
+            # what decides the case later, as its version said when it was opened:
+            # a changed or removed definition never changes a running case
+            "matter": matter.name, "version": matter.version, "late": matter.late,
+            "opened_at": self._at.timestamp(), "tasks": {}, "steps": {},
+            "request": trigger.model_dump(mode="json"),
+        }  # fmt: skip
         facts = matter.facts(trigger, record)
-        now = self._at.astimezone(CHINA_TZ)
-        outs: list[Out] = []
-        tasks: dict[str, list[str]] = {}
-        steps: dict[str, str] = {}  # task id -> the template it was made from
-        for name, assignees in plan.items():
-            template = matter.task(name)
-            due = self.calendar.add_working_days(now, template.working_days)
-            supervisor = {
-                "requester": getattr(trigger.payload, "requested_by", None) or matter.lead,
-                "lead": matter.lead,
-            }.get(template.supervisor or "", template.supervisor)
-            for assignee, evidence in sorted(assignees.items()):
-                task_id = task_id_for(name, case, assignee)
-                tasks[task_id] = evidence
-                steps[task_id] = name
-                state.tasks[task_id] = TaskEntry(
-                    task_id=task_id, matter=matter.name, case=case, assignee=assignee,
-                    supervisor=supervisor, due_at=due,
-                )  # fmt: skip
-                title = facts.but(evidence=evidence).render(template.title)
-                created = model_for("task.created")(
-                    event_type="task.created",
-                    event_id=derived_id("task.created", task_id),
-                    source=BUS,
-                    occurred_at=now,
-                    subject=trigger.subject,
-                    correlation_id=trigger.correlation_id,
-                    causation_id=trigger.event_id,
-                    payload={
-                        "task_id": task_id, "matter": matter.name, "title": title[:500],
-                        "assignee": assignee, "due_at": due,
-                        "working_days": template.working_days, "supervisor": supervisor,
-                        "evidence": evidence,
-                    },
-                )  # fmt: skip
-                outs.append(self._out(created, assignee))
-        if tasks:
-            parties = {trigger.source, getattr(trigger.payload, "requested_by", None)}
-            parties |= {t.assignee for t in state.tasks.values() if t.case == case}
-            parties |= {t.supervisor for t in state.tasks.values() if t.case == case}
-            outs.append(
-                self._parties(trigger.correlation_id, self._with_cases(state, trigger, parties))
+        outs = self._start(case, review, matter.tasks, matter.lead, facts, state)
+        if not review["tasks"]:
+            return None
+        started = set(review["steps"].values()) | set(review.get("skipped", ()))
+        later = tuple(t for t in matter.tasks if t.name not in started)
+        if matter.outcomes or later:
+            review["closing"] = matter.closing(later).model_dump(
+                mode="json", by_alias=True, exclude_defaults=True
             )
-            state.reviews[case] = {
-                # what decides the case later, as its version said when it was opened:
-                # a changed or removed definition never changes a running case
-                "matter": matter.name, "version": matter.version, "late": matter.late,
-                "opened_at": self._at.timestamp(), "tasks": tasks, "steps": steps,
-                "request": trigger.model_dump(mode="json"),
-            }  # fmt: skip
-            if matter.outcomes:
-                state.reviews[case]["closing"] = matter.closing().model_dump(
-                    mode="json", by_alias=True, exclude_defaults=True
-                )
-            due_index = self._due.setdefault(partition, [])
-            for task_id in tasks:
-                heapq.heappush(due_index, (state.tasks[task_id].due_at, record.uscc))
+        state.reviews[case] = review
+        parties = {trigger.source, getattr(trigger.payload, "requested_by", None)}
+        parties |= {t.assignee for t in state.tasks.values() if t.case == case}
+        parties |= {t.supervisor for t in state.tasks.values() if t.case == case}
+        outs.append(
+            self._parties(trigger.correlation_id, self._with_cases(state, trigger, parties))
+        )
+        self._index_due(partition, review, state, record.uscc)
         return outs
+
+    def _start(
+        self,
+        case: str,
+        review: dict[str, Any],
+        templates: Iterable[TaskTemplate],
+        lead: str,
+        facts: Facts,
+        state: CaseState,
+    ) -> list[Out]:
+        """Create the tasks of every step whose turn has come, until no more can start; a
+        step with nobody to ask (its list empty, its conditions not met) counts as answered."""
+        templates = tuple(templates)
+        skipped: list[str] = review.setdefault("skipped", [])
+        outs: list[Out] = []
+        while True:
+            started = set(review["steps"].values()) | set(skipped)
+            closed = set(skipped) | {
+                name for name in started
+                if all(state.tasks[t].closed for t, n in review["steps"].items()
+                       if n == name and t in state.tasks)
+            }  # fmt: skip
+            ready = next_steps(templates, started, closed)
+            if not ready:
+                break
+            for template in ready:
+                plan = assign(template, facts, self._known, lead)
+                if not plan:
+                    skipped.append(template.name)
+                    continue
+                outs += self._create(case, review, template, plan, lead, facts, state)
+        if not skipped:
+            del review["skipped"]
+        return outs
+
+    def _create(
+        self,
+        case: str,
+        review: dict[str, Any],
+        template: TaskTemplate,
+        plan: dict[str, list[str]],
+        lead: str,
+        facts: Facts,
+        state: CaseState,
+    ) -> list[Out]:
+        """The tasks of one step: one per assignee of ``plan`` (assignee -> evidence)."""
+        trigger = facts.trigger
+        now = self._at.astimezone(CHINA_TZ)
+        due = self.calendar.add_working_days(now, template.working_days)
+        supervisor = {
+            "requester": getattr(trigger.payload, "requested_by", None) or lead,
+            "lead": lead,
+        }.get(template.supervisor or "", template.supervisor)
+        outs: list[Out] = []
+        for assignee, evidence in sorted(plan.items()):
+            task_id = task_id_for(template.name, case, assignee)
+            review["tasks"][task_id] = evidence
+            review["steps"][task_id] = template.name
+            state.tasks[task_id] = TaskEntry(
+                task_id=task_id, matter=review["matter"], case=case, assignee=assignee,
+                supervisor=supervisor, due_at=due,
+            )  # fmt: skip
+            title = facts.but(evidence=evidence).render(template.title)
+            created = model_for("task.created")(
+                event_type="task.created",
+                event_id=derived_id("task.created", task_id),
+                source=BUS,
+                occurred_at=now,
+                subject=trigger.subject,
+                correlation_id=trigger.correlation_id,
+                causation_id=trigger.event_id,  # every task of a case: its trigger's
+                payload={
+                    "task_id": task_id, "matter": review["matter"], "title": title[:500],
+                    "assignee": assignee, "due_at": due,
+                    "working_days": template.working_days, "supervisor": supervisor,
+                    "evidence": evidence,
+                },
+            )  # fmt: skip
+            outs.append(self._out(created, assignee))
+        return outs
+
+    def _index_due(
+        self, partition: int, review: dict[str, Any], state: CaseState, uscc: str
+    ) -> None:
+        """Put the case's open tasks in the deadline index of their partition."""
+        due_index = self._due.setdefault(partition, [])
+        for task_id in review["tasks"]:
+            task = state.tasks.get(task_id)
+            if task is not None and not task.closed:
+                heapq.heappush(due_index, (task.due_at, uscc))
 
     def _answer(self, record: EnterpriseRecord, state: CaseState, event: Envelope) -> list[Out]:
         """A department accepts, completes or rejects a task (or gives an opinion).
@@ -882,32 +952,47 @@ class CaseEngine:
     def _close_case_if_done(
         self, record: EnterpriseRecord, state: CaseState, case: str
     ) -> list[Out]:
+        """A task was answered: start the steps whose turn came; decide once all are done."""
         review = state.reviews.get(case)
         if review is None:
             return []
+        how = self._closing_of(review)
         tasks = [state.tasks[t] for t in review["tasks"] if t in state.tasks]
+        if how is None:
+            if not all(t.closed for t in tasks):
+                return []
+            self._forget_case(state, case, tasks)
+            return []
+        trigger = model_for(review["request"]["event_type"]).model_validate(review["request"])
+        facts = how.facts(trigger, record, self._answered(review, how, tasks))
+        if how.later and (more := self._start(case, review, how.later, how.lead, facts, state)):
+            self._index_due(self._partition, review, state, record.uscc)
+            return more  # the case goes on with the steps whose turn came
         if not all(t.closed for t in tasks):
             return []
-        closing: list[Out] = []
-        if (how := self._closing_of(review)) is not None:
-            trigger = model_for(review["request"]["event_type"]).model_validate(review["request"])
-            steps = review.get("steps") or dict.fromkeys(review["tasks"], _only_step(how))
-            notes = review.get("notes", {})
-            answered: dict[str, list[dict[str, Any]]] = {}
-            for t in sorted(tasks, key=lambda t: t.assignee):
-                step = how.steps.get(steps.get(t.task_id, ""), StepClosing())
-                answered.setdefault(steps.get(t.task_id, ""), []).append({
-                    "task_id": t.task_id, "assignee": t.assignee, "answer": step.answer(t.outcome),
-                    "note": notes.get(t.assignee), "evidence": review["tasks"].get(t.task_id, []),
-                })  # fmt: skip
-            facts = how.facts(trigger, record, answered)
-            closing = self._decide(
-                review["matter"], how, facts, trigger, (t.assignee for t in tasks)
-            )
+        closing = self._decide(review["matter"], how, facts, trigger, (t.assignee for t in tasks))
+        self._forget_case(state, case, tasks)
+        return closing
+
+    def _answered(
+        self, review: dict[str, Any], how: Closing, tasks: list[TaskEntry]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """A case's tasks by step, with their answers as the matter counts them."""
+        steps = review.get("steps") or dict.fromkeys(review["tasks"], _only_step(how))
+        notes = review.get("notes", {})
+        answered: dict[str, list[dict[str, Any]]] = {}
+        for t in sorted(tasks, key=lambda t: t.assignee):
+            step = how.steps.get(steps.get(t.task_id, ""), StepClosing())
+            answered.setdefault(steps.get(t.task_id, ""), []).append({
+                "task_id": t.task_id, "assignee": t.assignee, "answer": step.answer(t.outcome),
+                "note": notes.get(t.assignee), "evidence": review["tasks"].get(t.task_id, []),
+            })  # fmt: skip
+        return answered
+
+    def _forget_case(self, state: CaseState, case: str, tasks: list[TaskEntry]) -> None:
         del state.reviews[case]
         for t in tasks:
             state.forget_task(t.task_id)
-        return closing
 
     def _closing_of(self, review: dict[str, Any]) -> Closing | None:
         """What decides a case, as kept with it (a case from before it was kept: its rule's)."""

@@ -34,6 +34,7 @@ OWNERS: dict[str, set[str]] = {
     "ks.tax": ANSWERS,
     "ks.hrss": ANSWERS,
     "ks.housingfund": ANSWERS,
+    "ks.banking": TASKS,
     **{f"ks.enforcement.{t}": {"penalty.imposed", "penalty.revoked", *ANSWERS} for t in TOWNS},
     **{f"ks.town.{t}": ANSWERS for t in TOWNS},
 }

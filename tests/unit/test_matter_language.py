@@ -159,3 +159,69 @@ def test_the_shipped_matters_use_no_python_resolver() -> None:
         for old in ("penalty_agency", "licence_department", "requested_departments",
                     "town_of_enterprise", "holds_licences"):  # fmt: skip
             assert old not in text, (path.name, old)
+
+
+def _legal_change(tmp_path: Path, steps: list[dict]) -> list[tuple[str, str]]:
+    doc = yaml.safe_load(
+        (SHIPPED / "scenarios" / "legal-representative-change.yaml").read_text(encoding="utf-8")
+    )
+    doc.update(steps=doc["steps"][:3] + steps, expect=[], expect_not=[])
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    sim = Simulation()
+    try:
+        outcome = sim.run(load_scenario(path))
+    finally:
+        sim.close()
+    return [(m.event_type, m.payload.get("assignee") or m.source) for m in outcome.timeline
+            if m.event_type.startswith("task.")]  # fmt: skip
+
+
+def test_a_step_after_another_starts_when_that_one_is_answered(tmp_path: Path) -> None:
+    tax = {"complete": "tax-update", "by": "ks.tax", "outcome": "recorded"}
+    timeline = _legal_change(tmp_path, [tax])
+    created = [who for kind, who in timeline if kind == "task.created"]
+    assert created == ["ks.tax", "ks.hrss", "ks.housingfund", "ks.banking"]
+    assert timeline.index(("task.completed", "ks.tax")) < timeline.index(
+        ("task.created", "ks.banking")
+    )
+    assert _legal_change(tmp_path, [])[-1] == ("task.created", "ks.housingfund")  # not yet
+
+
+def test_a_step_whose_condition_fails_is_skipped_and_the_case_closes(tmp_path: Path) -> None:
+    steps = [
+        {"reject": "tax-update", "by": "ks.tax", "reason": "not our taxpayer"},
+        {"complete": "social-insurance-update", "by": "ks.hrss", "outcome": "recorded"},
+        {"complete": "housing-fund-update", "by": "ks.housingfund", "outcome": "recorded"},
+    ]
+    timeline = _legal_change(tmp_path, steps)
+    assert ("task.created", "ks.banking") not in timeline  # tax could not record it
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("working_days: 2\n", "working_days: 2\n    after: [nobody]\n"), "'nobody' is no other task"),
+    (("working_days: 2\n", "working_days: 2\n    after: [note]\n"), "'note' is no other task"),
+])  # fmt: skip
+def test_a_wrong_order_of_tasks_is_named(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    (tmp_path / "big-fines.yaml").write_text(GOOD.replace(*change))
+    with pytest.raises(ConfigurationError, match=message):
+        load_matters(tmp_path)
+
+
+def test_tasks_that_wait_for_each_other_are_refused(tmp_path: Path) -> None:
+    two = (
+        GOOD
+        + """  - name: other
+    assignee: ks.tax
+    title: "Other {enterprise}"
+    working_days: 2
+    after: [note]
+"""
+    )
+    (tmp_path / "big-fines.yaml").write_text(
+        two.replace("working_days: 2\n", "working_days: 2\n    after: [other]\n", 1)
+    )
+    with pytest.raises(ConfigurationError, match="waits for itself"):
+        load_matters(tmp_path)

@@ -16,10 +16,11 @@ from bus.errors import ConfigurationError
 from bus.schemas.events import model_for
 
 
-def test_the_four_shipped_matters_load() -> None:
+def test_the_shipped_matters_load() -> None:
     matters = load_matters()
     assert {m.name for m in matters.values()} == {
         "compliance-certificate", "opening-a-business", "joint-discipline", "parallel-approval",
+        "legal-representative-change",
     }  # fmt: skip
     assert matters["compliance-certificate"].requires_registration
 

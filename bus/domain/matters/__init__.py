@@ -10,7 +10,7 @@ vocabularies below are what the correlate agent knows how to run.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +58,14 @@ def _conditions_problem(
         if problem := path_problem(path, lists, steps) or condition_problem(cond):
             return f"{path}: {problem}"
     return None
+
+
+def _reachable(templates: tuple[TaskTemplate, ...]) -> list[TaskTemplate]:
+    """The templates that can ever start, taking every task as answered once started."""
+    started: set[str] = set()
+    while ready := next_steps(templates, started, started):
+        started |= {t.name for t in ready}
+    return [t for t in templates if t.name in started]
 
 
 def _built_problem(value: Any, lists: tuple[str, ...], steps: tuple[str, ...]) -> str | None:
@@ -125,6 +133,18 @@ class TaskTemplate(BaseModel):
     supervisor: str | None = Field(default=None, description="requester, lead or a code")
     answers: tuple[str, ...] = Field(default=(), description="the answers that count as given")
     other_answer: str | None = Field(default=None, description="what any other answer counts as")
+    after: tuple[str, ...] = Field(default=(), description="tasks that must all be answered first")
+    after_any: tuple[str, ...] = Field(
+        default=(), description="tasks of which one must be answered first"
+    )
+    when: dict[str, Any] = Field(
+        default_factory=dict, description="conditions for this task, read when its turn comes"
+    )
+
+    @property
+    def waits(self) -> bool:
+        """Whether it waits for other tasks of its case."""
+        return bool(self.after or self.after_any)
 
     @field_validator("assignee")
     @classmethod
@@ -195,6 +215,9 @@ class Closing(BaseModel):
     lists: dict[str, ListDef] = Field(default_factory=dict)
     outcomes: tuple[Outcome, ...] = ()
     steps: dict[str, StepClosing] = Field(default_factory=dict)
+    later: tuple[TaskTemplate, ...] = Field(
+        default=(), description="tasks that had not yet started when this was kept"
+    )
 
     def facts(
         self, trigger: Envelope, record: EnterpriseRecord, tasks: dict[str, list[dict[str, Any]]]
@@ -275,6 +298,20 @@ class Matter(BaseModel):
                 if problem := _paths_problem(text, lists, item=t.for_each is not None):
                     return ("tasks", i, field), problem
         steps = tuple(t.name for t in self.tasks)
+        for i, t in enumerate(self.tasks):
+            for field in ("after", "after_any"):
+                for name in getattr(t, field):
+                    if name not in steps or name == t.name:
+                        return ("tasks", i, field), f"{name!r} is no other task of this matter"
+            readable = steps if t.waits else ()  # answers are there once earlier tasks are
+            if problem := _conditions_problem(t.when, lists, readable):
+                return ("tasks", i, "when"), problem
+        if len(set(steps)) != len(steps):
+            return ("tasks",), "two tasks have one name"
+        reachable = {t.name for t in _reachable(self.tasks)}
+        for i, t in enumerate(self.tasks):
+            if t.name not in reachable:
+                return ("tasks", i, "after"), f"task {t.name} waits for itself, through others"
         for i, o in enumerate(self.outcomes):
             if problem := _conditions_problem(o.when, lists, steps):
                 return ("outcomes", i, "when"), problem
@@ -293,30 +330,19 @@ class Matter(BaseModel):
     def assignees(
         self, template: TaskTemplate, facts: Facts, known: Callable[[str], bool]
     ) -> dict[str, list[str]]:
-        """Assignee -> evidence for one task template: one task, or one per department its
-        list's elements name. A named department that ``known`` does not know, or none at
-        all, gives the task to the template's fallback (the lead unless it says otherwise)."""
-        elements = [None] if template.for_each is None else facts.items(template.for_each)
-        found: dict[str, list[str]] = {}
-        for element in elements:
-            here = facts.but(item=element)
-            who = here.render(template.assignee)
-            if "{" in template.assignee and not (re.match(DEPARTMENT, who) and known(who)):
-                fallback = template.fallback
-                who = self.lead if fallback in (None, "lead") else str(fallback)
-            evidence = found.setdefault(str(who), [])
-            shown = here.render(template.evidence) if template.evidence else ""
-            if shown and shown not in evidence:
-                evidence.append(shown)
-        return found
+        """Assignee -> evidence for one of this matter's task templates (see ``assign``)."""
+        return assign(template, facts, known, self.lead)
 
-    def closing(self) -> Closing:
-        """What decides this matter's cases, to keep with each (see ``Closing``)."""
+    def closing(self, later: tuple[TaskTemplate, ...] = ()) -> Closing:
+        """What decides this matter's cases, to keep with each (see ``Closing``); ``later``:
+        the tasks a case has not started yet."""
         steps = {
             t.name: StepClosing(evidence=t.evidence, answers=t.answers, other_answer=t.other_answer)
             for t in self.tasks
         }
-        return Closing(lead=self.lead, lists=self.lists, outcomes=self.outcomes, steps=steps)
+        return Closing(
+            lead=self.lead, lists=self.lists, outcomes=self.outcomes, steps=steps, later=later
+        )
 
     def task(self, name: str) -> TaskTemplate:
         """The task template called ``name``."""
@@ -324,6 +350,43 @@ class Matter(BaseModel):
             if t.name == name:
                 return t
         raise KeyError(name)
+
+
+def assign(
+    template: TaskTemplate, facts: Facts, known: Callable[[str], bool], lead: str
+) -> dict[str, list[str]]:
+    """Assignee -> evidence for one task template: one task, or one per department its list's
+    elements name; none when its conditions do not hold. A named department that ``known``
+    does not know, or none at all, gives the task to the template's fallback (the lead
+    unless it says otherwise)."""
+    if not facts.hold(template.when):
+        return {}
+    elements = [None] if template.for_each is None else facts.items(template.for_each)
+    found: dict[str, list[str]] = {}
+    for element in elements:
+        here = facts.but(item=element)
+        who = here.render(template.assignee)
+        if "{" in template.assignee and not (re.match(DEPARTMENT, who) and known(who)):
+            who = lead if template.fallback in (None, "lead") else str(template.fallback)
+        evidence = found.setdefault(str(who), [])
+        shown = here.render(template.evidence) if template.evidence else ""
+        if shown and shown not in evidence:
+            evidence.append(shown)
+    return found
+
+
+def next_steps(
+    templates: Iterable[TaskTemplate], started: set[str], closed: set[str]
+) -> list[TaskTemplate]:
+    """The templates not started whose turn has come: every task of ``after`` answered, and
+    one of ``after_any`` (a task with none to ask counts as answered)."""
+    return [
+        t
+        for t in templates
+        if t.name not in started
+        and all(a in closed for a in t.after)
+        and (not t.after_any or any(a in closed for a in t.after_any))
+    ]
 
 
 def load_matters(directory: Path | None = None) -> dict[str, Matter]:

@@ -45,8 +45,8 @@ ENVELOPE_FIELDS = ("event_id", "event_type", "source", "subject", "occurred_at",
                    "correlation_id", "causation_id")  # fmt: skip
 RECORD_LISTS = ("penalties", "licences")
 FILTERS = {"lower": str.lower, "upper": str.upper}
-PLACE = re.compile(r"\{([a-z_][a-z0-9_.]*)(?:\|([a-z]+))?\}")
-WHOLE = re.compile(r"^\{([a-z_][a-z0-9_.]*)\}$")
+PLACE = re.compile(r"\{([a-z_][a-z0-9_.-]*)(?:\|([a-z]+))?\}")
+WHOLE = re.compile(r"^\{([a-z_][a-z0-9_.-]*)\}$")
 
 
 def places(text: str) -> list[tuple[str, str | None]]:
