@@ -18,7 +18,14 @@ from bus.schemas.events import model_for
 from bus.settings import Settings
 from bus.streaming.codec import EventCodec
 from tests.e2e.test_cli import bus
-from tests.integration.test_correlate import _deadletters, folded, outputs, publish, request
+from tests.integration.test_correlate import (
+    _deadletters,
+    answer,
+    folded,
+    outputs,
+    publish,
+    request,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -168,6 +175,32 @@ def test_the_worker_runs_the_matters_of_bus_matters_dir(settings: Settings, tmp_
     ])  # fmt: skip
     assert len(more) == 5, "nothing else: the folder's matters only, each case once"
     assert len({t.payload.task_id for t in tasks}) == 5
+
+
+def test_a_new_legal_representative_reaches_the_banks_after_tax(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A matter written only in the language, through the real worker: three offices at once,
+    the banks once tax has recorded the change; a change of address starts nothing."""
+    rng = random.Random(55)
+    firm = enterprise(rng)
+    moved = event("enterprise.changed", "ks.amr", firm.uscc, address="昆山市花桥镇光明路100号",
+                  effective_on=date(2026, 3, 2))  # fmt: skip
+    changed = event("enterprise.changed", "ks.amr", firm.uscc, legal_representative="李娜",
+                    legal_representative_id="32058319850202002X",
+                    effective_on=date(2026, 3, 2))  # fmt: skip
+    matter = "legal-representative-change"
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        publish(settings, [registered(firm, rng), moved, changed])
+        first = outputs(settings, "task", "task.created", 3, matter, quiet=3)
+        [tax] = [t for t in first if t.payload.assignee == "ks.tax"]
+        publish(settings, [answer(tax, "task.completed", "ks.tax", outcome="recorded")])
+        tasks = outputs(settings, "task", "task.created", 4, matter, quiet=3)
+    assert sorted(t.payload.assignee for t in first) == ["ks.housingfund", "ks.hrss", "ks.tax"]
+    assert {t.causation_id for t in tasks} == {changed.event_id}  # none for the address
+    [bank] = [t for t in tasks if t.payload.assignee == "ks.banking"]
+    assert "李娜" in bank.payload.title
+    assert bank.payload.supervisor == "ks.amr"
 
 
 CREDIT_FILE = """
