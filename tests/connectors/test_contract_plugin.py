@@ -20,7 +20,7 @@ from tests.conftest import TestBroker
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.slow("a pytest run of its own: 20 contract tests on Kafka"),
+    pytest.mark.slow("a pytest run of its own: eight contract tests on Kafka"),
 ]
 
 CONFTEST = 'pytest_plugins = ["connectors.contract"]\n'
@@ -97,7 +97,8 @@ def test_an_integrators_project_runs_the_contract_from_the_package(
     env = {**os.environ, "BUS_TEST_BROKER": broker.bootstrap, "PYTHONPATH": str(Path.cwd())}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "--strict-markers", f"--junitxml={report}", "--rootdir", str(project), str(project)],
+         "--strict-markers", f"--junitxml={report}", "--rootdir", str(project), str(project),
+         "-k", "TestMemorySink or offset_order or guarantee"],  # the lossy sink: two suffice
         cwd=project, env=env, capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     outcomes: dict[str, str] = {}

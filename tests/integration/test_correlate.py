@@ -52,18 +52,21 @@ def outputs(
     matter: str | None = None,
     *,
     wait: float = 60.0,
+    quiet: float | None = None,
 ) -> list[Envelope]:
     """Wait for ``n`` events of ``event_type`` on a canonical topic (or time out with fewer).
 
     Returns as soon as ``n`` are there; gives up after ``wait`` seconds, or as many quiet
-    ones: checks that something does *not* come pass a short ``wait``.
+    ones: checks that something does *not* come pass a short ``wait``. With ``quiet``, once
+    ``n`` are there it reads on until the topic has been quiet that long and returns every
+    match, so a test sees a duplicate without waiting out ``wait``.
     ``matter`` keeps only tasks of that matter (a registration also opens other cases).
     """
 
-    async def go() -> list[Envelope]:
+    async def go(idle: float, until: int | None) -> list[Envelope]:
         found = []
         topic = settings.topic(f"events.{family}")
-        reading = read_topic(settings, topic, idle=wait, max_seconds=wait)
+        reading = read_topic(settings, topic, idle=idle, max_seconds=wait)
         async with aclosing(reading) as records:
             async for r in records:
                 if r.headers.get("event_type") == event_type:
@@ -71,11 +74,16 @@ def outputs(
                     if matter is not None and getattr(event.payload, "matter", None) != matter:
                         continue
                     found.append(event)
-                    if len(found) >= n:
+                    if until is not None and len(found) >= until:
                         break
         return found
 
-    return asyncio.run(go())
+    found = asyncio.run(go(wait, n))
+    if quiet is None or len(found) < n:
+        return found
+    while len(everything := asyncio.run(go(quiet, None))) < len(found):
+        pass  # a first fetch slower than ``quiet``: read again
+    return everything
 
 
 def request(
@@ -244,7 +252,7 @@ def test_late_tasks_are_escalated_once_even_across_a_restart(
 ) -> None:
     with WorkerProcess(settings, tmp_path / "worker.log"):
         _, task = penalised(settings, firm, 47)
-        opened = outputs(settings, "task", "task.created", 10)  # review + opening a business
+        opened = outputs(settings, "task", "task.created", 5, quiet=3)  # review + opening
     # Three weeks later (as the worker sees it): every deadline (1 to 5 working days) has
     # passed, also for a task opened on a Friday night, China time, before a holiday week.
     late = settings.model_copy(update={"clock_skew": 21 * 86400.0, "task_check_interval": 0.2})
@@ -268,6 +276,7 @@ def test_late_tasks_are_escalated_once_even_across_a_restart(
 
 
 @pytest.mark.slow("a worker killed mid-stream; its successor waits out the session timeout")
+@pytest.mark.timeout(600)
 def test_worker_killed_mid_stream_finishes_every_case_once(
     settings: Settings, broker: TestBroker, tmp_path: Path
 ) -> None:
@@ -287,11 +296,15 @@ def test_worker_killed_mid_stream_finishes_every_case_once(
         publisher.join()
         broker.forget_dead_members()
         worker.start()
-        issued = outputs(settings, "certificate", "certificate.issued", 10 * len(requests))
+        # Generous waits: a restarted worker has been seen to stall about a minute before its
+        # first writes go through (docs/architecture.md, "Known: a restarted worker ...").
+        issued = outputs(
+            settings, "certificate", "certificate.issued", len(requests), wait=180, quiet=3
+        )
         # The record survived the crash: the fined enterprise still needs a review.
         publish(settings, [request(fined)])
-        [review] = outputs(settings, "task", "task.created", 1, CERTIFICATE)
-        created = outputs(settings, "task", "task.created", 10 * len(firms))
+        [review] = outputs(settings, "task", "task.created", 1, CERTIFICATE, wait=180)
+        created = outputs(settings, "task", "task.created", 4 * len(firms) + 1, wait=180, quiet=3)
     finally:
         worker.stop()
     assert killed_at < len(requests), "publishing finished before the worker was killed"
@@ -338,7 +351,7 @@ def test_a_cleared_review_takes_its_penalty_off_the_certificate(
         publish(settings, [registered(firm, rng), kept, cleared])
         folded(settings, "penalty", 2)
         publish(settings, [request(firm)])
-        reviews = outputs(settings, "task", "task.created", 2, CERTIFICATE)
+        reviews = outputs(settings, "task", "task.created", 2, CERTIFICATE, quiet=1)
         by_bureau = {t.payload.assignee: t for t in reviews}
         publish(settings, [
             answer(by_bureau[cleared.source], "task.completed", cleared.source, outcome="cleared"),
