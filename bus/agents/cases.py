@@ -92,7 +92,9 @@ KEEP_DONE = 32
 """Steps an enterprise's state remembers, so a re-delivered step is recognised."""
 _IDS = uuid.UUID("0b5e7c1e-6a1d-4c55-9d0e-4b7573000001")  # namespace of derived ids
 
-StepKind = Literal["trigger", "answer", "tick"]
+StepKind = Literal["trigger", "answer", "signal", "tick"]
+"""A case step: a matter's trigger, an answer to a task, an event that may end cases (a
+matter's ``cancel``), or a deadline tick."""
 
 FENCED = (ProducerFenced, InvalidProducerEpoch)
 """Another worker took the partition over: this one is a zombie and must not write."""
@@ -628,11 +630,12 @@ class CaseEngine:
                 return [self._letter(raw, event, headers, origin, exc)]
             outs += self._route(event, raw, headers, record, event.source)  # taken: confirm
         else:
-            matters = self.triggers.get(event.event_type, ())
-            outs = []
+            outs = self._cancel(record, state, event)  # what it ends, before what it starts
+            ended = bool(outs)
+            matters = self.triggers.get(event.event_type, ()) if step["kind"] == "trigger" else ()
             for matter in matters:  # several matters may start from one event
                 outs += self._trigger(matter, record, state, event, partition)
-            if not any(case_id(m, event) in state.reviews for m in matters):
+            if not ended and not any(case_id(m, event) in state.reviews for m in matters):
                 return outs  # decided at once, nothing to remember: a re-run decides the same
         state.remember(step_id)
         store.put(event.subject, state)
@@ -790,7 +793,7 @@ class CaseEngine:
             return None
         started = set(review["steps"].values()) | set(review.get("skipped", ()))
         later = tuple(t for t in matter.tasks if t.name not in started)
-        if matter.outcomes or later:
+        if matter.outcomes or later or matter.cancel:
             review["closing"] = matter.closing(later).model_dump(
                 mode="json", by_alias=True, exclude_defaults=True
             )
@@ -993,6 +996,30 @@ class CaseEngine:
         del state.reviews[case]
         for t in tasks:
             state.forget_task(t.task_id)
+
+    def _cancel(self, record: EnterpriseRecord, state: CaseState, event: Envelope) -> list[Out]:
+        """End the cases ``event`` cancels: their open tasks get ``task.cancelled``."""
+        outs: list[Out] = []
+        for case, review in list(state.reviews.items()):
+            how = self._closing_of(review)
+            if how is None or not how.cancel:
+                continue
+            trigger = model_for(review["request"]["event_type"]).model_validate(review["request"])
+            spec = how.cancelled_by(how.facts(trigger, record, {}), event)
+            if spec is None:
+                continue
+            tasks = [state.tasks[t] for t in review["tasks"] if t in state.tasks]
+            for task in tasks:
+                if task.closed:
+                    continue
+                task.state = "cancelled"
+                reason = f"case {spec.result}: {event.event_type} {event.event_id}"
+                body = {"task_id": task.task_id, "reason": reason}
+                outs.append(self._task_event(record, state, task, "task.cancelled", body, event))
+            log.info("cases: %s %s of %s ended by %s", review["matter"], spec.result,
+                     record.uscc, event.event_type)  # fmt: skip
+            self._forget_case(state, case, tasks)
+        return outs
 
     def _closing_of(self, review: dict[str, Any]) -> Closing | None:
         """What decides a case, as kept with it (a case from before it was kept: its rule's)."""

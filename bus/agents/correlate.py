@@ -68,7 +68,10 @@ class CorrelateAgent(BatchAgent):
         self.seen = SeenStore(s.topic(CORRELATE_SEEN.name))
         topics = [s.topic(f"events.{f}") for f in FAMILIES]
         super().__init__(ctx, topics, stores=[self.records, self.seen])
-        self.triggers = by_trigger(load_matters(s.matters_dir))
+        matters = load_matters(s.matters_dir)
+        self.triggers = by_trigger(matters)
+        # events that may end running cases: handed to the case engine as they come
+        self.cancels = {c.event for m in matters.values() for c in m.cancel}
         self.codec = ctx.codec
         self.recent = ctx.recent
         self.deadletter = s.topic(DEADLETTER.name)
@@ -135,6 +138,9 @@ class CorrelateAgent(BatchAgent):
             elif any(starts_case(m, event, record) for m in matters):
                 value, headers = r.value or b"", list(r.headers or ())
                 outs.append(self._step("trigger", event, value, headers, origin, record))
+            elif event.event_type in self.cancels and (HISTORICAL, b"1") not in (r.headers or ()):
+                value, headers = r.value or b"", list(r.headers or ())
+                outs.append(self._step("signal", event, value, headers, origin, record))
             outs.extend(self._route(event, r, record))
             if self.router.must_wait(event, record.status != "unknown"):
                 record.unrouted[str(event.event_id)] = event.model_dump(mode="json", warnings=False)

@@ -279,6 +279,7 @@ class Simulation:
         played = {name: self.matters[name] for name in names}
         self.engine.matters, self.engine.triggers = played, by_trigger(played)
         self.correlate.triggers = by_trigger(played)
+        self.correlate.cancels = {c.event for m in played.values() for c in m.cancel}
         now = scenario.start
         for i, step in enumerate(scenario.steps):
             if isinstance(step, WaitStep):

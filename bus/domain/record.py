@@ -68,15 +68,15 @@ class TaskEntry(BaseModel):
     assignee: str
     supervisor: str | None = None
     due_at: datetime
-    state: Literal["open", "accepted", "completed", "rejected"] = "open"
+    state: Literal["open", "accepted", "completed", "rejected", "cancelled"] = "open"
     outcome: str | None = None
     overdue: bool = False
     escalated: bool = False
 
     @property
     def closed(self) -> bool:
-        """Completed or rejected: nothing more is expected from the assignee."""
-        return self.state in ("completed", "rejected")
+        """Completed, rejected or cancelled: nothing more is expected from the assignee."""
+        return self.state in ("completed", "rejected", "cancelled")
 
     @property
     def shown_state(self) -> str:

@@ -2,12 +2,12 @@
 
 The correlate agent decides every task's state and publishes each change as a lifecycle
 event on the task topic (``task.created``, ``task.accepted``, ``task.completed``,
-``task.rejected``, ``task.overdue``, ``task.escalated``); a task an opinion answers, or one
-its case closes, gets a ``task.completed`` from the bus too. So folding those events gives
-the state the agent holds. ``TaskView.fold`` is that fold (the gateway runs it over a
-department's inbox, ``bus status`` over the task topic) and ``shown_state`` the one
-vocabulary every view counts in: an open or accepted task past its deadline shows as
-``overdue``, or ``escalated`` once its supervisor was told.
+``task.rejected``, ``task.overdue``, ``task.escalated``, ``task.cancelled``); a task an
+opinion answers, or one its case closes, gets a ``task.completed`` from the bus too. So
+folding those events gives the state the agent holds. ``TaskView.fold`` is that fold (the
+gateway runs it over a department's inbox, ``bus status`` over the task topic) and
+``shown_state`` the one vocabulary every view counts in: an open or accepted task past its
+deadline shows as ``overdue``, or ``escalated`` once its supervisor was told.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 from bus.schemas.envelope import Envelope
 
-TASK_STATES = ("open", "accepted", "overdue", "escalated", "completed", "rejected")
-CLOSED = ("completed", "rejected")
+TASK_STATES = ("open", "accepted", "overdue", "escalated", "completed", "rejected", "cancelled")
+CLOSED = ("completed", "rejected", "cancelled")
 ANSWERS = ("accepted", "completed", "rejected")
 BUS = "ks.bus"
 
@@ -57,7 +57,7 @@ class TaskView:
 
     @property
     def closed(self) -> bool:
-        """Completed or rejected."""
+        """Completed, rejected or cancelled."""
         return self.state in CLOSED
 
     @property
@@ -98,6 +98,8 @@ class TaskView:
             return None  # the correlate agent dead-letters it (not_assignee, closed)
         if kind == "accepted":
             task.state = "accepted"
+        elif kind == "cancelled" and event.source != BUS:
+            return None  # only the bus ends a case early
         elif kind in CLOSED:
             task.state = kind
             task.outcome = getattr(p, "outcome", None) or getattr(p, "reason", None)

@@ -21,6 +21,7 @@ from bus.schemas.licence import LicenceGranted, LicenceRevoked
 from bus.schemas.penalty import PenaltyImposed, PenaltyRepaired, PenaltyRevoked
 from bus.schemas.task import (
     TaskAccepted,
+    TaskCancelled,
     TaskCompleted,
     TaskCreated,
     TaskEscalated,
@@ -76,6 +77,7 @@ EVENT_TYPES: dict[str, EventSpec] = {
         _spec("task.rejected", TaskRejected),
         _spec("task.overdue", TaskOverdue),
         _spec("task.escalated", TaskEscalated),
+        _spec("task.cancelled", TaskCancelled),
     )
 }
 

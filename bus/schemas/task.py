@@ -65,3 +65,11 @@ class TaskEscalated(Payload):
     task_id: Line = TaskId
     escalated_to: DepartmentCode
     reason: Text
+
+
+class TaskCancelled(Payload):
+    """The case ended before the task was answered (the enterprise deregistered, the request
+    withdrawn): nothing more is expected from the assignee. Published by the bus only."""
+
+    task_id: Line = TaskId
+    reason: Text

@@ -197,6 +197,13 @@ PAYLOADS: dict[str, tuple[str, dict[str, Any]]] = {
             "reason": "review not completed within 5 working days",
         },
     ),
+    "task.cancelled": (
+        "ks.bus",
+        {
+            "task_id": "task-6f1c1d2e8a4b4c7e",
+            "reason": "case deregistered: enterprise.deregistered",
+        },
+    ),
 }
 
 

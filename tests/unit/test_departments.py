@@ -30,6 +30,7 @@ OWNERS: dict[str, set[str]] = {
         "task.created",
         "task.overdue",
         "task.escalated",
+        "task.cancelled",
     },
     "ks.tax": ANSWERS,
     "ks.hrss": ANSWERS,

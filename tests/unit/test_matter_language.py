@@ -173,8 +173,9 @@ def _legal_change(tmp_path: Path, steps: list[dict]) -> list[tuple[str, str]]:
         outcome = sim.run(load_scenario(path))
     finally:
         sim.close()
-    return [(m.event_type, m.payload.get("assignee") or m.source) for m in outcome.timeline
-            if m.event_type.startswith("task.")]  # fmt: skip
+    return [(m.event_type if m.kind != "refused" else f"refused {m.reason.split(':')[0]}",
+             m.payload.get("assignee") or (m.notify or (m.source,))[0])
+            for m in outcome.timeline if m.event_type.startswith("task.")]  # fmt: skip
 
 
 def test_a_step_after_another_starts_when_that_one_is_answered(tmp_path: Path) -> None:
@@ -225,3 +226,14 @@ def test_tasks_that_wait_for_each_other_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigurationError, match="waits for itself"):
         load_matters(tmp_path)
+
+
+def test_a_deregistration_cancels_the_open_tasks_of_a_running_case(tmp_path: Path) -> None:
+    gone = {"event": "enterprise.deregistered", "source": "ks.amr",
+            "payload": {"reason": "股东决议解散", "deregistered_on": "2026-03-03"}}  # fmt: skip
+    tax = {"complete": "tax-update", "by": "ks.tax", "outcome": "recorded"}
+    late = {"complete": "social-insurance-update", "by": "ks.hrss", "outcome": "recorded"}
+    timeline = _legal_change(tmp_path, [tax, gone, late])
+    cancelled = sorted(who for kind, who in timeline if kind == "task.cancelled")
+    assert cancelled == ["ks.banking", "ks.housingfund", "ks.hrss"]  # tax had answered
+    assert timeline[-1][0].startswith("refused task."), timeline  # the case is gone

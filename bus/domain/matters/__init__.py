@@ -52,10 +52,15 @@ def _paths_problem(text: str, lists: tuple[str, ...], *, item: bool) -> str | No
 
 
 def _conditions_problem(
-    when: dict[str, Any], lists: tuple[str, ...], steps: tuple[str, ...] = ()
+    when: dict[str, Any],
+    lists: tuple[str, ...],
+    steps: tuple[str, ...] = (),
+    *,
+    event: bool = False,
 ) -> str | None:
     for path, cond in when.items():
-        if problem := path_problem(path, lists, steps) or condition_problem(cond):
+        problem = path_problem(path, lists, steps, event=event) or condition_problem(cond)
+        if problem:
             return f"{path}: {problem}"
     return None
 
@@ -189,6 +194,26 @@ class Outcome(BaseModel):
     emit: Emit | None = None
 
 
+class Cancel(BaseModel):
+    """What ends a case early: an event about the same enterprise, when its conditions hold.
+    The open tasks of the case get ``task.cancelled``; the case closes with ``result``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: str
+    when: dict[str, Any] = Field(
+        default_factory=dict, description="conditions on event.* (and trigger.*, the record)"
+    )
+    result: str = Field(default="cancelled", pattern=NAME)
+
+    @field_validator("event")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {value!r}")
+        return value
+
+
 class StepClosing(BaseModel):
     """What a case needs of one task template to read its answers."""
 
@@ -218,6 +243,14 @@ class Closing(BaseModel):
     later: tuple[TaskTemplate, ...] = Field(
         default=(), description="tasks that had not yet started when this was kept"
     )
+    cancel: tuple[Cancel, ...] = ()
+
+    def cancelled_by(self, facts: Facts, event: Envelope) -> Cancel | None:
+        """The first way ``event`` ends the case, if it does."""
+        seen = facts.seeing(event)
+        return next(
+            (c for c in self.cancel if c.event == event.event_type and seen.hold(c.when)), None
+        )
 
     def facts(
         self, trigger: Envelope, record: EnterpriseRecord, tasks: dict[str, list[dict[str, Any]]]
@@ -253,6 +286,9 @@ class Matter(BaseModel):
     tasks: tuple[TaskTemplate, ...] = ()
     outcomes: tuple[Outcome, ...] = Field(
         default=(), description="how a case ends, first that holds; none: it just closes"
+    )
+    cancel: tuple[Cancel, ...] = Field(
+        default=(), description="events that end a case early, and what its open tasks get"
     )
     decision: None = Field(default=None, exclude=True, description="the format before outcomes")
     late: Literal["escalate_to_supervisor", "overdue_only"] = "escalate_to_supervisor"
@@ -298,6 +334,9 @@ class Matter(BaseModel):
                 if problem := _paths_problem(text, lists, item=t.for_each is not None):
                     return ("tasks", i, field), problem
         steps = tuple(t.name for t in self.tasks)
+        for i, c in enumerate(self.cancel):
+            if problem := _conditions_problem(c.when, lists, event=True):
+                return ("cancel", i, "when"), problem
         for i, t in enumerate(self.tasks):
             for field in ("after", "after_any"):
                 for name in getattr(t, field):
@@ -341,7 +380,12 @@ class Matter(BaseModel):
             for t in self.tasks
         }
         return Closing(
-            lead=self.lead, lists=self.lists, outcomes=self.outcomes, steps=steps, later=later
+            lead=self.lead,
+            lists=self.lists,
+            outcomes=self.outcomes,
+            steps=steps,
+            later=later,
+            cancel=self.cancel,
         )
 
     def task(self, name: str) -> TaskTemplate:

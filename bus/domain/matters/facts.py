@@ -17,6 +17,7 @@ A matter's conditions, lists, assignees, evidence and titles name facts by path:
     lead                          the matter's lead department
     answers.review                in outcomes: the answers to a step's tasks (closed ones)
     tasks.opinion                 in outcomes: a step's tasks (assignee, answer, note, evidence)
+    event.application_number      in cancel: the event that may end the case (as trigger.*)
 
 In outcomes, an element of a list also has ``answer``: the answer to the task whose evidence
 it gave (none if it gave none).
@@ -40,7 +41,7 @@ from bus.schemas.envelope import Envelope
 if TYPE_CHECKING:
     from bus.domain.matters import ListDef
 
-ROOTS = ("trigger", "enterprise", "record", "item", "evidence", "lead", "answers", "tasks")
+ROOTS = ("trigger", "enterprise", "record", "item", "evidence", "lead", "answers", "tasks", "event")
 ENVELOPE_FIELDS = ("event_id", "event_type", "source", "subject", "occurred_at",
                    "correlation_id", "causation_id")  # fmt: skip
 RECORD_LISTS = ("penalties", "licences")
@@ -54,10 +55,17 @@ def places(text: str) -> list[tuple[str, str | None]]:
     return [(m.group(1), m.group(2)) for m in PLACE.finditer(text)]
 
 
-def path_problem(path: str, lists: Sequence[str], steps: Sequence[str] = ()) -> str | None:
+def path_problem(
+    path: str, lists: Sequence[str], steps: Sequence[str] = (), *, event: bool = False
+) -> str | None:
     """What is wrong with a path as written in a matter, or None (``steps``: where answers
-    may be read, the task names; none where they may not)."""
+    may be read, the task names; none where they may not; ``event``: where an event that
+    may cancel the case is read)."""
     root, _, rest = path.partition(".")
+    if root == "event":
+        if not event:
+            return f"{path!r}: event is known in cancel only"
+        return None if rest else f"{path!r}: name a field of the event"
     if root in ("answers", "tasks"):
         if not steps:
             return f"{path!r}: {root} are known in outcomes only"
@@ -108,12 +116,19 @@ class Facts:
         self.evidence = list(evidence)
         self.tasks = tasks or {}
         self.evidence_of = evidence_of or {}
+        self.event: Envelope | None = None
 
     def but(self, *, item: Any = None, evidence: Sequence[str] = ()) -> Facts:
         """The same facts with an element (and its evidence) in hand."""
         return Facts(self.trigger, self.record, lead=self.lead, lists=self.lists, item=item,
                      evidence=evidence, tasks=self.tasks,
                      evidence_of=self.evidence_of)  # fmt: skip
+
+    def seeing(self, event: Envelope) -> Facts:
+        """The same facts with an event that may end the case, read as ``event.*``."""
+        seen = self.but()
+        seen.event = event
+        return seen
 
     def answered(
         self, tasks: Mapping[str, list[dict[str, Any]]], evidence_of: Mapping[str, str]
@@ -127,10 +142,13 @@ class Facts:
         root, _, rest = path.partition(".")
         if root in self.lists and not rest:
             return self.items(root)
-        if root == "trigger":
+        if root in ("trigger", "event"):
+            event = self.trigger if root == "trigger" else self.event
+            if event is None:
+                return None
             if rest in ENVELOPE_FIELDS:
-                return getattr(self.trigger, rest)
-            return _dig(self.trigger.payload, rest.removeprefix("payload."))
+                return getattr(event, rest)
+            return _dig(event.payload, rest.removeprefix("payload."))
         if root == "enterprise":
             if not rest:
                 return self.record.name or self.record.uscc
