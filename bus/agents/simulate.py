@@ -224,7 +224,10 @@ def summary(event_type: str, p: dict[str, Any]) -> str:
         return f"result {p.get('result')}" + (f" ({cases})" if cases else "")
     if event_type == "approval.decided":
         return f"decision {p.get('decision')}"
-    if event_type in ("task.completed", "task.accepted", "task.rejected"):
+    if event_type in ("application.submitted", "application.decided"):
+        result = f"result {p['result']} " if p.get("result") else ""
+        return f"{result}{p.get('matter')} {p.get('application_number')}"
+    if event_type in ("task.completed", "task.accepted", "task.rejected", "task.cancelled"):
         return " ".join(str(p.get(k)) for k in ("outcome", "reason") if p.get(k))
     if event_type == "task.escalated":
         return f"to {p.get('escalated_to')}"

@@ -13,6 +13,11 @@ from typing import Any, Literal
 from pydantic import create_model
 
 from bus.errors import UnknownEventType
+from bus.schemas.application import (
+    ApplicationDecided,
+    ApplicationSubmitted,
+    ApplicationWithdrawn,
+)
 from bus.schemas.approval import ApprovalDecided, ApprovalOpinion, ApprovalRequested
 from bus.schemas.certificate import CertificateIssued, CertificateRequested
 from bus.schemas.enterprise import EnterpriseChanged, EnterpriseDeregistered, EnterpriseRegistered
@@ -71,6 +76,9 @@ EVENT_TYPES: dict[str, EventSpec] = {
         _spec("approval.requested", ApprovalRequested),
         _spec("approval.opinion", ApprovalOpinion),
         _spec("approval.decided", ApprovalDecided),
+        _spec("application.submitted", ApplicationSubmitted),
+        _spec("application.withdrawn", ApplicationWithdrawn),
+        _spec("application.decided", ApplicationDecided),
         _spec("task.created", TaskCreated),
         _spec("task.accepted", TaskAccepted),
         _spec("task.completed", TaskCompleted),

@@ -144,6 +144,33 @@ PAYLOADS: dict[str, tuple[str, dict[str, Any]]] = {
             "submitted_on": date(2026, 11, 2),
         },
     ),
+    "application.submitted": (
+        "ks.amr",
+        {
+            "matter": "enterprise-deregistration",
+            "application_number": "KS-ZX-2026-000042",
+            "applicant": "张伟",
+            "requested_by": "ks.amr",
+            "submitted_on": date(2026, 11, 2),
+            "details": [{"name": "reason", "value": "股东会决议解散"}],
+        },
+    ),
+    "application.withdrawn": (
+        "ks.amr",
+        {
+            "matter": "enterprise-deregistration",
+            "application_number": "KS-ZX-2026-000042",
+            "reason": "申请人撤回",
+        },
+    ),
+    "application.decided": (
+        "ks.bus",
+        {
+            "matter": "enterprise-deregistration",
+            "application_number": "KS-ZX-2026-000042",
+            "result": "deregistered",
+        },
+    ),
     "approval.opinion": (
         "ks.hrss",
         {"application_number": "KS-SP-2026-000123", "opinion": "approve", "note": "同意"},

@@ -20,9 +20,23 @@ TOWNS = ("huaqiao", "zhoushi", "lujia", "bacheng", "qiandeng", "dianshanhu", "zh
 TASKS = {"task.accepted", "task.completed", "task.rejected"}  # any assignee may answer
 ANSWERS = {*TASKS, "approval.opinion"}  # ... and give an opinion when asked
 OWNERS: dict[str, set[str]] = {
-    "ks.amr": {"enterprise.registered", "enterprise.changed", "enterprise.deregistered", *ANSWERS},
+    "ks.amr": {
+        "enterprise.registered",
+        "enterprise.changed",
+        "enterprise.deregistered",
+        "application.submitted",
+        "application.withdrawn",
+        *ANSWERS,
+    },
     "ks.finance": {"certificate.requested"},
-    "ks.approval": {"licence.granted", "licence.revoked", "approval.requested", *ANSWERS},
+    "ks.approval": {
+        "licence.granted",
+        "licence.revoked",
+        "approval.requested",
+        "application.submitted",
+        "application.withdrawn",
+        *ANSWERS,
+    },
     "ks.credit": {"penalty.repaired", *TASKS},
     "ks.bus": {
         "certificate.issued",
@@ -31,6 +45,7 @@ OWNERS: dict[str, set[str]] = {
         "task.overdue",
         "task.escalated",
         "task.cancelled",
+        "application.decided",
     },
     "ks.tax": ANSWERS,
     "ks.hrss": ANSWERS,

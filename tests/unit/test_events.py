@@ -44,7 +44,15 @@ def test_every_event_type_builds_from_realistic_data(event_type: str) -> None:
 
 
 def test_catalogue_families_and_specs() -> None:
-    assert FAMILIES == ("enterprise", "penalty", "licence", "certificate", "approval", "task")
+    assert FAMILIES == (
+        "enterprise",
+        "penalty",
+        "licence",
+        "certificate",
+        "approval",
+        "application",
+        "task",
+    )
     spec = spec_for("penalty.imposed")
     assert spec.family == "penalty"
     assert spec.subject == "uscc"

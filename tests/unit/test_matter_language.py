@@ -237,3 +237,42 @@ def test_a_deregistration_cancels_the_open_tasks_of_a_running_case(tmp_path: Pat
     cancelled = sorted(who for kind, who in timeline if kind == "task.cancelled")
     assert cancelled == ["ks.banking", "ks.housingfund", "ks.hrss"]  # tax had answered
     assert timeline[-1][0].startswith("refused task."), timeline  # the case is gone
+
+
+def _deregistration(tmp_path: Path, steps: list[dict]) -> list[tuple[str, str]]:
+    doc = yaml.safe_load(
+        (SHIPPED / "scenarios" / "enterprise-deregistration.yaml").read_text(encoding="utf-8")
+    )
+    first = [s for s in doc["steps"][:3] if s.get("event") != "enterprise.changed"]
+    doc.update(steps=first + steps, expect=[], expect_not=[], with_matters=[])
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    sim = Simulation()
+    try:
+        outcome = sim.run(load_scenario(path))
+    finally:
+        sim.close()
+    return [(m.event_type, m.payload.get("result") or m.payload.get("assignee") or "")
+            for m in outcome.timeline if m.source == "ks.bus"]  # fmt: skip
+
+
+def test_an_enterprise_not_cleared_by_tax_is_refused_without_a_decision_task(
+    tmp_path: Path,
+) -> None:
+    timeline = _deregistration(tmp_path, [
+        {"complete": "tax-clearance", "by": "ks.tax", "outcome": "outstanding"},
+        {"complete": "social-insurance-clearance", "by": "ks.hrss", "outcome": "cleared"},
+    ])  # fmt: skip
+    assert timeline[-1] == ("application.decided", "refused")
+    assert ("task.created", "ks.amr") not in timeline
+
+
+def test_a_withdrawn_application_ends_its_case(tmp_path: Path) -> None:
+    withdrawn = {"event": "application.withdrawn", "source": "ks.amr", "payload": {
+        "matter": "enterprise-deregistration", "application_number": "KS-ZX-2026-000042",
+        "reason": "申请人撤回"}}  # fmt: skip
+    other = {**withdrawn, "payload": {**withdrawn["payload"], "application_number": "KS-ZX-1"}}
+    tax = {"complete": "tax-clearance", "by": "ks.tax", "outcome": "cleared"}
+    timeline = _deregistration(tmp_path, [tax, other, withdrawn])
+    assert [kind for kind, _ in timeline].count("task.cancelled") == 1  # hrss's; tax answered
+    assert "application.decided" not in [kind for kind, _ in timeline]
