@@ -203,6 +203,44 @@ def test_a_new_legal_representative_reaches_the_banks_after_tax(
     assert bank.payload.supervisor == "ks.amr"
 
 
+def test_a_deregistration_is_decided_after_both_clearances_and_ends_what_runs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Written only in the language, through the real worker: clearances, a decision task,
+    application.decided; then enterprise.deregistered cancels a running case's open tasks."""
+    rng = random.Random(56)
+    firm = enterprise(rng)
+    changed = event("enterprise.changed", "ks.amr", firm.uscc, legal_representative="李娜",
+                    legal_representative_id="32058319850202002X",
+                    effective_on=date(2026, 3, 2))  # fmt: skip
+    applied = event(
+        "application.submitted", "ks.amr", firm.uscc, matter="enterprise-deregistration",
+        application_number="KS-ZX-2026-000042", applicant="李娜", requested_by="ks.amr",
+        submitted_on=date(2026, 3, 2),
+    )  # fmt: skip
+    gone = event("enterprise.deregistered", "ks.amr", firm.uscc, reason="股东会决议解散",
+                  deregistered_on=date(2026, 3, 4))  # fmt: skip
+    matter = "enterprise-deregistration"
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        publish(settings, [registered(firm, rng), changed, applied])
+        clearances = outputs(settings, "task", "task.created", 2, matter, quiet=3)
+        publish(settings, [answer(t, "task.completed", t.payload.assignee, outcome="cleared")
+                           for t in clearances])  # fmt: skip
+        [decide] = outputs(settings, "task", "task.created", 3, matter)[2:]
+        publish(settings, [answer(decide, "task.completed", "ks.amr", outcome="deregistered")])
+        [decided] = outputs(settings, "application", "application.decided", 1)
+        publish(settings, [gone])
+        cancelled = outputs(settings, "task", "task.cancelled", 3, quiet=3)
+    assert sorted(t.payload.assignee for t in clearances) == ["ks.hrss", "ks.tax"]
+    assert decide.payload.assignee == "ks.amr"
+    assert (decided.payload.result, decided.payload.application_number) == (
+        "deregistered", "KS-ZX-2026-000042",
+    )  # fmt: skip
+    assert decided.causation_id == applied.event_id
+    assert len(cancelled) == 3  # the change of legal representative: tax, hrss, housing fund
+    assert all(c.causation_id == gone.event_id for c in cancelled)
+
+
 CREDIT_FILE = """
 name: credit-file
 version: 1
