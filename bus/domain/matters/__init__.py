@@ -1,10 +1,11 @@
 """Matters (一件事): cross-agency processes declared as data, reviewed like code.
 
-Each ``*.yaml`` file in this folder declares one matter: what triggers it, how its cases are
-correlated, who takes part, which decision rule applies, which tasks it creates (assignee,
-deadline in working days) and what happens when they are late. ``load_matters`` validates
-every file at start-up and names the file and field of any mistake. The rule and assignee
-vocabularies below are what the correlate agent knows how to run.
+Each ``*.yaml`` file in this folder declares one matter in the matter language: what triggers
+it and when, the lists it draws from the record or the trigger, the tasks it creates (who,
+in what order, by when, with what evidence), how a case ends (its outcomes) and what ends
+it early (its cancel events). ``load_matters`` validates every file at start-up and names
+the file, line and field of any mistake. docs/matters.md teaches the language by example;
+``facts`` reads the paths it names, ``bus.domain.conditions`` the conditions.
 """
 
 from __future__ import annotations
