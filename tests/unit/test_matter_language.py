@@ -309,3 +309,42 @@ def test_an_answering_event_must_be_one_a_department_publishes(tmp_path: Path) -
     ))  # fmt: skip
     with pytest.raises(ConfigurationError, match="not task"):
         load_matters(tmp_path)
+
+
+CHAIN = """
+name: chained
+title: A task escalated up a chain
+trigger: enterprise.registered
+lead: ks.amr
+tasks:
+  - name: account
+    assignee: ks.tax
+    title: "Open the account of {enterprise}"
+    working_days: 2
+    supervisor: lead
+    escalation: [ks.credit, ks.finance]
+"""
+
+
+def test_a_late_task_goes_up_its_escalation_chain_once_each(tmp_path: Path) -> None:
+    (tmp_path / "chained.yaml").write_text(CHAIN)
+    doc = yaml.safe_load(
+        (SHIPPED / "scenarios" / "opening-a-business-late.yaml").read_text(encoding="utf-8")
+    )
+    doc.update(matter="chained", steps=[doc["steps"][0], {"wait": 3}, {"wait": 2},
+                                        {"wait": 2}, {"wait": 10}],
+               expect=[], expect_not=[])  # fmt: skip
+    scenario = tmp_path / "scenarios" / "chain.yaml"
+    scenario.parent.mkdir()
+    scenario.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    sim = Simulation(tmp_path)
+    try:
+        outcome = sim.run(load_scenario(scenario))
+    finally:
+        sim.close()
+    told = [(m.payload["escalated_to"], m.at) for m in outcome.timeline
+            if m.event_type == "task.escalated"]  # fmt: skip
+    assert [office for office, _ in told] == ["ks.amr", "ks.credit", "ks.finance"]
+    assert told[0][1] < told[1][1] < told[2][1]  # one after another, not all at once
+    assert len({m.payload["task_id"] for m in outcome.timeline
+                if m.event_type == "task.overdue"}) == 1  # fmt: skip
