@@ -49,7 +49,7 @@ def run(bootstrap: str, tmp_path: Path, action: str, cycles: int) -> Handover:
     return asyncio.run(
         handover(
             bootstrap, tmp_path, action=action, cycles=cycles, firms=100,
-            penalty_count=1600, seconds=4 + 4 * cycles, seed=random.randrange(1 << 16),
+            penalty_count=1600, seconds=8 + 6 * cycles, seed=random.randrange(1 << 16),
             settings={"processing_guarantee": "exactly_once"},
         )
     )  # fmt: skip

@@ -186,7 +186,7 @@ def test_worker_leaving_under_load_hands_over_nothing_lost_nothing_done_twice(
     result = asyncio.run(
         handover(
             group_broker, tmp_path, action=action, cycles=cycles, firms=100,
-            penalty_count=1600, seconds=4 + 4 * cycles, seed=random.randrange(1 << 16),
+            penalty_count=1600, seconds=8 + 6 * cycles, seed=random.randrange(1 << 16),
         )
     )  # fmt: skip
     assert result.lost == set(), result.summary()
