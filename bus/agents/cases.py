@@ -856,12 +856,10 @@ class CaseEngine:
         trigger = facts.trigger
         now = self._at.astimezone(CHINA_TZ)
         due = self.calendar.add_working_days(now, template.working_days)
-        named = {"requester": getattr(trigger.payload, "requested_by", None) or lead, "lead": lead}
-        supervisor = named.get(template.supervisor or "", template.supervisor)
-        chain, when = [], due  # after the supervisor, each office a period after the last
-        for office in template.escalation:
-            when = self.calendar.add_working_days(when, template.working_days)
-            chain.append((named.get(office, office), when))
+        supervisor = {
+            "requester": getattr(trigger.payload, "requested_by", None) or lead,
+            "lead": lead,
+        }.get(template.supervisor or "", template.supervisor)
         outs: list[Out] = []
         for assignee, evidence in sorted(plan.items()):
             task_id = task_id_for(template.name, case, assignee)
@@ -869,7 +867,7 @@ class CaseEngine:
             review["steps"][task_id] = template.name
             state.tasks[task_id] = TaskEntry(
                 task_id=task_id, matter=review["matter"], case=case, assignee=assignee,
-                supervisor=supervisor, due_at=due, chain=chain,
+                supervisor=supervisor, due_at=due,
             )  # fmt: skip
             title = facts.but(evidence=evidence).render(template.title)
             created = model_for("task.created")(
@@ -1083,27 +1081,15 @@ class CaseEngine:
                     overdue = {"task_id": task.task_id, "assignee": task.assignee,
                                "due_at": task.due_at}  # fmt: skip
                     outs.append(self._task_event(None, state, task, "task.overdue", overdue, uscc))
-                if late != "escalate_to_supervisor":
-                    continue
-                why = f"not completed by {task.due_at:%Y-%m-%d %H:%M} UTC"
-                if not task.escalated and task.supervisor:
+                if not task.escalated and task.supervisor and late == "escalate_to_supervisor":
                     task.escalated = changed = True
                     self.steps += 1
+                    late = f"not completed by {task.due_at:%Y-%m-%d %H:%M} UTC"
                     escalated = {"task_id": task.task_id, "escalated_to": task.supervisor,
-                                 "reason": why}  # fmt: skip
+                                 "reason": late}  # fmt: skip
                     outs.append(
                         self._task_event(None, state, task, "task.escalated", escalated, uscc)
                     )
-                while (step := task.next_escalation) is not None and step[1] <= now:
-                    office, when = step
-                    task.escalations += 1
-                    task.escalated = changed = True
-                    self.steps += 1
-                    escalated = {"task_id": task.task_id, "escalated_to": office, "reason": why}
-                    outs.append(self._task_event(None, state, task, "task.escalated", escalated,
-                                                 uscc, key=office, at=when))  # fmt: skip
-                if (step := task.next_escalation) is not None:
-                    heapq.heappush(due, (step[1], uscc))  # the chain goes on
             if changed:
                 store.put(uscc, state)
                 self._recount(partition, before, state.task_counts())
@@ -1121,8 +1107,6 @@ class CaseEngine:
             for task in state.open_tasks():
                 if not (task.overdue and task.escalated):
                     due.append((task.due_at, uscc))
-                elif (step := task.next_escalation) is not None:
-                    due.append((step[1], uscc))
             counts.update(state.task_counts())
         heapq.heapify(due)
         self._due[partition] = due
@@ -1193,12 +1177,8 @@ class CaseEngine:
         event_type: str,
         payload: dict[str, Any],
         cause: Envelope | str,
-        *,
-        key: str = "",
-        at: datetime | None = None,
     ) -> Out:
-        """A lifecycle event the bus publishes about ``task``, caused by an event or a deadline
-        (``key`` tells apart several of one type, such as the escalations of a chain).
+        """A lifecycle event the bus publishes about ``task``, caused by an event or a deadline.
 
         Dated by its cause in the log, or, for a deadline passing, by the deadline itself.
         """
@@ -1207,10 +1187,10 @@ class CaseEngine:
         caused = isinstance(cause, Envelope)
         event = model_for(event_type)(
             event_type=event_type,
-            event_id=derived_id(event_type, task.task_id, *((key,) if key else ())),
+            event_id=derived_id(event_type, task.task_id),
             source=BUS,
             subject=record.uscc if record is not None else str(cause),
-            occurred_at=self._at if caused else (at or task.due_at),
+            occurred_at=self._at if caused else task.due_at,
             correlation_id=request.get("correlation_id") or task.case,
             # a deadline's cause is the case's trigger
             causation_id=cause.event_id
@@ -1219,8 +1199,8 @@ class CaseEngine:
             payload=payload,
         )
         notify = [task.assignee]
-        if event_type == "task.escalated":
-            notify.append(str(payload["escalated_to"]))
+        if event_type == "task.escalated" and task.supervisor:
+            notify.append(task.supervisor)
         return self._out(event, *notify)
 
     @staticmethod

@@ -156,10 +156,6 @@ class TaskTemplate(BaseModel):
     title: str = Field(min_length=1, max_length=300)
     working_days: int = Field(ge=1, le=60)
     supervisor: str | None = Field(default=None, description="requester, lead or a code")
-    escalation: tuple[str, ...] = Field(
-        default=(),
-        description="offices told in turn, each working_days after the last, while it is open",
-    )
     answers: tuple[str, ...] = Field(default=(), description="the answers that count as given")
     other_answer: str | None = Field(default=None, description="what any other answer counts as")
     answered_by: AnsweredBy | None = Field(
@@ -190,13 +186,6 @@ class TaskTemplate(BaseModel):
     def _supervisor(cls, value: str | None) -> str | None:
         if value not in (None, "requester", "lead") and not re.match(DEPARTMENT, value or ""):
             raise ValueError(f"{value!r} is not requester, lead or a department code")
-        return value
-
-    @field_validator("escalation")
-    @classmethod
-    def _chain(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for office in value:
-            cls._supervisor(office)
         return value
 
 
