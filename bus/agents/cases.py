@@ -85,8 +85,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUS = "ks.bus"
-ANSWERS = ("task.accepted", "task.completed", "task.rejected")
-"""Answers to any task; a matter may name other events that answer its tasks (``answered_by``)."""
+ANSWERS = ("task.accepted", "task.completed", "task.rejected", "approval.opinion")
 STAGE = "cases"
 """``bus.stage`` of the dead letters this agent writes."""
 KEEP_DONE = 32
@@ -899,17 +898,15 @@ class CaseEngine:
                 heapq.heappush(due_index, (task.due_at, uscc))
 
     def _answer(self, record: EnterpriseRecord, state: CaseState, event: Envelope) -> list[Out]:
-        """A department accepts, completes or rejects a task, or sends an event a matter says
-        answers one (an opinion).
+        """A department accepts, completes or rejects a task (or gives an opinion).
 
         Only the task's assignee may answer it; anything else is a dead letter.
         """
         p = event.payload
-        by: tuple[str, str | None] | None = None  # (answer, note) an event gave
-        if event.event_type in ANSWERS:
-            task = state.tasks.get(p.task_id)
+        if event.event_type == "approval.opinion":
+            task = self._opinion_task(state, event)
         else:
-            task, by = self._answered_by(record, state, event)
+            task = state.tasks.get(p.task_id)
         if task is None:
             key = getattr(p, "task_id", None) or getattr(p, "application_number", "?")
             raise BusError(f"no open task {key} for {record.uscc}", reason="task.unknown")
@@ -925,13 +922,13 @@ class CaseEngine:
             task.state = "accepted"
             return []
         outs: list[Out] = []
-        if by is not None:
-            task.state, task.outcome = "completed", by[0]
+        if event.event_type == "approval.opinion":
+            task.state, task.outcome = "completed", str(p.opinion)
             task_notes = state.reviews.get(task.case, {}).setdefault("notes", {})
-            task_notes[task.assignee] = by[1]
-            # The event is the answer: its task is completed, and says so on the task topic
-            # like any other, or the assignee's and the operators' views keep it open.
-            completed = {"task_id": task.task_id, "outcome": task.outcome, "note": by[1]}
+            task_notes[task.assignee] = p.note
+            # The opinion is the answer: its task is completed, and says so on the task
+            # topic like any other, or the assignee's and the operators' views keep it open.
+            completed = {"task_id": task.task_id, "outcome": task.outcome, "note": p.note}
             outs.append(self._task_event(record, state, task, "task.completed", completed, event))
         elif event.event_type == "task.completed":
             task.state, task.outcome = "completed", p.outcome
@@ -939,35 +936,21 @@ class CaseEngine:
             task.state, task.outcome = "rejected", "rejected"
         return outs + self._close_case_if_done(record, state, task.case)
 
-    def _answered_by(
-        self, record: EnterpriseRecord, state: CaseState, event: Envelope
-    ) -> tuple[TaskEntry | None, tuple[str, str | None] | None]:
-        """The task ``event`` answers, as its matter's ``answered_by`` says, and the answer
-        and note it gives; a case that matches but asked another department: refused."""
+    def _opinion_task(self, state: CaseState, event: Envelope) -> TaskEntry | None:
+        number = event.payload.application_number
         for case, review in state.reviews.items():
-            how = self._closing_of(review)
-            if how is None:
+            if review["request"]["payload"].get("application_number") != number:
                 continue
-            steps = review.get("steps") or dict.fromkeys(review["tasks"], _only_step(how))
-            trigger = model_for(review["request"]["event_type"]).model_validate(review["request"])
-            seen = how.facts(trigger, record, {}).seeing(event)
-            asked = False
-            for task_id, name in steps.items():
-                by = how.steps.get(name, StepClosing()).answered_by
-                if by is None or by.event != event.event_type or not seen.hold(by.match):
-                    continue
-                asked = True
+            for task_id in review["tasks"]:
                 task = state.tasks.get(task_id)
                 if task is not None and task.case == case and task.assignee == event.source:
-                    note = seen.resolve(by.note) if by.note else None
-                    return task, (seen.render(by.answer), note)
-            if asked:
-                raise BusError(
-                    f"{event.source} was not asked for this {event.event_type} "
-                    f"(case {review['matter']} of {record.uscc})",
-                    reason="task.not_assignee",
-                )
-        return None, None
+                    return task
+            # the application exists but this department was not asked
+            raise BusError(
+                f"{event.source} was not asked for an opinion on {number}",
+                reason="task.not_assignee",
+            )
+        return None
 
     def _close_case_if_done(
         self, record: EnterpriseRecord, state: CaseState, case: str

@@ -276,36 +276,3 @@ def test_a_withdrawn_application_ends_its_case(tmp_path: Path) -> None:
     timeline = _deregistration(tmp_path, [tax, other, withdrawn])
     assert [kind for kind, _ in timeline].count("task.cancelled") == 1  # hrss's; tax answered
     assert "application.decided" not in [kind for kind, _ in timeline]
-
-
-def test_an_opinion_answers_its_task_as_the_matter_says_and_only_from_whom_was_asked(
-    tmp_path: Path,
-) -> None:
-    doc = yaml.safe_load(
-        (SHIPPED / "scenarios" / "parallel-approval-refused.yaml").read_text(encoding="utf-8")
-    )
-    number = {"application_number": "KS-SP-2026-000123", "opinion": "approve"}
-    stranger = {"event": "approval.opinion", "source": "ks.housingfund", "payload": number}
-    doc["steps"].insert(2, stranger)
-    doc["expect"].insert(1, {"refused": "task.not_assignee"})
-    path = tmp_path / "scenario.yaml"
-    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
-    sim = Simulation()
-    try:
-        outcome = sim.run(load_scenario(path))
-    finally:
-        sim.close()
-    assert outcome.passed, outcome.failures
-    completed = [m.payload for m in outcome.timeline
-                 if m.event_type == "task.completed" and m.source == "ks.bus"]  # fmt: skip
-    assert sorted(p["outcome"] for p in completed) == ["approve", "refuse"]
-    assert [p.get("note") for p in completed if p["outcome"] == "refuse"] == ["环评未通过"]
-
-
-def test_an_answering_event_must_be_one_a_department_publishes(tmp_path: Path) -> None:
-    (tmp_path / "big-fines.yaml").write_text(GOOD.replace(
-        "working_days: 2\n",
-        "working_days: 2\n    answered_by: {event: task.completed, answer: done}\n",
-    ))  # fmt: skip
-    with pytest.raises(ConfigurationError, match="not task"):
-        load_matters(tmp_path)

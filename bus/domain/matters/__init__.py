@@ -120,25 +120,6 @@ class ListDef(BaseModel):
         return value
 
 
-class AnsweredBy(BaseModel):
-    """An event other than ``task.completed`` that answers a task: from its assignee, of this
-    type, meeting ``match`` (read as ``event.*``, beside ``trigger.*``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    event: str
-    match: dict[str, Any] = Field(default_factory=dict)
-    answer: str = Field(description="the answer it gives, e.g. {event.opinion}")
-    note: str | None = Field(default=None, description="a note it carries, e.g. {event.note}")
-
-    @field_validator("event")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in EVENT_TYPES or value.startswith("task."):
-            raise ValueError(f"{value!r}: name an event type a department publishes, not task.*")
-        return value
-
-
 class TaskTemplate(BaseModel):
     """A task a matter creates: for one department, or one per department of a list."""
 
@@ -158,9 +139,6 @@ class TaskTemplate(BaseModel):
     supervisor: str | None = Field(default=None, description="requester, lead or a code")
     answers: tuple[str, ...] = Field(default=(), description="the answers that count as given")
     other_answer: str | None = Field(default=None, description="what any other answer counts as")
-    answered_by: AnsweredBy | None = Field(
-        default=None, description="an event that answers it besides task.completed"
-    )
     after: tuple[str, ...] = Field(default=(), description="tasks that must all be answered first")
     after_any: tuple[str, ...] = Field(
         default=(), description="tasks of which one must be answered first"
@@ -245,7 +223,6 @@ class StepClosing(BaseModel):
     evidence: str | None = None
     answers: tuple[str, ...] = ()
     other_answer: str | None = None
-    answered_by: AnsweredBy | None = None
 
     def answer(self, given: str | None) -> str | None:
         """The answer as the matter counts it."""
@@ -366,15 +343,6 @@ class Matter(BaseModel):
                 for name in getattr(t, field):
                     if name not in steps or name == t.name:
                         return ("tasks", i, field), f"{name!r} is no other task of this matter"
-            if t.answered_by is not None:
-                by = t.answered_by
-                if problem := _conditions_problem(by.match, lists, event=True):
-                    return ("tasks", i, "answered_by", "match"), problem
-                for field in ("answer", "note"):
-                    text = getattr(by, field) or ""
-                    for path, _ in places(text):
-                        if problem := path_problem(path, lists, event=True):
-                            return ("tasks", i, "answered_by", field), problem
             readable = steps if t.waits else ()  # answers are there once earlier tasks are
             if problem := _conditions_problem(t.when, lists, readable):
                 return ("tasks", i, "when"), problem
@@ -409,12 +377,7 @@ class Matter(BaseModel):
         """What decides this matter's cases, to keep with each (see ``Closing``); ``later``:
         the tasks a case has not started yet."""
         steps = {
-            t.name: StepClosing(
-                evidence=t.evidence,
-                answers=t.answers,
-                other_answer=t.other_answer,
-                answered_by=t.answered_by,
-            )
+            t.name: StepClosing(evidence=t.evidence, answers=t.answers, other_answer=t.other_answer)
             for t in self.tasks
         }
         return Closing(
@@ -497,13 +460,6 @@ def load_matters(directory: Path | None = None) -> dict[str, Matter]:
             raise ConfigurationError(f"matter {path.name}: another file is called {matter.name}")
         matters[matter.name] = matter
     return matters
-
-
-def answering(matters: dict[str, Matter]) -> set[str]:
-    """The event types besides ``task.*`` that answer some matter's tasks."""
-    return {
-        t.answered_by.event for m in matters.values() for t in m.tasks if t.answered_by is not None
-    }
 
 
 def by_trigger(matters: dict[str, Matter]) -> dict[str, tuple[Matter, ...]]:
