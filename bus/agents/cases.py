@@ -669,7 +669,7 @@ class CaseEngine:
             return []
         if matter.outcomes:
             self.decided += 1
-        opened = self._open_case(matter, event, record, state, partition)
+        opened = self._open_case(matter, facts, record, state, partition)
         if opened is not None:
             return opened
         closing = matter.closing()  # no task to wait for: decided on the record alone
@@ -771,12 +771,13 @@ class CaseEngine:
     def _open_case(
         self,
         matter: Matter,
-        trigger: Envelope,
+        facts: Facts,
         record: EnterpriseRecord,
         state: CaseState,
         partition: int,
     ) -> list[Out] | None:
         """Open a case with the tasks whose turn has come; ``None`` if there were none."""
+        trigger = facts.trigger
         case = case_id(matter, trigger)
         if case in state.reviews:
             return []  # open already: a step re-delivered after it left ``done``
@@ -787,7 +788,6 @@ class CaseEngine:
             "opened_at": self._at.timestamp(), "tasks": {}, "steps": {},
             "request": trigger.model_dump(mode="json"),
         }  # fmt: skip
-        facts = matter.facts(trigger, record)
         outs = self._start(case, review, matter.tasks, matter.lead, facts, state)
         if not review["tasks"]:
             return None

@@ -33,8 +33,6 @@ from bus.errors import ConfigurationError
 from bus.schemas.envelope import Envelope
 from bus.schemas.events import EVENT_TYPES
 
-DOCUMENTS = ("certificate",)
-"""Kinds of signed document an outcome may issue (bus/domain/certificates.py)."""
 EMITS = ("approval.decided", "application.decided")
 """Event types an outcome may emit: the decisions the bus itself publishes."""
 DEPARTMENT = r"^[a-z][a-z0-9]*(\.[a-z0-9][a-z0-9_-]*)+$"
