@@ -39,6 +39,7 @@ class Reason(StrEnum):
     BROKER_UNREACHABLE = "broker.unreachable"
     BUS_ERROR = "bus.error"
     CASE_NOT_FOUND = "case.not_found"
+    CASES_CRASH = "cases.crash"
     CASES_NOT_OWNED = "cases.not_owned"
     CERTIFICATE_BAD_SIGNATURE = "certificate.bad_signature"
     CERTIFICATE_MALFORMED = "certificate.malformed"
@@ -65,6 +66,7 @@ class Reason(StrEnum):
     CONNECTOR_RETRIES_EXHAUSTED = "connector.retries_exhausted"
     CONNECTOR_STATE = "connector.state"
     COOKIE_INVALID = "cookie.invalid"
+    CORRELATE_CRASH = "correlate.crash"
     DUPLICATE_EVENT_ID = "duplicate.event_id"
     HEADER_INVALID = "header.invalid"
     IMPORT_ENCODING = "import.encoding"
@@ -72,6 +74,7 @@ class Reason(StrEnum):
     IMPORT_REJECTED = "import.rejected"
     IMPORT_SOURCE_MISMATCH = "import.source_mismatch"
     INBOX_UNAVAILABLE = "inbox.unavailable"
+    INGEST_CRASH = "ingest.crash"
     PATH_INVALID = "path.invalid"
     QUERY_INVALID = "query.invalid"
     REPLAY_NO_PRODUCER_ID = "replay.no_producer_id"
@@ -131,6 +134,10 @@ MEANING: dict[Reason, str] = {
     Reason.BROKER_UNREACHABLE: "nothing answers at the broker's address",
     Reason.BUS_ERROR: "an error of the bus without a more precise reason",
     Reason.CASE_NOT_FOUND: "gateway: no such case, or not one the department takes part in",
+    Reason.CASES_CRASH: (
+        "case engine: a step failed unexpectedly (a fault of the bus); its case is as it was, "
+        "the step and the error are kept here"
+    ),
     Reason.CASES_NOT_OWNED: "case engine: a partition given away while its batch was in hand",
     Reason.CERTIFICATE_BAD_SIGNATURE: "the certificate's signature does not verify",
     Reason.CERTIFICATE_MALFORMED: "not a signed certificate document",
@@ -159,6 +166,9 @@ MEANING: dict[Reason, str] = {
     Reason.CONNECTOR_RETRIES_EXHAUSTED: "a delivery gave up after its retries",
     Reason.CONNECTOR_STATE: "a connector used before it was started",
     Reason.COOKIE_INVALID: "gateway: a cookie parameter is wrong",
+    Reason.CORRELATE_CRASH: (
+        "correlate: a record failed unexpectedly (a fault of the bus); kept here with the error"
+    ),
     Reason.DUPLICATE_EVENT_ID: "an event_id seen before: its effect exists already",
     Reason.HEADER_INVALID: "gateway: a header parameter is wrong",
     Reason.IMPORT_ENCODING: "an import file in an encoding that cannot be read",
@@ -166,6 +176,9 @@ MEANING: dict[Reason, str] = {
     Reason.IMPORT_REJECTED: "an import line was refused (its own reason beside it)",
     Reason.IMPORT_SOURCE_MISMATCH: "an import line names another department as its source",
     Reason.INBOX_UNAVAILABLE: "gateway: no inbox for the department here",
+    Reason.INGEST_CRASH: (
+        "ingest: a record failed unexpectedly (a fault of the bus); kept here with the error"
+    ),
     Reason.PATH_INVALID: "gateway: a path parameter is wrong",
     Reason.QUERY_INVALID: "gateway: a query parameter is wrong (field names it)",
     Reason.REPLAY_NO_PRODUCER_ID: "a replay's transactional producer could not start",

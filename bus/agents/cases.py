@@ -44,7 +44,7 @@ from mode import Service
 from pydantic import BaseModel, ConfigDict, Field
 
 from bus.agents.gaps import GapCheck
-from bus.agents.out import Headers, Out, rejection_headers
+from bus.agents.out import CRASH_REASONS, Headers, Out, rejection_headers
 from bus.agents.route import Router, load_subscriptions
 from bus.agents.runtime import key_hash
 from bus.domain.certificates import Signer, UnsignedCertificate, new_serial
@@ -599,11 +599,40 @@ class CaseEngine:
     # -- the steps ---------------------------------------------------------------------------
 
     def handle(self, partition: int, value: bytes, store: CaseStore) -> list[Out]:
-        """One record of ``cases``: a trigger, an answer or a tick."""
-        self._index(partition, store)
-        step = json.loads(value)
-        if step["kind"] == "tick":
-            return self._tick(partition, _from_ms(step["at"]), store)
+        """One record of ``cases``: a trigger, an answer or a tick.
+
+        Never raises: a step the engine fails on (a bug, a record it cannot read) leaves its
+        case as it was and goes to dead letters with reason ``cases.crash`` and the error, so
+        the partition goes on and the step is kept where operators look. A tick that fails
+        is logged, and the partition's deadlines are read again from the table on its next
+        step; the next tick fires what is due.
+        """
+        try:
+            self._index(partition, store)
+            step = json.loads(value)
+            if step["kind"] == "tick":
+                return self._tick(partition, _from_ms(step["at"]), store)
+            return self._step(partition, step, store)
+        except Exception as exc:
+            self.forget([partition])  # its index may be half popped: rebuilt next time
+            log.exception("cases: a step of partition %s failed: a dead letter", partition)
+            return self._crashed(value, exc)
+
+    def _crashed(self, value: bytes, exc: Exception) -> list[Out]:
+        try:
+            step = json.loads(value)
+            if step.get("kind") == "tick":
+                return []
+            raw = base64.b64decode(step["event"])
+            headers = [(k, base64.b64decode(v)) for k, v in step["headers"]]
+            origin = str(step.get("origin", ""))
+        except Exception:  # not even a step: the record itself is the letter
+            raw, headers, origin = value, [], ""
+        text = f"{type(exc).__name__}: {exc}"
+        letter = rejection_headers(headers, CRASH_REASONS[STAGE], text, STAGE, origin)
+        return [Out(self.deadletter, raw, headers=letter)]
+
+    def _step(self, partition: int, step: dict[str, Any], store: CaseStore) -> list[Out]:
         self._at = _from_ms(step["at"])
         self._partition = partition
         raw = base64.b64decode(step["event"])
@@ -618,7 +647,8 @@ class CaseEngine:
         step_id = str(event.event_id)
         if state is not None and step_id in state.done:
             return []  # re-delivered: its effects and state were made already
-        state = state if state is not None else CaseState()
+        # A copy: a step that fails half-way must leave the state as it was.
+        state = state.model_copy(deep=True) if state is not None else CaseState()
         before = state.task_counts()
         self.steps += 1
         if step["kind"] == "answer":

@@ -58,9 +58,13 @@ def rejection_headers(
     return headers
 
 
+CRASH_REASONS = {"ingest": "ingest.crash", "correlate": "correlate.crash", "cases": "cases.crash"}
+"""The reason of a record an agent failed on unexpectedly (a fault of the bus), by stage."""
+
+
 def deadletter_headers(exc: BaseException, message: Any, stage: str = "ingest") -> Headers:
     """Headers that explain a rejection: reason code, sentence, field, where it came from."""
-    reason = exc.reason if isinstance(exc, BusError) else f"{stage}.crash"
+    reason = exc.reason if isinstance(exc, BusError) else CRASH_REASONS.get(stage, "bus.error")
     text = str(exc) if isinstance(exc, BusError) else f"{type(exc).__name__}: {exc}"
     origin = f"{message.topic}/{message.partition}/{message.offset}"
     return rejection_headers(list(message.headers or ()), reason, text, stage, origin,

@@ -7,6 +7,8 @@ from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 
+import pytest
+
 from bus.agents.simulate import Scenario, Simulation, WaitStep, load_scenario
 
 SHIPPED = Path(str(resources.files("bus.domain.matters"))) / "scenarios"
@@ -102,3 +104,32 @@ def test_a_case_kept_before_outcomes_is_decided_as_the_shipped_rule() -> None:
     finally:
         sim.close()
     assert results == ["clean"]
+
+
+def test_a_step_the_engine_fails_on_leaves_its_case_as_it_was_and_is_kept_as_a_dead_letter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim, scenario = reviewing()
+    try:
+        (before,) = sim.store.data.values()
+        before = before.model_copy(deep=True)
+
+        def fault(*args: object, **kwargs: object) -> list[object]:
+            raise RuntimeError("a fault after the answer was taken")
+
+        # The answer is taken (the task closed in the state in hand), then routing fails.
+        monkeypatch.setattr(sim.engine, "_route", fault)
+        assert answered(sim, scenario) == []
+        refused = [m for m in sim.timeline if m.kind == "refused"]
+        assert refused
+        assert refused[-1].reason.startswith("cases.crash: RuntimeError: a fault")
+        (after,) = sim.store.data.values()
+        assert after == before  # the task is still open, the case undecided
+        monkeypatch.undo()
+        # The partition goes on: the next request opens its own review.
+        again = scenario.model_copy(
+            update={"title": "a second request", "steps": scenario.steps[:1], "expect": []}
+        )
+        assert sim.run(again).open_tasks == 2
+    finally:
+        sim.close()
