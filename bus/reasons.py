@@ -79,6 +79,11 @@ class Reason(StrEnum):
     QUERY_INVALID = "query.invalid"
     REPLAY_NO_PRODUCER_ID = "replay.no_producer_id"
     REPLAY_NOT_AUTHORISED = "replay.not_authorised"
+    REPORT_BAD_SIGNATURE = "report.bad_signature"
+    REPORT_MALFORMED = "report.malformed"
+    REPORT_NOT_FOUND = "report.not_found"
+    REPORT_UNKNOWN_KEY = "report.unknown_key"
+    REPORT_UNREADABLE = "report.unreadable"
     REQUEST_INVALID = "request.invalid"
     ROUTE_METHOD = "route.method"
     ROUTE_UNKNOWN = "route.unknown"
@@ -183,6 +188,11 @@ MEANING: dict[Reason, str] = {
     Reason.QUERY_INVALID: "gateway: a query parameter is wrong (field names it)",
     Reason.REPLAY_NO_PRODUCER_ID: "a replay's transactional producer could not start",
     Reason.REPLAY_NOT_AUTHORISED: "the operator's principal may not replay",
+    Reason.REPORT_BAD_SIGNATURE: "the credit report's signature does not verify",
+    Reason.REPORT_MALFORMED: "not a signed credit report document",
+    Reason.REPORT_NOT_FOUND: "gateway: no credit report with that serial",
+    Reason.REPORT_UNKNOWN_KEY: "the credit report is signed with a key the verifier does not hold",
+    Reason.REPORT_UNREADABLE: "the credit report file could not be read",
     Reason.REQUEST_INVALID: "gateway: the request does not fit the route",
     Reason.ROUTE_METHOD: "gateway: method not allowed on this route",
     Reason.ROUTE_UNKNOWN: "gateway: no such route (or task action)",

@@ -61,6 +61,7 @@ from bus.domain.matters import (
 )
 from bus.domain.matters.facts import Facts
 from bus.domain.record import EnterpriseRecord, TaskEntry
+from bus.domain.reports import UnsignedReport, report_domains, sign_report
 from bus.domain.tasks import TASK_STATES, TaskKey
 from bus.domain.workdays import CHINA_TZ, WorkingCalendar
 from bus.errors import BusError
@@ -728,6 +729,9 @@ class CaseEngine:
         if outcome.issue == "certificate":
             listed = facts.items(outcome.listing) if outcome.listing else []
             outs.append(self._certificate(trigger, facts.record, listed, result=outcome.result))
+        elif outcome.issue == "report":
+            listed = facts.items(outcome.listing) if outcome.listing else []
+            outs.append(self._report(matter, trigger, facts.record, listed))
         if outcome.emit is not None:
             outs.append(self._emit(matter, outcome.emit, facts, trigger, assignees))
         return outs
@@ -750,6 +754,45 @@ class CaseEngine:
             max((datetime.now(UTC) - trigger.occurred_at).total_seconds(), 0.0)
         )
         return self._out(event, trigger.source, *assignees)
+
+    def _report(
+        self,
+        matter: str,
+        request: Envelope,
+        record: EnterpriseRecord,
+        listed: list[dict[str, Any]],
+    ) -> Out:
+        """A special credit report: every domain of the directory, signed, from the log alone."""
+        p = request.payload
+        domains = report_domains(self.ctx.directory, listed)
+        draft = UnsignedReport(
+            uscc=request.subject,
+            serial=new_serial(BUS, f"report/{request.event_id}", requested_at=request.occurred_at),
+            request_event_id=str(request.event_id),
+            enterprise_name=record.name or record.uscc,
+            period_start=p.period_start,
+            period_end=p.period_end,
+            purpose=p.purpose,
+            result="records" if listed else "clean",
+            domains=domains,
+            issuing_authority=BUS,
+            issued_at=self._at,
+        )
+        signed = sign_report(self.signer, draft).to_payload()
+        self.ctx.metrics.decision_seconds.labels(matter).observe(
+            max((datetime.now(UTC) - request.occurred_at).total_seconds(), 0.0)
+        )
+        issued = model_for("report.issued")(
+            event_type="report.issued",
+            event_id=derived_id("report", str(request.event_id)),
+            source=BUS,
+            occurred_at=self._at,
+            subject=request.subject,
+            correlation_id=request.correlation_id,
+            causation_id=request.event_id,
+            payload=signed,
+        )
+        return self._out(issued, request.source, p.requested_by)
 
     def _certificate(
         self,

@@ -39,7 +39,7 @@ __all__ = ["CorrelateAgent", "derived_id"]
 
 log = logging.getLogger(__name__)
 
-BUS_FAMILIES = ("certificate.", "task.", "approval.decided", "application.decided")
+BUS_FAMILIES = ("certificate.", "report.issued", "task.", "approval.decided", "application.decided")
 FACTS = ("enterprise", "licence", "penalty")
 """Families that record facts about an enterprise, in the order they are folded when their
 records share a millisecond with others."""

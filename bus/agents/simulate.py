@@ -222,6 +222,13 @@ def summary(event_type: str, p: dict[str, Any]) -> str:
     if event_type == "certificate.issued":
         cases = ", ".join(r.get("case_number", "") for r in p.get("record", []))
         return f"result {p.get('result')}" + (f" ({cases})" if cases else "")
+    if event_type == "report.issued":
+        found = [
+            f"{d['domain']} {', '.join(r['case_number'] + ' ' + r['state'] for r in d['records'])}"
+            for d in p.get("domains", [])
+            if d.get("records")
+        ]
+        return f"result {p.get('result')}" + (f" ({'; '.join(found)})" if found else "")
     if event_type == "approval.decided":
         return f"decision {p.get('decision')}"
     if event_type in ("application.submitted", "application.decided"):

@@ -31,6 +31,7 @@ from bus.cli.connect import connect
 from bus.cli.gateway import gateway_app
 from bus.cli.imports import import_file
 from bus.cli.matters import matters_app
+from bus.cli.report import report_app
 from bus.cli.support import BrokerOpt, TzOpt, load_settings, local_time, time_zone
 from bus.cli.tasks import inbox, tasks
 from bus.errors import BusError, ConfigurationError
@@ -50,6 +51,7 @@ topics_app = typer.Typer(
 schemas_app = typer.Typer(help="Inspect and export the Avro schemas.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(certificate_app, name="certificate")
+app.add_typer(report_app, name="report")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(matters_app, name="matters")
@@ -428,42 +430,46 @@ def deadletters(
     console.print(f"{len(rows)} dead letters shown")
 
 
-async def _issued(s: Settings) -> tuple[list[Any], int]:
-    """Issued certificates whose signature verifies with the bus's keys, and how many did not.
+async def _issued(s: Settings, kind: str = "certificate") -> tuple[list[Any], int]:
+    """Issued certificates (or reports) whose signature verifies with the bus's keys, and how
+    many did not.
 
     Only what the bus signed is shown or exported: a ``certificate.issued`` that reached the
     topic some other way is counted, never listed.
     """
     from bus.domain.certificates import SignedCertificate, Verifier
+    from bus.domain.reports import SignedReport
     from bus.streaming.client import read_topic
     from bus.streaming.codec import EventCodec
 
     codec = EventCodec()
     issued = [
         codec.decode(r.value or b"")
-        async for r in read_topic(s, s.topic("events.certificate"), to_end=True, max_seconds=60)
-        if r.headers.get("event_type") == "certificate.issued"
+        async for r in read_topic(s, s.topic(f"events.{kind}"), to_end=True, max_seconds=60)
+        if r.headers.get("event_type") == f"{kind}.issued"
     ]
     if not issued:
         return [], 0
     verifier = Verifier.from_paths([s.data_dir / "keys"])
+    document = SignedCertificate if kind == "certificate" else SignedReport
     good = []
     for event in issued:
         try:
-            verifier.verify(SignedCertificate.from_payload(event.payload, uscc=event.subject))
+            doc = document.from_payload(event.payload, uscc=event.subject)
+            verifier.check_document(doc.model_dump(mode="json"), kind)
         except (BusError, ValueError):
             continue
         good.append(event)
     return good, len(issued) - len(good)
 
 
-def _verified(s: Settings) -> list[Any]:
+def _verified(s: Settings, kind: str = "certificate") -> list[Any]:
     try:
-        issued, refused = asyncio.run(_issued(s))
+        issued, refused = asyncio.run(_issued(s, kind))
     except ConfigurationError as exc:
         raise _fail(exc, "The bus's public keys are in BUS_DATA_DIR/keys.") from None
     if refused:
-        err.print(f"[yellow]{refused} certificate.issued on the topic do not verify with the "
+        err.print(f"[yellow]{refused} {kind}.issued on the topic do not verify with the "
                   "bus's keys and are not shown[/]")  # fmt: skip
     return issued
 
@@ -500,6 +506,41 @@ def certificate_export(
     cert = SignedCertificate.from_payload(found[0].payload, uscc=found[0].subject)
     cert.write(out)
     console.print(f"wrote {out.resolve()} ({cert.enterprise_name}, {cert.result})")
+
+
+@report_app.command("list")
+def report_list(
+    uscc: Annotated[str | None, typer.Option(help="Only this enterprise.")] = None,
+    broker: BrokerOpt = None,
+) -> None:
+    """List issued credit reports whose signature verifies: serial, enterprise, result, when."""
+    s = _settings(broker)
+    t = Table("serial", "uscc", "enterprise", "result", "domains with records", "issued at")
+    for e in sorted(_verified(s, "report"), key=lambda e: e.payload.issued_at):
+        if uscc is None or e.subject == uscc:
+            p = e.payload
+            found = ", ".join(d.domain for d in p.domains if d.records) or "-"
+            t.add_row(p.serial, e.subject, p.enterprise_name, str(p.result), found,
+                      f"{p.issued_at:%Y-%m-%d %H:%M:%S}Z")  # fmt: skip
+    console.print(t)
+
+
+@report_app.command("export")
+def report_export(
+    serial: Annotated[str, typer.Argument(help="The report's serial, e.g. KS-2026-...")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (JSON).")],
+    broker: BrokerOpt = None,
+) -> None:
+    """Write an issued credit report, as signed, to a file anyone can verify."""
+    from bus.domain.reports import SignedReport
+
+    s = _settings(broker)
+    found = [e for e in _verified(s, "report") if e.payload.serial == serial]
+    if not found:
+        raise _fail(BusError(f"no report with serial {serial}"), "`bus report list`")
+    report = SignedReport.from_payload(found[0].payload, uscc=found[0].subject)
+    report.write(out)
+    console.print(f"wrote {out.resolve()} ({report.enterprise_name}, {report.result})")
 
 
 @app.command()

@@ -166,7 +166,7 @@ class SignedCertificate(UnsignedCertificate):
     @classmethod
     def from_payload(cls, payload: CertificateIssued, *, uscc: str) -> SignedCertificate:
         """The document behind a ``certificate.issued`` event; ``uscc`` is its subject."""
-        return _validate(cls, {**payload.model_dump(), "uscc": uscc})
+        return validate_document(cls, {**payload.model_dump(), "uscc": uscc})
 
     def to_payload(self) -> CertificateIssued:
         """The ``certificate.issued`` payload: every field but ``format`` and ``uscc``."""
@@ -201,7 +201,7 @@ def canonical_bytes(document: Mapping[str, Any]) -> bytes:
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _validate(model: type[_M], data: object) -> _M:
+def validate_document(model: type[_M], data: object, noun: str = "certificate") -> _M:
     """Validate, turning pydantic's error into ``ValidationFailed`` naming the first field."""
     try:
         return model.model_validate(data)
@@ -211,9 +211,9 @@ def _validate(model: type[_M], data: object) -> _M:
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         subject = f"field {where!r}" if where else "document"
         raise ValidationFailed(
-            f"certificate is malformed: {subject}: {first['msg']}{more}",
+            f"{noun} is malformed: {subject}: {first['msg']}{more}",
             field=where,
-            reason=REASON_MALFORMED,
+            reason=f"{noun}.malformed",
         ) from None
 
 
@@ -397,6 +397,40 @@ def _no_constants(name: str) -> Any:
     raise ValidationFailed(f"certificate is malformed: {name} is not JSON", reason=REASON_MALFORMED)
 
 
+def read_document(data: bytes, noun: str) -> dict[str, Any]:
+    """Parse a signed document's bytes as JSON, strictly: one object, no duplicate member,
+    no NaN, UTF-8 only. Raises ``ValidationFailed`` (reason ``<noun>.malformed``)."""
+    malformed = f"{noun}.malformed"
+    try:
+        check_json_depth(data)
+    except DecodeError as exc:
+        raise ValidationFailed(f"{noun} is malformed: {exc.message}", reason=malformed) from None
+    try:
+        raw = json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+        )
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed(
+            f"{noun} is malformed: not UTF-8 text ({exc.reason} at byte {exc.start})",
+            reason=malformed,
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed(
+            f"{noun} is malformed: not JSON ({exc.msg}, line {exc.lineno} column {exc.colno})",
+            reason=malformed,
+        ) from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of over 4300 digits
+        raise ValidationFailed(f"{noun} is malformed: not JSON ({exc})", reason=malformed) from None
+    if not isinstance(raw, dict):
+        raise ValidationFailed(
+            f"{noun} is malformed: expected a JSON object, got {type(raw).__name__}",
+            reason=malformed,
+        )
+    return raw
+
+
 class Verifier:
     """The public keys a reader trusts, by ``key_id``; checks certificates against them."""
 
@@ -448,23 +482,44 @@ class Verifier:
         """The trusted key ids, sorted."""
         return sorted(self._keys)
 
-    def _check(self, key_id: str, serial: str, signature: str, signed: bytes) -> None:
+    def _check(
+        self,
+        key_id: str,
+        serial: str,
+        signature: str,
+        signed: bytes,
+        noun: str = "certificate",
+    ) -> None:
         key = self._keys.get(key_id)
         if key is None:
             trusted = ", ".join(self.key_ids) or "none"
             raise BusError(
-                f"certificate {serial} is signed with key {key_id!r}, which is not trusted "
+                f"{noun} {serial} is signed with key {key_id!r}, which is not trusted "
                 f"here (trusted keys: {trusted})",
-                reason=REASON_UNKNOWN_KEY,
+                reason=f"{noun}.unknown_key",
             )
         try:
             key.verify(base64.b64decode(signature), signed)
         except InvalidSignature:
             raise BusError(
-                f"the signature of certificate {serial} does not match its content: it was "
+                f"the signature of {noun} {serial} does not match its content: it was "
                 f"altered after signing, or not signed with key {key_id!r}",
-                reason=REASON_BAD_SIGNATURE,
+                reason=f"{noun}.bad_signature",
             ) from None
+
+    def check_document(self, raw: dict[str, Any], noun: str) -> None:
+        """Check the signature of a parsed signed document (``read_document``) as written."""
+        unsigned = {k: v for k, v in raw.items() if k != "signature"}
+        try:
+            signed = canonical_bytes(unsigned)
+        except (rfc8785.CanonicalizationError, UnicodeEncodeError) as exc:
+            # e.g. an unpaired surrogate (\\ud800-\\udfff) or an integer JCS cannot hold
+            raise ValidationFailed(
+                f"{noun} is malformed: no canonical form ({exc})", reason=f"{noun}.malformed"
+            ) from None
+        self._check(
+            str(raw.get("key_id")), str(raw.get("serial")), str(raw.get("signature")), signed, noun
+        )
 
     def verify(self, certificate: SignedCertificate) -> None:
         """Raise ``BusError`` (``certificate.unknown_key`` / ``.bad_signature``) unless valid."""
@@ -481,48 +536,9 @@ class Verifier:
         Raises ``ValidationFailed`` (``certificate.malformed``, ``field`` names the member)
         for anything that is not a well-formed certificate, then ``BusError`` as ``verify``.
         """
-        try:
-            check_json_depth(data)
-        except DecodeError as exc:
-            raise ValidationFailed(
-                f"certificate is malformed: {exc.message}", reason=REASON_MALFORMED
-            ) from None
-        try:
-            raw = json.loads(
-                data.decode("utf-8"),
-                object_pairs_hook=_no_duplicates,
-                parse_constant=_no_constants,
-            )
-        except UnicodeDecodeError as exc:
-            raise ValidationFailed(
-                f"certificate is malformed: not UTF-8 text ({exc.reason} at byte {exc.start})",
-                reason=REASON_MALFORMED,
-            ) from None
-        except json.JSONDecodeError as exc:
-            raise ValidationFailed(
-                f"certificate is malformed: not JSON ({exc.msg}, line {exc.lineno} "
-                f"column {exc.colno})",
-                reason=REASON_MALFORMED,
-            ) from None
-        except (ValueError, RecursionError) as exc:  # e.g. an integer of over 4300 digits
-            raise ValidationFailed(
-                f"certificate is malformed: not JSON ({exc})", reason=REASON_MALFORMED
-            ) from None
-        if not isinstance(raw, dict):
-            raise ValidationFailed(
-                f"certificate is malformed: expected a JSON object, got {type(raw).__name__}",
-                reason=REASON_MALFORMED,
-            )
-        certificate = _validate(SignedCertificate, raw)
-        unsigned = {k: v for k, v in raw.items() if k != "signature"}
-        try:
-            signed = canonical_bytes(unsigned)
-        except (rfc8785.CanonicalizationError, UnicodeEncodeError) as exc:
-            # e.g. an unpaired surrogate (\\ud800-\\udfff) or an integer JCS cannot hold
-            raise ValidationFailed(
-                f"certificate is malformed: no canonical form ({exc})", reason=REASON_MALFORMED
-            ) from None
-        self._check(certificate.key_id, certificate.serial, certificate.signature, signed)
+        raw = read_document(data, "certificate")
+        certificate = validate_document(SignedCertificate, raw)
+        self.check_document(raw, "certificate")
         return certificate
 
     def verify_file(self, path: Path | str) -> SignedCertificate:
@@ -577,4 +593,6 @@ __all__ = [
     "Verifier",
     "canonical_bytes",
     "new_serial",
+    "read_document",
+    "validate_document",
 ]

@@ -1,4 +1,5 @@
-"""The department directory: codes, names, towns and the event types each may publish.
+"""The department directory: codes, names, towns, credit domains and the event types each
+may publish.
 
 Kept as data (``bus/data/departments.yaml``) so operators review changes like code. The
 ingest agent asks ``Directory.authorise`` for every event; a Kafka ACL or gateway credential
@@ -23,6 +24,15 @@ from bus.schemas.events import EVENT_TYPES
 from bus.schemas.types import DepartmentCode
 
 
+class Domain(BaseModel):
+    """A field of public credit information (e.g. tax): a section of the credit report."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
+    name: str = Field(min_length=1, max_length=200)
+
+
 class Department(BaseModel):
     """One department as the directory describes it."""
 
@@ -31,6 +41,7 @@ class Department(BaseModel):
     code: DepartmentCode
     name: str = Field(min_length=1)
     town: str | None = None
+    domain: str | None = Field(default=None, description="the credit domain of its decisions")
     publishes: tuple[str, ...] = ()
 
     def may_publish(self, event_type: str) -> bool:
@@ -40,6 +51,7 @@ class Department(BaseModel):
 
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    domains: list[Domain] = Field(default_factory=list)
     departments: list[Department]
 
 
@@ -49,6 +61,7 @@ class Directory:
 
     departments: dict[str, Department]
     policy: Policy = field(default_factory=Policy)
+    domains: tuple[Domain, ...] = ()
 
     @classmethod
     def load(cls, path: Path | None = None, policy: Path | None = None) -> Directory:
@@ -63,10 +76,18 @@ class Directory:
             err = exc.errors(include_url=False)[0]
             loc = ".".join(str(p) for p in err["loc"])
             raise ConfigurationError(f"department directory {source}: {loc}: {err['msg']}") from exc
+        domains = {d.code: d for d in parsed.domains}
+        if len(domains) < len(parsed.domains):
+            raise ConfigurationError(f"department directory {source}: a domain is listed twice")
         by_code: dict[str, Department] = {}
         for d in parsed.departments:
             if d.code in by_code:
                 raise ConfigurationError(f"department directory {source}: {d.code} listed twice")
+            if d.domain is not None and d.domain not in domains:
+                raise ConfigurationError(
+                    f"department directory {source}: {d.code}: domain {d.domain!r} is not "
+                    f"among the domains listed ({', '.join(domains) or 'none'})"
+                )
             for pattern in d.publishes:
                 if not any(fnmatchcase(t, pattern) for t in EVENT_TYPES):
                     raise ConfigurationError(
@@ -77,11 +98,16 @@ class Directory:
         # An operator's policy must name this directory's codes; the shipped one names
         # Kunshan's, which a directory of its own (a test's, another city's) may lack.
         codes = frozenset(by_code) if policy is not None else None
-        return cls(by_code, Policy.load(policy, codes))
+        return cls(by_code, Policy.load(policy, codes), tuple(parsed.domains))
 
     def get(self, code: str) -> Department | None:
         """The department with this code, if listed."""
         return self.departments.get(code)
+
+    def domain_of(self, code: str) -> str | None:
+        """The credit domain of a department's decisions, if the directory gives one."""
+        dept = self.departments.get(code)
+        return dept.domain if dept is not None else None
 
     def authorise(self, source: str, event_type: str) -> None:
         """Raise ``AuthorisationError`` unless ``source`` may publish ``event_type``."""

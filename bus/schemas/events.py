@@ -24,6 +24,7 @@ from bus.schemas.enterprise import EnterpriseChanged, EnterpriseDeregistered, En
 from bus.schemas.envelope import Envelope
 from bus.schemas.licence import LicenceGranted, LicenceRevoked
 from bus.schemas.penalty import PenaltyImposed, PenaltyRepaired, PenaltyRevoked
+from bus.schemas.report import ReportIssued, ReportRequested
 from bus.schemas.task import (
     TaskAccepted,
     TaskCancelled,
@@ -79,6 +80,8 @@ EVENT_TYPES: dict[str, EventSpec] = {
         _spec("application.submitted", ApplicationSubmitted),
         _spec("application.withdrawn", ApplicationWithdrawn),
         _spec("application.decided", ApplicationDecided),
+        _spec("report.requested", ReportRequested),
+        _spec("report.issued", ReportIssued),
         _spec("task.created", TaskCreated),
         _spec("task.accepted", TaskAccepted),
         _spec("task.completed", TaskCompleted),

@@ -171,6 +171,49 @@ PAYLOADS: dict[str, tuple[str, dict[str, Any]]] = {
             "result": "deregistered",
         },
     ),
+    "report.requested": (
+        "ks.credit",
+        {
+            "period_start": date(2023, 1, 1),
+            "period_end": date(2025, 12, 31),
+            "purpose": "bidding",
+            "requested_by": "ks.credit",
+            "applicant": "李娜",
+        },
+    ),
+    "report.issued": (
+        "ks.bus",
+        {
+            "serial": "KS-2026-7G3M9QK2XW4P",
+            "request_event_id": "6f1c1d2e-8a4b-4c7e-9f00-1234567890ab",
+            "enterprise_name": "昆山花桥精密科技有限公司",
+            "period_start": date(2023, 1, 1),
+            "period_end": date(2025, 12, 31),
+            "purpose": "bidding",
+            "result": "records",
+            "domains": [
+                {"domain": "market_regulation", "name": "市场监管", "result": "no_record"},
+                {
+                    "domain": "tax",
+                    "name": "税务",
+                    "result": "records",
+                    "records": [
+                        {
+                            "case_number": "昆税罚〔2024〕17号",
+                            "agency": "ks.tax",
+                            "kind": "fine",
+                            "decided_on": date(2024, 4, 10),
+                            "state": "active",
+                        }
+                    ],
+                },
+            ],
+            "issuing_authority": "ks.bus",
+            "issued_at": datetime(2026, 3, 2, 2, 0, tzinfo=UTC),
+            "key_id": "ks-bus-2026-01",
+            "signature": "bm90IGEgcmVhbCBzaWduYXR1cmU=",
+        },
+    ),
     "approval.opinion": (
         "ks.hrss",
         {"application_number": "KS-SP-2026-000123", "opinion": "approve", "note": "同意"},

@@ -51,6 +51,7 @@ def test_catalogue_families_and_specs() -> None:
         "certificate",
         "approval",
         "application",
+        "report",
         "task",
     )
     spec = spec_for("penalty.imposed")

@@ -158,10 +158,10 @@ def test_unknown_version(ingestor: Ingestor, codec: EventCodec) -> None:
 
 
 def test_unauthorised_source(ingestor: Ingestor, codec: EventCodec) -> None:
-    # Market regulation may not impose penalties: that is the towns' enforcement bureaus.
-    exc = reason_of(ingestor, codec.encode(build("penalty.imposed", source="ks.amr")))
+    # The Financial Office may not impose penalties: it has no domain of its own to enforce.
+    exc = reason_of(ingestor, codec.encode(build("penalty.imposed", source="ks.finance")))
     assert exc.reason == "auth.event_type"
-    exc = reason_of(ingestor, json_bytes(codec, source="ks.amr"))
+    exc = reason_of(ingestor, json_bytes(codec, source="ks.finance"))
     assert exc.reason == "auth.event_type"
 
 

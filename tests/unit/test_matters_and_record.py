@@ -20,7 +20,7 @@ def test_the_shipped_matters_load() -> None:
     matters = load_matters()
     assert {m.name for m in matters.values()} == {
         "compliance-certificate", "opening-a-business", "joint-discipline", "parallel-approval",
-        "legal-representative-change", "enterprise-deregistration",
+        "legal-representative-change", "enterprise-deregistration", "credit-report",
     }  # fmt: skip
     assert matters["compliance-certificate"].requires_registration
 

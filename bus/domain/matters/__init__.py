@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from bus.domain.conditions import problem as condition_problem
@@ -188,9 +189,17 @@ class Outcome(BaseModel):
 
     when: dict[str, Any] = Field(default_factory=dict)
     result: str = Field(pattern=NAME)
-    issue: Literal["certificate"] | None = Field(default=None, description="a signed document")
+    issue: Literal["certificate", "report"] | None = Field(
+        default=None, description="a signed document"
+    )
     listing: str | None = Field(default=None, description="the list the document lists")
     emit: Emit | None = None
+
+    @model_validator(mode="after")
+    def _report_lists(self) -> Self:
+        if self.issue == "report" and self.listing is None:
+            raise ValueError("a report lists the records of a list: name it in listing")
+        return self
 
 
 class Cancel(BaseModel):
@@ -357,6 +366,8 @@ class Matter(BaseModel):
                 return ("outcomes", i, "listing"), f"{o.listing!r} is no list of this matter"
             if o.issue == "certificate" and self.trigger != "certificate.requested":
                 return ("outcomes", i, "issue"), "a certificate answers certificate.requested"
+            if o.issue == "report" and self.trigger != "report.requested":
+                return ("outcomes", i, "issue"), "a report answers report.requested"
             if o.emit is not None and (problem := _built_problem(o.emit.payload, lists, steps)):
                 return ("outcomes", i, "emit", "payload"), problem
         return None

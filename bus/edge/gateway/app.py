@@ -29,6 +29,7 @@ from bus.edge.gateway.common import MAX_BATCH, GatewayState
 from bus.edge.gateway.errors import GatewayError, http_error, invalid_request
 from bus.edge.gateway.inbox import Inboxes
 from bus.edge.gateway.keys import keys_path
+from bus.edge.gateway.reports import ReportIndex
 from bus.edge.gateway.routes import ROUTERS
 from bus.settings import Settings
 from bus.streaming.client import BusClient
@@ -93,14 +94,22 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         inboxes = Inboxes(settings, state.directory.departments)
         certificates = CertificateIndex(settings, state.codec, settings.data_dir / "keys")
+        reports = ReportIndex(settings, state.codec, settings.data_dir / "keys")
         cases = CaseIndex(settings)
-        async with BusClient(settings, state.codec) as client, inboxes, certificates, cases:
+        async with (
+            BusClient(settings, state.codec) as client,
+            inboxes,
+            certificates,
+            reports,
+            cases,
+        ):
             state.client, state.inboxes = client, inboxes
-            state.certificates, state.cases = certificates, cases
+            state.certificates, state.reports, state.cases = certificates, reports, cases
             try:
                 yield
             finally:
-                state.client, state.inboxes, state.certificates, state.cases = (None,) * 4
+                state.client, state.inboxes, state.cases = None, None, None
+                state.certificates, state.reports = None, None
 
     app = FastAPI(
         title="Collaboration bus gateway",

@@ -23,6 +23,7 @@ from bus.edge.gateway.errors import GatewayError
 from bus.edge.gateway.inbox import Inboxes
 from bus.edge.gateway.keys import authenticate
 from bus.edge.gateway.models import ErrorBody, EventVerdict
+from bus.edge.gateway.reports import ReportIndex
 from bus.edge.publish import Verdict, await_verdicts, verdict_offsets
 from bus.errors import AuthorisationError, BusError, DecodeError, SchemaError, ValidationFailed
 from bus.schemas.envelope import Envelope
@@ -63,6 +64,7 @@ class GatewayState:
     client: BusClient | None = None
     inboxes: Inboxes | None = None
     certificates: CertificateIndex | None = None
+    reports: ReportIndex | None = None
     cases: CaseIndex | None = None
     recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
     asyncapi: dict[str, Any] | None = None

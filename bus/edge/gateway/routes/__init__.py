@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from bus.edge.gateway.routes import cases, certificates, events, inbox, meta, tasks
+from bus.edge.gateway.routes import cases, certificates, events, inbox, meta, reports, tasks
 
 ROUTERS = [
     events.router,
     certificates.router,
+    reports.router,
     inbox.router,
     tasks.router,
     cases.router,
