@@ -72,7 +72,8 @@ def _bus_until(
      ["broker"], ["demo"],
      ["schemas", "check"], ["schemas", "export"], ["settings"], ["certificate", "verify"],
      ["certificate", "export"],
-     ["certificate", "list"], ["trace"], ["deadletters", "replay"],
+     ["certificate", "list"], ["report", "verify"], ["report", "list"], ["report", "export"],
+     ["trace"], ["deadletters", "replay"],
      ["deadletters", "show"], ["status"], ["import"], ["connect"], ["tasks"], ["inbox"],
      ["gateway", "run"], ["gateway", "keys", "list"], ["certificate", "keygen"]],
 )  # fmt: skip

@@ -285,6 +285,8 @@ def test_openapi_lists_the_routes(gateway: Gateway) -> None:
         "/v1/events:batch",
         "/v1/certificates/{serial}",
         "/v1/certificates/verify",
+        "/v1/reports/{serial}",
+        "/v1/reports/verify",
         "/healthz",
     ):
         assert path in spec["paths"], path

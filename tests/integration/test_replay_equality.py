@@ -1,9 +1,10 @@
 """Decisions replay byte for byte: the same log into a fresh bus gives the same signed documents.
 
 A real worker decides a day's cases (a clean certificate, a review answered by its bureau, a
-parallel approval, a registration's fan-out). Every event the departments published is then
-copied, with its record time, onto the canonical topics of a fresh bus (another app id and
-prefix, no state), phase by phase as the first bus saw them, and a fresh worker decides again.
+parallel approval, a registration's fan-out, a credit report). Every event the departments
+published is then copied, with its record time, onto the canonical topics of a fresh bus
+(another app id and prefix, no state), phase by phase as the first bus saw them, and a fresh
+worker decides again.
 Each of the bus's events must come out with the same id and the same bytes.
 
 Phases: the worker today reads several canonical topics, and the order in which two topics'
@@ -155,6 +156,11 @@ def test_the_same_log_into_a_fresh_bus_gives_the_same_signed_documents(
         payload={"application_number": "KS-SP-2026-000777", "title": "建设工程施工许可",
                  "departments": asked, "applicant": "王芳", "submitted_on": date(2026, 11, 2)},
     )  # fmt: skip
+    report = model_for("report.requested")(
+        event_type="report.requested", source="ks.credit", subject=fined.uscc,
+        payload={"period_start": date(2026, 1, 1), "period_end": date(2026, 12, 31),
+                 "purpose": "bidding", "requested_by": "ks.credit", "applicant": "李娜"},
+    )  # fmt: skip
     phases: list[set[str]] = []
 
     def phase(events: list) -> None:
@@ -169,12 +175,14 @@ def test_the_same_log_into_a_fresh_bus_gives_the_same_signed_documents(
                                                  for d in asked)])  # fmt: skip
         [review] = outputs(settings, "task", "task.created", 1, "compliance-certificate")
         phase([answer(review, "task.completed", fine.source, outcome="confirmed")])
+        phase([report])
     first = decisions(settings)
     certificates = [codec.decode(r.value or b"") for r in log(settings)
                     if r.headers.get("event_type") == "certificate.issued"]  # fmt: skip
     kinds = {codec.decode(r.value or b"").event_type for r in log(settings)
              if r.headers.get("source") == BUS}  # fmt: skip
-    assert {"certificate.issued", "task.created", "task.completed", "approval.decided"} <= kinds
+    assert {"certificate.issued", "report.issued", "task.created", "task.completed",
+            "approval.decided"} <= kinds  # fmt: skip
     assert sorted(c.payload.result for c in certificates) == ["clean", "record_found"]
 
     run = f"r{settings.app_id}"
