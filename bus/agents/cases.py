@@ -86,7 +86,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUS = "ks.bus"
-ANSWERS = ("task.accepted", "task.completed", "task.rejected", "approval.opinion")
+ANSWERS = ("task.accepted", "task.completed", "task.rejected")
+"""Answers to any task; a matter may name other events that answer its tasks (``answered_by``)."""
 STAGE = "cases"
 """``bus.stage`` of the dead letters this agent writes."""
 KEEP_DONE = 32
@@ -928,10 +929,12 @@ class CaseEngine:
         trigger = facts.trigger
         now = self._at.astimezone(CHINA_TZ)
         due = self.calendar.add_working_days(now, template.working_days)
-        supervisor = {
-            "requester": getattr(trigger.payload, "requested_by", None) or lead,
-            "lead": lead,
-        }.get(template.supervisor or "", template.supervisor)
+        named = {"requester": getattr(trigger.payload, "requested_by", None) or lead, "lead": lead}
+        supervisor = named.get(template.supervisor or "", template.supervisor)
+        chain, when = [], due  # after the supervisor, each office a period after the last
+        for office in template.escalation:
+            when = self.calendar.add_working_days(when, template.working_days)
+            chain.append((named.get(office, office), when))
         outs: list[Out] = []
         for assignee, evidence in sorted(plan.items()):
             task_id = task_id_for(template.name, case, assignee)
@@ -939,7 +942,7 @@ class CaseEngine:
             review["steps"][task_id] = template.name
             state.tasks[task_id] = TaskEntry(
                 task_id=task_id, matter=review["matter"], case=case, assignee=assignee,
-                supervisor=supervisor, due_at=due,
+                supervisor=supervisor, due_at=due, chain=chain,
             )  # fmt: skip
             title = facts.but(evidence=evidence).render(template.title)
             created = model_for("task.created")(
@@ -971,15 +974,17 @@ class CaseEngine:
                 heapq.heappush(due_index, (task.due_at, uscc))
 
     def _answer(self, record: EnterpriseRecord, state: CaseState, event: Envelope) -> list[Out]:
-        """A department accepts, completes or rejects a task (or gives an opinion).
+        """A department accepts, completes or rejects a task, or sends an event a matter says
+        answers one (an opinion).
 
         Only the task's assignee may answer it; anything else is a dead letter.
         """
         p = event.payload
-        if event.event_type == "approval.opinion":
-            task = self._opinion_task(state, event)
-        else:
+        by: tuple[str, str | None] | None = None  # (answer, note) an event gave
+        if event.event_type in ANSWERS:
             task = state.tasks.get(p.task_id)
+        else:
+            task, by = self._answered_by(record, state, event)
         if task is None:
             key = getattr(p, "task_id", None) or getattr(p, "application_number", "?")
             raise BusError(f"no open task {key} for {record.uscc}", reason="task.unknown")
@@ -995,13 +1000,13 @@ class CaseEngine:
             task.state = "accepted"
             return []
         outs: list[Out] = []
-        if event.event_type == "approval.opinion":
-            task.state, task.outcome = "completed", str(p.opinion)
+        if by is not None:
+            task.state, task.outcome = "completed", by[0]
             task_notes = state.reviews.get(task.case, {}).setdefault("notes", {})
-            task_notes[task.assignee] = p.note
-            # The opinion is the answer: its task is completed, and says so on the task
-            # topic like any other, or the assignee's and the operators' views keep it open.
-            completed = {"task_id": task.task_id, "outcome": task.outcome, "note": p.note}
+            task_notes[task.assignee] = by[1]
+            # The event is the answer: its task is completed, and says so on the task topic
+            # like any other, or the assignee's and the operators' views keep it open.
+            completed = {"task_id": task.task_id, "outcome": task.outcome, "note": by[1]}
             outs.append(self._task_event(record, state, task, "task.completed", completed, event))
         elif event.event_type == "task.completed":
             task.state, task.outcome = "completed", p.outcome
@@ -1009,21 +1014,35 @@ class CaseEngine:
             task.state, task.outcome = "rejected", "rejected"
         return outs + self._close_case_if_done(record, state, task.case)
 
-    def _opinion_task(self, state: CaseState, event: Envelope) -> TaskEntry | None:
-        number = event.payload.application_number
+    def _answered_by(
+        self, record: EnterpriseRecord, state: CaseState, event: Envelope
+    ) -> tuple[TaskEntry | None, tuple[str, str | None] | None]:
+        """The task ``event`` answers, as its matter's ``answered_by`` says, and the answer
+        and note it gives; a case that matches but asked another department: refused."""
         for case, review in state.reviews.items():
-            if review["request"]["payload"].get("application_number") != number:
+            how = self._closing_of(review)
+            if how is None:
                 continue
-            for task_id in review["tasks"]:
+            steps = review.get("steps") or dict.fromkeys(review["tasks"], _only_step(how))
+            trigger = model_for(review["request"]["event_type"]).model_validate(review["request"])
+            seen = how.facts(trigger, record, {}).seeing(event)
+            asked = False
+            for task_id, name in steps.items():
+                by = how.steps.get(name, StepClosing()).answered_by
+                if by is None or by.event != event.event_type or not seen.hold(by.match):
+                    continue
+                asked = True
                 task = state.tasks.get(task_id)
                 if task is not None and task.case == case and task.assignee == event.source:
-                    return task
-            # the application exists but this department was not asked
-            raise BusError(
-                f"{event.source} was not asked for an opinion on {number}",
-                reason="task.not_assignee",
-            )
-        return None
+                    note = seen.resolve(by.note) if by.note else None
+                    return task, (seen.render(by.answer), note)
+            if asked:
+                raise BusError(
+                    f"{event.source} was not asked for this {event.event_type} "
+                    f"(case {review['matter']} of {record.uscc})",
+                    reason="task.not_assignee",
+                )
+        return None, None
 
     def _close_case_if_done(
         self, record: EnterpriseRecord, state: CaseState, case: str
@@ -1137,15 +1156,27 @@ class CaseEngine:
                     overdue = {"task_id": task.task_id, "assignee": task.assignee,
                                "due_at": task.due_at}  # fmt: skip
                     outs.append(self._task_event(None, state, task, "task.overdue", overdue, uscc))
-                if not task.escalated and task.supervisor and late == "escalate_to_supervisor":
+                if late != "escalate_to_supervisor":
+                    continue
+                why = f"not completed by {task.due_at:%Y-%m-%d %H:%M} UTC"
+                if not task.escalated and task.supervisor:
                     task.escalated = changed = True
                     self.steps += 1
-                    late = f"not completed by {task.due_at:%Y-%m-%d %H:%M} UTC"
                     escalated = {"task_id": task.task_id, "escalated_to": task.supervisor,
-                                 "reason": late}  # fmt: skip
+                                 "reason": why}  # fmt: skip
                     outs.append(
                         self._task_event(None, state, task, "task.escalated", escalated, uscc)
                     )
+                while (step := task.next_escalation) is not None and step[1] <= now:
+                    office, when = step
+                    task.escalations += 1
+                    task.escalated = changed = True
+                    self.steps += 1
+                    escalated = {"task_id": task.task_id, "escalated_to": office, "reason": why}
+                    outs.append(self._task_event(None, state, task, "task.escalated", escalated,
+                                                 uscc, key=office, at=when))  # fmt: skip
+                if (step := task.next_escalation) is not None:
+                    heapq.heappush(due, (step[1], uscc))  # the chain goes on
             if changed:
                 store.put(uscc, state)
                 self._recount(partition, before, state.task_counts())
@@ -1163,6 +1194,8 @@ class CaseEngine:
             for task in state.open_tasks():
                 if not (task.overdue and task.escalated):
                     due.append((task.due_at, uscc))
+                elif (step := task.next_escalation) is not None:
+                    due.append((step[1], uscc))
             counts.update(state.task_counts())
         heapq.heapify(due)
         self._due[partition] = due
@@ -1233,8 +1266,12 @@ class CaseEngine:
         event_type: str,
         payload: dict[str, Any],
         cause: Envelope | str,
+        *,
+        key: str = "",
+        at: datetime | None = None,
     ) -> Out:
-        """A lifecycle event the bus publishes about ``task``, caused by an event or a deadline.
+        """A lifecycle event the bus publishes about ``task``, caused by an event or a deadline
+        (``key`` tells apart several of one type, such as the escalations of a chain).
 
         Dated by its cause in the log, or, for a deadline passing, by the deadline itself.
         """
@@ -1243,10 +1280,10 @@ class CaseEngine:
         caused = isinstance(cause, Envelope)
         event = model_for(event_type)(
             event_type=event_type,
-            event_id=derived_id(event_type, task.task_id),
+            event_id=derived_id(event_type, task.task_id, *((key,) if key else ())),
             source=BUS,
             subject=record.uscc if record is not None else str(cause),
-            occurred_at=self._at if caused else task.due_at,
+            occurred_at=self._at if caused else (at or task.due_at),
             correlation_id=request.get("correlation_id") or task.case,
             # a deadline's cause is the case's trigger
             causation_id=cause.event_id
@@ -1255,8 +1292,8 @@ class CaseEngine:
             payload=payload,
         )
         notify = [task.assignee]
-        if event_type == "task.escalated" and task.supervisor:
-            notify.append(task.supervisor)
+        if event_type == "task.escalated":
+            notify.append(str(payload["escalated_to"]))
         return self._out(event, *notify)
 
     @staticmethod

@@ -25,7 +25,7 @@ from bus.agents.out import Headers, Out, deadletter
 from bus.agents.route import NOTIFY, Router, load_subscriptions
 from bus.agents.runtime import BatchAgent, Record
 from bus.agents.stores import PartedStore, SeenStore
-from bus.domain.matters import by_trigger, load_matters
+from bus.domain.matters import answering, by_trigger, load_matters
 from bus.domain.record import EnterpriseRecord, apply_part, encode_part
 from bus.errors import BusError
 from bus.schemas.envelope import HISTORICAL, Envelope
@@ -72,6 +72,8 @@ class CorrelateAgent(BatchAgent):
         self.triggers = by_trigger(matters)
         # events that may end running cases: handed to the case engine as they come
         self.cancels = {c.event for m in matters.values() for c in m.cancel}
+        # events that answer tasks: task.* and those the matters name (an opinion)
+        self.answers = {*ANSWERS, *answering(matters)}
         self.codec = ctx.codec
         self.recent = ctx.recent
         self.deadletter = s.topic(DEADLETTER.name)
@@ -120,7 +122,7 @@ class CorrelateAgent(BatchAgent):
                 outs.extend(self._route(event, r, record, notify))
                 continue
             origin = f"{r.topic}/{r.partition}/{r.offset}"
-            if event.event_type in ANSWERS:
+            if event.event_type in self.answers:
                 # The case engine decides whether it may answer; it confirms and routes it.
                 value, headers = r.value or b"", list(r.headers or ())
                 outs.append(self._step("answer", event, value, headers, origin, record))

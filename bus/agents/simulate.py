@@ -53,6 +53,7 @@ from pydantic import (
 
 from bus.agents.app import Context
 from bus.agents.cases import (
+    ANSWERS,
     BUS,
     CaseEngine,
     MemoryCaseStore,
@@ -67,7 +68,7 @@ from bus.agents.out import Out
 from bus.agents.route import NOTIFY
 from bus.domain.certificates import Signer
 from bus.domain.departments import Directory
-from bus.domain.matters import Matter, by_trigger, load_matters
+from bus.domain.matters import Matter, answering, by_trigger, load_matters
 from bus.domain.workdays import CHINA_TZ
 from bus.domain.yamlpos import line_of
 from bus.errors import ConfigurationError
@@ -290,6 +291,7 @@ class Simulation:
         self.engine.matters, self.engine.triggers = played, by_trigger(played)
         self.correlate.triggers = by_trigger(played)
         self.correlate.cancels = {c.event for m in played.values() for c in m.cancel}
+        self.correlate.answers = {*ANSWERS, *answering(played)}
         now = scenario.start
         for i, step in enumerate(scenario.steps):
             if isinstance(step, WaitStep):

@@ -72,11 +72,20 @@ class TaskEntry(BaseModel):
     outcome: str | None = None
     overdue: bool = False
     escalated: bool = False
+    chain: list[tuple[str, datetime]] = Field(
+        default_factory=list, description="offices told next while it stays open, and when"
+    )
+    escalations: int = Field(default=0, description="how many of the chain were told")
 
     @property
     def closed(self) -> bool:
         """Completed, rejected or cancelled: nothing more is expected from the assignee."""
         return self.state in ("completed", "rejected", "cancelled")
+
+    @property
+    def next_escalation(self) -> tuple[str, datetime] | None:
+        """The office of the chain told next, and when, if any is left."""
+        return self.chain[self.escalations] if self.escalations < len(self.chain) else None
 
     @property
     def shown_state(self) -> str:

@@ -276,3 +276,75 @@ def test_a_withdrawn_application_ends_its_case(tmp_path: Path) -> None:
     timeline = _deregistration(tmp_path, [tax, other, withdrawn])
     assert [kind for kind, _ in timeline].count("task.cancelled") == 1  # hrss's; tax answered
     assert "application.decided" not in [kind for kind, _ in timeline]
+
+
+def test_an_opinion_answers_its_task_as_the_matter_says_and_only_from_whom_was_asked(
+    tmp_path: Path,
+) -> None:
+    doc = yaml.safe_load(
+        (SHIPPED / "scenarios" / "parallel-approval-refused.yaml").read_text(encoding="utf-8")
+    )
+    number = {"application_number": "KS-SP-2026-000123", "opinion": "approve"}
+    stranger = {"event": "approval.opinion", "source": "ks.housingfund", "payload": number}
+    doc["steps"].insert(2, stranger)
+    doc["expect"].insert(1, {"refused": "task.not_assignee"})
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    sim = Simulation()
+    try:
+        outcome = sim.run(load_scenario(path))
+    finally:
+        sim.close()
+    assert outcome.passed, outcome.failures
+    completed = [m.payload for m in outcome.timeline
+                 if m.event_type == "task.completed" and m.source == "ks.bus"]  # fmt: skip
+    assert sorted(p["outcome"] for p in completed) == ["approve", "refuse"]
+    assert [p.get("note") for p in completed if p["outcome"] == "refuse"] == ["环评未通过"]
+
+
+def test_an_answering_event_must_be_one_a_department_publishes(tmp_path: Path) -> None:
+    (tmp_path / "big-fines.yaml").write_text(GOOD.replace(
+        "working_days: 2\n",
+        "working_days: 2\n    answered_by: {event: task.completed, answer: done}\n",
+    ))  # fmt: skip
+    with pytest.raises(ConfigurationError, match="not task"):
+        load_matters(tmp_path)
+
+
+CHAIN = """
+name: chained
+title: A task escalated up a chain
+trigger: enterprise.registered
+lead: ks.amr
+tasks:
+  - name: account
+    assignee: ks.tax
+    title: "Open the account of {enterprise}"
+    working_days: 2
+    supervisor: lead
+    escalation: [ks.credit, ks.finance]
+"""
+
+
+def test_a_late_task_goes_up_its_escalation_chain_once_each(tmp_path: Path) -> None:
+    (tmp_path / "chained.yaml").write_text(CHAIN)
+    doc = yaml.safe_load(
+        (SHIPPED / "scenarios" / "opening-a-business-late.yaml").read_text(encoding="utf-8")
+    )
+    doc.update(matter="chained", steps=[doc["steps"][0], {"wait": 3}, {"wait": 2},
+                                        {"wait": 2}, {"wait": 10}],
+               expect=[], expect_not=[])  # fmt: skip
+    scenario = tmp_path / "scenarios" / "chain.yaml"
+    scenario.parent.mkdir()
+    scenario.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    sim = Simulation(tmp_path)
+    try:
+        outcome = sim.run(load_scenario(scenario))
+    finally:
+        sim.close()
+    told = [(m.payload["escalated_to"], m.at) for m in outcome.timeline
+            if m.event_type == "task.escalated"]  # fmt: skip
+    assert [office for office, _ in told] == ["ks.amr", "ks.credit", "ks.finance"]
+    assert told[0][1] < told[1][1] < told[2][1]  # one after another, not all at once
+    assert len({m.payload["task_id"] for m in outcome.timeline
+                if m.event_type == "task.overdue"}) == 1  # fmt: skip

@@ -119,6 +119,25 @@ class ListDef(BaseModel):
         return value
 
 
+class AnsweredBy(BaseModel):
+    """An event other than ``task.completed`` that answers a task: from its assignee, of this
+    type, meeting ``match`` (read as ``event.*``, beside ``trigger.*``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: str
+    match: dict[str, Any] = Field(default_factory=dict)
+    answer: str = Field(description="the answer it gives, e.g. {event.opinion}")
+    note: str | None = Field(default=None, description="a note it carries, e.g. {event.note}")
+
+    @field_validator("event")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in EVENT_TYPES or value.startswith("task."):
+            raise ValueError(f"{value!r}: name an event type a department publishes, not task.*")
+        return value
+
+
 class TaskTemplate(BaseModel):
     """A task a matter creates: for one department, or one per department of a list."""
 
@@ -136,8 +155,15 @@ class TaskTemplate(BaseModel):
     title: str = Field(min_length=1, max_length=300)
     working_days: int = Field(ge=1, le=60)
     supervisor: str | None = Field(default=None, description="requester, lead or a code")
+    escalation: tuple[str, ...] = Field(
+        default=(),
+        description="offices told in turn, each working_days after the last, while it is open",
+    )
     answers: tuple[str, ...] = Field(default=(), description="the answers that count as given")
     other_answer: str | None = Field(default=None, description="what any other answer counts as")
+    answered_by: AnsweredBy | None = Field(
+        default=None, description="an event that answers it besides task.completed"
+    )
     after: tuple[str, ...] = Field(default=(), description="tasks that must all be answered first")
     after_any: tuple[str, ...] = Field(
         default=(), description="tasks of which one must be answered first"
@@ -163,6 +189,13 @@ class TaskTemplate(BaseModel):
     def _supervisor(cls, value: str | None) -> str | None:
         if value not in (None, "requester", "lead") and not re.match(DEPARTMENT, value or ""):
             raise ValueError(f"{value!r} is not requester, lead or a department code")
+        return value
+
+    @field_validator("escalation")
+    @classmethod
+    def _chain(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for office in value:
+            cls._supervisor(office)
         return value
 
 
@@ -230,6 +263,7 @@ class StepClosing(BaseModel):
     evidence: str | None = None
     answers: tuple[str, ...] = ()
     other_answer: str | None = None
+    answered_by: AnsweredBy | None = None
 
     def answer(self, given: str | None) -> str | None:
         """The answer as the matter counts it."""
@@ -350,6 +384,15 @@ class Matter(BaseModel):
                 for name in getattr(t, field):
                     if name not in steps or name == t.name:
                         return ("tasks", i, field), f"{name!r} is no other task of this matter"
+            if t.answered_by is not None:
+                by = t.answered_by
+                if problem := _conditions_problem(by.match, lists, event=True):
+                    return ("tasks", i, "answered_by", "match"), problem
+                for field in ("answer", "note"):
+                    text = getattr(by, field) or ""
+                    for path, _ in places(text):
+                        if problem := path_problem(path, lists, event=True):
+                            return ("tasks", i, "answered_by", field), problem
             readable = steps if t.waits else ()  # answers are there once earlier tasks are
             if problem := _conditions_problem(t.when, lists, readable):
                 return ("tasks", i, "when"), problem
@@ -386,7 +429,12 @@ class Matter(BaseModel):
         """What decides this matter's cases, to keep with each (see ``Closing``); ``later``:
         the tasks a case has not started yet."""
         steps = {
-            t.name: StepClosing(evidence=t.evidence, answers=t.answers, other_answer=t.other_answer)
+            t.name: StepClosing(
+                evidence=t.evidence,
+                answers=t.answers,
+                other_answer=t.other_answer,
+                answered_by=t.answered_by,
+            )
             for t in self.tasks
         }
         return Closing(
@@ -469,6 +517,13 @@ def load_matters(directory: Path | None = None) -> dict[str, Matter]:
             raise ConfigurationError(f"matter {path.name}: another file is called {matter.name}")
         matters[matter.name] = matter
     return matters
+
+
+def answering(matters: dict[str, Matter]) -> set[str]:
+    """The event types besides ``task.*`` that answer some matter's tasks."""
+    return {
+        t.answered_by.event for m in matters.values() for t in m.tasks if t.answered_by is not None
+    }
 
 
 def by_trigger(matters: dict[str, Matter]) -> dict[str, tuple[Matter, ...]]:
