@@ -54,6 +54,7 @@ from bus.domain.matters import (
     Matter,
     StepClosing,
     TaskTemplate,
+    Timeout,
     assign,
     by_trigger,
     load_matters,
@@ -653,7 +654,11 @@ class CaseEngine:
         state = state.model_copy(deep=True) if state is not None else CaseState()
         before = state.task_counts()
         self.steps += 1
-        if step["kind"] == "answer":
+        if step["kind"] == "answer" and event.source == BUS:
+            outs = self._timed_out(record, state, event)  # the bus's own task.overdue
+            if not outs:
+                return []
+        elif step["kind"] == "answer":
             try:
                 outs = self._answer(record, state, event)
             except BusError as exc:
@@ -1014,6 +1019,33 @@ class CaseEngine:
             task.state, task.outcome = "rejected", "rejected"
         return outs + self._close_case_if_done(record, state, task.case)
 
+    def _timeout_of(self, state: CaseState, task: TaskEntry) -> Timeout | None:
+        """What ``task`` counts as if no answer comes by its deadline, as its case keeps it."""
+        review = state.reviews.get(task.case)
+        how = self._closing_of(review) if review is not None else None
+        if review is None or how is None:
+            return None
+        name = (review.get("steps") or {}).get(task.task_id, "")
+        return how.steps.get(name, StepClosing()).timeout
+
+    def _timed_out(self, record: EnterpriseRecord, state: CaseState, event: Envelope) -> list[Out]:
+        """The bus's ``task.overdue`` came back through the flow, with the record as of it: a
+        task whose template says ``timeout`` ends (``task.cancelled``) counted as its answer,
+        and its case goes on. Anything else the bus says about tasks is not a step."""
+        if event.event_type != "task.overdue":
+            return []
+        task = state.tasks.get(event.payload.task_id)
+        timeout = self._timeout_of(state, task) if task is not None else None
+        if task is None or timeout is None or task.closed:
+            return []
+        task.state, task.outcome = "cancelled", timeout.answer
+        state.reviews[task.case].setdefault("notes", {})[task.assignee] = timeout.note
+        due = task.due_at.astimezone(UTC)
+        why = f"no answer by {due:%Y-%m-%d %H:%M} UTC: counted as {timeout.answer}"
+        body = {"task_id": task.task_id, "reason": why}
+        ended = self._task_event(record, state, task, "task.cancelled", body, event)
+        return [ended, *self._close_case_if_done(record, state, task.case)]
+
     def _answered_by(
         self, record: EnterpriseRecord, state: CaseState, event: Envelope
     ) -> tuple[TaskEntry | None, tuple[str, str | None] | None]:
@@ -1156,9 +1188,9 @@ class CaseEngine:
                     overdue = {"task_id": task.task_id, "assignee": task.assignee,
                                "due_at": task.due_at}  # fmt: skip
                     outs.append(self._task_event(None, state, task, "task.overdue", overdue, uscc))
-                if late != "escalate_to_supervisor":
-                    continue
-                why = f"not completed by {task.due_at:%Y-%m-%d %H:%M} UTC"
+                if late != "escalate_to_supervisor" or self._timeout_of(state, task) is not None:
+                    continue  # a task that times out ends when its task.overdue comes back
+                why = f"not completed by {task.due_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
                 if not task.escalated and task.supervisor:
                     task.escalated = changed = True
                     self.steps += 1

@@ -120,6 +120,12 @@ class CorrelateAgent(BatchAgent):
                 # The bus's own decisions: deliver them to whom they name.
                 notify = dict(r.headers or ()).get(NOTIFY, b"").decode()
                 outs.extend(self._route(event, r, record, notify))
+                if event.event_type == "task.overdue":
+                    # A deadline passed: the case engine ends a task whose matter says it
+                    # times out, on the record as of now in the log.
+                    value, headers = r.value or b"", list(r.headers or ())
+                    origin = f"{r.topic}/{r.partition}/{r.offset}"
+                    outs.append(self._step("answer", event, value, headers, origin, record))
                 continue
             origin = f"{r.topic}/{r.partition}/{r.offset}"
             if event.event_type in self.answers:

@@ -274,6 +274,7 @@ class Simulation:
         self._offset = 0
         self.timeline: list[Moment] = []
         self.created: list[Envelope] = []
+        self._back: list[Out] = []  # the bus's events correlate reads again
 
     def close(self) -> None:
         """Remove the temporary data folder (signing key, stores)."""
@@ -374,9 +375,22 @@ class Simulation:
                 self._decide(self.engine.handle(0, out.value or b"", self.store), now)
             elif out.topic == self.settings.topic("deadletter"):
                 self._refused(out, now)
+        await self._read_back(now)
 
     def _tick(self, now: datetime) -> None:
         self._decide(self.engine.handle(0, tick_step(now), self.store), now)
+        if self._back:
+            asyncio.run(self._read_back(now))
+
+    async def _read_back(self, now: datetime) -> None:
+        """The bus's own events that are case steps too (a deadline passed), through correlate."""
+        while self._back:
+            outs, self._back = self._back, []
+            records = [self._record(o.topic, o.key or b"", o.value or b"", o.headers, now)
+                       for o in outs]  # fmt: skip
+            for out in await self.correlate.process(records):
+                if out.topic == self.settings.topic(CASES.name):
+                    self._decide(self.engine.handle(0, out.value or b"", self.store), now)
 
     def _decide(self, outs: list[Out], now: datetime) -> None:
         for out in outs:
@@ -390,6 +404,8 @@ class Simulation:
                 continue  # an answer confirmed: shown when it was published
             if event.event_type == "task.created":
                 self.created.append(event)
+            if event.event_type == "task.overdue":
+                self._back.append(out)  # read by correlate, as the bus reads its own events
             notify = dict(out.headers or ()).get(NOTIFY, b"").decode()
             self.timeline.append(
                 Moment(event.occurred_at, "decided", event.event_type, BUS,

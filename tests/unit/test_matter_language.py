@@ -348,3 +348,38 @@ def test_a_late_task_goes_up_its_escalation_chain_once_each(tmp_path: Path) -> N
     assert told[0][1] < told[1][1] < told[2][1]  # one after another, not all at once
     assert len({m.payload["task_id"] for m in outcome.timeline
                 if m.event_type == "task.overdue"}) == 1  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("    timeout: {answer: noted}\n    escalation: [ks.finance]\n",
+     "a task that times out is not escalated"),
+    ("    timeout: {answer: silent}\n    answers: [noted, refused]\n",
+     r"timeout: answer 'silent' is none of its answers \(noted, refused\)"),
+])  # fmt: skip
+def test_a_timeout_counts_as_one_of_the_answers_and_is_never_escalated(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    (tmp_path / "big-fines.yaml").write_text(GOOD + extra)
+    with pytest.raises(ConfigurationError, match=message):
+        load_matters(tmp_path)
+
+
+def test_a_task_that_times_out_ends_counted_as_its_answer_and_the_case_goes_on() -> None:
+    scenario = load_scenario(SHIPPED / "scenarios" / "enterprise-deregistration-silence.yaml")
+    sim = Simulation()
+    try:
+        outcome = sim.run(scenario)
+    finally:
+        sim.close()
+    assert outcome.failures == []
+    kinds = [(m.event_type, m.payload.get("assignee") or m.payload.get("result"))
+             for m in outcome.timeline if m.kind == "decided"]  # fmt: skip
+    # The silent department's task: overdue at its deadline, then ended, never escalated;
+    # only then is the regulator asked, and its decision decides.
+    overdue = kinds.index(("task.overdue", "ks.hrss"))
+    assert kinds[overdue + 1][0] == "task.cancelled"
+    assert kinds[overdue + 2] == ("task.created", "ks.amr")
+    assert kinds[-1] == ("application.decided", "deregistered")
+    assert not any(k == "task.escalated" for k, _ in kinds)
+    (cancelled,) = [m for m in outcome.timeline if m.event_type == "task.cancelled"]
+    assert "counted as cleared" in cancelled.payload["reason"]

@@ -138,6 +138,16 @@ class AnsweredBy(BaseModel):
         return value
 
 
+class Timeout(BaseModel):
+    """What a task counts as when no answer came by its deadline: it ends (``task.cancelled``)
+    and the case goes on with this answer, instead of the task being escalated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    answer: str = Field(pattern=NAME, description="the answer it counts as, e.g. cleared")
+    note: str | None = Field(default=None, max_length=300, description="why, for the record")
+
+
 class TaskTemplate(BaseModel):
     """A task a matter creates: for one department, or one per department of a list."""
 
@@ -163,6 +173,9 @@ class TaskTemplate(BaseModel):
     other_answer: str | None = Field(default=None, description="what any other answer counts as")
     answered_by: AnsweredBy | None = Field(
         default=None, description="an event that answers it besides task.completed"
+    )
+    timeout: Timeout | None = Field(
+        default=None, description="no answer by the deadline: it ends, counted as this answer"
     )
     after: tuple[str, ...] = Field(default=(), description="tasks that must all be answered first")
     after_any: tuple[str, ...] = Field(
@@ -197,6 +210,17 @@ class TaskTemplate(BaseModel):
         for office in value:
             cls._supervisor(office)
         return value
+
+    @model_validator(mode="after")
+    def _timeout_fits(self) -> Self:
+        if self.timeout is None:
+            return self
+        if self.escalation:
+            raise ValueError("a task that times out is not escalated: give timeout or escalation")
+        if self.answers and self.timeout.answer not in self.answers:
+            raise ValueError(f"timeout: answer {self.timeout.answer!r} is none of its answers "
+                             f"({', '.join(self.answers)})")  # fmt: skip
+        return self
 
 
 class Emit(BaseModel):
@@ -264,6 +288,7 @@ class StepClosing(BaseModel):
     answers: tuple[str, ...] = ()
     other_answer: str | None = None
     answered_by: AnsweredBy | None = None
+    timeout: Timeout | None = None
 
     def answer(self, given: str | None) -> str | None:
         """The answer as the matter counts it."""
@@ -434,6 +459,7 @@ class Matter(BaseModel):
                 answers=t.answers,
                 other_answer=t.other_answer,
                 answered_by=t.answered_by,
+                timeout=t.timeout,
             )
             for t in self.tasks
         }
