@@ -22,6 +22,12 @@ engine commits; CPU of the workers and the broker over that span (``bench/cpu.py
 loop (``bench/raw_loop.py``) runs over as many events in the same run, for reference.
 ``--batch 1`` is the naive agent, the same code taking one step at a time: one ``take`` per
 event, and its write (a transaction when it changes state) awaited before the next.
+
+``--matter five-steps`` measures a matter of five steps instead (``FIVE_STEPS``, written in
+the matter language): an application opens a case whose five departments are asked one
+after another, each answer starting the next task, the fifth deciding the application. Each
+case is six case steps (the application and five answers); the figure is cases/s, from the
+first decision or task to the last.
 """
 
 from __future__ import annotations
@@ -55,6 +61,35 @@ from bus.streaming.codec import EventCodec
 from bus.streaming.topics import CASES, create_topics
 
 certificate_matter = load_matters()["compliance-certificate"]
+
+FIVE_STEPS = """
+name: five-steps
+version: 1
+title: Five departments in turn (a benchmark)
+trigger: application.submitted
+correlation: subject
+lead: ks.amr
+requires_registration: true
+when: {trigger.matter: five-steps}
+tasks:
+  - {name: s1, assignee: ks.tax, title: "1 of {trigger.application_number}", working_days: 5}
+  - {name: s2, assignee: ks.hrss, after: [s1], title: "2 of {trigger.application_number}",
+     working_days: 5}
+  - {name: s3, assignee: ks.housingfund, after: [s2], title: "3 of {trigger.application_number}",
+     working_days: 5}
+  - {name: s4, assignee: ks.banking, after: [s3], title: "4 of {trigger.application_number}",
+     working_days: 5}
+  - {name: s5, assignee: ks.amr, after: [s4], title: "5 of {trigger.application_number}",
+     working_days: 5}
+outcomes:
+  - result: done
+    emit:
+      event: application.decided
+      payload: {matter: five-steps, application_number: "{trigger.application_number}",
+                result: done}
+"""
+FIVE = [("s1", "ks.tax"), ("s2", "ks.hrss"), ("s3", "ks.housingfund"), ("s4", "ks.banking"),
+        ("s5", "ks.amr")]  # fmt: skip
 
 FIRMS = 1000
 KEPT_HEADERS = ("event_type", "event_id", "correlation_id")
@@ -127,6 +162,48 @@ def backlog(steps: int, penalised: float, seed: int = 5) -> tuple[list[Msg], int
     return out, certificates, tasks
 
 
+def five_step_backlog(cases: int, matters: Path, seed: int = 5) -> list[Msg]:
+    """``cases`` applications of the five-step matter with their five answers each, the cases
+    interleaved at random, each case's steps in order; the matter is written to ``matters``."""
+    matters.mkdir(parents=True, exist_ok=True)
+    (matters / "five-steps.yaml").write_text(FIVE_STEPS, encoding="utf-8")
+    matter = load_matters(matters)["five-steps"]
+    rng = random.Random(seed)
+    firms = [enterprise(rng) for _ in range(FIRMS)]
+    at = datetime(2026, 11, 2, 1, tzinfo=UTC)
+    records: dict[str, EnterpriseRecord] = {}
+    for f in firms:
+        records[f.uscc] = EnterpriseRecord(uscc=f.uscc)
+        records[f.uscc].apply(registered(f, rng, at))
+    applied = model_for("application.submitted")
+    done = model_for("task.completed")
+    sequences: list[list[tuple[str, Envelope]]] = []
+    for n in range(cases):
+        uscc = rng.choice(firms).uscc
+        app = applied(
+            event_type="application.submitted", source="ks.amr", subject=uscc, occurred_at=at,
+            payload={"matter": "five-steps", "application_number": f"KS-B5-2026-{n:06d}",
+                     "applicant": "李娜", "requested_by": "ks.amr", "submitted_on": at.date()},
+        )  # fmt: skip
+        case = case_id(matter, app)
+        answers = [
+            ("answer", done(event_type="task.completed", source=dept, subject=uscc,
+                            occurred_at=at, payload={"task_id": task_id_for(name, case, dept),
+                                                     "outcome": "done"}))
+            for name, dept in FIVE
+        ]  # fmt: skip
+        sequences.append([("trigger", app), *answers])
+    out: list[Msg] = []
+    while sequences:
+        i = rng.randrange(len(sequences))
+        kind, event = sequences[i].pop(0)
+        if not sequences[i]:
+            sequences.pop(i)
+        at += timedelta(milliseconds=2)
+        out.append(_step(kind, event, records[event.subject], at))
+    return out
+
+
 async def stable(settings: Settings, members: int, seconds: float = 90.0) -> None:
     """Wait until the case engine's consumer group is stable with ``members`` members."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers[0])
@@ -153,18 +230,21 @@ def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
 
 
 async def engine_throughput(
-    bootstrap: str, tmp: Path, steps: list[Msg], expect: tuple[int, int], workers: int,
+    bootstrap: str, tmp: Path, steps: list[Msg], expect: dict[str, int], workers: int,
     within: float, args: argparse.Namespace, broker_pid: int | None, batch: int = 500,
+    matters: Path | None = None,
 ) -> Measured:  # fmt: skip
     """Case steps/s of ``workers`` workers running only the case engine over ``steps``.
 
-    ``within`` is their ``BUS_CASE_BATCH_WAIT``, ``batch`` their ``BUS_BATCH_SIZE``.
+    ``within`` is their ``BUS_CASE_BATCH_WAIT``, ``batch`` their ``BUS_BATCH_SIZE``;
+    ``expect``: how many records each canonical topic (``events.<family>``) gets, the first
+    the decisions; ``matters``: the workers' ``BUS_MATTERS_DIR``.
     """
     run = f"c{time.time_ns()}"
     settings = group_settings(bootstrap, tmp, run, partitions=args.partitions)
     settings = settings.model_copy(update={
         "agents": ["cases"], "case_batch_wait": within, "task_check_interval": 60.0,
-        "batch_size": batch,
+        "batch_size": batch, "matters_dir": matters,
     })  # fmt: skip
     await create_topics(settings)
     procs = [
@@ -179,13 +259,14 @@ async def engine_throughput(
         await asyncio.sleep(1.0)  # the producers of the partitions are started on assignment
         pids = [p.proc.pid for p in procs if p.proc]
         groups = {"worker": pids, **_broker(broker_pid)}
-        certificates, tasks = expect
         if args.profile:
             spy = profile(pids[0], args.profile_seconds, tmp / f"{run}.pyspy.txt")
         async with CpuSampler(groups) as cpu:
             await publish_batches(bootstrap, settings.topic(CASES.name), steps)
-            certs = await drain(bootstrap, settings.topic("events.certificate"), certificates, 600)
-        got = certs + await drain(bootstrap, settings.topic("events.task"), tasks, 60)
+            (main, n), *rest = expect.items()
+            got = await drain(bootstrap, settings.topic(main), n, 600)
+        for topic, n in rest:
+            got += await drain(bootstrap, settings.topic(topic), n, 60)
     finally:
         for proc in procs:
             proc.stop()
@@ -201,24 +282,34 @@ async def engine_throughput(
 async def main(args: argparse.Namespace) -> None:
     """Build the backlog, run the raw loop and the case engine with 1 (and 2) workers."""
     tmp = Path(tempfile.mkdtemp(prefix="bus-cases-"))
-    steps, certificates, tasks = backlog(args.steps, args.penalised)
+    matters: Path | None = None
+    if args.matter == "five-steps":
+        matters = tmp / "matters"
+        cases = args.steps // 6
+        steps = five_step_backlog(cases, matters)
+        expect = {"events.application": cases, "events.task": 5 * cases}
+        what = f"{cases} cases of five steps"
+    else:
+        steps, certificates, tasks = backlog(args.steps, args.penalised)
+        expect = {"events.certificate": certificates, "events.task": tasks}
+        what = f"{certificates} certificates and {tasks} reviews"
     broker = local_broker(args.engine, data_dir=tmp / "broker")
     broker.start()
     try:
         bootstrap = broker.bootstrap
-        print(f"{len(steps)} case steps: {certificates} certificates and {tasks} reviews "
-              f"to decide ({load()}, logs {tmp})", flush=True)  # fmt: skip
+        print(f"{len(steps)} case steps: {what} to decide ({load()}, logs {tmp})", flush=True)
         raw = await raw_throughput(bootstrap, tmp, encode(len(steps), 1), args.partitions, 1,
                                    broker_pid=broker.pid)  # fmt: skip
         print(f"raw loop, 1 process: {raw.eps:.0f} events/s; CPU per event: "
               f"{raw.cpu_per_event()} ({load()})", flush=True)  # fmt: skip
         runs = [(n, w, b) for n in args.workers for w in args.within for b in args.batch]
         for n, within, batch in runs:
-            got = await engine_throughput(bootstrap, tmp, steps, (certificates, tasks), n,
-                                          within, args, broker.pid, batch)  # fmt: skip
+            got = await engine_throughput(bootstrap, tmp, steps, expect, n, within, args,
+                                          broker.pid, batch, matters)  # fmt: skip
+            per_case = f" ({got.eps / 6:.0f} cases/s)" if matters is not None else ""
             print(
                 f"case engine, {n} worker(s), batch {batch}, wait {within * 1000:.0f} ms: "
-                f"{got.eps:.0f} steps/s, {got.eps / raw.eps:.2f} of the raw loop; "
+                f"{got.eps:.0f} steps/s{per_case}, {got.eps / raw.eps:.2f} of the raw loop; "
                 f"CPU per step: {per_event(got.cpu, got.events)} ({load()})",
                 flush=True,
             )
@@ -241,6 +332,8 @@ if __name__ == "__main__":
         default=[500],
         help="BUS_BATCH_SIZE of the workers (each measured); 1: the naive agent",
     )
+    p.add_argument("--matter", choices=["certificates", "five-steps"], default="certificates",
+                   help="certificate requests and reviews, or a five-step matter")  # fmt: skip
     p.add_argument("--engine", default="kafka", choices=LOCAL_ENGINES)
     p.add_argument("--profile", action="store_true", help="py-spy (pip install py-spy) on worker 0")
     p.add_argument("--profile-seconds", type=float, default=20.0)

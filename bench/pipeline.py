@@ -9,7 +9,9 @@
    published at ``--rate`` per second, while ``--load`` other events per second (penalties
    on 500 other enterprises) flow. Latency is from publishing the request (to ingress, as
    the Financial Office would) to a consumer receiving the signed ``certificate.issued``
-   (ingest, the fold, the case engine).
+   (ingest, the fold, the case engine). ``--document report`` measures the special credit
+   report instead (``report.requested`` from the credit office to ``report.issued``), and
+   ``--domains 3`` gives each requesting enterprise a penalty in three credit domains first.
 2. **Throughput with correlate.** The 500 enterprises are registered first (as they would
    be: a penalty is imposed on a registered enterprise; ``--unregistered`` skips this and
    measures the parking path instead), then ``--events`` penalties are published once the
@@ -50,14 +52,32 @@ from bus.streaming.codec import EventCodec
 from bus.streaming.topics import CASES, CORRELATE_SEEN, create_topics
 
 
+def _fine(uscc: str, agency: str, n: int) -> Any:
+    """A fine by ``agency`` in 2025, on ``uscc``."""
+    return model_for("penalty.imposed")(
+        event_type="penalty.imposed", source=agency, subject=uscc,
+        payload={"case_number": f"昆罚〔2025〕{n}号", "kind": "fine", "violation": "未按规定办理",
+                 "legal_basis": "《法》第一条", "amount": 2000, "decided_on": date(2025, 5, 1),
+                 "agency": agency},
+    )  # fmt: skip
+
+
 async def certificate_latency(
-    settings: Settings, requests: int, rate: float, load: float = 0.0
+    settings: Settings,
+    requests: int,
+    rate: float,
+    load: float = 0.0,
+    *,
+    document: str = "certificate",
+    domains: int = 0,
 ) -> dict[str, Any]:
-    """p50/p99 from request published to certificate received, with ``load`` other events/s.
+    """p50/p99 from request published to document received, with ``load`` other events/s.
 
     The other events are penalties on 500 other registered enterprises (``bench.ingest``'s),
     published from 2 s before the first request to the last: they go through ingest and the
-    fold, not the case engine, and leave the requesting enterprises clean.
+    fold, not the case engine, and leave the requesting enterprises clean. ``document`` is
+    ``certificate`` or ``report``; with ``domains`` (reports only), each requesting enterprise
+    first gets a fine in that many credit domains (tax, ecology, its town's bureau).
     """
     rng = random.Random(61)
     firms = [enterprise(rng) for _ in range(200)]
@@ -66,21 +86,33 @@ async def certificate_latency(
         await client.publish_many([registered(f, rng) for f in firms] + others)
     await drain(settings.bootstrap_servers[0], settings.topic("events.enterprise"),
                 len(firms) + len(others), 60)  # fmt: skip
+    if domains:
+        from bus.dev.samples import town_code
+
+        agencies = ["ks.tax", "ks.eco", "ks.ema", "ks.hrss", "ks.housing"][: domains - 1]
+        fines = [_fine(f.uscc, a, i * 10 + j)
+                 for i, f in enumerate(firms)
+                 for j, a in enumerate([*agencies, town_code(f.town)])]  # fmt: skip
+        async with BusClient(settings) as client:
+            await client.publish_many(fines)
+        await drain(settings.bootstrap_servers[0], settings.topic("events.penalty"),
+                    len(fines), 60)  # fmt: skip
     # Each registration opens an opening-a-business case (4 tasks): wait for the case engine
     # to have decided them all, or the first requests queue behind them.
     await drain(settings.bootstrap_servers[0], settings.topic("events.task"),
                 4 * (len(firms) + len(others)), 300)  # fmt: skip
     await asyncio.sleep(1.0)  # the registrations are folded in
-    make = model_for("certificate.requested")
+    make = model_for(f"{document}.requested")
+    office = "ks.finance" if document == "certificate" else "ks.credit"
     reqs = [
-        make(event_type="certificate.requested", source="ks.finance", subject=f.uscc,
+        make(event_type=f"{document}.requested", source=office, subject=f.uscc,
              payload={"period_start": date(2024, 1, 1), "period_end": date(2026, 10, 31),
-                      "purpose": "financing", "requested_by": "ks.finance", "applicant": "李娜"})
+                      "purpose": "financing", "requested_by": office, "applicant": "李娜"})
         for f in (rng.choice(firms) for _ in range(requests))
     ]  # fmt: skip
     codec = EventCodec()
     msgs = [(r.subject.encode(), codec.encode(r), r.kafka_headers(), str(r.event_id)) for r in reqs]
-    cert_topic = settings.topic("events.certificate")
+    cert_topic = settings.topic(f"events.{document}")
     arriving = asyncio.create_task(
         drain(settings.bootstrap_servers[0], cert_topic, 2 * requests, 120)
     )
@@ -104,19 +136,19 @@ async def certificate_latency(
         by_request.setdefault(record_id, now)
     latencies = []
     for r in reqs:
-        issued_id = str(_certificate_id(r.event_id))
+        issued_id = str(_certificate_id(r.event_id, document))
         if issued_id in by_request:
             latencies.append((by_request[issued_id] - sent[str(r.event_id)]) * 1000)
     latencies.sort()
     if len(latencies) < requests:
-        raise RuntimeError(f"only {len(latencies)} of {requests} certificates arrived")
+        raise RuntimeError(f"only {len(latencies)} of {requests} {document}s arrived")
     return {
         "p50_ms": statistics.median(latencies),
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
         "max_ms": latencies[-1],
         "under_1s": sum(lat < 1000 for lat in latencies) / len(latencies),
         "other_per_s": flowed,
-        "hops": await hops(settings, reqs, sent, arrived),
+        "hops": await hops(settings, reqs, sent, arrived, document),
     }
 
 
@@ -136,6 +168,7 @@ async def hops(
     reqs: list[Any],
     sent: dict[str, float],
     arrived: list[tuple[str, int, float]],
+    document: str = "certificate",
 ) -> dict[str, tuple[float, float]]:
     """p50 and p99 in ms of each of :data:`HOPS`, over the requests."""
     made = {eid: ts / 1000 for eid, ts, _ in arrived}  # canonical requests and certificates
@@ -146,7 +179,7 @@ async def hops(
             stepped[event_id] = r.timestamp_ms / 1000
     spans: dict[str, list[float]] = {name: [] for name, _ in HOPS}
     for req in reqs:
-        rid, cid = str(req.event_id), str(_certificate_id(req.event_id))
+        rid, cid = str(req.event_id), str(_certificate_id(req.event_id, document))
         if rid not in made or rid not in stepped or cid not in made:
             continue
         times = (sent[rid], made[rid], stepped[rid], made[cid], received[cid])
@@ -159,10 +192,10 @@ async def hops(
     }
 
 
-def _certificate_id(request_id: object) -> object:
+def _certificate_id(request_id: object, document: str = "certificate") -> object:
     from bus.agents.correlate import derived_id
 
-    return derived_id("certificate", str(request_id))
+    return derived_id(document, str(request_id))
 
 
 async def correlate_done(settings: Settings, total: int, max_seconds: float) -> float:
@@ -381,8 +414,17 @@ async def main(args: argparse.Namespace) -> None:
             })  # fmt: skip
             await create_topics(one)
             with WorkerProcess(one, tmp / f"worker-c{i}.log"):
-                lat = await certificate_latency(one, args.requests, args.rate, args.load)
-            print(f"certificate, {guarantee}: p50 {lat['p50_ms']:.1f} ms, p99 "
+                lat = await certificate_latency(
+                    one,
+                    args.requests,
+                    args.rate,
+                    args.load,
+                    document=args.document,
+                    domains=args.domains,
+                )
+            shown = args.document + (f" ({args.domains} domains with records)"
+                                     if args.domains else "")  # fmt: skip
+            print(f"{shown}, {guarantee}: p50 {lat['p50_ms']:.1f} ms, p99 "
                   f"{lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms, {lat['under_1s']:.1%} "
                   f"under 1 s ({args.requests} requests at {args.rate:.0f}/s, "
                   f"{lat['other_per_s']:.0f} other events/s published meanwhile)",
@@ -439,6 +481,16 @@ if __name__ == "__main__":
         help="other events per second while the certificates are measured (0: none)",
     )
     p.add_argument("--latency-only", action="store_true", help="certificate latency alone")
+    p.add_argument("--document", choices=["certificate", "report"], default="certificate",
+                   help="what the latency is measured for: a compliance certificate or a "
+                   "special credit report")  # fmt: skip
+    p.add_argument(
+        "--domains",
+        type=int,
+        default=0,
+        choices=range(0, 7),
+        help="reports: a fine in this many credit domains on each enterprise first",
+    )
     p.add_argument("--events", type=int, default=50_000)
     p.add_argument("--engine", default="kafka", choices=LOCAL_ENGINES)
     p.add_argument("--split", action="store_true", help="ingest and correlate in two workers")
