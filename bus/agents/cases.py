@@ -1405,7 +1405,10 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
         from faust.types import TP
 
         gaps.reread[p] = offset
-        await app.consumer.seek(TP(name, p), offset)
+        # On the consumer's own thread: Faust's ``seek`` calls aiokafka's from this one, and the
+        # fetcher, answering a fetch at the old position meanwhile, can overwrite it; the
+        # partition then never delivers the hole again and stalls (seen after a kill -9).
+        await app.consumer.seek_wait({TP(name, p): offset})
 
     @app.agent(topic, name="cases")
     async def cases(stream: Any) -> None:
