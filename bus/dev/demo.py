@@ -109,9 +109,9 @@ def scenarios(seed: int = 2026) -> list[Scenario]:
     add("a penalty with a mistyped credit code", json.dumps(typo, ensure_ascii=False).encode(),
         "schema.uscc")  # fmt: skip
     foreign = first_penalty.model_dump(mode="json")
-    foreign.update(source="ks.tax")
+    foreign.update(source="ks.finance")
     del foreign["event_id"]
-    add("the tax bureau tries to publish a penalty", json.dumps(foreign).encode(),
+    add("the Financial Office tries to publish a penalty", json.dumps(foreign).encode(),
         "auth.event_type")  # fmt: skip
     missing = first_penalty.model_dump(mode="json")
     del missing["event_id"], missing["payload"]["legal_basis"]

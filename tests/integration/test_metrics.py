@@ -82,7 +82,7 @@ def test_metrics_count_what_the_agents_did(settings: Settings, tmp_path: Path) -
     old = penalty(firm, rng, decided_on=date(2026, 3, 2))  # decided months before it is sent
     bad = json.loads(EventCodec().to_json(good[0]))
     bad.pop("event_id")
-    bad["source"] = "ks.tax"
+    bad["source"] = "ks.finance"
     with WorkerProcess(s, tmp_path / "worker.log"):
         publish(s, [registered(firm, rng), *good, old])
         publish(s, [json.dumps(bad).encode(), b"not json"])  # type: ignore[list-item]
