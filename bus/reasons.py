@@ -67,6 +67,9 @@ class Reason(StrEnum):
     CONNECTOR_STATE = "connector.state"
     COOKIE_INVALID = "cookie.invalid"
     CORRELATE_CRASH = "correlate.crash"
+    DECISION_BAD_SIGNATURE = "decision.bad_signature"
+    DECISION_MALFORMED = "decision.malformed"
+    DECISION_UNKNOWN_KEY = "decision.unknown_key"
     DUPLICATE_EVENT_ID = "duplicate.event_id"
     HEADER_INVALID = "header.invalid"
     IMPORT_ENCODING = "import.encoding"
@@ -174,6 +177,9 @@ MEANING: dict[Reason, str] = {
     Reason.CORRELATE_CRASH: (
         "correlate: a record failed unexpectedly (a fault of the bus); kept here with the error"
     ),
+    Reason.DECISION_BAD_SIGNATURE: "the decision's signature does not verify",
+    Reason.DECISION_MALFORMED: "not a signed decision (or an event without a signature)",
+    Reason.DECISION_UNKNOWN_KEY: "the decision is signed with a key the verifier does not hold",
     Reason.DUPLICATE_EVENT_ID: "an event_id seen before: its effect exists already",
     Reason.HEADER_INVALID: "gateway: a header parameter is wrong",
     Reason.IMPORT_ENCODING: "an import file in an encoding that cannot be read",

@@ -48,6 +48,7 @@ from bus.agents.out import CRASH_REASONS, Headers, Out, rejection_headers
 from bus.agents.route import Router, load_subscriptions
 from bus.agents.runtime import key_hash
 from bus.domain.certificates import Signer, UnsignedCertificate, new_serial
+from bus.domain.decisions import sign_decision
 from bus.domain.matters import (
     Closing,
     Emit,
@@ -739,13 +740,21 @@ class CaseEngine:
             listed = facts.items(outcome.listing) if outcome.listing else []
             outs.append(self._report(matter, trigger, facts.record, listed))
         if outcome.emit is not None:
-            outs.append(self._emit(matter, outcome.emit, facts, trigger, assignees))
+            signed = outcome.issue == "decision"
+            outs.append(self._emit(matter, outcome.emit, facts, trigger, assignees, signed))
         return outs
 
     def _emit(
-        self, matter: str, emit: Emit, facts: Facts, trigger: Envelope, assignees: Iterable[str]
+        self,
+        matter: str,
+        emit: Emit,
+        facts: Facts,
+        trigger: Envelope,
+        assignees: Iterable[str],
+        signed: bool = False,
     ) -> Out:
-        """An event the outcome names, its payload built from the facts, its id from the trigger."""
+        """An event the outcome names, its payload built from the facts, its id from the
+        trigger; ``signed``: the decision document signed into its payload."""
         event = model_for(emit.event)(
             event_type=emit.event,
             event_id=derived_id(emit.event, str(trigger.event_id)),
@@ -756,6 +765,8 @@ class CaseEngine:
             causation_id=trigger.event_id,
             payload=facts.build(emit.payload),
         )
+        if signed:
+            event = sign_decision(self.signer, event)
         self.ctx.metrics.decision_seconds.labels(matter).observe(
             max((datetime.now(UTC) - trigger.occurred_at).total_seconds(), 0.0)
         )

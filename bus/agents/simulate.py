@@ -275,6 +275,7 @@ class Simulation:
         self.timeline: list[Moment] = []
         self.created: list[Envelope] = []
         self._back: list[Out] = []  # the bus's events correlate reads again
+        self.events: list[Envelope] = []  # every event the bus published, as published
 
     def close(self) -> None:
         """Remove the temporary data folder (signing key, stores)."""
@@ -402,6 +403,7 @@ class Simulation:
             event = self.ctx.codec.decode(out.value or b"")
             if event.source != BUS:
                 continue  # an answer confirmed: shown when it was published
+            self.events.append(event)
             if event.event_type == "task.created":
                 self.created.append(event)
             if event.event_type == "task.overdue":

@@ -28,6 +28,7 @@ from rich.text import Text
 
 from bus.cli.certificate import certificate_app
 from bus.cli.connect import connect
+from bus.cli.decision import decision_app
 from bus.cli.gateway import gateway_app
 from bus.cli.imports import import_file
 from bus.cli.matters import matters_app
@@ -52,6 +53,7 @@ schemas_app = typer.Typer(help="Inspect and export the Avro schemas.", no_args_i
 app.add_typer(topics_app, name="topics")
 app.add_typer(certificate_app, name="certificate")
 app.add_typer(report_app, name="report")
+app.add_typer(decision_app, name="decision")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(matters_app, name="matters")

@@ -51,3 +51,16 @@ class ApplicationDecided(Payload):
     application_number: Line = ApplicationNumber
     result: Line = Field(min_length=1, max_length=64)
     details: list[Detail] = Field(default_factory=list, max_length=50)
+
+
+class ApplicationDecidedV2(ApplicationDecided):
+    """How the bus decided an application, as the matter's outcome says.
+
+    Version 2: signed by the bus when its matter says so (``issue: decision``); ``signature``
+    covers the decision document (``bus.domain.decisions``).
+    """
+
+    __avro_name__ = "ApplicationDecided"  # the record of version 1, read by readers of either
+
+    key_id: Line | None = Field(default=None, description="The signing key, when signed")
+    signature: Line | None = Field(default=None, description="Ed25519, base64, when signed")

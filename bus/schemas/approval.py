@@ -50,3 +50,16 @@ class ApprovalDecided(Payload):
     application_number: Line = ApplicationNumber
     decision: Opinion
     opinions: list[DepartmentOpinion]
+
+
+class ApprovalDecidedV2(ApprovalDecided):
+    """The decision once every opinion is in: approved only if all approve.
+
+    Version 2: signed by the bus when its matter says so (``issue: decision``); ``signature``
+    covers the decision document (``bus.domain.decisions``).
+    """
+
+    __avro_name__ = "ApprovalDecided"  # the record of version 1, read by readers of either
+
+    key_id: Line | None = Field(default=None, description="The signing key, when signed")
+    signature: Line | None = Field(default=None, description="Ed25519, base64, when signed")

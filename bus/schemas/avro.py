@@ -93,7 +93,10 @@ def _type(tp: Any, meta: list[Any], namespace: str, seen: dict[type, str]) -> An
 def _record(model: type[BaseModel], namespace: str, seen: dict[type, str]) -> Any:
     if model in seen:  # Avro names a record once; later uses refer to it by name
         return seen[model]
-    full = f"{namespace}.{model.__name__}"
+    # A later version keeps its record's name (``__avro_name__``), as Avro's schema
+    # resolution asks of a reader of the older versions.
+    record = str(model.__dict__.get("__avro_name__", model.__name__))
+    full = f"{namespace}.{record}"
     seen[model] = full
     fields = []
     for name, info in model.model_fields.items():
@@ -107,7 +110,7 @@ def _record(model: type[BaseModel], namespace: str, seen: dict[type, str]) -> An
             field["doc"] = info.description
         fields.append(field)
     doc = (model.__doc__ or "").strip().splitlines()
-    out: dict[str, Any] = {"type": "record", "name": model.__name__, "namespace": namespace}
+    out: dict[str, Any] = {"type": "record", "name": record, "namespace": namespace}
     if doc:
         out["doc"] = doc[0]
     out["fields"] = fields

@@ -15,10 +15,16 @@ from pydantic import create_model
 from bus.errors import UnknownEventType
 from bus.schemas.application import (
     ApplicationDecided,
+    ApplicationDecidedV2,
     ApplicationSubmitted,
     ApplicationWithdrawn,
 )
-from bus.schemas.approval import ApprovalDecided, ApprovalOpinion, ApprovalRequested
+from bus.schemas.approval import (
+    ApprovalDecided,
+    ApprovalDecidedV2,
+    ApprovalOpinion,
+    ApprovalRequested,
+)
 from bus.schemas.certificate import CertificateIssued, CertificateRequested
 from bus.schemas.enterprise import EnterpriseChanged, EnterpriseDeregistered, EnterpriseRegistered
 from bus.schemas.envelope import Envelope
@@ -76,10 +82,10 @@ EVENT_TYPES: dict[str, EventSpec] = {
         _spec("certificate.issued", CertificateIssued),
         _spec("approval.requested", ApprovalRequested),
         _spec("approval.opinion", ApprovalOpinion),
-        _spec("approval.decided", ApprovalDecided),
+        _spec("approval.decided", ApprovalDecided, ApprovalDecidedV2),
         _spec("application.submitted", ApplicationSubmitted),
         _spec("application.withdrawn", ApplicationWithdrawn),
-        _spec("application.decided", ApplicationDecided),
+        _spec("application.decided", ApplicationDecided, ApplicationDecidedV2),
         _spec("report.requested", ReportRequested),
         _spec("report.issued", ReportIssued),
         _spec("task.created", TaskCreated),

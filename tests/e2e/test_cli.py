@@ -73,6 +73,7 @@ def _bus_until(
      ["schemas", "check"], ["schemas", "export"], ["settings"], ["certificate", "verify"],
      ["certificate", "export"],
      ["certificate", "list"], ["report", "verify"], ["report", "list"], ["report", "export"],
+     ["decision", "verify"],
      ["trace"], ["deadletters", "replay"],
      ["deadletters", "show"], ["status"], ["import"], ["connect"], ["tasks"], ["inbox"],
      ["gateway", "run"], ["gateway", "keys", "list"], ["certificate", "keygen"]],

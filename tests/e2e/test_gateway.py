@@ -287,6 +287,7 @@ def test_openapi_lists_the_routes(gateway: Gateway) -> None:
         "/v1/certificates/verify",
         "/v1/reports/{serial}",
         "/v1/reports/verify",
+        "/v1/decisions/verify",
         "/healthz",
     ):
         assert path in spec["paths"], path

@@ -151,3 +151,29 @@ def test_a_credit_report_is_issued_at_once_and_verified_anywhere(
     refused = bus("report", "verify", str(tmp_path / "forged.json"), "-k", str(public))
     assert refused.returncode == 1
     assert "report.bad_signature" in refused.stderr
+
+
+def test_anyone_verifies_a_signed_decision_over_http(gateway: Gateway) -> None:
+    from bus.domain.certificates import Signer
+    from bus.domain.decisions import sign_decision
+
+    keys = gateway.settings.data_dir / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    signer = Signer.generate("ks-bus-decisions")
+    signer.save_public_key(keys / "ks-bus-decisions.pub")
+    uscc = enterprise(random.Random(3)).uscc
+    decided = model_for("application.decided")(
+        event_type="application.decided", source="ks.bus", subject=uscc,
+        payload={"matter": "enterprise-deregistration", "application_number": "KS-ZX-2026-000042",
+                 "result": "deregistered"},
+    )  # fmt: skip
+    signed = body(sign_decision(signer, decided))
+    ok = gateway.http.post("/v1/decisions/verify", json=signed)  # no key needed
+    assert ok.status_code == 200, ok.text
+    assert (ok.json()["valid"], ok.json()["decision"]["result"]) == (True, "deregistered")
+    forged = json.loads(json.dumps(signed))
+    forged["payload"]["result"] = "refused"
+    bad = gateway.http.post("/v1/decisions/verify", json=forged).json()
+    assert (bad["valid"], bad["reason"]) == (False, "decision.bad_signature")
+    unsigned = gateway.http.post("/v1/decisions/verify", json=body(decided)).json()
+    assert (unsigned["valid"], unsigned["field"]) == (False, "payload.signature")

@@ -237,6 +237,18 @@ def test_a_deregistration_is_decided_after_both_clearances_and_ends_what_runs(
         "deregistered", "KS-ZX-2026-000042",
     )  # fmt: skip
     assert decided.causation_id == applied.event_id
+    # The decision is signed: anyone holding the bus's public key checks the event as a
+    # department received it, and a changed result does not pass.
+    public = settings.data_dir / "keys" / f"{settings.signing_key_id}.pub"
+    (tmp_path / "decided.json").write_text(EventCodec.to_json(decided), encoding="utf-8")
+    shown = bus("decision", "verify", str(tmp_path / "decided.json"), "-k", str(public))
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert '"result": "deregistered"' in shown.stdout
+    forged = EventCodec.to_json(decided).replace('"deregistered"', '"refused"')
+    (tmp_path / "forged.json").write_text(forged, encoding="utf-8")
+    refused = bus("decision", "verify", str(tmp_path / "forged.json"), "-k", str(public))
+    assert refused.returncode == 1
+    assert "decision.bad_signature" in refused.stderr
     assert len(cancelled) == 3  # the change of legal representative: tax, hrss, housing fund
     assert all(c.causation_id == gone.event_id for c in cancelled)
 

@@ -52,6 +52,8 @@ RELEASED_IDS = {
     ("application.decided", 1): 23,
     ("report.requested", 1): 24,
     ("report.issued", 1): 25,
+    ("approval.decided", 2): 26,
+    ("application.decided", 2): 27,
 }
 
 
@@ -139,9 +141,9 @@ def test_register_compatible_new_version_gets_the_next_id() -> None:
     registry = LocalSchemaRegistry.load()
     v1 = registry.get("penalty.imposed", 1)
     v2 = registry.register("penalty.imposed", with_field(v1.schema, _DEFAULTED))
-    assert (v2.id, v2.subject, v2.version) == (26, "penalty.imposed", 2)
+    assert (v2.id, v2.subject, v2.version) == (28, "penalty.imposed", 2)
     assert registry.get("penalty.imposed", 2) is v2
-    assert registry.by_id(26) is v2
+    assert registry.by_id(28) is v2
     assert registry.get("penalty.imposed", 1).id == 4  # the old version keeps its id
 
 
@@ -178,7 +180,7 @@ def test_register_a_new_subject_starts_at_version_1() -> None:
     registry = LocalSchemaRegistry.load()
     schema = {"type": "record", "name": "Opened", "namespace": "gov.ks.bus.case", "fields": []}
     new = registry.register("case.opened", schema)
-    assert (new.id, new.version) == (26, 1)
+    assert (new.id, new.version) == (28, 1)
 
 
 def test_registry_refuses_a_duplicate_id() -> None:
@@ -208,7 +210,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         (s.id, s.subject, s.version, s.schema) for s in registry.all()
     ]
     assert (tmp_path / "out" / "penalty.imposed.v2.avsc").exists()
-    assert loaded.get("penalty.imposed", 2).id == 26
+    assert loaded.get("penalty.imposed", 2).id == 28
 
 
 def test_save_of_the_shipped_registry_reproduces_the_shipped_files(tmp_path: Path) -> None:
@@ -257,10 +259,10 @@ def test_export_adds_a_missing_version_with_a_new_id(shipped_copy: Path) -> None
     (shipped_copy / "registry.json").write_text(json.dumps(m))
     (shipped_copy / "enterprise.registered.v1.avsc").unlink()
 
-    assert export(shipped_copy) == ["enterprise.registered v1 -> id 26"]
+    assert export(shipped_copy) == ["enterprise.registered v1 -> id 28"]
 
     registry = LocalSchemaRegistry.load(shipped_copy)
-    assert registry.get("enterprise.registered", 1).id == 26
+    assert registry.get("enterprise.registered", 1).id == 28
     assert registry.get("enterprise.registered", 1).schema == derive_schema(
         "enterprise.registered", 1
     )

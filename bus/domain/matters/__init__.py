@@ -246,8 +246,8 @@ class Outcome(BaseModel):
 
     when: dict[str, Any] = Field(default_factory=dict)
     result: str = Field(pattern=NAME)
-    issue: Literal["certificate", "report"] | None = Field(
-        default=None, description="a signed document"
+    issue: Literal["certificate", "report", "decision"] | None = Field(
+        default=None, description="a signed document; decision: the event emitted, signed"
     )
     listing: str | None = Field(default=None, description="the list the document lists")
     emit: Emit | None = None
@@ -256,6 +256,8 @@ class Outcome(BaseModel):
     def _report_lists(self) -> Self:
         if self.issue == "report" and self.listing is None:
             raise ValueError("a report lists the records of a list: name it in listing")
+        if self.issue == "decision" and self.emit is None:
+            raise ValueError("a signed decision is the event the outcome emits: give emit")
         return self
 
 

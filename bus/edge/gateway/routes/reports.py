@@ -1,4 +1,4 @@
-"""Special credit reports (专用信用报告): fetch one as signed, verify one (anyone may)."""
+"""Special credit reports (专用信用报告) and signed decisions: fetch a report, verify either."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from bus.domain.certificates import Verifier
+from bus.domain.decisions import verify_decision_bytes
 from bus.domain.reports import verify_report_bytes
 from bus.edge.gateway.common import ERRORS, Department, State, read_body
 from bus.edge.gateway.errors import GatewayError
@@ -74,4 +75,40 @@ async def verify_report(state: State, request: Request) -> dict[str, Any]:
         "issuing_authority": report.issuing_authority,
         "issued_at": report.issued_at.isoformat().replace("+00:00", "Z"),
         "key_id": report.key_id,
+    }
+
+
+@router.post(
+    "/v1/decisions/verify",
+    responses={503: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    summary="Verify a signed decision, or the event that carries it (no key needed)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
+async def verify_decision(state: State, request: Request) -> dict[str, Any]:
+    """Check an approval or application decision against the bus's public keys."""
+    data = await read_body(request, state.settings.max_event_bytes)
+    try:
+        verifier = Verifier.from_paths([state.settings.data_dir / "keys"])
+    except ConfigurationError as exc:
+        raise GatewayError(503, exc.reason, exc.message) from None
+    try:
+        decision = verify_decision_bytes(verifier, data)
+    except ValidationFailed as exc:
+        return {"valid": False, "reason": exc.reason, "field": exc.field, "message": exc.message}
+    except BusError as exc:
+        return {"valid": False, "reason": exc.reason, "message": exc.message}
+    return {
+        "valid": True,
+        "event_type": decision.event_type,
+        "event_id": decision.event_id,
+        "uscc": decision.uscc,
+        "decision": decision.decision,
+        "issuing_authority": decision.issuing_authority,
+        "issued_at": decision.issued_at.isoformat().replace("+00:00", "Z"),
+        "key_id": decision.key_id,
     }
