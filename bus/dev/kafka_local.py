@@ -183,6 +183,10 @@ def _cluster_id() -> str:
     return cid
 
 
+PORT_TRIES = 3
+"""Starts of a fresh cluster whose automatically chosen ports were taken before it bound them."""
+
+
 class KafkaCluster:
     """``nodes`` Apache Kafka KRaft nodes (broker and controller each) on loopback.
 
@@ -497,22 +501,38 @@ class KafkaCluster:
             self._data_dir = Path(tempfile.mkdtemp(prefix="bus-kafka-"))
             self._own_data_dir = True
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        self._choose_ports()
-        configs = {n: self._write_config(n) for n in range(1, self.nodes + 1)}
-        self._write_tools(libs)
-        for node, config in configs.items():
-            self._format(libs, node, config)
-        for node in configs:
-            self._launch(libs, node)
-        self._finalizer = weakref.finalize(
-            self, _abandon, self._procs, self._data_dir if self._own_data_dir else None
-        )
-        try:
+        fresh = not any(self.node_dir(n).exists() for n in range(1, self.nodes + 1))
+        for attempt in range(1, PORT_TRIES + 1):
+            self._choose_ports()
+            configs = {n: self._write_config(n) for n in range(1, self.nodes + 1)}
+            self._write_tools(libs)
+            for node, config in configs.items():
+                self._format(libs, node, config)
             for node in configs:
-                self.wait_node(node, timeout)
-        except BaseException:
-            self._terminate_all(5.0)
-            raise
+                self._launch(libs, node)
+            if self._finalizer is None:
+                self._finalizer = weakref.finalize(
+                    self, _abandon, self._procs, self._data_dir if self._own_data_dir else None
+                )
+            try:
+                for node in configs:
+                    self.wait_node(node, timeout)
+                return
+            except BrokerError as err:
+                self._terminate_all(5.0)
+                # A port chosen free was taken by another process before a node bound it (a
+                # busy machine starting many): a new cluster starts again on other ports.
+                taken = "Address already in use" in err.message
+                if not (taken and fresh and self._first_port is None and attempt < PORT_TRIES):
+                    raise
+                self._say(f"a port was taken meanwhile; starting Kafka again on others "
+                          f"(try {attempt + 1} of {PORT_TRIES})")  # fmt: skip
+                for n in range(1, self.nodes + 1):
+                    shutil.rmtree(self.node_dir(n), ignore_errors=True)
+                self._ports, self._controller_ports = [], []
+            except BaseException:
+                self._terminate_all(5.0)
+                raise
 
     def _launch(self, libs: Path, node: int) -> None:
         config = self.node_dir(node) / "server.properties"

@@ -136,3 +136,33 @@ def test_cluster_ids_never_look_like_an_option() -> None:
     ids = [_cluster_id() for _ in range(5000)]  # about 78 would start with '-' otherwise
     assert all(len(i) == 22 for i in ids)
     assert not [i for i in ids if i.startswith("-")]
+
+
+@pytest.mark.timeout(300)
+def test_a_new_cluster_whose_chosen_port_was_taken_starts_again_on_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a busy machine a port found free can be taken by another process before a node binds
+    # it; the node then exits with "Address already in use". Here that port is held on purpose.
+    import socket
+
+    from bus.dev import kafka_local
+    from bus.dev.brokers import free_port
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    taken = held.getsockname()[1]
+    handed = iter([taken])
+    monkeypatch.setattr(
+        kafka_local, "free_port", lambda host: next(handed, None) or free_port(host)
+    )
+    said: list[str] = []
+    cluster = kafka_local.KafkaCluster(data_dir=tmp_path / "k", say=said.append)
+    try:
+        cluster.start()
+        assert taken not in cluster.ports
+        assert any("a port was taken meanwhile" in s for s in said), said
+    finally:
+        cluster.stop()
+        held.close()
