@@ -9,8 +9,9 @@ reason code says why), 2 could not check (no keys, unreadable key or certificate
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -52,24 +53,26 @@ def _summary(cert: SignedCertificate) -> str:
     return "\n".join(lines)
 
 
-@certificate_app.command()
-def verify(
-    file: Annotated[Path, typer.Argument(help="The certificate JSON file; '-' reads stdin.")],
-    public_key: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--public-key",
-            "-k",
-            envvar="BUS_CERT_PUBLIC_KEYS",
-            help="A trusted .pub file or a directory of them; repeat for several. "
-            "The environment variable takes ':'-separated paths.",
-        ),
-    ] = None,
-) -> None:
-    """Check a certificate's signature and show what it certifies.
+PublicKeys = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--public-key",
+        "-k",
+        envvar="BUS_CERT_PUBLIC_KEYS",
+        help="A trusted .pub file or a directory of them; repeat for several. "
+        "The environment variable takes ':'-separated paths.",
+    ),
+]
+"""The trusted public keys of every ``verify`` command."""
 
-    Exit status: 0 valid, 1 not valid, 2 could not check.
-    """
+_D = TypeVar("_D")
+
+
+def checked(
+    file: Path, public_key: list[Path] | None, check: Callable[[Verifier, bytes], _D], noun: str
+) -> _D:
+    """FILE (``-``: stdin) checked against the trusted keys. Exits 2 when it cannot be checked
+    (no keys, an unreadable key or file), 1 when it is not valid (the reason code says why)."""
     if not public_key:
         typer.echo(
             "error: no trusted public keys; pass --public-key FILE or set BUS_CERT_PUBLIC_KEYS",
@@ -78,20 +81,29 @@ def verify(
         raise typer.Exit(2)
     try:
         verifier = Verifier.from_paths(public_key)
-        if str(file) == "-":
-            cert = verifier.verify_bytes(sys.stdin.buffer.read())
-        else:
-            cert = verifier.verify_file(file)
+        data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+        return check(verifier, data)
     except ConfigurationError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None
-    except BusError as exc:  # certificate.malformed (names the field), .unknown_key, ...
-        if exc.reason == "certificate.unreadable":
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot read {noun} file {file}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    except BusError as exc:  # <noun>.malformed (names the field), .unknown_key, ...
         typer.echo(f"INVALID {exc.reason}: {exc.message}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(_summary(cert))
+
+
+@certificate_app.command()
+def verify(
+    file: Annotated[Path, typer.Argument(help="The certificate JSON file; '-' reads stdin.")],
+    public_key: PublicKeys = None,
+) -> None:
+    """Check a certificate's signature and show what it certifies.
+
+    Exit status: 0 valid, 1 not valid, 2 could not check.
+    """
+    typer.echo(_summary(checked(file, public_key, Verifier.verify_bytes, "certificate")))
 
 
 @certificate_app.command()

@@ -7,15 +7,13 @@ valid (the reason code says why), 2 could not check (no keys, unreadable key or 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bus.domain.certificates import Verifier
-from bus.domain.reports import SignedReport, verify_report_bytes, verify_report_file
-from bus.errors import BusError, ConfigurationError
+from bus.cli.certificate import PublicKeys, checked
+from bus.domain.reports import SignedReport, verify_report_bytes
 
 report_app = typer.Typer(
     help="Special public-credit information reports (专用信用报告): verify, list, export.",
@@ -52,40 +50,10 @@ def _summary(report: SignedReport) -> str:
 @report_app.command()
 def verify(
     file: Annotated[Path, typer.Argument(help="The report JSON file; '-' reads stdin.")],
-    public_key: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--public-key",
-            "-k",
-            envvar="BUS_CERT_PUBLIC_KEYS",
-            help="A trusted .pub file or a directory of them; repeat for several. "
-            "The environment variable takes ':'-separated paths.",
-        ),
-    ] = None,
+    public_key: PublicKeys = None,
 ) -> None:
     """Check a report's signature and show what it reports, domain by domain.
 
     Exit status: 0 valid, 1 not valid, 2 could not check.
     """
-    if not public_key:
-        typer.echo(
-            "error: no trusted public keys; pass --public-key FILE or set BUS_CERT_PUBLIC_KEYS",
-            err=True,
-        )
-        raise typer.Exit(2)
-    try:
-        verifier = Verifier.from_paths(public_key)
-        if str(file) == "-":
-            report = verify_report_bytes(verifier, sys.stdin.buffer.read())
-        else:
-            report = verify_report_file(verifier, file)
-    except ConfigurationError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from None
-    except BusError as exc:  # report.malformed (names the field), .unknown_key, ...
-        if exc.reason == "report.unreadable":
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(2) from None
-        typer.echo(f"INVALID {exc.reason}: {exc.message}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(_summary(report))
+    typer.echo(_summary(checked(file, public_key, verify_report_bytes, "report")))

@@ -24,12 +24,11 @@ from swagger_ui_bundle import swagger_ui_path
 
 from bus.domain.departments import Directory
 from bus.edge.gateway.cases import CaseIndex
-from bus.edge.gateway.certificates import CertificateIndex
+from bus.edge.gateway.certificates import CertificateIndex, ReportIndex
 from bus.edge.gateway.common import MAX_BATCH, GatewayState
 from bus.edge.gateway.errors import GatewayError, http_error, invalid_request
 from bus.edge.gateway.inbox import Inboxes
 from bus.edge.gateway.keys import keys_path
-from bus.edge.gateway.reports import ReportIndex
 from bus.edge.gateway.routes import ROUTERS
 from bus.settings import Settings
 from bus.streaming.client import BusClient

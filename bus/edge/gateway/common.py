@@ -8,24 +8,32 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from aiokafka.errors import KafkaError
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from bus.domain.certificates import Verifier
 from bus.domain.departments import Directory
 from bus.edge.gateway.cases import CaseIndex
-from bus.edge.gateway.certificates import CertificateIndex
+from bus.edge.gateway.certificates import CertificateIndex, ReportIndex
 from bus.edge.gateway.errors import GatewayError
 from bus.edge.gateway.inbox import Inboxes
 from bus.edge.gateway.keys import authenticate
 from bus.edge.gateway.models import ErrorBody, EventVerdict
-from bus.edge.gateway.reports import ReportIndex
 from bus.edge.publish import Verdict, await_verdicts, verdict_offsets
-from bus.errors import AuthorisationError, BusError, DecodeError, SchemaError, ValidationFailed
+from bus.errors import (
+    AuthorisationError,
+    BusError,
+    ConfigurationError,
+    DecodeError,
+    SchemaError,
+    ValidationFailed,
+)
 from bus.schemas.envelope import Envelope
 from bus.schemas.jsontext import load_json
 from bus.settings import Settings
@@ -109,6 +117,42 @@ Wait = Annotated[
         "and why, also by the worker for a task answer); 0 answers once it is on ingress",
     ),
 ]  # fmt: skip
+
+
+VERIFY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+"""The OpenAPI request body of a verification: any JSON object."""
+
+_D = TypeVar("_D")
+
+
+async def verdict(
+    state: GatewayState,
+    request: Request,
+    check: Callable[[Verifier, bytes], _D],
+    describe: Callable[[_D], dict[str, Any]],
+) -> dict[str, Any]:
+    """Check a signed document anyone posted against the bus's public keys.
+
+    ``valid: true`` and what ``describe`` says of it, or ``valid: false`` with the reason (and
+    the field); a 200 either way, the check itself worked. No keys here yet: 503.
+    """
+    data = await read_body(request, state.settings.max_event_bytes)
+    try:
+        verifier = Verifier.from_paths([state.settings.data_dir / "keys"])
+    except ConfigurationError as exc:
+        raise GatewayError(503, exc.reason, exc.message) from None
+    try:
+        document = check(verifier, data)
+    except ValidationFailed as exc:
+        return {"valid": False, "reason": exc.reason, "field": exc.field, "message": exc.message}
+    except BusError as exc:
+        return {"valid": False, "reason": exc.reason, "message": exc.message}
+    return {"valid": True, **describe(document)}
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -7,13 +7,31 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from bus.domain.certificates import Verifier
-from bus.edge.gateway.common import ERRORS, Department, State, read_body
+from bus.domain.certificates import SignedCertificate, Verifier
+from bus.edge.gateway.certificates import CertificateIndex
+from bus.edge.gateway.common import ERRORS, VERIFY_BODY, Department, State, verdict
 from bus.edge.gateway.errors import GatewayError
 from bus.edge.gateway.models import ErrorBody
-from bus.errors import BusError, ConfigurationError, ValidationFailed
 
 router = APIRouter()
+
+
+async def by_serial(
+    index: CertificateIndex | None, serial: str, noun: str, *, reason: str
+) -> JSONResponse:
+    """The signed document ``serial`` from an index of verified ones; 404 ``reason`` when
+    there is none."""
+    if not 8 <= len(serial) <= 64 or index is None:
+        raise GatewayError(404, reason, f"no {noun} {serial!r}")
+    try:
+        doc = await index.get(serial)
+    except TimeoutError:
+        raise GatewayError(
+            503, "broker.unavailable", f"the {noun} index is not ready; try again"
+        ) from None
+    if doc is None:  # never issued, or its signature does not verify
+        raise GatewayError(404, reason, f"no {noun} {serial!r}")
+    return JSONResponse(doc.model_dump(mode="json"))
 
 
 @router.get(
@@ -23,50 +41,13 @@ router = APIRouter()
 )
 async def get_certificate(state: State, serial: str, department: Department) -> JSONResponse:
     """The signed document, to hand to whoever needs it (they can verify it offline)."""
-    if not 8 <= len(serial) <= 64 or state.certificates is None:
-        raise GatewayError(404, "certificate.not_found", f"no certificate {serial!r}")
-    try:
-        cert = await state.certificates.get(serial)
-    except TimeoutError:
-        raise GatewayError(
-            503, "broker.unavailable", "the certificate index is not ready; try again"
-        ) from None
-    if cert is None:  # never issued, or its signature does not verify
-        raise GatewayError(404, "certificate.not_found", f"no certificate {serial!r}")
-    return JSONResponse(cert.model_dump(mode="json"))
+    return await by_serial(
+        state.certificates, serial, "certificate", reason="certificate.not_found"
+    )
 
 
-@router.post(
-    "/v1/certificates/verify",
-    responses={503: {"model": ErrorBody}, 413: {"model": ErrorBody}},
-    summary="Verify a signed certificate (no key needed)",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"type": "object"}}},
-        }
-    },
-)
-async def verify_certificate(state: State, request: Request) -> dict[str, Any]:
-    """Check a certificate against the bus's public keys; anyone may ask."""
-    data = await read_body(request, state.settings.max_event_bytes)
-    try:
-        verifier = Verifier.from_paths([state.settings.data_dir / "keys"])
-    except ConfigurationError as exc:
-        raise GatewayError(503, exc.reason, exc.message) from None
-    try:
-        cert = verifier.verify_bytes(data)
-    except ValidationFailed as exc:
-        return {
-            "valid": False,
-            "reason": exc.reason,
-            "field": exc.field,
-            "message": exc.message,
-        }
-    except BusError as exc:
-        return {"valid": False, "reason": exc.reason, "message": exc.message}
+def _certificate(cert: SignedCertificate) -> dict[str, Any]:
     return {
-        "valid": True,
         "serial": cert.serial,
         "uscc": cert.uscc,
         "enterprise_name": cert.enterprise_name,
@@ -79,3 +60,14 @@ async def verify_certificate(state: State, request: Request) -> dict[str, Any]:
         "issued_at": cert.issued_at.isoformat().replace("+00:00", "Z"),
         "key_id": cert.key_id,
     }
+
+
+@router.post(
+    "/v1/certificates/verify",
+    responses={503: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    summary="Verify a signed certificate (no key needed)",
+    openapi_extra=VERIFY_BODY,
+)
+async def verify_certificate(state: State, request: Request) -> dict[str, Any]:
+    """Check a certificate against the bus's public keys; anyone may ask."""
+    return await verdict(state, request, Verifier.verify_bytes, _certificate)

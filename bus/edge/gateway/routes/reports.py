@@ -7,13 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from bus.domain.certificates import Verifier
-from bus.domain.decisions import verify_decision_bytes
-from bus.domain.reports import verify_report_bytes
-from bus.edge.gateway.common import ERRORS, Department, State, read_body
-from bus.edge.gateway.errors import GatewayError
+from bus.domain.decisions import SignedDecision, verify_decision_bytes
+from bus.domain.reports import SignedReport, verify_report_bytes
+from bus.edge.gateway.common import ERRORS, VERIFY_BODY, Department, State, verdict
 from bus.edge.gateway.models import ErrorBody
-from bus.errors import BusError, ConfigurationError, ValidationFailed
+from bus.edge.gateway.routes.certificates import by_serial
 
 router = APIRouter()
 
@@ -25,45 +23,11 @@ router = APIRouter()
 )
 async def get_report(state: State, serial: str, department: Department) -> JSONResponse:
     """The signed report, to hand to whoever needs it (they can verify it offline)."""
-    if not 8 <= len(serial) <= 64 or state.reports is None:
-        raise GatewayError(404, "report.not_found", f"no report {serial!r}")
-    try:
-        report = await state.reports.get(serial)
-    except TimeoutError:
-        raise GatewayError(
-            503, "broker.unavailable", "the report index is not ready; try again"
-        ) from None
-    if report is None:  # never issued, or its signature does not verify
-        raise GatewayError(404, "report.not_found", f"no report {serial!r}")
-    return JSONResponse(report.model_dump(mode="json"))
+    return await by_serial(state.reports, serial, "report", reason="report.not_found")
 
 
-@router.post(
-    "/v1/reports/verify",
-    responses={503: {"model": ErrorBody}, 413: {"model": ErrorBody}},
-    summary="Verify a signed credit report (no key needed)",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"type": "object"}}},
-        }
-    },
-)
-async def verify_report(state: State, request: Request) -> dict[str, Any]:
-    """Check a report against the bus's public keys; anyone may ask."""
-    data = await read_body(request, state.settings.max_event_bytes)
-    try:
-        verifier = Verifier.from_paths([state.settings.data_dir / "keys"])
-    except ConfigurationError as exc:
-        raise GatewayError(503, exc.reason, exc.message) from None
-    try:
-        report = verify_report_bytes(verifier, data)
-    except ValidationFailed as exc:
-        return {"valid": False, "reason": exc.reason, "field": exc.field, "message": exc.message}
-    except BusError as exc:
-        return {"valid": False, "reason": exc.reason, "message": exc.message}
+def _report(report: SignedReport) -> dict[str, Any]:
     return {
-        "valid": True,
         "serial": report.serial,
         "uscc": report.uscc,
         "enterprise_name": report.enterprise_name,
@@ -79,31 +43,18 @@ async def verify_report(state: State, request: Request) -> dict[str, Any]:
 
 
 @router.post(
-    "/v1/decisions/verify",
+    "/v1/reports/verify",
     responses={503: {"model": ErrorBody}, 413: {"model": ErrorBody}},
-    summary="Verify a signed decision, or the event that carries it (no key needed)",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"type": "object"}}},
-        }
-    },
+    summary="Verify a signed credit report (no key needed)",
+    openapi_extra=VERIFY_BODY,
 )
-async def verify_decision(state: State, request: Request) -> dict[str, Any]:
-    """Check an approval or application decision against the bus's public keys."""
-    data = await read_body(request, state.settings.max_event_bytes)
-    try:
-        verifier = Verifier.from_paths([state.settings.data_dir / "keys"])
-    except ConfigurationError as exc:
-        raise GatewayError(503, exc.reason, exc.message) from None
-    try:
-        decision = verify_decision_bytes(verifier, data)
-    except ValidationFailed as exc:
-        return {"valid": False, "reason": exc.reason, "field": exc.field, "message": exc.message}
-    except BusError as exc:
-        return {"valid": False, "reason": exc.reason, "message": exc.message}
+async def verify_report(state: State, request: Request) -> dict[str, Any]:
+    """Check a report against the bus's public keys; anyone may ask."""
+    return await verdict(state, request, verify_report_bytes, _report)
+
+
+def _decision(decision: SignedDecision) -> dict[str, Any]:
     return {
-        "valid": True,
         "event_type": decision.event_type,
         "event_id": decision.event_id,
         "uscc": decision.uscc,
@@ -112,3 +63,14 @@ async def verify_decision(state: State, request: Request) -> dict[str, Any]:
         "issued_at": decision.issued_at.isoformat().replace("+00:00", "Z"),
         "key_id": decision.key_id,
     }
+
+
+@router.post(
+    "/v1/decisions/verify",
+    responses={503: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    summary="Verify a signed decision, or the event that carries it (no key needed)",
+    openapi_extra=VERIFY_BODY,
+)
+async def verify_decision(state: State, request: Request) -> dict[str, Any]:
+    """Check an approval or application decision against the bus's public keys."""
+    return await verdict(state, request, verify_decision_bytes, _decision)
