@@ -36,22 +36,24 @@ import logging
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from bus.agents.out import rejection_headers
+from bus.agents.out import Out, rejection_headers
+from bus.agents.runtime import BatchAbandoned, BatchAgent, Record
 from bus.errors import BusError, ConnectorError
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
-from bus.streaming.client import BusClient, Receipt, _text, kafka_consumer, kafka_producer
+from bus.streaming.client import BusClient, Receipt, _text
 from bus.streaming.codec import EventCodec
+from bus.streaming.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,8 @@ class ConnectorMetrics:
             ["connector"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )  # fmt: skip
+        self.agents = AgentMetrics(r, prefix)
+        """A sink's consumer, as the runtime records it for every agent (lag, batches)."""
 
 
 class Connector(ABC):
@@ -324,21 +328,23 @@ class SinkRecord:
 class Sink(Connector):
     """Receives batches from one topic (a department's inbox, a canonical topic).
 
-    Implement ``write(batch)``. It is called with records in topic order, one batch at a
-    time; the next batch is fetched only after it returns (back-pressure), and offsets are
-    committed only after it returns (at-least-once). Raise a retriable error
+    Implement ``write(batch)``. It is called with one partition's records in order, one
+    batch at a time; the next batch is fetched only after it returns (back-pressure), and
+    offsets are committed only after it returns (at-least-once). Raise a retriable error
     (``ConnectorError(retriable=True)``, ``OSError``, a timeout) to have the same batch
     retried with back-off; when the budget is spent, or for a non-retriable error, the
     batch goes to the dead-letter topic with the reason and the sink moves on, so one bad
     endpoint day never blocks an inbox for ever. Set ``deadletter_on_failure = False`` to
     stop instead (the batch is re-read on restart).
 
-    While ``write`` runs (retries and an endpoint's ``Retry-After`` included) the sink pauses
-    its partitions and keeps polling, so a slow outside system never outlasts the consumer's
-    poll interval and has the sink evicted from its group. When a rebalance takes a partition
-    away, the batch in hand is finished and its offset committed first (bounded by
-    ``settings.session_timeout``); a commit the group refuses is logged, and the records are
-    given again to whichever sink owns the partition next.
+    A sink runs on the agents' batch runtime (``bus.agents.runtime.BatchAgent``): the same
+    consumer group handling, rebalance listener, commit after the dead letters are
+    acknowledged, and consumer-lag series (``bus_consumer_lag{agent="connector.<name>"}``).
+    While ``write`` runs (retries and an endpoint's ``Retry-After`` included) the partitions
+    are paused and polled, so a slow outside system never outlasts the consumer's poll
+    interval and has the sink evicted. A rebalance waits for the batch in hand and commits
+    it before the partition moves; a commit the group refuses is counted
+    (``connector.commit_refused``) and the records go to whichever sink owns it next.
     """
 
     kind = "sink"
@@ -360,52 +366,63 @@ class Sink(Connector):
         self.batch_size = batch_size
         self.batch_wait = batch_wait
         self.codec = EventCodec()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
         self.delivered = 0
         self.poll_every = 1.0
-        """Seconds between the polls that keep the sink in its group while ``write`` runs."""
-        self._writing: asyncio.Future[None] | None = None
-        self._done: dict[TopicPartition, int] = {}  # written, offset not committed yet
-        self._held: dict[TopicPartition, list[Any]] = {}  # fetched while paused
-        self._rebalances = 0
+        """Seconds a ``write`` may take before the sink pauses its partitions and polls."""
+        self._agent: _SinkAgent | None = None
+        self._writing: asyncio.Future[list[Out]] | None = None
+        self._abandoned = False
+        self._failure: BaseException | None = None
 
     @abstractmethod
     async def write(self, batch: list[SinkRecord]) -> None:
         """Deliver one batch; return only when it is safely delivered."""
 
-    async def start(self) -> None:
-        """Join the sink's consumer group on its topic, then ``on_start``."""
-        self._producer = kafka_producer(self.settings)
-        await self._producer.start()
-        options: dict[str, Any] = {
-            "group_id": self.group,
-            "client_id": f"{self.group}-consumer",
-            "max_poll_records": self.batch_size,
-            "fetch_max_wait_ms": int(self.batch_wait * 1000),
-            "session_timeout_ms": int(self.settings.session_timeout * 1000),
-            "heartbeat_interval_ms": int(self.settings.heartbeat_interval * 1000),
-        }
-        self._consumer = kafka_consumer(self.settings, **{**options, **self.consumer_options()})
-        self._consumer.subscribe([self.topic], listener=_SinkListener(self))
-        await self._consumer.start()
-        await super().start()
-
     def consumer_options(self) -> dict[str, Any]:
         """Extra ``AIOKafkaConsumer`` options for this sink (none by default)."""
         return {}
 
+    async def start(self) -> None:
+        """``on_start``, then join the sink's consumer group on its topic."""
+        await super().start()
+        self._failure = None
+        self._agent = _SinkAgent(self)
+        await self._agent.start()
+
     async def close(self) -> None:
-        """``on_stop``, then leave the group and close the producer."""
+        """Finish and commit the batch in hand, leave the group, then ``on_stop``."""
         try:
-            await super().close()
+            if self._agent is not None:
+                await self._agent.stop()
+                self._agent = None
         finally:
-            if self._consumer is not None:
-                await self._consumer.stop()
-                self._consumer = None
-            if self._producer is not None:
-                await self._producer.stop()
-                self._producer = None
+            await super().close()
+
+    async def run(self) -> None:
+        """Deliver until stopped; raises what stopped it otherwise (``deadletter_on_failure``)."""
+        agent = self._agent
+        if agent is None:
+            raise ConnectorError(f"{self.name}: run() before start()", reason="connector.state")
+        stopped = asyncio.ensure_future(self._stop.wait())
+        ended = asyncio.ensure_future(agent.wait_until_stopped())
+        try:
+            await asyncio.wait({stopped, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            ended.cancel()
+        if self._failure is not None:
+            raise self._failure
+        if agent.crashed:
+            raise ConnectorError(
+                f"{self.name}: stopped by {agent.crash_reason!r}", reason="connector.error"
+            )
+
+    def abandon(self) -> None:
+        """Give up the batch in hand (a sink stopping during a long back-off): its offset is
+        not committed, so the next run delivers it again."""
+        if self._writing is not None and not self._writing.done():
+            self._abandoned = True
+            self._writing.cancel()
 
     def decode(self, records: Iterable[Any]) -> list[SinkRecord]:
         """Kafka records -> ``SinkRecord`` with the event decoded where it decodes."""
@@ -425,111 +442,93 @@ class Sink(Connector):
             )  # fmt: skip
         return out
 
-    async def run(self) -> None:
-        """Fetch, write, commit, until stopped."""
-        consumer = self._consumer
-        if consumer is None:
-            raise ConnectorError(f"{self.name}: run() before start()", reason="connector.state")
-        while not self.stopping:
-            fetched, self._held = self._held, {}
-            if not fetched:
-                fetched = await consumer.getmany(
-                    timeout_ms=int(self.batch_wait * 1000), max_records=self.batch_size
-                )
-            rebalances = self._rebalances
-            for tp in sorted(fetched):
-                if self._rebalances != rebalances:
-                    break  # positions went back to the committed offsets: fetch from there
-                await self._polling_while(consumer, self._write_down(tp, fetched[tp]))
-                await self.commit_done(consumer)
+    async def _write_all(self, records: list[Any]) -> list[Out]:
+        """Each partition's records to ``_deliver`` in order; the dead letters it made."""
+        by_partition: dict[TopicPartition, list[Any]] = {}
+        for r in records:
+            by_partition.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        letters: list[Out] = []
+        for tp in sorted(by_partition):
+            letters += await self._deliver(tp, self.decode(by_partition[tp]))
+        return letters
 
-    async def _write_down(self, tp: TopicPartition, records: list[Any]) -> None:
-        await self._deliver(tp, self.decode(records))
-        self._done[tp] = records[-1].offset + 1  # before anyone awaiting this sees it done
-
-    async def _polling_while(self, consumer: AIOKafkaConsumer, work: Awaitable[None]) -> None:
-        """Await ``work`` with every partition paused, polling so the group keeps the sink."""
-        task = self._writing = asyncio.ensure_future(work)
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=self.poll_every)
-                if done:
-                    break
-                consumer.pause(*consumer.assignment())
-                for tp, records in (await consumer.getmany(timeout_ms=0)).items():
-                    self._held.setdefault(tp, []).extend(records)  # assigned since the pause
-        except BaseException:
-            task.cancel()
-            raise
-        finally:
-            self._writing = None
-            consumer.resume(*consumer.paused())
-        task.result()
-
-    async def commit_done(
-        self, consumer: AIOKafkaConsumer, only: Iterable[TopicPartition] | None = None
-    ) -> None:
-        """Commit what was written; a refused commit means another sink reads it again."""
-        offsets = {tp: o for tp, o in self._done.items() if only is None or tp in set(only)}
-        if not offsets:
-            return
-        for tp in offsets:
-            del self._done[tp]
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            self.metrics.failures.labels(self.name, REASON_COMMIT_REFUSED).inc()
-            log.warning(
-                "%s: commit of %s refused (%s): the partitions' next owner delivers them again",
-                self.name, offsets, exc,
-            )  # fmt: skip
-
-    async def _deliver(self, tp: TopicPartition, batch: list[SinkRecord]) -> None:
+    async def _deliver(self, tp: TopicPartition, batch: list[SinkRecord]) -> list[Out]:
         t0 = time.perf_counter()
         try:
             await self.backoff.run(lambda: self.write(batch), on_retry=self._on_retry)
         except Exception as exc:
-            reason = exc.reason if isinstance(exc, BusError) else "connector.failed"
+            reason = exc.reason if isinstance(exc, BusError) else "connector.error"
             self.metrics.failures.labels(self.name, reason).inc()
             if not self.deadletter_on_failure:
                 raise
             log.error("%s: %d records to dead letters: %s", self.name, len(batch), exc)
-            await self._deadletter(batch, reason, str(exc))
             self.metrics.deliveries.labels(self.name, "deadlettered").inc(len(batch))
-            return
+            return self._deadletters(batch, reason, str(exc))
         self.metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - t0)
         self.metrics.deliveries.labels(self.name, "delivered").inc(len(batch))
         self.delivered += len(batch)
+        return []
 
-    async def _deadletter(self, batch: list[SinkRecord], reason: str, error: str) -> None:
-        assert self._producer is not None
+    def _deadletters(self, batch: list[SinkRecord], reason: str, error: str) -> list[Out]:
+        """Dead letters for ``batch``, sent and acknowledged before its offset is committed."""
         topic = self.settings.topic("deadletter")
-        futures = []
-        for r in batch:
-            headers = rejection_headers(
+        return [
+            Out(topic, r.value, key=r.key, headers=rejection_headers(
                 [(k, v.encode()) for k, v in r.headers.items()], reason, error,
                 f"connector.{self.name}", f"{r.topic}/{r.partition}/{r.offset}",
-            )  # fmt: skip
-            futures.append(await self._producer.send(topic, r.value, key=r.key, headers=headers))
-        await asyncio.gather(*futures)
+            ))
+            for r in batch
+        ]  # fmt: skip
 
 
-class _SinkListener(ConsumerRebalanceListener):
-    """Finishes the batch in hand and commits it before a rebalance hands its partition on."""
+@dataclass(frozen=True)
+class _SinkHost:
+    settings: Settings
+    metrics: AgentMetrics
+
+
+class _SinkAgent(BatchAgent):
+    """A sink as a batch agent: ``process`` writes the batch out and returns its dead letters."""
 
     def __init__(self, sink: Sink) -> None:
+        self.name = f"connector.{sink.name}"
+        super().__init__(
+            _SinkHost(sink.settings, sink.metrics.agents),
+            [sink.topic],
+            group=sink.group,
+            batch_size=sink.batch_size,
+            batch_wait=sink.batch_wait,
+        )
         self.sink = sink
+        self.poll_every = sink.poll_every
+        # Its effect is outside Kafka: no transaction can hold it.
+        self.guarantee = "at_least_once"
+        self.transactional = False
 
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        sink, consumer = self.sink, self.sink._consumer
-        writing = sink._writing
-        if writing is not None and not writing.done():
-            # A write outlasting this leaves its offset uncommitted: the next owner redelivers.
-            await asyncio.wait({writing}, timeout=sink.settings.session_timeout)
-        sink._rebalances += 1
-        sink._held.clear()
-        if consumer is not None:
-            await sink.commit_done(consumer, revoked)
+    def consumer_options(self) -> dict[str, Any]:
+        """The sink's own (``Sink.consumer_options``)."""
+        return self.sink.consumer_options()
 
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        """Nothing to do: the group's committed offsets say where to start."""
+    async def process(self, records: list[Record]) -> list[Out]:
+        """Write the batch out; an abandoned or failed one is given up uncommitted."""
+        sink = self.sink
+        sink._abandoned = False
+        writing = sink._writing = asyncio.ensure_future(sink._write_all(records))
+        try:
+            return await writing
+        except asyncio.CancelledError:
+            if not (sink._abandoned and writing.cancelled()):
+                raise
+            raise BatchAbandoned(f"{sink.name}: stopped during back-off") from None
+        except Exception as exc:  # deadletter_on_failure is off: stop, re-read on restart
+            sink._failure = exc
+            sink.stop()
+            raise BatchAbandoned(f"{sink.name}: {exc}") from exc
+        finally:
+            sink._writing = None
+
+    def on_commit_refused(self, offsets: Mapping[TopicPartition, int], exc: KafkaError) -> None:
+        """Counted as ``connector.commit_refused``: the partitions' next owner delivers them."""
+        self.sink.metrics.failures.labels(self.sink.name, REASON_COMMIT_REFUSED).inc()
+        log.warning("%s: commit of %s refused (%s): the partitions' next owner delivers them "
+                    "again", self.sink.name, dict(offsets), exc)  # fmt: skip

@@ -39,7 +39,6 @@ endpoint is fixed.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -71,6 +70,7 @@ from pydantic import (
 )
 from standardwebhooks.webhooks import Webhook
 
+from bus.agents.out import Out
 from bus.domain.certificates import KEY_ID_PATTERN, Signer
 from bus.errors import BusError, ConfigurationError, ConnectorError, DecodeError
 from bus.schemas.jsontext import load_json
@@ -542,9 +542,7 @@ class WebhookSink(Sink):
                 signer = load_signer(settings)
             self.signing = _Signing(key_id or signer.key_id, signer=signer)
         self._http: httpx.AsyncClient | None = None
-        self._work: asyncio.Task[None] | None = None
         self._in_backoff = False
-        self._abandoned = False
         self._last_failure: ConnectorError | None = None
 
     @classmethod
@@ -653,59 +651,42 @@ class WebhookSink(Sink):
         self._last_failure = error
         return error
 
-    async def _deliver(self, tp: TopicPartition, batch: list[SinkRecord]) -> None:
+    async def _deliver(self, tp: TopicPartition, batch: list[SinkRecord]) -> list[Out]:
         # A record this build cannot decode cannot become JSON; it waits in the dead letters
         # (replayable once the sink is upgraded) while the rest of the inbox goes on.
+        letters: list[Out] = []
         bad = [r for r in batch if r.event is None]
         if bad:
             log.error("%s: %d undecodable records to dead letters", self.name, len(bad))
-            await self._deadletter(bad, "schema.decode", bad[0].error or "no value")
+            letters += self._deadletters(bad, "schema.decode", bad[0].error or "no value")
             self.metrics.deliveries.labels(self.name, "deadlettered").inc(len(bad))
         good = [r for r in batch if r.event is not None]
         if good:
             self._last_failure = None
-            await super()._deliver(tp, good)
+            letters += await super()._deliver(tp, good)
+        return letters
 
-    async def _deadletter(self, batch: list[SinkRecord], reason: str, error: str) -> None:
+    def _deadletters(self, batch: list[SinkRecord], reason: str, error: str) -> list[Out]:
         # "retries exhausted" says nothing an operator can act on; the last answer does, and
         # lets `bus deadletters replay --reason webhook.http_5` pick exactly these.
         if reason == "connector.retries_exhausted" and self._last_failure is not None:
             reason = self._last_failure.reason
-        await super()._deadletter(batch, reason, error)
+        return super()._deadletters(batch, reason, error)
 
     def _on_retry(self, tries: int, exc: BaseException, delay: float) -> None:
         super()._on_retry(tries, exc, delay)
         self._in_backoff = True
         if self.stopping:
-            self._abandon()
+            self.abandon()
 
     def stop(self) -> None:
-        """Stop; a batch waiting out its back-off is abandoned (uncommitted, sent on restart)."""
+        """Stop; a batch waiting out its back-off is abandoned (uncommitted, sent on restart).
+
+        Waiting out a budget of minutes would outlast any supervisor's stop timeout.
+        """
         super().stop()
         if self._in_backoff:
-            self._abandon()
-
-    def _abandon(self) -> None:
-        # Waiting out a budget of minutes would outlast any supervisor's stop timeout; the
-        # offset is not committed, so the batch is simply sent again by the next run.
-        if self._work is not None and not self._work.done():
-            self._abandoned = True
-            self._work.cancel()
-
-    async def run(self) -> None:
-        """Fetch, POST, commit until stopped (the base loop, abandonable during back-off)."""
-        self._abandoned = False
-        work = asyncio.ensure_future(super().run())
-        self._work = work
-        try:
-            await work
-        except asyncio.CancelledError:
-            if not (self._abandoned and work.cancelled()):
-                raise
-            log.warning("%s: stopped during back-off; the batch is sent again on restart",
-                        self.name)  # fmt: skip
-        finally:
-            self._work = None
+            self.abandon()
 
 
 __all__ = [

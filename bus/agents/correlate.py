@@ -56,6 +56,7 @@ class CorrelateAgent(BatchAgent):
     """Enterprise records, routing, and the case steps handed to the case engine."""
 
     name = "correlate"
+    ctx: Context
 
     def __init__(self, ctx: Context) -> None:
         s = ctx.settings

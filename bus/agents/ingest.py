@@ -107,6 +107,7 @@ class IngestAgent(BatchAgent):
     """
 
     name = "ingest"
+    ctx: Context
 
     def __init__(self, ctx: Context) -> None:
         settings = ctx.settings

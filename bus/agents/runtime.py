@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -65,14 +65,28 @@ from mode import Service
 from bus.agents.out import Out
 from bus.agents.stores import Store
 from bus.errors import BusError, ConfigurationError
+from bus.settings import Settings
 from bus.streaming.client import NO_TRANSACTIONS, kafka_consumer, kafka_producer, start_or_close
-
-if TYPE_CHECKING:
-    from bus.agents.app import Context
+from bus.streaming.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+
+class Host(Protocol):
+    """What a batch agent needs of the process it runs in: settings, and its metrics."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def metrics(self) -> AgentMetrics: ...
+
+
+class BatchAbandoned(Exception):
+    """``process`` gave its batch up on purpose (a sink stopping): not committed, re-read
+    later, logged without a traceback."""
 
 
 @dataclass(slots=True)
@@ -235,13 +249,25 @@ class BatchAgent(Service):
     Subclasses implement ``process``; it must not raise for bad input (turn it into a dead
     letter). An exception from ``process`` is a bug: the batch is not committed, the agent
     logs it and retries the same batch after a pause, so nothing is skipped.
+
+    ``poll_every``: for a ``process`` that waits on the outside world (a connector's sink),
+    seconds after which the agent pauses its partitions and keeps polling until it returns,
+    so the group does not evict a member that stopped polling (``max_poll_interval_ms``).
     """
 
     name: str = "agent"
     tick_interval: float | None = None
+    poll_every: float | None = None
 
     def __init__(
-        self, ctx: Context, topics: Sequence[str], *, stores: Sequence[Store] = ()
+        self,
+        ctx: Host,
+        topics: Sequence[str],
+        *,
+        stores: Sequence[Store] = (),
+        group: str | None = None,
+        batch_size: int | None = None,
+        batch_wait: float | None = None,
     ) -> None:
         super().__init__()
         self.ctx = ctx
@@ -249,7 +275,9 @@ class BatchAgent(Service):
         self.topics = list(topics)
         self.stores = list(stores)
         self.kafka = s.kafka()
-        self.group = f"{s.app_id}.{self.name}"
+        self.group = group or f"{s.app_id}.{self.name}"
+        self.batch_size = batch_size or s.batch_size
+        self.batch_wait = s.batch_wait if batch_wait is None else batch_wait
         self.lock = asyncio.Lock()
         self.ready = asyncio.Event()  # set once the group gave this member its partitions
         self.assignment: set[TopicPartition] = set()
@@ -272,6 +300,15 @@ class BatchAgent(Service):
         """Turn one batch of input records into output records."""
         raise NotImplementedError
 
+    def consumer_options(self) -> dict[str, Any]:
+        """Options of this agent's consumer that differ from the runtime's (none here)."""
+        return {}
+
+    def on_commit_refused(self, offsets: Mapping[TopicPartition, int], exc: KafkaError) -> None:
+        """A batch's offsets were refused (the partitions moved on): their next owner re-reads
+        them. Logged; subclasses count it."""
+        log.warning("%s: commit failed after rebalance: %s", self.name, exc)
+
     async def on_start(self) -> None:
         """Connect the producer and join the consumer group."""
         s = self.ctx.settings
@@ -282,12 +319,11 @@ class BatchAgent(Service):
             client_id=f"{self.group}-producer",
         )
         await self._producer.start()
-        self._consumer = kafka_consumer(
-            s,
+        options: dict[str, Any] = dict(
             group_id=self.group,
             client_id=f"{self.group}-consumer",
-            max_poll_records=s.batch_size,
-            fetch_max_wait_ms=int(s.batch_wait * 1000),
+            max_poll_records=self.batch_size,
+            fetch_max_wait_ms=int(self.batch_wait * 1000),
             session_timeout_ms=int(s.session_timeout * 1000),
             heartbeat_interval_ms=int(s.heartbeat_interval * 1000),
             rebalance_timeout_ms=int(s.rebalance_timeout * 1000),
@@ -299,6 +335,7 @@ class BatchAgent(Service):
             # without end (seen starting two workers at once).
             partition_assignment_strategy=(WorkerRangeAssignor,),
         )
+        self._consumer = kafka_consumer(s, **{**options, **self.consumer_options()})
         self._consumer.subscribe(self.topics, listener=_Listener(self))
         await self._consumer.start()
 
@@ -329,8 +366,7 @@ class BatchAgent(Service):
         consumer = self._consumer
         while not self.should_stop:
             fetched = await consumer.getmany(
-                timeout_ms=int(self.ctx.settings.batch_wait * 1000),
-                max_records=self.ctx.settings.batch_size,
+                timeout_ms=int(self.batch_wait * 1000), max_records=self.batch_size
             )
             if time.monotonic() - self._last_lag > LAG_INTERVAL:
                 self._last_lag = time.monotonic()
@@ -354,6 +390,8 @@ class BatchAgent(Service):
                     self._inflight = None
                     if isinstance(exc, (KafkaError, OSError)):
                         log.warning("%s: broker trouble, re-reading: %r", self.name, exc)
+                    elif isinstance(exc, BatchAbandoned):
+                        log.warning("%s: batch given up, to be re-read: %s", self.name, exc)
                     else:
                         log.exception("%s: batch failed; it will be re-read", self.name)
                     await self._recover(failed)
@@ -381,7 +419,7 @@ class BatchAgent(Service):
         m = self.ctx.metrics
         records = _merged(fetched, list(fetched), self.topic_rank)
         t0 = time.perf_counter()
-        outs = await self.process(records)
+        outs = await self._processed(records)
         m.batch_seconds.labels(self.name).observe(time.perf_counter() - t0)
         for tp, rs in fetched.items():
             m.events_in.labels(self.name, tp.topic).inc(len(rs))
@@ -394,6 +432,30 @@ class BatchAgent(Service):
             commit={tp: rs[-1].offset + 1 for tp, rs in fetched.items()},
             size=len(records),
         )
+
+    async def _processed(self, records: list[Record]) -> list[Out]:
+        """``process``, polling with every partition paused while it outlasts ``poll_every``."""
+        if self.poll_every is None:
+            return await self.process(records)
+        assert self._consumer is not None
+        consumer = self._consumer
+        task = asyncio.ensure_future(self.process(records))
+        try:
+            while not (await asyncio.wait({task}, timeout=self.poll_every))[0]:
+                consumer.pause(*consumer.assignment())
+                polled: dict[TopicPartition, list[Record]] = {}
+                # In a rebalance getmany waits for the next assignment, and that waits for
+                # the listener, which waits for this batch: poll again rather than wait.
+                with contextlib.suppress(TimeoutError):
+                    polled = await asyncio.wait_for(consumer.getmany(), self.poll_every)
+                for tp, fetched in polled.items():
+                    consumer.seek(tp, fetched[0].offset)  # assigned meanwhile: read it later
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            consumer.resume(*consumer.paused())
+        return task.result()
 
     def topic_rank(self, topic: str) -> int:
         """Where records of ``topic`` go among records of the same millisecond: lower first."""
@@ -468,8 +530,8 @@ class BatchAgent(Service):
                 await asyncio.gather(*await self._send(batch.changelog))
             if batch.commit:
                 await self._consumer.commit(batch.commit)
-        except CommitFailedError as exc:  # partitions moved on; their new owner re-reads
-            log.warning("%s: commit failed after rebalance: %s", self.name, exc)
+        except (CommitFailedError, IllegalStateError) as exc:  # their new owner re-reads them
+            self.on_commit_refused(batch.commit, exc)
         except BaseException:
             self._inflight = batch  # the caller recovers it
             raise
@@ -636,7 +698,7 @@ class BatchAgent(Service):
         """
         touched: dict[TopicPartition, int] = {}
         # A full fetch means a backlog: the open transactions take the next fetch too.
-        caught_up = sum(len(rs) for rs in fetched.values()) < self.ctx.settings.batch_size
+        caught_up = sum(len(rs) for rs in fetched.values()) < self.batch_size
         try:
             fetched = self._restored_only(fetched)
             touched = {tp: rs[0].offset for tp, rs in fetched.items()}
@@ -668,7 +730,7 @@ class BatchAgent(Service):
             await self._roll_back(dict(self._open), touched)
             await self.sleep(1.0)
             return
-        now, size = time.monotonic(), self.ctx.settings.batch_size
+        now, size = time.monotonic(), self.batch_size
         due = {
             p: txn
             for p, txn in sorted(self._open.items())

@@ -948,7 +948,6 @@ def main() -> None:
 #: Modules only an extra installs, and the extra: the SDK itself needs none of them.
 EXTRAS = {
     "faust": "worker",
-    "mode": "worker",
     "chinese_calendar": "worker",
     "lunar_python": "worker",
     "fastapi": "gateway",

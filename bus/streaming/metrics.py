@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 _SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
-class Metrics:
-    """Every metric the worker exports, in a registry the caller owns (tests own theirs)."""
+class AgentMetrics:
+    """What the batch runtime records of every batch agent: the worker's and a sink's."""
 
     def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "bus") -> None:
         self.registry = registry or CollectorRegistry()
@@ -43,6 +43,14 @@ class Metrics:
             f"{prefix}_consumer_lag", "Records in a partition not yet read by an agent",
             ["agent", "topic", "partition"], registry=r,
         )  # fmt: skip
+
+
+class Metrics(AgentMetrics):
+    """Every metric the worker exports, in a registry the caller owns (tests own theirs)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "bus") -> None:
+        super().__init__(registry, prefix)
+        r = self.registry
         self.decision_seconds = Histogram(
             f"{prefix}_decision_seconds", "From the triggering event to the bus's decision",
             ["matter"], buckets=_SECONDS, registry=r,

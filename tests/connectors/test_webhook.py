@@ -65,6 +65,7 @@ from connectors.webhook import (
     verify_webhook,
     webhook_id,
 )
+from tests.connectors.test_base import all_committed, members
 
 DEPARTMENT = "ks.enforcement.huaqiao"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "connectors-webhook.md"
@@ -388,6 +389,45 @@ async def test_429_waits_as_long_as_retry_after_says(
     first, second = endpoint.hits
     assert first.status == 429
     assert second.at - first.at >= 0.95, "Retry-After was not honoured"
+
+
+class Impatient(WebhookSink):
+    """A webhook whose group evicts a member that has not polled for 1.5 s."""
+
+    def consumer_options(self) -> dict[str, Any]:
+        return {"max_poll_interval_ms": 1500}
+
+
+@pytest.mark.integration
+async def test_a_retry_after_longer_than_the_poll_interval_keeps_the_sink_in_its_group(
+    settings: Settings, endpoint: Endpoint, signer: Signer
+) -> None:
+    """The sink pauses its inbox and polls while it waits: not evicted, nothing sent twice."""
+    events = sample_events(2)
+    await put(settings, events)
+    endpoint.script = [(503, {"Retry-After": "5"})]
+    sink = Impatient(settings, department=DEPARTMENT, url=endpoint.url, signer=signer,
+                     name="impatient", backoff=Backoff(initial=0.01, attempts=3))  # fmt: skip
+    sink.poll_every = 0.2
+    async with serving(sink) as task:
+        await wait_until(lambda: endpoint.hits or task.done(), 20, "the first try")
+        # Two poll intervals into the wait: an unpolled consumer has left its group by now.
+        first_at = endpoint.hits[0].at
+        await wait_until(lambda: time.monotonic() - first_at > 3.0, 20, "two intervals")
+        assert await members(settings, sink.group) == ("Stable", 1), "the sink left its group"
+        await until_delivered(endpoint, 2, task)
+        await wait_until(lambda: all_committed(settings, sink.group, sink.topic), 20, "commits")
+        # On the agents' runtime: the sink's reads and lag are series like any agent's.
+        await wait_until(lambda: sink.metrics.registry.get_sample_value("bus_consumer_lag", {
+            "agent": "connector.impatient", "topic": sink.topic, "partition": "0"}) == 0,
+            20, "the sink's lag, caught up")  # fmt: skip
+    first, second = endpoint.hits[:2]
+    assert (first.status, second.status) == (503, 200)
+    assert second.at - first.at >= 4.9, "Retry-After was not honoured"  # of 5 s, > 1.5 s
+    assert endpoint.ids() == [str(e.event_id) for e in events], "delivered twice or out of order"
+    assert metric(sink, "bus_connector_failures_total", reason="connector.commit_refused") == 0
+    agent = {"agent": "connector.impatient", "topic": sink.topic}
+    assert sink.metrics.registry.get_sample_value("bus_events_in_total", agent) == 2
 
 
 @pytest.mark.integration
