@@ -61,7 +61,7 @@ from bus.agents.stores import PartedStore
 from bus.dev.kafka_local import local_broker
 from bus.dev.processes import WorkerProcess
 from bus.dev.samples import enterprise, penalty, registered
-from bus.domain.record import EnterpriseRecord, apply_part
+from bus.domain.record import EnterpriseRecord, apply_part, encode_part
 from bus.settings import Settings
 from bus.streaming.codec import EventCodec
 from bus.streaming.topics import CORRELATE_RECORDS, CORRELATE_SEEN, cases_changelog, create_topics
@@ -382,9 +382,21 @@ def memory(records: Changelog, cases: Changelog, seen_ids: list[bytes], n: int) 
             apply_part(rec, part, value)
         return data
 
+    def held() -> PartedStore[EnterpriseRecord]:
+        store: PartedStore[EnterpriseRecord] = PartedStore(
+            "records", lambda uscc: EnterpriseRecord(uscc=uscc), encode_part, apply_part
+        )
+        for key, value in records.last.items():
+            store.file(0, key, bytes(value) if value is not None else None)
+        return store
+
+    _, held_bytes = traced(held)
+    out.append(f"records as the worker holds them (their parts' changelog bytes): "
+               f"{held_bytes / 1e6:.0f} MB traced, "
+               f"{held_bytes / n:.0f} B per enterprise")  # fmt: skip
     restored, rec_bytes = traced(restore)
     assert isinstance(restored, dict)
-    out.append(f"records: {len(restored)} restored, {rec_bytes / 1e6:.0f} MB traced, "
+    out.append(f"records decoded: {len(restored)}, {rec_bytes / 1e6:.0f} MB traced, "
                f"{rec_bytes / n:.0f} B per enterprise")  # fmt: skip
     sample = list(restored.values())[:: max(1, len(restored) // 2000)]
     totals: dict[str, int] = {}

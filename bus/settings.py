@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         description="Seconds the case engine waits to fill a batch; it adds to every "
         "decision's latency",
     )
+    records_decoded: int = Field(
+        default=20_000,
+        ge=1,
+        description="Enterprise records the correlate agent keeps decoded, the most recently "
+        "used; the others are held as their changelog bytes (a third of the memory)",
+    )
     processing_guarantee: Literal["auto", "exactly_once", "at_least_once"] = Field(
         default="auto",
         description="exactly_once: each batch's outputs, state and offsets in one Kafka "

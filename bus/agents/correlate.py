@@ -65,6 +65,7 @@ class CorrelateAgent(BatchAgent):
             lambda uscc: EnterpriseRecord(uscc=uscc),
             encode_part,
             apply_part,
+            live=s.records_decoded,
         )
         self.seen = SeenStore(s.topic(CORRELATE_SEEN.name))
         topics = [s.topic(f"events.{f}") for f in FAMILIES]

@@ -8,12 +8,16 @@ written (after the batch's outputs are acknowledged); the stores decide *what* t
 
 * ``SeenStore`` — ids already handled (de-duplication); one record per batch, time-retained.
 * ``PartedStore`` — one object per key (an enterprise's record), written part by part
-  (one changelog record per changed part per batch), compacted.
+  (one changelog record per changed part per batch), compacted; held as those parts' bytes,
+  the most recently used decoded.
 * ``KeyedStore`` — one short text per key (who owns a decision), compacted.
 """
 
 from __future__ import annotations
 
+import itertools
+import sys
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -130,13 +134,22 @@ class SeenStore:
         return sum(len(self._ids[p]) for p in parts)
 
 
+LIVE_OBJECTS = 20_000
+"""Objects a ``PartedStore`` keeps decoded (the most recently used); the rest are held as their
+changelog bytes, about a third of the memory (docs/benchmarks.md, state at city scale)."""
+
+
 class PartedStore(Generic[V]):
-    """One object per key, written to a compacted changelog part by part.
+    """One object per key, written to a compacted changelog part by part, held as those parts.
 
     An enterprise's record grows with its history; rewriting all of it whenever a penalty is
     added would write megabytes per batch. Here the caller says which parts changed
     (``put(partition, key, value, parts)``), and only those parts are written, each as its
     own changelog key ``<key> US <part>`` (compaction keeps the last of each).
+
+    At rest an object is the bytes of its parts, as its changelog says them; ``live`` objects
+    used last are kept decoded, and another is decoded from its parts when asked for, as a
+    restore would have built it. A restore therefore only files bytes away.
     """
 
     SEP = "\x1f"
@@ -147,68 +160,116 @@ class PartedStore(Generic[V]):
         new: Callable[[str], V],
         encode_part: Callable[[V, str], bytes | None],
         apply_part: Callable[[V, str, bytes | None], None],
+        *,
+        live: int = LIVE_OBJECTS,
     ) -> None:
         self.topic = topic
         self._new = new
         self._encode_part = encode_part
         self._apply_part = apply_part
-        self._data: dict[int, dict[str, V]] = {}
+        self.live = live
+        self._packed: dict[int, dict[str, dict[str, bytes]]] = {}  # in changelog order
+        self._live: OrderedDict[tuple[int, str], V] = OrderedDict()
         self._dirty: dict[int, dict[str, set[str]]] = {}
 
     def get(self, partition: int, key: str) -> V | None:
         """The object of ``key`` in ``partition``, if any."""
-        return self._data.get(partition, {}).get(key)
+        obj = self._live.get((partition, key))
+        if obj is not None:
+            self._live.move_to_end((partition, key))
+            return obj
+        parts = self._packed.get(partition, {}).get(key)
+        if parts is None:
+            return None
+        obj = self._new(key)
+        for part, value in parts.items():
+            self._apply_part(obj, part, value)
+        self._live[partition, key] = obj
+        if len(self._live) > 2 * self.live:  # many reads and no batch end: keep it bounded
+            self._evict()
+        return obj
 
     def put(self, partition: int, key: str, value: V, parts: Iterable[str]) -> None:
         """Hold ``value``; ``parts`` of it are written with the batch's changelog."""
-        self._data.setdefault(partition, {})[key] = value
+        self._live[partition, key] = value
+        self._live.move_to_end((partition, key))
         self._dirty.setdefault(partition, {}).setdefault(key, set()).update(parts)
 
     def items(self, partition: int | None = None) -> Iterator[tuple[int, str, V]]:
-        """(partition, key, object) for one partition or all held here."""
-        parts = [partition] if partition is not None else list(self._data)
-        for p in parts:
-            for k, v in list(self._data.get(p, {}).items()):
-                yield p, k, v
+        """(partition, key, object) for one partition or all held here (each decoded)."""
+        held = {*self._packed, *(p for p, _ in self._live)}
+        for p in [partition] if partition is not None else sorted(held):
+            packed = self._packed.get(p, {})
+            keys = [*packed, *(k for q, k in self._live if q == p and k not in packed)]
+            for k in keys:
+                v = self.get(p, k)
+                if v is not None:
+                    yield p, k, v
 
     def __len__(self) -> int:
-        return sum(len(d) for d in self._data.values())
+        unwritten = sum(1 for p, k in self._live if k not in self._packed.get(p, {}))
+        return sum(len(d) for d in self._packed.values()) + unwritten
 
     def take_pending(self) -> list[Out]:
         """One changelog record per changed part (a tombstone for a removed one)."""
         outs = []
         for p, keys in self._dirty.items():
-            data = self._data.get(p, {})
+            packed = self._packed.setdefault(p, {})
             for key, parts in keys.items():
-                value = data.get(key)
+                value = self._live.get((p, key))
+                held = packed.setdefault(key, {})
                 for part in sorted(parts):
                     encoded = None if value is None else self._encode_part(value, part)
                     changelog_key = f"{key}{self.SEP}{part}".encode()
                     outs.append(Out(self.topic, encoded, key=changelog_key, partition=p))
+                    held.pop(part, None)  # to the end, where compaction keeps it
+                    if encoded is not None:
+                        held[sys.intern(part)] = encoded
+                if not held:  # every part removed: nothing left to hold, as after a restore
+                    del packed[key]
+                    self._live.pop((p, key), None)
         self._dirty = {}
+        self._evict()
         return outs
+
+    def _evict(self) -> None:
+        """Decoded objects beyond ``live``, least recently used first, unless not yet written."""
+        excess = len(self._live) - self.live
+        for k in list(itertools.islice(self._live, max(excess, 0))):
+            if k[1] not in self._dirty.get(k[0], ()) and k[1] in self._packed.get(k[0], ()):
+                del self._live[k]
 
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget partitions."""
-        for p in partitions:
-            self._data.pop(p, None)
+        gone = set(partitions)
+        for p in gone:
+            self._packed.pop(p, None)
             self._dirty.pop(p, None)
+        for k in [k for k in self._live if k[0] in gone]:
+            del self._live[k]
 
     async def restore(self, settings: Settings, partitions: Iterable[int]) -> int:
-        """Rebuild ``partitions`` from their changelog, part by part."""
+        """Rebuild ``partitions`` from their changelog: each object's parts, as bytes."""
 
         def apply(r: ConsumerRecord[bytes, bytes]) -> None:
-            key, _, part = (r.key or b"").decode().partition(self.SEP)
-            data = self._data.setdefault(r.partition, {})
-            obj = data.get(key)
-            if obj is None:
-                obj = data[key] = self._new(key)
-            self._apply_part(obj, part, r.value)
+            self.file(r.partition, r.key or b"", r.value)
 
         parts = list(partitions)
+        self.drop(parts)
         for p in parts:
-            self._data.setdefault(p, {})
+            self._packed.setdefault(p, {})
         return await read_changelog(settings, self.topic, parts, apply)
+
+    def file(self, partition: int, changelog_key: bytes, value: bytes | None) -> None:
+        """Hold one changelog record as it was written (what a restore does with each)."""
+        key, _, part = changelog_key.decode().partition(self.SEP)
+        packed = self._packed.setdefault(partition, {})
+        held = packed.setdefault(key, {})
+        held.pop(part, None)
+        if value is not None:
+            held[sys.intern(part)] = value
+        elif not held:
+            del packed[key]
 
 
 class KeyedStore:

@@ -74,3 +74,63 @@ def test_seen_store_batches_ids_per_partition_and_forgets_dropped_ones() -> None
     seen.drop([0])
     assert not seen.seen(0, a)
     assert seen.seen(2, c)
+
+
+def test_records_beyond_the_decoded_ones_are_held_as_bytes_and_come_back_the_same() -> None:
+    rng = random.Random(10)
+    store: PartedStore[EnterpriseRecord] = PartedStore(
+        "t.records", lambda uscc: EnterpriseRecord(uscc=uscc), encode_part, apply_part, live=2
+    )
+    firms = [enterprise(rng) for _ in range(6)]
+    made = {}
+    for i, firm in enumerate(firms):
+        record = EnterpriseRecord(uscc=firm.uscc)
+        parts = set(record.apply(registered(firm, rng)))
+        for n in range(i % 3):
+            parts |= set(record.apply(penalty(firm, rng, n=n + 1)))
+        record.unrouted[f"e-{i}"] = {"event_type": "penalty.imposed", "event_id": f"e-{i}"}
+        store.put(i % 2, firm.uscc, record, parts | {f"unrouted:e-{i}"})
+        made[firm.uscc] = record.model_copy(deep=True)
+    store.take_pending()
+    assert len(store._live) == 2, "only the two used last stay decoded"
+    assert len(store) == 6
+    for i, firm in enumerate(firms):
+        again = store.get(i % 2, firm.uscc)
+        assert again == made[firm.uscc]
+        assert again is not made[firm.uscc]
+    assert store.get(0, firms[1].uscc) is None, "a key lives in its own partition only"
+    # A record decoded again and changed writes only its changed part, and keeps it.
+    first = store.get(0, firms[0].uscc)
+    assert first is not None
+    parts = set(first.apply(penalty(firms[0], rng, n=9)))
+    store.put(0, firms[0].uscc, first, parts)
+    written = store.take_pending()
+    assert [o.key for o in written] == [f"{firms[0].uscc}{PartedStore.SEP}{p}".encode()
+                                        for p in sorted(parts)]  # fmt: skip
+    for firm in firms[1:]:  # pushes the first out of the decoded ones
+        store.get(firms.index(firm) % 2, firm.uscc)
+    store.take_pending()
+    assert (0, firms[0].uscc) not in store._live
+    assert store.get(0, firms[0].uscc) == first
+    # Dropping a partition forgets its records, decoded or not.
+    store.drop([1])
+    assert store.get(1, firms[1].uscc) is None
+    assert len(store) == 3
+
+
+def test_a_record_whose_every_part_is_removed_is_gone_as_after_a_restore() -> None:
+    rng = random.Random(11)
+    firm = enterprise(rng)
+    store: PartedStore[EnterpriseRecord] = PartedStore(
+        "t.records", lambda uscc: EnterpriseRecord(uscc=uscc), encode_part, apply_part, live=1
+    )
+    record = EnterpriseRecord(uscc=firm.uscc)
+    record.unrouted["e-1"] = {"event_type": "penalty.imposed", "event_id": "e-1"}
+    store.put(0, firm.uscc, record, {"unrouted:e-1"})
+    store.take_pending()
+    del record.unrouted["e-1"]
+    store.put(0, firm.uscc, record, {"unrouted:e-1"})
+    [tombstone] = store.take_pending()
+    assert tombstone.value is None
+    assert store.get(0, firm.uscc) is None
+    assert len(store) == 0
