@@ -387,7 +387,7 @@ def memory(records: Changelog, cases: Changelog, seen_ids: list[bytes], n: int) 
             "records", lambda uscc: EnterpriseRecord(uscc=uscc), encode_part, apply_part
         )
         for key, value in records.last.items():
-            store.file(0, key, bytes(value) if value is not None else None)
+            store.file(0, key, bytes(bytearray(value)) if value is not None else None)
         return store
 
     _, held_bytes = traced(held)
