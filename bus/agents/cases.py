@@ -1411,39 +1411,27 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
 
     gaps = GapCheck(s, name, s.app_id)
 
-    async def rewind(p: int, offset: int) -> None:
-        """Read partition ``p`` again from ``offset``: what follows was not decided."""
-        from faust.types import TP
-
-        gaps.reread[p] = offset
-        # On the consumer's own thread: Faust's ``seek`` calls aiokafka's from this one, and the
-        # fetcher, answering a fetch at the old position meanwhile, can overwrite it; the
-        # partition then never delivers the hole again and stalls (seen after a kill -9).
-        await app.consumer.seek_wait({TP(name, p): offset})
-
     @app.agent(topic, name="cases")
     async def cases(stream: Any) -> None:
         async for batch in stream.take_events(s.batch_size, within=s.case_batch_wait):
+            delivered: dict[int, dict[int, bytes]] = {}
+            for event in batch:
+                delivered.setdefault(event.message.partition, {})[event.message.offset] = (
+                    event.value
+                )
             outs: dict[int, list[Out]] = {}
             firsts: dict[int, int] = {}  # the first offset decided, by partition
             ends: dict[int, int] = {}  # the next offset to read, by partition
-            holes: set[int] = set()
-            for event in batch:
-                p, offset = event.message.partition, event.message.offset
-                if p in holes:
+            for p, records in delivered.items():
+                filled = gaps.filled
+                steps = await gaps.complete(p, sorted(records.items()))
+                ctx.metrics.case_steps_refetched.inc(gaps.filled - filled)
+                if not steps:  # nothing new, or not read in time: the next delivery reads it
                     continue
-                pending = p in gaps.reread
-                if (pending or offset - gaps.next.get(p, -2) > 1) and (
-                    hole := await gaps.missing(p, offset)
-                ) is not None:
-                    holes.add(p)
-                    if not pending:
-                        await rewind(p, hole)
-                    continue
-                firsts.setdefault(p, offset)
-                ends[p] = offset + 1
-                gaps.advance(p, offset + 1)
-                outs.setdefault(p, []).extend(engine.handle(p, event.value, store))
+                firsts[p], ends[p] = steps[0][0], steps[-1][0] + 1
+                gaps.advance(p, ends[p])
+                for _, value in steps:
+                    outs.setdefault(p, []).extend(engine.handle(p, value, store))
             states = store.take()
             # The partitions' transactions run side by side: each is several round trips.
             parts = sorted(ends.keys() | states.keys())
@@ -1465,8 +1453,8 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
                     log.error("cases: writing partition %s failed (%r); its steps are read "
                               "again from offset %s", p, exc, firsts.get(p))  # fmt: skip
                     engine.forget([p])
-                    if p in firsts:
-                        await rewind(p, firsts[p])
+                    if p in firsts:  # the next record delivered reads them again from there
+                        gaps.advance(p, firsts[p])
                     await asyncio.sleep(1.0)
                 else:
                     store.apply(states.get(p, {}))

@@ -1,15 +1,14 @@
-"""Every step of a partition reaches the case engine, in order: holes are found and re-read.
+"""Every step of a partition reaches the case engine, in order: what a delivery skipped is read.
 
 Faust 0.15 can drop records before any agent sees them: at an assignment its fetcher starts
 before it seeks to the committed offsets, and what is fetched again below the read offset it
-keeps per partition is dropped without a word. The next records of the partition then
-arrive as if nothing was missing (seen in worker logs under kill -9: docs/architecture.md).
-The case engine commits its offsets itself (``bus.agents.cases``), so it checks before it
-decides: a partition's next record should follow the one before, or the group's committed
-offset after an assignment.
-One offset between them is a transaction's commit marker. More may be an aborted
-transaction, or records never delivered: a read-committed fetch from the expected offset
-tells which, and a hole is read again from its first record.
+keeps per partition is dropped without a word; a seek races its drain loop the same way. The
+next records of the partition then arrive as if nothing was missing (docs/architecture.md).
+The case engine commits its offsets itself (``bus.agents.cases``), so before it decides it
+checks that a partition's records follow the one before, or the group's committed offset
+after an assignment. Offsets between them may be commit markers, an aborted transaction, or
+records never delivered; only a read tells, so the range is read again with a read-committed
+consumer of its own and the engine decides what that read returns. Faust is never sought.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import pairwise
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -29,19 +29,22 @@ from bus.streaming.client import kafka_admin, kafka_consumer
 log = logging.getLogger(__name__)
 
 CHECK_S = 10.0
-"""Longest a check reads; past it the range counts as a hole (reading again is safe)."""
+"""Longest a read of a range takes before the range is left for its records' next delivery."""
+
+Record = tuple[int, bytes]
+"""A record of the partition: its offset and value."""
 
 
 class GapCheck:
-    """The next offset each partition of ``topic`` should deliver, and checks against it."""
+    """The next offset each partition of ``topic`` should deliver, and its records read again."""
 
     def __init__(self, settings: Settings, topic: str, group: str) -> None:
         self.settings = settings
         self.topic = topic
         self.group = group
         self.next: dict[int, int] = {}  # by partition; unknown until its first batch
-        self.reread: dict[int, int] = {}  # partitions read again from this offset
-        self.checks = 0  # fetches made to tell a hole from an aborted transaction
+        self.reads = 0  # ranges read because offsets were skipped
+        self.filled = 0  # records found by those reads that the delivery had skipped
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
 
@@ -49,36 +52,38 @@ class GapCheck:
         """Partitions assigned or revoked: their next offset is the group's committed one."""
         for p in partitions:
             self.next.pop(p, None)
-            self.reread.pop(p, None)
 
     def advance(self, partition: int, end: int) -> None:
         """Records before ``end`` were decided."""
         self.next[partition] = end
 
-    async def missing(self, partition: int, first: int) -> int | None:
-        """Where a hole before offset ``first`` starts, or ``None`` if nothing is missing.
+    async def complete(self, partition: int, delivered: Sequence[Record]) -> list[Record] | None:
+        """The partition's records from its next offset up to the last of ``delivered``.
 
-        While a hole is read again, records after it that were already on their way are
-        reported as missing too (from the hole), until its first record comes.
+        ``delivered`` (in offset order) when it skips nothing; otherwise the committed records
+        of that range as a read returns them, the skipped ones included. Records before the
+        next offset were decided already and are left out. ``None`` when the broker does not
+        answer the read in time: nothing of the range may be decided yet.
         """
-        if (again := self.reread.get(partition)) is not None:
-            if first > again:
-                return again
-            del self.reread[partition]
-            return None
         expected = self.next.get(partition)
         if expected is None:
             expected = await self._committed(partition)
-        if first - expected <= 1:  # nothing, or a commit marker
+        records = [r for r in delivered if r[0] >= expected]
+        if not records:
+            return []
+        offsets = [expected - 1, *(o for o, _ in records)]
+        if all(b - a == 1 for a, b in pairwise(offsets)):
+            return records
+        self.reads += 1
+        read = await self._read(partition, expected, records[-1][0])
+        if read is None:
             return None
-        self.checks += 1
-        found = await self._first_record(partition, expected, first)
-        if found is None or found >= first:
-            return None  # an aborted transaction, or markers only
-        self.reread[partition] = found
-        log.warning("cases: partition %s: records from offset %s never reached the engine; "
-                    "read again from there", partition, found)  # fmt: skip
-        return found
+        have = {o for o, _ in records}
+        if skipped := [o for o, _ in read if o not in have]:
+            self.filled += len(skipped)
+            log.warning("cases: partition %s: %d record(s) from offset %s never reached the "
+                        "engine; read again", partition, len(skipped), skipped[0])  # fmt: skip
+        return read
 
     async def stop(self) -> None:
         """Close the clients."""
@@ -110,21 +115,27 @@ class GapCheck:
         consumer = await self._reader()
         return (await consumer.beginning_offsets([tp]))[tp]  # nothing committed: the start
 
-    async def _first_record(self, partition: int, start: int, before: int) -> int | None:
-        """The offset of the first committed record at or after ``start`` and before ``before``;
-        ``start`` when the broker does not tell in time."""
+    async def _read(self, partition: int, start: int, last: int) -> list[Record] | None:
+        """The committed records from ``start`` through ``last``; ``None`` if not read in time."""
         consumer = await self._reader()
         tp = TopicPartition(self.topic, partition)
         consumer.assign([tp])
         consumer.seek(tp, start)
+        got: list[Record] = []
         deadline = time.monotonic() + CHECK_S
         while time.monotonic() < deadline:
-            got = await consumer.getmany(tp, timeout_ms=500, max_records=1)
-            if got.get(tp):
-                return got[tp][0].offset
-            if await consumer.position(tp) >= before:
-                return None  # read past the range: nothing committed in it
-        return start
+            fetched = await consumer.getmany(tp, timeout_ms=500)
+            for r in fetched.get(tp, ()):
+                if r.offset > last:
+                    return got
+                got.append((r.offset, r.value or b""))
+                if r.offset == last:
+                    return got
+            if await consumer.position(tp) > last:
+                return got  # past the range (markers or aborted records at its end)
+        log.warning("cases: partition %s: offsets %s to %s not read within %.0f s; they wait "
+                    "for their next delivery", partition, start, last, CHECK_S)  # fmt: skip
+        return None
 
     async def _reader(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -134,4 +145,4 @@ class GapCheck:
         return self._consumer
 
 
-__all__ = ["GapCheck"]
+__all__ = ["GapCheck", "Record"]

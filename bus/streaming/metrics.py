@@ -66,6 +66,11 @@ class Metrics(AgentMetrics):
             "Records the case engine handled: triggers, answers and deadline ticks",
             registry=r,
         )  # fmt: skip
+        self.case_steps_refetched = Counter(
+            f"{prefix}_case_steps_refetched",
+            "Case steps Faust's consumer skipped, which the engine read again itself",
+            registry=r,
+        )  # fmt: skip
         self.handover = Counter(
             f"{prefix}_handover_events",
             "Canonical events the correlate agent took decoded from ingest in the same worker "

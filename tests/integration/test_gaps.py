@@ -1,8 +1,9 @@
-"""The case engine's gap check on Apache Kafka: a hole is told from markers and aborts.
+"""The case engine's gap check on Apache Kafka: what a delivery skipped is read again.
 
 Records are written as the flow writes case steps (in transactions, some aborted), and the
-check is asked about ranges a consumer could have skipped: one commit marker is no hole
-(and costs no fetch), an aborted transaction is no hole, a committed record is.
+check is given deliveries a consumer could have made: consecutive offsets cost no read; a
+skipped offset is read, and a commit marker or an aborted transaction adds nothing while a
+committed record, even one alone, is returned in its place.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 
 import pytest
 
-from bus.agents.gaps import GapCheck
+from bus.agents.gaps import GapCheck, Record
 from bus.settings import Settings
 from bus.streaming.client import kafka_producer
 from bus.streaming.topics import TopicSpec, create_topics
@@ -19,19 +20,19 @@ from bus.streaming.topics import TopicSpec, create_topics
 pytestmark = pytest.mark.integration
 
 
-def test_a_hole_is_told_from_commit_markers_and_aborted_transactions(settings: Settings) -> None:
+def test_skipped_offsets_are_read_and_only_committed_records_fill_them(settings: Settings) -> None:
     topic = settings.topic("gaps")
 
-    async def go() -> dict[str, object]:
+    async def go() -> tuple[dict[str, object], dict[bytes, int]]:
         await create_topics(settings, (TopicSpec("gaps", "state", "test", partitions=1),))
         producer = kafka_producer(settings, transactional_id=f"{settings.app_id}.gaps")
         await producer.start()
-        offsets: list[int] = []
+        at: dict[bytes, int] = {}
 
         async def txn(values: list[bytes], commit: bool = True) -> None:
             await producer.begin_transaction()
             sent = [await producer.send(topic, v, key=b"k", partition=0) for v in values]
-            offsets.extend([(await f).offset for f in sent])
+            at.update({v: (await f).offset for v, f in zip(values, sent, strict=True)})
             if commit:
                 await producer.commit_transaction()
             else:
@@ -42,34 +43,47 @@ def test_a_hole_is_told_from_commit_markers_and_aborted_transactions(settings: S
             await txn([b"b", b"c"])  # 2, 3, marker 4
             await txn([b"aborted"], commit=False)  # 5, abort marker 6
             await txn([b"d"])  # 7, marker 8
+            await txn([b"e"])  # 9, marker 10
         finally:
             await producer.stop()
-        a, b, c, _, d = offsets
+
+        def rec(*values: bytes) -> list[Record]:
+            return [(at[v], v) for v in values]
+
         gaps = GapCheck(settings, topic, f"{settings.app_id}.gaps-group")
         found: dict[str, object] = {}
         try:
-            found["first, nothing committed"] = await gaps.missing(0, a)
-            gaps.advance(0, a + 1)
-            found["b after a and its marker"] = await gaps.missing(0, b)
-            gaps.advance(0, c + 1)
-            found["d after c: marker, aborted, marker"] = await gaps.missing(0, d)
-            found["fetches so far"] = gaps.checks
-            gaps.advance(0, a + 1)
-            found["d after a: b and c skipped"] = await gaps.missing(0, d)
-            found["d again, while b is read again"] = await gaps.missing(0, d)
-            found["b, read again"] = await gaps.missing(0, b)
+            found["a, nothing committed"] = await gaps.complete(0, rec(b"a"))
+            gaps.advance(0, at[b"a"] + 1)
+            found["reads so far"] = gaps.reads
+            found["b, c after a's marker"] = await gaps.complete(0, rec(b"b", b"c"))
+            gaps.advance(0, at[b"c"] + 1)
+            found["d after marker, aborted, marker"] = await gaps.complete(0, rec(b"d"))
+            found["reads then"] = gaps.reads
+            gaps.advance(0, at[b"a"] + 1)
+            found["b and e, c and d skipped"] = await gaps.complete(0, rec(b"b", b"e"))
+            gaps.advance(0, at[b"a"] + 1)
+            found["c alone after a lost b"] = await gaps.complete(0, rec(b"c"))
+            gaps.advance(0, at[b"d"] + 1)
+            found["a and d again, decided already"] = await gaps.complete(0, rec(b"a", b"d"))
+            found["filled"] = gaps.filled
         finally:
             await gaps.stop()
-        return {**found, "b": b}
+        return found, at
 
-    found = asyncio.run(go())
-    b = found.pop("b")
+    found, at = asyncio.run(go())
+
+    def rec(*values: bytes) -> list[Record]:
+        return [(at[v], v) for v in values]
+
     assert found == {
-        "first, nothing committed": None,  # the topic's first record
-        "b after a and its marker": None,  # one offset between: a commit marker, no fetch
-        "d after c: marker, aborted, marker": None,  # fetched: nothing committed between
-        "fetches so far": 1,
-        "d after a: b and c skipped": b,  # a hole: read again from b
-        "d again, while b is read again": b,  # records after the hole wait for it
-        "b, read again": None,
+        "a, nothing committed": rec(b"a"),  # the topic's first record: no read
+        "reads so far": 0,
+        "b, c after a's marker": rec(b"b", b"c"),  # read: one offset between, a marker
+        "d after marker, aborted, marker": rec(b"d"),  # read: nothing committed between
+        "reads then": 2,
+        "b and e, c and d skipped": rec(b"b", b"c", b"d", b"e"),
+        "c alone after a lost b": rec(b"b", b"c"),  # one offset between, and it is a record
+        "a and d again, decided already": [],
+        "filled": 3,
     }
