@@ -21,6 +21,7 @@ from bus.streaming.codec import EventCodec, Recent
 from bus.streaming.faust_metrics import MetricsServer
 from bus.streaming.faust_metrics import observe as observe_faust
 from bus.streaming.metrics import Metrics
+from bus.streaming.recovery_watch import watch_recovery
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     for agent in agents:
         app.service(agent)  # type: ignore[arg-type]  # started by the worker after recovery
 
+    watch_recovery(app)  # a changelog partition that stops arriving is read again
     if settings.metrics_port:  # with Faust's own series, served from before table recovery
         server = MetricsServer(ctx.metrics, settings.web_host, settings.metrics_port)
         observe_faust(app, ctx.metrics.registry, server)
