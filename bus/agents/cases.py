@@ -1454,7 +1454,7 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
                               "again from offset %s", p, exc, firsts.get(p))  # fmt: skip
                     engine.forget([p])
                     if p in firsts:  # the next record delivered reads them again from there
-                        gaps.advance(p, firsts[p])
+                        gaps.rewind(p, firsts[p], ends[p])
                     await asyncio.sleep(1.0)
                 else:
                     store.apply(states.get(p, {}))

@@ -1,14 +1,18 @@
 """Every step of a partition reaches the case engine, in order: what a delivery skipped is read.
 
-Faust 0.15 can drop records before any agent sees them: at an assignment its fetcher starts
-before it seeks to the committed offsets, and what is fetched again below the read offset it
-keeps per partition is dropped without a word; a seek races its drain loop the same way. The
-next records of the partition then arrive as if nothing was missing (docs/architecture.md).
-The case engine commits its offsets itself (``bus.agents.cases``), so before it decides it
-checks that a partition's records follow the one before, or the group's committed offset
-after an assignment. Offsets between them may be commit markers, an aborted transaction, or
-records never delivered; only a read tells, so the range is read again with a read-committed
-consumer of its own and the engine decides what that read returns. Faust is never sought.
+Faust 0.15 can drop records before any agent sees them: when it seeks a partition (to the
+committed offset at an assignment), records it had fetched before are handed on afterwards
+and set the read offset it keeps per partition past the seek, and what is fetched again
+below that offset is dropped without a word. The next records then arrive as if nothing was
+missing (docs/architecture.md). The case engine commits its offsets itself
+(``bus.agents.cases``), so before it decides it checks that a partition's records follow the
+one before, or the group's committed offset after an assignment. Offsets between them may
+be commit markers, an aborted transaction, or records never delivered; only a read tells, so
+the range is read again with a read-committed consumer of its own and the engine decides
+what that read returns. Faust is never sought. A read is a round trip, and nearly every
+batch skips a commit marker, so one skipped offset is read only below the partition's end
+offset as it was at its assignment (where Faust's drops happen), or after a failed write;
+beyond it, one offset is a marker and only more are read.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class GapCheck:
         self.topic = topic
         self.group = group
         self.next: dict[int, int] = {}  # by partition; unknown until its first batch
+        # Below this offset a single skipped offset is read too (see the module docstring).
+        self.suspect: dict[int, int] = {}
         self.reads = 0  # ranges read because offsets were skipped
         self.filled = 0  # records found by those reads that the delivery had skipped
         self._consumer: AIOKafkaConsumer | None = None
@@ -52,10 +58,17 @@ class GapCheck:
         """Partitions assigned or revoked: their next offset is the group's committed one."""
         for p in partitions:
             self.next.pop(p, None)
+            self.suspect.pop(p, None)
 
     def advance(self, partition: int, end: int) -> None:
         """Records before ``end`` were decided."""
         self.next[partition] = end
+
+    def rewind(self, partition: int, start: int, end: int) -> None:
+        """Records from ``start`` to ``end`` were not decided after all (a write failed): the
+        next delivery reads them again, a single skipped offset among them included."""
+        self.next[partition] = start
+        self.suspect[partition] = max(end, self.suspect.get(partition, 0))
 
     async def complete(self, partition: int, delivered: Sequence[Record]) -> list[Record] | None:
         """The partition's records from its next offset up to the last of ``delivered``.
@@ -68,11 +81,13 @@ class GapCheck:
         expected = self.next.get(partition)
         if expected is None:
             expected = await self._committed(partition)
+            self.suspect[partition] = await self._end(partition)
         records = [r for r in delivered if r[0] >= expected]
         if not records:
             return []
         offsets = [expected - 1, *(o for o, _ in records)]
-        if all(b - a == 1 for a, b in pairwise(offsets)):
+        suspect = self.suspect.get(partition, 0)
+        if all(b - a == 1 or (b - a == 2 and a + 1 >= suspect) for a, b in pairwise(offsets)):
             return records
         self.reads += 1
         read = await self._read(partition, expected, records[-1][0])
@@ -115,11 +130,17 @@ class GapCheck:
         consumer = await self._reader()
         return (await consumer.beginning_offsets([tp]))[tp]  # nothing committed: the start
 
+    async def _end(self, partition: int) -> int:
+        consumer = await self._reader()
+        tp = TopicPartition(self.topic, partition)
+        return (await consumer.end_offsets([tp]))[tp]  # read committed: the last stable offset
+
     async def _read(self, partition: int, start: int, last: int) -> list[Record] | None:
         """The committed records from ``start`` through ``last``; ``None`` if not read in time."""
         consumer = await self._reader()
         tp = TopicPartition(self.topic, partition)
-        consumer.assign([tp])
+        if consumer.assignment() != {tp}:
+            consumer.assign([tp])
         consumer.seek(tp, start)
         got: list[Record] = []
         deadline = time.monotonic() + CHECK_S
@@ -139,7 +160,9 @@ class GapCheck:
 
     async def _reader(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            consumer = kafka_consumer(self.settings)  # read committed, no group
+            # Read committed, no group. A fetch waits at most 5 ms for records: one left
+            # long-polling at the log's end would hold the next read (500 ms by default).
+            consumer = kafka_consumer(self.settings, fetch_max_wait_ms=5)
             await consumer.start()
             self._consumer = consumer
         return self._consumer

@@ -1,9 +1,10 @@
 """The case engine's gap check on Apache Kafka: what a delivery skipped is read again.
 
 Records are written as the flow writes case steps (in transactions, some aborted), and the
-check is given deliveries a consumer could have made: consecutive offsets cost no read; a
-skipped offset is read, and a commit marker or an aborted transaction adds nothing while a
-committed record, even one alone, is returned in its place.
+check is given deliveries a consumer could have made: consecutive offsets cost no read; below
+the end offset the partition had when it was taken on, any skipped offset is read, and a
+commit marker or an aborted transaction adds nothing while a committed record, even one
+alone, is returned in its place; past it, one skipped offset is a marker and costs no read.
 """
 
 from __future__ import annotations
@@ -38,14 +39,11 @@ def test_skipped_offsets_are_read_and_only_committed_records_fill_them(settings:
             else:
                 await producer.abort_transaction()
 
-        try:
-            await txn([b"a"])  # 0, marker 1
-            await txn([b"b", b"c"])  # 2, 3, marker 4
-            await txn([b"aborted"], commit=False)  # 5, abort marker 6
-            await txn([b"d"])  # 7, marker 8
-            await txn([b"e"])  # 9, marker 10
-        finally:
-            await producer.stop()
+        await txn([b"a"])  # 0, marker 1
+        await txn([b"b", b"c"])  # 2, 3, marker 4
+        await txn([b"aborted"], commit=False)  # 5, abort marker 6
+        await txn([b"d"])  # 7, marker 8
+        await txn([b"e"])  # 9, marker 10
 
         def rec(*values: bytes) -> list[Record]:
             return [(at[v], v) for v in values]
@@ -67,8 +65,18 @@ def test_skipped_offsets_are_read_and_only_committed_records_fill_them(settings:
             gaps.advance(0, at[b"d"] + 1)
             found["a and d again, decided already"] = await gaps.complete(0, rec(b"a", b"d"))
             found["filled"] = gaps.filled
+            # Written after the partition was taken on: a lone marker is not read.
+            await txn([b"f", b"g"])  # 11, 12, marker 13
+            await txn([b"h"])  # 14, marker 15
+            reads = gaps.reads
+            gaps.advance(0, at[b"g"] + 1)
+            found["h after g's marker"] = await gaps.complete(0, rec(b"h"))
+            found["reads for it"] = gaps.reads - reads
+            gaps.rewind(0, at[b"f"], at[b"g"])  # f's write failed
+            found["g after a failed write of f"] = await gaps.complete(0, rec(b"g"))
         finally:
             await gaps.stop()
+            await producer.stop()
         return found, at
 
     found, at = asyncio.run(go())
@@ -86,4 +94,7 @@ def test_skipped_offsets_are_read_and_only_committed_records_fill_them(settings:
         "c alone after a lost b": rec(b"b", b"c"),  # one offset between, and it is a record
         "a and d again, decided already": [],
         "filled": 3,
+        "h after g's marker": rec(b"h"),
+        "reads for it": 0,
+        "g after a failed write of f": rec(b"f", b"g"),  # read: f is not taken for a marker
     }
