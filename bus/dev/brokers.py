@@ -249,7 +249,8 @@ class EmbeddedBroker:
         self.engine: Engine = engine
         self.host = host
         self._port = port
-        self._data_dir = Path(data_dir) if data_dir is not None else None
+        # Absolute: the broker runs in its own folder, and reads the paths it is given there.
+        self._data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self._own_data_dir = False
         self._log_file = Path(log_file) if log_file is not None else None
         self._proc: subprocess.Popen[bytes] | None = None

@@ -227,7 +227,8 @@ class KafkaCluster:
         self._first_port = port
         self._ports: list[int] = []
         self._controller_ports: list[int] = []
-        self._data_dir = Path(data_dir) if data_dir is not None else None
+        # Absolute: the broker runs in its own folder, and reads the paths it is given there.
+        self._data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self._own_data_dir = False
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._finalizer: weakref.finalize[Any, Any] | None = None

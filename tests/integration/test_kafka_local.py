@@ -30,14 +30,16 @@ pytestmark = [
 URL = re.compile(r"BUS_BROKER=kafka://(\S+)")
 
 
-def start(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    data_dir: Path, log: Path, cwd: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """``bus broker --engine kafka`` on free ports; returns the process and its address."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bus.cli", "broker", "--engine", "kafka", "--port", "0",
              "--data-dir", str(data_dir)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "COLUMNS": "200"},
+            env={**os.environ, "COLUMNS": "200"}, cwd=cwd,
         )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (found := URL.findall(log.read_text())):
@@ -85,7 +87,8 @@ def test_bus_broker_kafka_serves_keeps_its_log_across_a_restart_and_stops_on_sig
 ) -> None:
     data, log = tmp_path / "broker", tmp_path / "first.log"
     topic = f"t{uuid.uuid4().hex[:8]}"
-    proc, bootstrap = start(data, log)
+    # A data folder relative to where it is typed, as the README's `bus broker` has it.
+    proc, bootstrap = start(Path("broker"), log, cwd=tmp_path)
     try:
         assert asyncio.run(roundtrip(bootstrap, topic, [b"a", b"b"])) == [b"a", b"b"]
     finally:
