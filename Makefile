@@ -16,7 +16,7 @@ demo: $(STAMP)  ## set up, then play the reference scenarios on an embedded brok
 	$(BIN)/bus demo
 
 test: $(STAMP)  ## set up, then run the whole test suite (unit, integration, end to end)
-	$(BIN)/python -m pytest -n 2 --dist loadfile  # two processes, one file each at a time
+	$(BIN)/python -m pytest -n 3 --dist loadfile  # one for the hand-over files, two for the rest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -97,10 +97,12 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
     for agent in agents:
         app.service(agent)  # type: ignore[arg-type]  # started by the worker after recovery
 
-    watch_recovery(app)  # a changelog partition that stops arriving is read again
+    watch = watch_recovery(app)  # a changelog partition that stops arriving is read again
     if settings.metrics_port:  # with Faust's own series, served from before table recovery
         server = MetricsServer(ctx.metrics, settings.web_host, settings.metrics_port)
-        observe_faust(app, ctx.metrics.registry, server)
+        watch.on_resought = observe_faust(
+            app, ctx.metrics.registry, server
+        ).metrics.recovery_resought.inc
 
     @app.task
     async def announce_ready() -> None:

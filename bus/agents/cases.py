@@ -1409,7 +1409,7 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
 
     writer = FencedWriter(s, cases_changelog(s), name, commit_plain)
 
-    gaps = GapCheck(s, name, s.app_id)
+    gaps = GapCheck(s, name, s.app_id, on_filled=ctx.metrics.case_steps_refetched.inc)
 
     @app.agent(topic, name="cases")
     async def cases(stream: Any) -> None:
@@ -1423,9 +1423,7 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
             firsts: dict[int, int] = {}  # the first offset decided, by partition
             ends: dict[int, int] = {}  # the next offset to read, by partition
             for p, records in delivered.items():
-                filled = gaps.filled
                 steps = await gaps.complete(p, sorted(records.items()))
-                ctx.metrics.case_steps_refetched.inc(gaps.filled - filled)
                 if not steps:  # nothing new, or not read in time: the next delivery reads it
                     continue
                 firsts[p], ends[p] = steps[0][0], steps[-1][0] + 1

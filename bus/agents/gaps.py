@@ -1,18 +1,11 @@
 """Every step of a partition reaches the case engine, in order: what a delivery skipped is read.
 
-Faust 0.15 can drop records before any agent sees them: when it seeks a partition (to the
-committed offset at an assignment), records it had fetched before are handed on afterwards
-and set the read offset it keeps per partition past the seek, and what is fetched again
-below that offset is dropped without a word. The next records then arrive as if nothing was
-missing (docs/architecture.md). The case engine commits its offsets itself
-(``bus.agents.cases``), so before it decides it checks that a partition's records follow the
-one before, or the group's committed offset after an assignment. Offsets between them may
-be commit markers, an aborted transaction, or records never delivered; only a read tells, so
-the range is read again with a read-committed consumer of its own and the engine decides
-what that read returns. Faust is never sought. A read is a round trip, and nearly every
-batch skips a commit marker, so one skipped offset is read only below the partition's end
-offset as it was at its assignment (where Faust's drops happen), or after a failed write;
-beyond it, one offset is a marker and only more are read.
+Faust 0.15 can drop records before any agent sees them (docs/architecture.md, "every step
+reaches the engine"; its cost in docs/benchmarks.md). The engine commits its own offsets, so
+it checks that a partition's records follow on; a skipped range is read again with a
+read-committed consumer of its own, and Faust is never sought. One skipped offset is taken
+for a commit marker unread, except where drops happen: below the partition's end offset at
+its assignment, and after a failed write.
 """
 
 from __future__ import annotations
@@ -20,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -42,8 +35,15 @@ Record = tuple[int, bytes]
 class GapCheck:
     """The next offset each partition of ``topic`` should deliver, and its records read again."""
 
-    def __init__(self, settings: Settings, topic: str, group: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        group: str,
+        on_filled: Callable[[int], object] | None = None,
+    ) -> None:
         self.settings = settings
+        self.on_filled = on_filled  # told how many skipped records a read found
         self.topic = topic
         self.group = group
         self.next: dict[int, int] = {}  # by partition; unknown until its first batch
@@ -96,6 +96,8 @@ class GapCheck:
         have = {o for o, _ in records}
         if skipped := [o for o, _ in read if o not in have]:
             self.filled += len(skipped)
+            if self.on_filled is not None:
+                self.on_filled(len(skipped))
             log.warning("cases: partition %s: %d record(s) from offset %s never reached the "
                         "engine; read again", partition, len(skipped), skipped[0])  # fmt: skip
         return read

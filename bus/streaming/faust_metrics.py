@@ -73,6 +73,11 @@ class FaustMetrics:
             f"{p}_table_recovered_records", "Changelog records read to rebuild a table",
             ["table"], registry=r,
         )  # fmt: skip
+        self.recovery_resought = Counter(
+            f"{p}_table_recovery_resought_partitions",
+            "Changelog partitions a recovery stopped receiving, sought again and resumed",
+            registry=r,
+        )  # fmt: skip
         self.recovery_last_seconds = Gauge(
             f"{p}_table_recovery_last_seconds",
             "How long the last recovery that had records to read took", registry=r,
@@ -146,7 +151,7 @@ class FaustMonitor(Monitor):
         self.metrics.rebalance_in_progress.set(0)
         self.metrics.rebalance_seconds.observe(state["latency_end"])
         if self._recovered_this_rebalance:
-            recovery = _recovery(app)
+            recovery = recovery_of(app)
             # Faust keeps when the last recovery read its first and last change privately.
             started = getattr(recovery, "_recovery_started_at", None)
             ended = getattr(recovery, "_recovery_ended_at", None)
@@ -159,7 +164,7 @@ class FaustMonitor(Monitor):
         while an active table is being recovered."""
         super().track_tp_end_offset(tp, offset)
         if self.app.in_recovery:
-            recovery = _recovery(self.app)
+            recovery = recovery_of(self.app)
             if tp in recovery.active_tps:
                 table = recovery.tp_to_table.get(tp)
                 if table is not None:
@@ -169,7 +174,7 @@ class FaustMonitor(Monitor):
     def sample_recovery(self) -> None:
         """Set the recovery gauges from Faust's recovery state (every interval, and as one ends)."""
         tables = self.app.tables
-        recovery = _recovery(self.app)
+        recovery = recovery_of(self.app)
         remaining: Tally[str] = Tally()
         in_recovery = bool(recovery.in_recovery)
         if in_recovery:
@@ -281,7 +286,8 @@ class FaustMonitor(Monitor):
         self.metrics.send_errors.labels(topic).inc()
 
 
-def _recovery(app: AppT) -> Recovery:
+def recovery_of(app: AppT) -> Recovery:
+    """The app's table recovery service (Faust types it on the manager only)."""
     return cast(TableManager, app.tables).recovery
 
 

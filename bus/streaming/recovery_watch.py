@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
 from faust.sensors import Sensor
 from faust.types import TP
 from mode import Service
+
+from bus.streaming.faust_metrics import recovery_of
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +38,22 @@ class RecoveryWatch(Sensor):
     and timers only after its first recovery.
     """
 
-    def __init__(self, app: faust.App, stall_s: float = STALL_S, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        stall_s: float = STALL_S,
+        on_resought: Callable[[int], object] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.app = app
         self.stall_s = stall_s
-        self.nudged = 0  # partitions sought again
+        self.on_resought = on_resought  # told how many partitions were sought again
         self._last: dict[TP, tuple[int, float]] = {}  # offset applied, since when
 
     async def check(self) -> dict[TP, int]:
         """Seek the partitions stalled for ``stall_s``; the offsets they were sought to."""
-        recovery: Any = self.app.tables.recovery  # type: ignore[attr-defined]
+        recovery: Any = recovery_of(self.app)
         if not recovery.in_recovery:
             self._last.clear()
             return {}
@@ -65,7 +74,8 @@ class RecoveryWatch(Sensor):
             consumer: Any = self.app.consumer
             await consumer.seek_wait(stalled)
             consumer.resume_partitions(stalled)
-            self.nudged += len(stalled)
+            if self.on_resought is not None:
+                self.on_resought(len(stalled))
         return stalled
 
     @Service.task
@@ -82,9 +92,13 @@ def _names(offsets: dict[TP, int]) -> str:
     return ", ".join(f"{tp.topic}/{tp.partition}@{o}" for tp, o in sorted(offsets.items()))
 
 
-def watch_recovery(app: faust.App, stall_s: float = STALL_S) -> RecoveryWatch:
-    """Watch ``app``'s table recoveries for as long as it runs."""
-    watch = RecoveryWatch(app, stall_s)
+def watch_recovery(
+    app: faust.App,
+    stall_s: float = STALL_S,
+    on_resought: Callable[[int], object] | None = None,
+) -> RecoveryWatch:
+    """Watch ``app``'s table recoveries for as long as it runs; ``on_resought`` counts."""
+    watch = RecoveryWatch(app, stall_s, on_resought)
     app.sensors.add(watch)
     return watch
 

@@ -42,14 +42,15 @@ app = faust.App(
     web_enabled=False,
 )
 metrics = Metrics()
-observe(
+monitor = observe(
     app,
     metrics.registry,
     MetricsServer(metrics, "127.0.0.1", int(env.get("FAUST_APP_METRICS_PORT", "0"))),
 )
 
 if env.get("FAUST_APP_WATCH", "1") != "0":
-    watch_recovery(app, float(env.get("FAUST_APP_STALL_S", STALL_S)))
+    stall_s = float(env.get("FAUST_APP_STALL_S", STALL_S))
+    watch_recovery(app, stall_s, monitor.metrics.recovery_resought.inc)
 
 if env.get("FAUST_APP_HOLD_CHANGELOG") == "1":
     _resume = Consumer.resume_partitions

@@ -57,3 +57,4 @@ def test_a_recovery_whose_changelog_stays_paused_is_resumed_and_completes(
     assert "holding [" in log, log[-3000:]  # the hang was made
     assert "sought again and resumed" in log, log[-3000:]  # and the watch undid it
     assert value(recovered, "faust_table_recovery_remaining_offsets", table=faust_app.TABLE) == 0
+    assert value(recovered, "faust_table_recovery_resought_partitions_total") >= 1
