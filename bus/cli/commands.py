@@ -33,7 +33,7 @@ from bus.cli.gateway import gateway_app
 from bus.cli.imports import import_file
 from bus.cli.matters import matters_app
 from bus.cli.report import report_app
-from bus.cli.support import BrokerOpt, TzOpt, load_settings, local_time, time_zone
+from bus.cli.support import BrokerOpt, TzOpt, load_settings, local_time, need_topics, time_zone
 from bus.cli.tasks import inbox, tasks
 from bus.errors import BusError, ConfigurationError
 from bus.settings import Settings
@@ -312,6 +312,7 @@ def publish(
 
     s = _settings(broker)
     lines = list(_read_events(file, event))
+    need_topics(s)
     try:
         results = asyncio.run(publish_and_wait(s, lines, wait))
     except BusError as exc:
@@ -388,6 +389,7 @@ def deadletters(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--since") from None
     s = _settings(broker)
+    need_topics(s)
 
     async def read() -> tuple[list[Any], dict[str, str | None]]:
         return await list_deadletters(s), await replayed_origins(s)
@@ -466,6 +468,7 @@ async def _issued(s: Settings, kind: str = "certificate") -> tuple[list[Any], in
 
 
 def _verified(s: Settings, kind: str = "certificate") -> list[Any]:
+    need_topics(s)
     try:
         issued, refused = asyncio.run(_issued(s, kind))
     except ConfigurationError as exc:
@@ -632,6 +635,7 @@ def trace(
 
     zone, zone_name = time_zone(tz)
     s = _settings(broker)
+    need_topics(s)
     steps = asyncio.run(run_trace(s, key))
     if not steps:
         hint = "A case is named by its first event's event_id (bus publish prints it)."
@@ -667,6 +671,7 @@ def deadletters_show(
     from bus.edge.publish import list_deadletters
 
     s = _settings(broker)
+    need_topics(s)
     found = [r for r in asyncio.run(list_deadletters(s)) if r.headers.get("bus.origin") == origin]
     if not found:
         raise _fail(BusError(f"no dead letter from {origin}"), "`bus deadletters` lists them.")
@@ -723,6 +728,7 @@ def replay(
     from bus.edge.publish import replay_deadletters
 
     s = _settings(broker)
+    need_topics(s)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("replaying", total=None)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from datetime import datetime, tzinfo
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -10,6 +12,7 @@ import typer
 from rich.console import Console
 
 from bus.settings import Settings, invalid_settings
+from bus.streaming.client import kafka_admin
 
 err = Console(stderr=True)
 
@@ -34,6 +37,34 @@ def load_settings(**values: Any) -> Settings:
     except ValueError as exc:
         err.print(f"[red]invalid settings:[/]\n{invalid_settings(exc)}", highlight=False)
         raise typer.Exit(2) from None
+
+
+def need_topics(settings: Settings, also: Iterable[str] = ()) -> None:
+    """Exit 2 when the broker lacks the bus's topics (or ``also``), saying what to run.
+
+    A consumer of a missing topic does not fail: aiokafka warns on every metadata refresh
+    until the read times out (`bus tasks` printed millions of lines in 40 s before this).
+    """
+    from bus.streaming.topics import CATALOGUE
+
+    async def existing() -> set[str]:
+        admin = kafka_admin(settings)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    wanted = [settings.topic(t.name) for t in CATALOGUE] + list(also)
+    have = asyncio.run(existing())
+    if missing := list(dict.fromkeys(t for t in wanted if t not in have)):
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        err.print(
+            f"[red]error:[/] the broker at {settings.broker} has no topic "
+            f"{', '.join(missing[:3])}{more}. Create the bus's topics: `bus topics create`.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
 
 
 def time_zone(name: str | None) -> tuple[tzinfo, str]:

@@ -19,11 +19,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bus.cli.support import BrokerOpt, TzOpt, load_settings, local_time, time_zone
+from bus.cli.support import BrokerOpt, TzOpt, load_settings, local_time, need_topics, time_zone
 from bus.domain.departments import Directory
 from bus.domain.tasks import TASK_STATES, TaskView
 from bus.edge.gateway.inbox import Inboxes, Item
 from bus.settings import Settings
+from bus.streaming.topics import inbox_topic
 
 console = Console()
 err = Console(stderr=True)
@@ -47,6 +48,9 @@ def _departments(s: Settings, only: str | None) -> list[str]:
 
 
 def _read(s: Settings, departments: Iterable[str], work: Callable[[Inboxes], Awaitable[T]]) -> T:
+    departments = list(departments)
+    need_topics(s, (inbox_topic(s, d) for d in departments))
+
     async def run() -> T:
         async with Inboxes(s, departments) as inboxes:
             return await work(inboxes)

@@ -638,3 +638,31 @@ def test_tasks_inbox_and_local_times_from_the_command_line(
     assert here - there == timedelta(hours=8)
     assert bad_zone.returncode == 2
     assert "not a time zone" in bad_zone.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tasks",),
+        ("inbox", "ks.tax"),
+        ("publish", "--event", "{}"),
+        ("trace", "913205833E0TWMFM5X"),
+        ("deadletters",),
+        ("deadletters", "replay", "--reason", "auth."),
+        ("certificate", "list"),
+        ("report", "list"),
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)  # fmt: skip
+def test_a_command_before_bus_topics_create_says_to_run_it(
+    settings: Settings, args: tuple[str, ...]
+) -> None:
+    """Not a 40 s wait and millions of 'not found in cluster metadata' lines (`bus tasks`)."""
+    bare = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-none"})
+    started = time.monotonic()
+    result = bus(*args, settings=bare, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr[-2000:]
+    assert "bus topics create" in result.stderr
+    assert f"{bare.topic_prefix}.ingress" in result.stderr or "more" in result.stderr
+    assert len(result.stderr.splitlines()) < 10, result.stderr[-2000:]
+    assert time.monotonic() - started < 40  # no read ran into its timeout
