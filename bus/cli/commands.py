@@ -23,7 +23,6 @@ from typing import Annotated, Any
 import typer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from bus.cli.certificate import certificate_app
@@ -33,7 +32,19 @@ from bus.cli.gateway import gateway_app
 from bus.cli.imports import import_file
 from bus.cli.matters import matters_app
 from bus.cli.report import report_app
-from bus.cli.support import BrokerOpt, TzOpt, load_settings, local_time, need_topics, time_zone
+from bus.cli.support import (
+    SERIAL_WIDTH,
+    USCC_WIDTH,
+    UUID_WIDTH,
+    BrokerOpt,
+    TzOpt,
+    copyable,
+    load_settings,
+    local_time,
+    need_topics,
+    time_zone,
+    whole_table,
+)
 from bus.cli.tasks import inbox, tasks
 from bus.errors import BusError, ConfigurationError
 from bus.settings import Settings
@@ -247,7 +258,7 @@ def topics_list() -> None:
     from bus.streaming.topics import full_catalogue
 
     s = _settings()
-    t = Table("topic", "role", "retention", "description")
+    t = whole_table("topic", "role", "retention", "description")
     for spec in full_catalogue(s):
         days = "forever" if spec.retention_ms < 0 else f"{spec.retention_ms // 86_400_000} days"
         t.add_row(s.topic(spec.name), spec.role, days, spec.description)
@@ -317,7 +328,7 @@ def publish(
         results = asyncio.run(publish_and_wait(s, lines, wait))
     except BusError as exc:
         raise _fail(exc) from None
-    t = Table("line", "event_id", "event_type", "verdict")
+    t = whole_table("line", copyable("event_id", UUID_WIDTH), "event_type", "verdict")
     bad = 0
     for r in results:
         if r.accepted:
@@ -423,7 +434,7 @@ def deadletters(
             }, ensure_ascii=False))  # fmt: skip
         return
     # Text cells, not markup: an error sentence may hold [brackets] Rich would swallow.
-    t = Table("dead-lettered (UTC)", "source", "origin", "reason", "field", "error", "replay")
+    t = whole_table("dead-lettered (UTC)", "source", "origin", "reason", "field", "error", "replay")
     for r in rows:
         h = r.headers
         t.add_row(*(Text(v) for v in (
@@ -486,7 +497,13 @@ def certificate_list(
 ) -> None:
     """List issued certificates whose signature verifies: serial, enterprise, result, when."""
     s = _settings(broker)
-    t = Table("serial", "uscc", "enterprise", "result", "issued at")
+    t = whole_table(
+        copyable("serial", SERIAL_WIDTH),
+        copyable("uscc", USCC_WIDTH),
+        "enterprise",
+        "result",
+        "issued at",
+    )
     for e in sorted(_verified(s), key=lambda e: e.payload.issued_at):
         if uscc is None or e.subject == uscc:
             p = e.payload
@@ -520,7 +537,14 @@ def report_list(
 ) -> None:
     """List issued credit reports whose signature verifies: serial, enterprise, result, when."""
     s = _settings(broker)
-    t = Table("serial", "uscc", "enterprise", "result", "domains with records", "issued at")
+    t = whole_table(
+        copyable("serial", SERIAL_WIDTH),
+        copyable("uscc", USCC_WIDTH),
+        "enterprise",
+        "result",
+        "domains with records",
+        "issued at",
+    )
     for e in sorted(_verified(s, "report"), key=lambda e: e.payload.issued_at):
         if uscc is None or e.subject == uscc:
             p = e.payload
@@ -562,7 +586,7 @@ def status(broker: BrokerOpt = None) -> None:
     if st.missing_topics:
         console.print(f"[red]missing topics[/]: {', '.join(st.missing_topics)} "
                       "(run `bus topics create`)")  # fmt: skip
-    t = Table("agent", "worker", "partitions", "lag")
+    t = whole_table("agent", "worker", "partitions", "lag")
     for a in st.agents:
         lag = "?" if a.lag is None else str(a.lag)
         if a.problem:
@@ -640,7 +664,7 @@ def trace(
     if not steps:
         hint = "A case is named by its first event's event_id (bus publish prints it)."
         raise _fail(BusError(f"nothing on the canonical topics for {key}"), hint)
-    t = Table(f"time ({zone_name})", "after the previous", "event", "department", "what",
+    t = whole_table(f"time ({zone_name})", "after the previous", "event", "department", "what",
               title=f"trace {key}")  # fmt: skip
     cases: dict[str, list[Any]] = {}
     for step in steps:
@@ -676,7 +700,7 @@ def deadletters_show(
     if not found:
         raise _fail(BusError(f"no dead letter from {origin}"), "`bus deadletters` lists them.")
     r = found[-1]
-    t = Table("header", "value", title=f"dead letter {r.topic}/{r.partition}/{r.offset}")
+    t = whole_table("header", "value", title=f"dead letter {r.topic}/{r.partition}/{r.offset}")
     for k, v in sorted(r.headers.items()):
         if k == "bus.rejected_at" and v.isdigit():  # epoch ms, for machines; and for people:
             v += f" ({datetime.fromtimestamp(int(v) / 1000, UTC):%Y-%m-%d %H:%M:%S.%f}"[:-3] + "Z)"
@@ -767,7 +791,7 @@ def schemas_list() -> None:
     from bus.schemas.registry import LocalSchemaRegistry
 
     reg = LocalSchemaRegistry.load()
-    t = Table("id", "event type", "version", "description")
+    t = whole_table("id", "event type", "version", "description")
     for s in reg.all():
         t.add_row(str(s.id), s.subject, str(s.version), EVENT_TYPES[s.subject].description)
     console.print(t)

@@ -14,10 +14,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from bus.cli.imports import print_report, progress_bars
-from bus.cli.support import load_settings
+from bus.cli.support import load_settings, whole_table
 from bus.errors import BusError, ConfigurationError
 
 console = Console()
@@ -55,7 +54,7 @@ def connect(
         raise typer.Exit(2)
     try:
         if list_ or name is None:
-            table = Table("name", "kind", "guarantee")
+            table = whole_table("name", "kind", "guarantee")
             for e in registry.load(path):
                 cls = registry.connector_class(e.kind)
                 table.add_row(e.name, e.kind, getattr(cls, "guarantee", "?"))

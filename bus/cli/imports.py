@@ -25,9 +25,8 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
-from bus.cli.support import load_settings
+from bus.cli.support import UUID_WIDTH, copyable, load_settings, whole_table
 from bus.errors import BusError, ConfigurationError
 
 if TYPE_CHECKING:  # the connector SDK is imported only when the command runs
@@ -170,7 +169,7 @@ def progress_bars() -> Iterator[Callable[[str, int, int], None]]:
 def print_report(result: ImportReport, *, dry_run: bool = False) -> None:
     """The rejected rows, the rows the bus refused and the counts, as operators read them."""
     if result.rejections:
-        t = Table("line", "field", "reason", "message", title="rejected rows")
+        t = whole_table("line", "field", "reason", "message", title="rejected rows")
         for bad in result.rejections[:MAX_SHOWN]:
             t.add_row(str(bad.line), bad.field or "-", bad.reason, bad.message)
         console.print(t)
@@ -179,12 +178,18 @@ def print_report(result: ImportReport, *, dry_run: bool = False) -> None:
         console.print(f"[red]nothing published:[/] fix these rows, then import {result.file} again")
     refused = [r for r in result.results if r.status in ("rejected", "unconfirmed")]
     if refused:
-        t = Table("line", "event_id", "status", "reason", title="rows the bus did not accept")
+        t = whole_table(
+            "line",
+            copyable("event_id", UUID_WIDTH),
+            "status",
+            "reason",
+            title="rows the bus did not accept",
+        )
         for r in refused[:MAX_SHOWN]:
             why = f"{r.reason or ''} {r.error or ''}".strip()
             t.add_row(str(r.line), r.event_id, r.status, why)
         console.print(t)
-    summary = Table("file", "format", "rows", "published", *result.counts(), title="import")
+    summary = whole_table("file", "format", "rows", "published", *result.counts(), title="import")
     summary.add_row(
         result.file, result.format, str(result.rows), str(result.published),
         *(f"[{STYLE.get(k, 'white')}]{v}[/]" for k, v in result.counts().items()),

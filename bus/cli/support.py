@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 from rich.console import Console
+from rich.table import Column, Table
 
 from bus.settings import Settings, invalid_settings
 from bus.streaming.client import kafka_admin
@@ -37,6 +38,22 @@ def load_settings(**values: Any) -> Settings:
     except ValueError as exc:
         err.print(f"[red]invalid settings:[/]\n{invalid_settings(exc)}", highlight=False)
         raise typer.Exit(2) from None
+
+
+#: Widths of what people copy from a table into the next command.
+UUID_WIDTH, USCC_WIDTH, SERIAL_WIDTH, TASK_ID_WIDTH = 36, 18, 20, 21
+
+
+def copyable(header: str, width: int) -> Column:
+    """A column of ids, serials or USCCs: kept whole on one line even on a narrow terminal."""
+    return Column(header, no_wrap=True, min_width=width, overflow="fold")
+
+
+def whole_table(*columns: str | Column, **options: Any) -> Table:
+    """A table that never cuts a value short: a long word folds onto the next line instead
+    of ending in an ellipsis (an 80-column terminal cut every task id and serial)."""
+    cols = [c if isinstance(c, Column) else Column(c, overflow="fold") for c in columns]
+    return Table(*cols, **options)
 
 
 def need_topics(settings: Settings, also: Iterable[str] = ()) -> None:

@@ -17,9 +17,20 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from bus.cli.support import BrokerOpt, TzOpt, load_settings, local_time, need_topics, time_zone
+from bus.cli.support import (
+    TASK_ID_WIDTH,
+    USCC_WIDTH,
+    UUID_WIDTH,
+    BrokerOpt,
+    TzOpt,
+    copyable,
+    load_settings,
+    local_time,
+    need_topics,
+    time_zone,
+    whole_table,
+)
 from bus.domain.departments import Directory
 from bus.domain.tasks import TASK_STATES, TaskView
 from bus.edge.gateway.inbox import Inboxes, Item
@@ -110,7 +121,14 @@ def tasks(
         for d, t in shown:
             typer.echo(json.dumps({"department": d, **t.body()}, ensure_ascii=False))
         return
-    table = Table("department", "task", "matter", "enterprise", "state", f"due ({zone_name})")
+    table = whole_table(
+        "department",
+        copyable("task", TASK_ID_WIDTH),
+        "matter",
+        copyable("enterprise", USCC_WIDTH),
+        "state",
+        f"due ({zone_name})",
+    )
     for d, t in shown:
         style = "red" if _late(t) else ""
         due = local_time(datetime.fromisoformat(t.due_at), zone)[:-3]
@@ -134,7 +152,7 @@ def _show_task(
     if as_json:
         typer.echo(json.dumps({"department": d, **t.body()}, ensure_ascii=False))
         return
-    facts = Table("task", t.task_id, show_header=True, title=t.title)
+    facts = whole_table("task", t.task_id, show_header=True, title=t.title)
     for name, value in (
         ("assignee", d), ("matter", t.matter), ("enterprise", t.subject),
         ("case", t.correlation_id), ("state", t.shown_state),
@@ -144,7 +162,9 @@ def _show_task(
     ):  # fmt: skip
         facts.add_row(name, value)
     console.print(facts)
-    history = Table(f"when ({zone_name})", "event", "event_id", title="history")
+    history = whole_table(
+        f"when ({zone_name})", "event", copyable("event_id", UUID_WIDTH), title="history"
+    )
     for h in t.history:
         history.add_row(local_time(datetime.fromisoformat(h["at"]), zone), h["event"],
                         h["event_id"])  # fmt: skip
@@ -181,7 +201,7 @@ def inbox(
         for item in items:
             typer.echo(json.dumps(item.body(codec), ensure_ascii=False))
         return
-    table = Table("cursor", f"received ({zone_name})", "event", "from", "enterprise", "route",
+    table = whole_table("cursor", f"received ({zone_name})", "event", "from", "enterprise", "route",
                   "what", title=f"inbox {department}")  # fmt: skip
     for item in items:
         event = codec.decode(item.value)

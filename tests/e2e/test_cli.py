@@ -587,6 +587,8 @@ def test_tasks_inbox_and_local_times_from_the_command_line(
         assert bus("publish", str(tmp_path / "done.json"), settings=settings).returncode == 0
         assert _wait_for(lambda: tasks("--state", "completed")), tasks("--state", "all")
         listing = bus("tasks", settings=settings)
+        narrow = bus("tasks", "--state", "all", settings=settings, env={"COLUMNS": "80"})
+        every = tasks("--state", "all")
         one = bus("tasks", str(tax["task_id"]), settings=settings)
         unknown = bus("tasks", "no-such-task", settings=settings)
         everything = bus("inbox", "ks.tax", "--json", "--limit", "100", settings=settings)
@@ -598,6 +600,9 @@ def test_tasks_inbox_and_local_times_from_the_command_line(
     # Open tasks: the three not completed, each late, counted by department.
     assert listing.returncode == 0, listing.stderr
     assert "3 tasks shown" in listing.stdout, listing.stdout
+    for t in every:  # what an operator copies into the next command, whole at 80 columns
+        assert str(t["task_id"]) in narrow.stdout, narrow.stdout
+        assert str(t["subject"]) in narrow.stdout, narrow.stdout
     town = f"ks.town.{firm.town.lower()}"
     summary = next(ln for ln in listing.stdout.splitlines() if "overdue by department" in ln)
     assert summary.endswith(f"ks.housingfund 1, ks.hrss 1, {town} 1"), summary
