@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Column, Table
 
@@ -64,16 +65,20 @@ def need_topics(settings: Settings, also: Iterable[str] = ()) -> None:
     """
     from bus.streaming.topics import CATALOGUE
 
-    async def existing() -> set[str]:
+    async def existing() -> set[str] | None:
         admin = kafka_admin(settings)
-        await admin.start()
+        await admin.start()  # no broker at all: raised, and the entry point says so
         try:
             return set(await admin.list_topics())
+        except KafkaError:  # e.g. the node asked is down: the command's own clients ride it out
+            return None
         finally:
             await admin.close()
 
     wanted = [settings.topic(t.name) for t in CATALOGUE] + list(also)
     have = asyncio.run(existing())
+    if have is None:
+        return
     if missing := list(dict.fromkeys(t for t in wanted if t not in have)):
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         err.print(
