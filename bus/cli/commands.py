@@ -665,7 +665,7 @@ def trace(
         hint = "A case is named by its first event's event_id (bus publish prints it)."
         raise _fail(BusError(f"nothing on the canonical topics for {key}"), hint)
     t = whole_table(f"time ({zone_name})", "after the previous", "event", "department", "what",
-              title=f"trace {key}")  # fmt: skip
+                    title=f"trace {key}")  # fmt: skip
     cases: dict[str, list[Any]] = {}
     for step in steps:
         cases.setdefault(step.correlation_id, []).append(step)

@@ -63,7 +63,7 @@ def need_topics(settings: Settings, also: Iterable[str] = ()) -> None:
     A consumer of a missing topic does not fail: aiokafka warns on every metadata refresh
     until the read times out (`bus tasks` printed millions of lines in 40 s before this).
     """
-    from bus.streaming.topics import CATALOGUE
+    from bus.streaming.topics import missing_topics
 
     async def existing() -> set[str] | None:
         admin = kafka_admin(settings)
@@ -75,11 +75,10 @@ def need_topics(settings: Settings, also: Iterable[str] = ()) -> None:
         finally:
             await admin.close()
 
-    wanted = [settings.topic(t.name) for t in CATALOGUE] + list(also)
     have = asyncio.run(existing())
     if have is None:
         return
-    if missing := list(dict.fromkeys(t for t in wanted if t not in have)):
+    if missing := missing_topics(settings, have, also):
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         err.print(
             f"[red]error:[/] the broker at {settings.broker} has no topic "

@@ -21,7 +21,7 @@ from bus.settings import Settings
 from bus.streaming.client import kafka_admin, kafka_consumer, read_topic
 from bus.streaming.codec import EventCodec
 from bus.streaming.reach import wait_for_broker
-from bus.streaming.topics import CATALOGUE
+from bus.streaming.topics import missing_topics
 
 AGENTS = ("ingest", "correlate", "cases")
 
@@ -111,10 +111,7 @@ async def collect(settings: Settings) -> Status:
     await admin.start()
     await consumer.start()
     try:
-        existing = set(await admin.list_topics())
-        status.missing_topics = [
-            settings.topic(s.name) for s in CATALOGUE if settings.topic(s.name) not in existing
-        ]
+        status.missing_topics = missing_topics(settings, await admin.list_topics())
         for name in AGENTS:
             status.agents.append(await _agent(admin, consumer, settings, name))
     finally:

@@ -140,6 +140,15 @@ def inbox(department: str) -> TopicSpec:
     )
 
 
+def missing_topics(
+    settings: Settings, existing: Iterable[str], also: Iterable[str] = ()
+) -> list[str]:
+    """The catalogue's topics (and ``also``) not among ``existing``, in catalogue order."""
+    have = set(existing)
+    wanted = [settings.topic(spec.name) for spec in CATALOGUE] + list(also)
+    return list(dict.fromkeys(t for t in wanted if t not in have))
+
+
 def inbox_topic(settings: Settings, department: str) -> str:
     """Full name of a department's inbox topic."""
     return settings.topic(f"inbox.{department}")
