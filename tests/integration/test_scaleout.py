@@ -213,6 +213,7 @@ class SlowRestore:
         self.topic = topic
         self.seconds = seconds
         self.held: set[int] = set()
+        self.restores = 0
 
     def take_pending(self) -> list[Out]:
         return []
@@ -222,6 +223,7 @@ class SlowRestore:
 
     async def restore(self, kafka: dict[str, Any], partitions: Any) -> int:
         parts = set(partitions)
+        self.restores += 1
         await asyncio.sleep(self.seconds)
         self.held |= parts
         return 0
@@ -267,3 +269,30 @@ async def test_no_batch_is_handled_before_its_partitions_state_is_restored(
         await agent.stop()
     assert agent.handled >= 300
     assert agent.early == []
+
+
+async def test_a_restore_longer_than_the_session_timeout_keeps_the_member_in_its_group(
+    group_broker: str, tmp_path: Path
+) -> None:
+    """A city's state takes longer to read than the session timeout: it is read once.
+
+    aiokafka sends no heartbeat while a rebalance listener runs; a restore inside it got the
+    member evicted, which restored again, and again with a state that always takes longer.
+    """
+    s = group_settings(group_broker, tmp_path, "long-restore")
+    await create_topics(s)
+    await publish(s, penalties(100, seed=33))
+    store = SlowRestore(s.topic("state.ingest-seen"), 1.5 * s.session_timeout)
+    agent = Recorder(Context(s, EventCodec(), Directory.load(s.departments_file)), store)
+    await agent.start()
+    try:
+        for _ in range(600):
+            if agent.handled >= 100:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(s.session_timeout)  # an eviction would have shown by now
+    finally:
+        await agent.stop()
+    assert agent.handled >= 100
+    assert agent.early == []
+    assert store.restores == 1
