@@ -2,11 +2,15 @@
 
     python -m bench.state --enterprises 50000
     python -m bench.state --enterprises 200000
+    python -m bench.state --enterprises 1000000 --open-cases 100000 --no-memory
 
 One Apache Kafka node and one worker (the settings of docs/broker.md: session 6 s). The
 backlog is ``N`` registrations and ``N/5`` penalties, interleaved so that every tenth of it
 has the same mix: a penalty falls on an enterprise registered earlier in the stream. Each
-registration opens an "opening-a-business" case with four tasks in the case engine.
+registration opens an "opening-a-business" case with four tasks in the case engine. With
+``--open-cases K`` the city is older than the bus: all but the last ``K`` registrations (and
+the penalties among them) are imported as history (``bus.historical: 1``), folded into the
+records but opening no case, so ``N`` enterprises hold ``K`` open cases.
 
 1. A worker running ingest alone turns the backlog into canonical events, so that the fold
    is timed without ingest sharing its CPU. It is stopped.
@@ -22,8 +26,9 @@ registration opens an "opening-a-business" case with four tasks in the case engi
    cases table's changelog (all records, and the keys compaction would keep).
 4. kill -9; a clean certificate request for a known enterprise is published; the worker is
    started again; the time from the start to the signed ``certificate.issued``, the RSS once
-   it answered, the peak RSS during the restore, the restore lines of its log and Faust's
-   late-timer warnings (the longest drift is the longest event-loop stall it saw).
+   it answered and over the 30 s after, the peak RSS during the restore, the restore lines
+   of its log and Faust's late-timer warnings (the longest drift is the longest event-loop
+   stall it saw).
 5. Where the memory goes: the bench restores the records changelog itself into
    ``EnterpriseRecord`` objects, as the worker does, under ``tracemalloc``, and sizes the
    parts of a sample of records; the cases table's values (JSON bytes, as the worker holds them)
@@ -62,11 +67,13 @@ from bus.dev.kafka_local import local_broker
 from bus.dev.processes import WorkerProcess
 from bus.dev.samples import enterprise, penalty, registered
 from bus.domain.record import EnterpriseRecord, apply_part, encode_part
+from bus.schemas.envelope import HISTORICAL
 from bus.settings import Settings
 from bus.streaming.codec import EventCodec
 from bus.streaming.topics import CORRELATE_RECORDS, CORRELATE_SEEN, cases_changelog, create_topics
 
 PENALTY_SHARE = 5  # one penalty per five registrations
+SETTLE_S = 30  # seconds the restarted worker's RSS is followed after its first answer
 _RESTORED = re.compile(r"(\w+): partitions assigned .*\((\d+) ids restored in ([\d.]+)s\)")
 _DRIFT = re.compile(r"woke up too late, with a drift of \+?([\d.]+)")
 _STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
@@ -85,8 +92,12 @@ class Backlog:
     clean: list[str]
 
 
-def backlog(n: int, seed: int = 11) -> Backlog:
-    """``n`` registrations and ``n/5`` penalties on enterprises registered before them."""
+def backlog(n: int, seed: int = 11, live: int | None = None) -> Backlog:
+    """``n`` registrations and ``n/5`` penalties on enterprises registered before them.
+
+    ``live``: only the last ``live`` registrations (and penalties) are live; those before
+    are history, as a city's import of its existing enterprises would mark them.
+    """
     rng = random.Random(seed)
     codec = EventCodec()
     msgs: list[Msg] = []
@@ -102,8 +113,10 @@ def backlog(n: int, seed: int = 11) -> Backlog:
             fined.add(j)
             pens += 1
             events.append(penalty(firms[j], rng, n=pens))
+        past = live is not None and i < n - live
         for e in events:
-            msgs.append((e.subject.encode(), codec.encode(e), e.kafka_headers(), str(e.event_id)))
+            headers = [*e.kafka_headers(), (HISTORICAL, b"1")] if past else e.kafka_headers()
+            msgs.append((e.subject.encode(), codec.encode(e), headers, str(e.event_id)))
     clean = [f.uscc for i, f in enumerate(firms) if i not in fined][:10]
     return Backlog(msgs, n, pens, clean)
 
@@ -469,9 +482,11 @@ async def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bus-state-"))
     print(f"{n} enterprises; logs in {tmp}; load {os.getloadavg()[0]:.1f}", flush=True)
     t = time.monotonic()
-    bl = backlog(n)
-    print(f"backlog: {bl.registrations} registrations, {bl.penalties} penalties, "
-          f"{len(bl.msgs)} records, made in {time.monotonic() - t:.0f} s", flush=True)  # fmt: skip
+    bl = backlog(n, live=args.open_cases)
+    open_cases = n if args.open_cases is None else args.open_cases
+    print(f"backlog: {bl.registrations} registrations ({n - open_cases} as history), "
+          f"{bl.penalties} penalties, {len(bl.msgs)} records, made in "
+          f"{time.monotonic() - t:.0f} s", flush=True)  # fmt: skip
     broker = local_broker("kafka", data_dir=tmp / "broker")
     broker.start()
     bootstrap = broker.bootstrap
@@ -542,13 +557,17 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.2)
         decided = (await waiting) - began
         rss_after = rss(worker.proc.pid)
-        await asyncio.sleep(5)
-        rss_later = rss(worker.proc.pid)
+        later = []  # the restore's last readers finish after the first answer
+        for _ in range(SETTLE_S):
+            await asyncio.sleep(1)
+            later.append(rss(worker.proc.pid))
+        rss_later = later[-1]
         lines, drift = restore_lines(worker.log())
         print(f"after kill -9: decided again {decided:.1f} s after the restart; RSS when "
-              f"answered {mb(rss_after)}, 5 s later {mb(rss_later)} "
+              f"answered {mb(rss_after)}, {SETTLE_S} s later {mb(rss_later)} "
               f"({rss_later / n / 1e3:.1f} KB per enterprise), peak during restore "
-              f"{mb(peak)}; longest late-timer drift {drift:.2f} s", flush=True)  # fmt: skip
+              f"{mb(peak)}, peak in the {SETTLE_S} s after {mb(max(later))}; longest "
+              f"late-timer drift {drift:.2f} s", flush=True)  # fmt: skip
         for line in lines:
             print(f"  restored: {line}")
         worker.stop()
@@ -575,6 +594,11 @@ def main(argv: Iterable[str] | None = None) -> None:
     p.add_argument("--enterprises", type=int, default=50_000)
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--no-memory", action="store_true", help="skip where the memory goes")
+    p.add_argument(
+        "--open-cases",
+        type=int,
+        help="only the last K registrations open a case; those before are history",
+    )
     asyncio.run(run(p.parse_args(list(argv) if argv is not None else None)))
 
 
