@@ -296,3 +296,41 @@ async def test_a_restore_longer_than_the_session_timeout_keeps_the_member_in_its
     assert agent.handled >= 100
     assert agent.early == []
     assert store.restores == 1
+
+
+async def test_at_least_once_the_last_offsets_are_committed_once_the_stream_is_quiet(
+    group_broker: str, tmp_path: Path
+) -> None:
+    """Offsets are committed every 100 ms, not every batch; the last ones too, with no new batch."""
+    s = group_settings(group_broker, tmp_path, "quiet-commit").model_copy(
+        update={"processing_guarantee": "at_least_once"}
+    )
+    await create_topics(s)
+    events = penalties(200, seed=34)
+    agent = Recorder(
+        Context(s, EventCodec(), Directory.load(s.departments_file)),
+        SlowRestore(s.topic("state.ingest-seen"), 0),
+    )
+    admin = AIOKafkaAdminClient(**s.kafka())
+    await agent.start()
+    await admin.start()
+    try:
+        await asyncio.wait_for(agent.ready.wait(), 60)
+        await publish(s, events[:100])
+        for _ in range(1200):
+            if agent.handled >= 100:
+                break
+            await asyncio.sleep(0.05)
+        await publish(s, events[100:])  # its batch comes within the interval of a commit
+        committed = 0
+        for _ in range(300):
+            offsets = await admin.list_consumer_group_offsets(agent.group)
+            committed = sum(om.offset for om in offsets.values() if om.offset > 0)
+            if committed >= 200:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+        await agent.stop()
+    assert agent.handled >= 200
+    assert committed == 200
