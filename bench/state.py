@@ -233,13 +233,13 @@ async def changelog(bootstrap: str, topic: str) -> Changelog:
 
 @dataclass
 class Rates:
-    """Records (weighted) on a topic: how many, and the spans of the whole, first, last tenth."""
+    """Records (weighted) on a topic: how many; the spans of the whole and of each tenth."""
 
     total: int
     spans: dict[str, tuple[tuple[float, int], tuple[float, int]]]  # (time, count) at each end
 
     def per_second(self, span: str) -> float:
-        """Records a second over ``span`` ("whole", "first", "last")."""
+        """Records a second over ``span`` ("whole", "first", "last", "tenth 1" ... "tenth 10")."""
         (t0, c0), (t1, c1) = self.spans[span]
         return (c1 - c0) / (t1 - t0) if t1 > t0 else float("nan")
 
@@ -265,6 +265,8 @@ async def rates(bootstrap: str, topic: str, weight: Callable[[Any], int] = lambd
     first, last = cum[0], cum[-1]
     spans = {"whole": (first, last), "first": (first, at(total * 0.1)),
              "last": (at(total * 0.9), last)}  # fmt: skip
+    bounds = [first, *(at(total * i / 10) for i in range(1, 10)), last]
+    spans |= {f"tenth {i + 1}": (bounds[i], bounds[i + 1]) for i in range(10)}
     return Rates(total, spans)
 
 
@@ -519,6 +521,10 @@ async def run(args: argparse.Namespace) -> None:
               f"({fold.cpu_us(cpu, 'last'):.0f} µs); RSS {mb(rss_folded)} = "
               f"{rss_folded / n / 1e3:.1f} KB per enterprise; load {os.getloadavg()[0]:.1f}",
               flush=True)  # fmt: skip
+        print("correlate by tenth, events/s (µs of worker CPU an event): " + ", ".join(
+            f"{fold.per_second(f'tenth {i}'):.0f} ({fold.cpu_us(cpu, f'tenth {i}'):.0f})"
+            for i in range(1, 11)
+        ), flush=True)  # fmt: skip
         steps = await rates(bootstrap, cases_changelog(s))
         print(f"case engine: {steps.total} table writes; {steps.per_second('whole'):.0f}/s "
               f"overall, first tenth {steps.per_second('first'):.0f}, last tenth "
