@@ -366,12 +366,14 @@ class BatchAgent(Service):
         assert self._consumer is not None
         consumer = self._consumer
         while not self.should_stop:
-            fetched = await consumer.getmany(
-                timeout_ms=int(self.batch_wait * 1000), max_records=self.batch_size
-            )
             if time.monotonic() - self._last_lag > LAG_INTERVAL:
                 self._last_lag = time.monotonic()
                 await self._update_lag()
+            fetched = await consumer.getmany(
+                timeout_ms=int(self.batch_wait * 1000), max_records=self.batch_size
+            )
+            # No await between the fetch and the lock: records fetched before a restore paused
+            # their partition queue here ahead of that restore, and are sent back.
             async with self.lock:
                 if self.transactional:
                     await self._transact(fetched)
@@ -442,6 +444,8 @@ class BatchAgent(Service):
         fetched before the pause or before a seek.
         """
         assert self._consumer is not None
+        if self._restoring is not None:  # a revocation cancels it; this is in case none came
+            self._restoring.cancel()
         self._consumer.pause(*assigned)
         self._restoring = asyncio.ensure_future(self._restore(list(assigned)))
 
