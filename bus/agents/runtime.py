@@ -595,7 +595,7 @@ class BatchAgent(Service):
             self.on_commit_refused(due, exc)
         except KafkaError as exc:  # outputs and state are durable: only the commit is late
             log.warning("%s: offsets not committed, trying again: %r", self.name, exc)
-            self._due = {**due, **self._due}
+            self._due = due  # under the lock: nothing settled meanwhile
 
     async def _recover(self, failed: list[_Batch]) -> None:
         """Re-read failed batches from their first offsets, with state as last made durable."""
