@@ -75,11 +75,17 @@ async def drain(
     n: int,
     max_seconds: float,
     proc: subprocess.Popen[bytes] | None = None,
+    *,
+    isolation_level: str = "read_uncommitted",
 ) -> list[tuple[str, int, float]]:
-    """Read ``n`` records from the start: (event_id, record timestamp ms, arrival time)."""
+    """Read ``n`` records from the start: (event_id, record timestamp ms, arrival time).
+
+    ``isolation_level="read_committed"`` is what a department reading a transactional
+    writer's topic sees: a record arrives when its transaction has committed.
+    """
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
-        fetch_max_wait_ms=5, max_poll_records=5000,
+        fetch_max_wait_ms=5, max_poll_records=5000, isolation_level=isolation_level,
     )  # fmt: skip
     await consumer.start()
     out: list[tuple[str, int, float]] = []
