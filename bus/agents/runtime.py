@@ -114,6 +114,15 @@ class _Batch:
 
 LAG_INTERVAL = 5.0  # seconds between consumer-lag updates
 
+BUFFERED_S = 0.002  # a fetch answered within this was answered from aiokafka's buffer
+
+FRESH_WAIT_MS = 5
+"""How long a batch waits for the records that came while the one before it was committed.
+aiokafka keeps one fetch per partition until it is taken and fetches again only then, so what
+``getmany`` answers from that buffer was fetched before the last commit began; a record that
+came later would wait for a whole batch more (under exactly once, a commit of a few round trips
+each). One more fetch, answered in a round trip, takes it into this batch instead."""
+
 COMMIT_INTERVAL = 0.1
 """Seconds between offset commits at least once. A commit is a broker round trip that every
 batch used to wait for before its next fetch; the offsets of the batches between two commits
@@ -214,6 +223,25 @@ class _Listener(ConsumerRebalanceListener):
             if not await self.agent.open_transactions({tp.partition for tp in assigned}):
                 return
         self.agent.start_restoring(assigned)
+
+
+async def and_since(
+    consumer: AIOKafkaConsumer,
+    fetched: dict[TopicPartition, list[Record]],
+    limit: int,
+    wait_ms: int = FRESH_WAIT_MS,
+) -> dict[TopicPartition, list[Record]]:
+    """``fetched`` (answered from aiokafka's buffer) and what came since, up to ``limit``.
+
+    Waits at most ``wait_ms`` for one more fetch; a backlog (``limit`` reached) waits for none.
+    """
+    room = limit - sum(len(rs) for rs in fetched.values())
+    if room <= 0:
+        return fetched
+    more = await consumer.getmany(timeout_ms=wait_ms, max_records=room)
+    for tp, records in more.items():
+        fetched[tp] = fetched.get(tp, []) + records
+    return fetched
 
 
 def _merged(
@@ -369,12 +397,16 @@ class BatchAgent(Service):
             if time.monotonic() - self._last_lag > LAG_INTERVAL:
                 self._last_lag = time.monotonic()
                 await self._update_lag()
+            asked = time.monotonic()
             fetched = await consumer.getmany(
                 timeout_ms=int(self.batch_wait * 1000), max_records=self.batch_size
             )
+            buffered = time.monotonic() - asked < BUFFERED_S
             # No await between the fetch and the lock: records fetched before a restore paused
             # their partition queue here ahead of that restore, and are sent back.
             async with self.lock:
+                if fetched and buffered:
+                    fetched = await and_since(consumer, fetched, self.batch_size)
                 if self.transactional:
                     await self._transact(fetched)
                     continue

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
@@ -33,12 +33,13 @@ from bench.scaleout import (
 )
 from bus.agents.app import Context
 from bus.agents.out import Out
-from bus.agents.runtime import BatchAgent, Record
+from bus.agents.runtime import BatchAgent, Record, and_since
 from bus.dev.brokers import EmbeddedBroker
 from bus.dev.samples import penalties
 from bus.domain.departments import Directory
 from bus.schemas.envelope import Envelope
 from bus.settings import Settings
+from bus.streaming.client import kafka_consumer, kafka_producer
 from bus.streaming.codec import EventCodec
 from bus.streaming.topics import create_topics
 from tests.conftest import TestBroker
@@ -333,3 +334,55 @@ async def test_at_least_once_the_last_offsets_are_committed_once_the_stream_is_q
         await agent.stop()
     assert agent.handled >= 200
     assert committed == 200
+
+
+async def _append(producer: AIOKafkaProducer, topic: str, n: int) -> int:
+    """``n`` records in one record batch (a fetch sees all or none); returns the end offset."""
+    batch = producer.create_batch()
+    for i in range(n):
+        batch.append(key=b"k", value=b"%d" % i, timestamp=None)
+    batch.close()
+    return (await (await producer.send_batch(batch, topic, partition=0))).offset + n
+
+
+async def _fetched_until(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> None:
+    """Wait until ``consumer`` has fetched up to ``end`` (its buffer holds it, not yet taken)."""
+    for _ in range(600):
+        if consumer.highwater(tp) == end:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the consumer never fetched up to {end}")
+
+
+async def test_a_batch_from_the_fetch_buffer_also_takes_the_records_that_came_since(
+    group_broker: str, tmp_path: Path
+) -> None:
+    """aiokafka holds one fetch per partition until it is taken, and fetches again only then.
+
+    A batch answered from that buffer would leave what came after it for the batch after
+    next: under exactly once, a whole commit later (docs/benchmarks.md, "The raw chain").
+    """
+    s = group_settings(group_broker, tmp_path, "since")
+    await create_topics(s)
+    topic = s.topic("ingress")
+    tp = TopicPartition(topic, 0)
+    consumer = kafka_consumer(s, fetch_max_wait_ms=50)
+    producer = kafka_producer(s)
+    await producer.start()
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await _append(producer, topic, 3)
+        assert len((await consumer.getmany(tp, timeout_ms=30_000)).get(tp, [])) == 3
+        await _fetched_until(consumer, tp, await _append(producer, topic, 4))
+        await _append(producer, topic, 5)  # came after the buffered fetch
+        buffered = await consumer.getmany(tp, timeout_ms=0)
+        assert [r.offset for r in buffered[tp]] == [3, 4, 5, 6]  # the buffer is behind
+        batch = await and_since(consumer, buffered, limit=100, wait_ms=30_000)
+        assert [r.offset for r in batch[tp]] == list(range(3, 12))
+        await _append(producer, topic, 1)
+        full = await and_since(consumer, {tp: batch[tp][:2]}, limit=2, wait_ms=30_000)
+        assert [r.offset for r in full[tp]] == [3, 4]  # a full batch fetches nothing more
+    finally:
+        await consumer.stop()
+        await producer.stop()
