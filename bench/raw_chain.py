@@ -7,8 +7,9 @@ on to the next topic and, exactly once, puts the fetch's outputs and offsets in 
 transaction (reading committed records only), as aiokafka's own consume-process-produce
 example does. At least once, it awaits the sends and commits offsets every 100 ms. The three
 hops run in one process, as the bus's agents do, with the bus's producer settings (acks all,
-5 ms linger, 20 ms retry back-off for transactional producers). One transactional producer a
-hop, where the bus needs one per partition to fence a zombie (aiokafka has no KIP-447).
+5 ms linger, 20 ms retry back-off for transactional producers). ``exactly_once`` runs one
+transactional producer a hop; ``exactly_once/partition`` one a partition, a transaction each
+per fetch, as the bus's batch agents must to fence a zombie (aiokafka has no KIP-447).
 
     python -m bench.raw_chain relay BOOTSTRAP PREFIX GUARANTEE    # the relay process
 
@@ -24,9 +25,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.ingest import Msg, drain, encode, produce, spawn
@@ -35,6 +35,8 @@ from bus.dev.processes import terminate
 from bus.streaming.client import TXN_RETRY_BACKOFF_MS
 
 HOPS = 3
+PARTITIONS = 3
+Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
 def topics(prefix: str) -> list[str]:
@@ -42,19 +44,39 @@ def topics(prefix: str) -> list[str]:
     return [f"{prefix}.t{i}" for i in range(HOPS + 1)]
 
 
-async def hop(bootstrap: str, source: str, sink: str, group: str, eos: bool) -> None:
-    """Relay ``source`` to ``sink`` until cancelled."""
+async def hop(bootstrap: str, source: str, sink: str, group: str, guarantee: str) -> None:
+    """Relay ``source`` to ``sink`` until cancelled.
+
+    ``exactly_once/partition``: one transactional producer and transaction per input
+    partition, committed side by side, as the bus's batch agents must to fence a zombie.
+    """
+    eos = guarantee != "at_least_once"
     consumer = AIOKafkaConsumer(
         source, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
         enable_auto_commit=not eos, auto_commit_interval_ms=100, fetch_max_wait_ms=50,
         isolation_level="read_committed" if eos else "read_uncommitted",
     )  # fmt: skip
-    options: dict[str, Any] = {"acks": "all", "linger_ms": 5}
-    if eos:
-        options.update(transactional_id=f"{group}.txn", retry_backoff_ms=TXN_RETRY_BACKOFF_MS)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
-    await producer.start()
+    ids = [f"{group}.{p}" for p in range(PARTITIONS)] if guarantee.endswith("/partition") else []
+    if eos and not ids:
+        ids = [f"{group}.txn"]
+    producers = [
+        AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                         **({"transactional_id": i, "retry_backoff_ms": TXN_RETRY_BACKOFF_MS}
+                            if eos else {}))
+        for i in ids or [""]
+    ]  # fmt: skip
+    for producer in producers:
+        await producer.start()
     await consumer.start()
+
+    async def relay_in_txn(producer: AIOKafkaProducer, fetched: Fetched) -> None:
+        async with producer.transaction():
+            for records in fetched.values():
+                for r in records:
+                    await producer.send(sink, r.value, key=r.key, headers=list(r.headers))
+            offsets = {tp: rs[-1].offset + 1 for tp, rs in fetched.items()}
+            await producer.send_offsets_to_transaction(offsets, group)
+
     try:
         while True:
             asked = time.monotonic()
@@ -63,31 +85,29 @@ async def hop(bootstrap: str, source: str, sink: str, group: str, eos: bool) -> 
                 continue
             if time.monotonic() - asked < BUFFERED_S:  # as the bus's agents fetch
                 fetched = await and_since(consumer, fetched, 5000)
-            if eos:
-                async with producer.transaction():
-                    for records in fetched.values():
-                        for r in records:
-                            await producer.send(sink, r.value, key=r.key, headers=list(r.headers))
-                    offsets = {tp: rs[-1].offset + 1 for tp, rs in fetched.items()}
-                    await producer.send_offsets_to_transaction(offsets, group)
+            if len(producers) > 1:
+                await asyncio.gather(*(relay_in_txn(producers[tp.partition], {tp: rs})
+                                       for tp, rs in fetched.items()))  # fmt: skip
+            elif eos:
+                await relay_in_txn(producers[0], fetched)
             else:
                 futures = [
-                    await producer.send(sink, r.value, key=r.key, headers=list(r.headers))
+                    await producers[0].send(sink, r.value, key=r.key, headers=list(r.headers))
                     for records in fetched.values()
                     for r in records
                 ]
                 await asyncio.gather(*futures)
     finally:
         await consumer.stop()
-        await producer.stop()
+        for producer in producers:
+            await producer.stop()
 
 
 async def relay(bootstrap: str, prefix: str, guarantee: str) -> None:
     """Run the chain's hops until SIGTERM."""
     names = topics(prefix)
-    eos = guarantee == "exactly_once"
     tasks = [
-        asyncio.create_task(hop(bootstrap, a, b, f"{prefix}-hop{i}", eos))
+        asyncio.create_task(hop(bootstrap, a, b, f"{prefix}-hop{i}", guarantee))
         for i, (a, b) in enumerate(itertools.pairwise(names))
     ]
     stop = asyncio.Event()
@@ -115,12 +135,12 @@ async def chain_latency(
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(t, 3, 1) for t in names])
+        await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in names])
     finally:
         await admin.close()
     proc = spawn([sys.executable, "-m", "bench.raw_chain", "relay", bootstrap, prefix, guarantee],
                  tmp / f"{prefix}.log")  # fmt: skip
-    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
+    isolation = "read_uncommitted" if guarantee == "at_least_once" else "read_committed"
     try:
         warm = encode(30, 7)  # every hop has joined its group once these are through
         await produce(bootstrap, names[0], warm)
