@@ -3,6 +3,7 @@
     python -m bench.state --enterprises 50000
     python -m bench.state --enterprises 200000
     python -m bench.state --enterprises 1000000 --open-cases 100000 --no-memory
+    python -m bench.state --enterprises 200000 --open-cases 20000 --no-memory --takeover --standby 1
 
 One Apache Kafka node and one worker (the settings of docs/broker.md: session 6 s). The
 backlog is ``N`` registrations and ``N/5`` penalties, interleaved so that every tenth of it
@@ -29,7 +30,11 @@ records but opening no case, so ``N`` enterprises hold ``K`` open cases.
    it answered and over the 30 s after, the peak RSS during the restore, the restore lines
    of its log and Faust's late-timer warnings (the longest drift is the longest event-loop
    stall it saw).
-5. Where the memory goes: the bench restores the records changelog itself into
+5. With ``--takeover`` (and ``--standby 1``): two workers on the state, each standby copies
+   of the other's case table with ``--standby``; once settled, kill -9 one of them and
+   request a clean certificate for an enterprise of every partition: how long until the
+   survivor answers for the dead worker's partitions, and the workers' RSS before and after.
+6. Where the memory goes: the bench restores the records changelog itself into
    ``EnterpriseRecord`` objects, as the worker does, under ``tracemalloc``, and sizes the
    parts of a sample of records; the cases table's values (JSON bytes, as the worker holds them)
    and the de-duplication ids likewise.
@@ -62,6 +67,7 @@ from bench.ingest import Msg, produce
 from bench.pipeline import publish_batches
 from bench.scaleout import certificate_request, group_settings
 from bus.agents.correlate import derived_id
+from bus.agents.runtime import key_hash
 from bus.agents.stores import PartedStore
 from bus.dev.kafka_local import local_broker
 from bus.dev.processes import WorkerProcess
@@ -117,7 +123,7 @@ def backlog(n: int, seed: int = 11, live: int | None = None) -> Backlog:
         for e in events:
             headers = [*e.kafka_headers(), (HISTORICAL, b"1")] if past else e.kafka_headers()
             msgs.append((e.subject.encode(), codec.encode(e), headers, str(e.event_id)))
-    clean = [f.uscc for i, f in enumerate(firms) if i not in fined][:10]
+    clean = [f.uscc for i, f in enumerate(firms) if i not in fined][:100]
     return Backlog(msgs, n, pens, clean)
 
 
@@ -293,22 +299,78 @@ def rss(pid: int) -> int:
 
 async def answered(bootstrap: str, topic: str, event_id: str, within: float) -> float:
     """When (wall clock) ``event_id`` appears on ``topic``, committed; read from its end."""
+    return (await all_answered(bootstrap, topic, {event_id}, within))[event_id]
+
+
+async def all_answered(
+    bootstrap: str, topic: str, event_ids: set[str], within: float
+) -> dict[str, float]:
+    """When (wall clock) each of ``event_ids`` appears on ``topic``, committed."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="latest",
         isolation_level="read_committed", fetch_max_wait_ms=50,
     )  # fmt: skip
     await consumer.start()
+    seen: dict[str, float] = {}
     try:
         await consumer.getmany(timeout_ms=100)  # positions taken: nothing earlier is missed
         deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and len(seen) < len(event_ids):
             for records in (await consumer.getmany(timeout_ms=100)).values():
                 for r in records:
-                    if dict(r.headers or ()).get("event_id", b"").decode() == event_id:
-                        return time.time()
+                    eid = dict(r.headers or ()).get("event_id", b"").decode()
+                    if eid in event_ids:
+                        seen.setdefault(eid, time.time())
     finally:
         await consumer.stop()
-    raise RuntimeError(f"no {event_id} on {topic} in {within} s")
+    if len(seen) < len(event_ids):
+        raise RuntimeError(f"{len(event_ids) - len(seen)} not on {topic} in {within} s")
+    return seen
+
+
+async def takeover(bootstrap: str, s: Settings, clean: list[str], tmp: Path, standby: int) -> None:
+    """Two workers (``standby`` standby copies of the cases table); kill -9 one of them.
+
+    A clean certificate is requested for an enterprise of every partition just after the
+    kill: the last answer is when the survivor decides for the dead worker's partitions too.
+    """
+    both = s.model_copy(update={"standby_replicas": standby})
+    pair = [
+        WorkerProcess(both.model_copy(update={"data_dir": s.data_dir / f"t{i}"}), tmp / f"t{i}.log")
+        for i in (1, 2)
+    ]
+    for w in pair:
+        w.start(wait=False)
+    for w in pair:
+        w.wait_ready(900)
+    await settled(bootstrap, [f"{s.app_id}.correlate", s.app_id], 10, 1200)
+    before = [rss(w.proc.pid) for w in pair if w.proc is not None]
+    by_partition: dict[int, str] = {}
+    for uscc in clean:
+        by_partition.setdefault(key_hash(uscc.encode()) % s.partitions, uscc)
+    codec = EventCodec()
+    requests = [certificate_request(u) for u in by_partition.values()]
+    expect = {str(derived_id("certificate", str(r.event_id))): r for r in requests}
+    waiting = asyncio.create_task(
+        all_answered(bootstrap, s.topic("events.certificate"), set(expect), 900)
+    )
+    await asyncio.sleep(2)  # the reader has its positions
+    pair[0].kill()
+    killed = time.time()
+    await produce(bootstrap, s.topic("ingress"), [
+        (r.subject.encode(), codec.encode(r), r.kafka_headers(), eid) for eid, r in expect.items()
+    ])  # fmt: skip
+    times = sorted(t - killed for t in (await waiting).values())
+    survivor = pair[1]
+    assert survivor.proc is not None
+    print(f"take-over, two workers, {standby} standby: RSS before the kill {mb(before[0])} and "
+          f"{mb(before[1])}; after kill -9 of one, clean certificates for {len(times)} "
+          f"partitions' enterprises answered {times[0]:.1f}–{times[-1]:.1f} s after it (the "
+          f"last: the dead worker's partitions); the survivor's RSS then "
+          f"{mb(rss(survivor.proc.pid))}", flush=True)  # fmt: skip
+    for line in restore_lines(survivor.log())[0]:
+        print(f"  restored: {line}")
+    survivor.stop()
 
 
 def restore_lines(log: str) -> tuple[list[str], float]:
@@ -577,6 +639,8 @@ async def run(args: argparse.Namespace) -> None:
         for line in lines:
             print(f"  restored: {line}")
         worker.stop()
+        if args.takeover:
+            await takeover(bootstrap, s, bl.clean, tmp, args.standby)
 
         if not args.no_memory:
             seen_ids: list[bytes] = []
@@ -600,6 +664,12 @@ def main(argv: Iterable[str] | None = None) -> None:
     p.add_argument("--enterprises", type=int, default=50_000)
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--no-memory", action="store_true", help="skip where the memory goes")
+    p.add_argument(
+        "--takeover",
+        action="store_true",
+        help="then two workers on the state; kill -9 one; time until the other decides",
+    )
+    p.add_argument("--standby", type=int, default=0, help="--takeover: BUS_STANDBY_REPLICAS")
     p.add_argument(
         "--open-cases",
         type=int,

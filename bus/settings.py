@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     producer_max_batch_size: int = Field(default=900 * 1024, description="Bytes per record batch")
     producer_linger_ms: int = 5
     recovery_consistency_check: bool = True
+    standby_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Standby copies of the case engine's table kept by other workers (Faust's "
+        "table_standby_replicas); with the memory store a standby saves no recovery",
+    )
     session_timeout: float = 10.0
     heartbeat_interval: float = 3.0
     rebalance_timeout: float = 60.0
