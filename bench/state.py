@@ -341,6 +341,16 @@ async def takeover(bootstrap: str, s: Settings, clean: list[str], tmp: Path, sta
     ]
     for w in pair:
         w.start(wait=False)
+    try:
+        await _kill_one(bootstrap, s, clean, pair, standby)
+    finally:
+        for w in pair:
+            w.stop()
+
+
+async def _kill_one(
+    bootstrap: str, s: Settings, clean: list[str], pair: list[WorkerProcess], standby: int
+) -> None:
     for w in pair:
         w.wait_ready(900)
     await settled(bootstrap, [f"{s.app_id}.correlate", s.app_id], 10, 1200)
@@ -370,7 +380,6 @@ async def takeover(bootstrap: str, s: Settings, clean: list[str], tmp: Path, sta
           f"{mb(rss(survivor.proc.pid))}", flush=True)  # fmt: skip
     for line in restore_lines(survivor.log())[0]:
         print(f"  restored: {line}")
-    survivor.stop()
 
 
 def restore_lines(log: str) -> tuple[list[str], float]:
