@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         broker=settings.broker,
         autodiscover=False,
         store="memory://",
-        # None by default: the memory store re-reads a partition's changelog from its start
+        # No standbys by default: the memory store re-reads a partition's changelog from its start
         # when it becomes active anyway (measured: docs/architecture.md, "standby").
         table_standby_replicas=settings.standby_replicas,
         datadir=str(datadir),
