@@ -106,6 +106,16 @@ async def drain(
     return out
 
 
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    """p50, p99 and max of ``latencies`` (ms), as every latency figure of the benches gives them."""
+    ordered = sorted(latencies)
+    return {
+        "p50_ms": statistics.median(ordered),
+        "p99_ms": ordered[max(int(len(ordered) * 0.99) - 1, 0)],
+        "max_ms": ordered[-1],
+    }
+
+
 def spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
     """Start a pipeline process with its output in ``log``."""
     with open(log, "wb") as out:
@@ -143,11 +153,7 @@ async def measure(
             )
     finally:
         terminate(proc, 15)
-    result = {
-        "events_per_s": eps,
-        "p50_ms": statistics.median(lat),
-        "p99_ms": lat[max(int(len(lat) * 0.99) - 1, 0)],
-    }
+    result = {"events_per_s": eps, **percentiles(lat)}
     print(f"{name:>8}: {eps:9.0f} events/s   p50 {result['p50_ms']:6.1f} ms   "
           f"p99 {result['p99_ms']:6.1f} ms", flush=True)  # fmt: skip
     return result

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.cpu import CpuSampler, per_event
-from bench.ingest import ROOT, Msg, drain, encode, produce, spawn
+from bench.ingest import ROOT, Msg, drain, encode, percentiles, produce, spawn
 from bench.raw_chain import chain_latency
 from bus.agents.cases import step_event_id
 from bus.dev.kafka_local import LOCAL_ENGINES, local_broker
@@ -153,9 +152,7 @@ async def certificate_latency(
     if len(latencies) < requests:
         raise RuntimeError(f"only {len(latencies)} of {requests} {document}s arrived")
     return {
-        "p50_ms": statistics.median(latencies),
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
-        "max_ms": latencies[-1],
+        **percentiles(latencies),
         "under_1s": sum(lat < 1000 for lat in latencies) / len(latencies),
         "other_per_s": flowed,
         "hops": await hops(settings, reqs, sent, arrived, document),
@@ -195,11 +192,8 @@ async def hops(
         times = (sent[rid], made[rid], stepped[rid], made[cid], received[cid])
         for (name, _), a, b in zip(HOPS, times, times[1:], strict=False):
             spans[name].append((b - a) * 1000)
-    return {
-        name: (statistics.median(v), sorted(v)[int(len(v) * 0.99) - 1])
-        for name, v in spans.items()
-        if v
-    }
+    measured = {name: percentiles(v) for name, v in spans.items() if v}
+    return {name: (q["p50_ms"], q["p99_ms"]) for name, q in measured.items()}
 
 
 def _certificate_id(request_id: object, document: str = "certificate") -> object:
@@ -427,7 +421,7 @@ async def main(args: argparse.Namespace) -> None:
             guarantees = ("at_least_once",)
         if args.engine == "kafka":
             # A broker's JVM answers slower until its code is compiled: a certificate run on a
-            # fresh broker took p99 130–190 ms at least once, 80–95 ms on a warm one.
+            # fresh broker took p99 128–194 ms at least once, 76–96 ms on a warm one.
             print("warming the broker up: each raw chain once", flush=True)
             for guarantee in guarantees:
                 for chain in RAW_CHAINS[guarantee]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.ingest import Msg, drain, encode, produce, spawn
+from bench.ingest import Msg, drain, encode, percentiles, produce, spawn
 from bus.agents.runtime import BUFFERED_S, and_since
 from bus.dev.processes import terminate
 from bus.streaming.client import TXN_RETRY_BACKOFF_MS
@@ -56,14 +55,14 @@ async def hop(bootstrap: str, source: str, sink: str, group: str, guarantee: str
         enable_auto_commit=not eos, auto_commit_interval_ms=100, fetch_max_wait_ms=50,
         isolation_level="read_committed" if eos else "read_uncommitted",
     )  # fmt: skip
-    ids = [f"{group}.{p}" for p in range(PARTITIONS)] if guarantee.endswith("/partition") else []
-    if eos and not ids:
-        ids = [f"{group}.txn"]
+    if guarantee.endswith("/partition"):
+        ids: list[str | None] = [f"{group}.{p}" for p in range(PARTITIONS)]
+    else:
+        ids = [f"{group}.txn" if eos else None]
     producers = [
-        AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                         **({"transactional_id": i, "retry_backoff_ms": TXN_RETRY_BACKOFF_MS}
-                            if eos else {}))
-        for i in ids or [""]
+        AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, transactional_id=i,
+                         retry_backoff_ms=TXN_RETRY_BACKOFF_MS if eos else 100)
+        for i in ids
     ]  # fmt: skip
     for producer in producers:
         await producer.start()
@@ -160,12 +159,7 @@ async def chain_latency(
         arrived = {eid: now for eid, _, now in await arriving}
     finally:
         terminate(proc, 15)
-    latencies = sorted((arrived[eid] - t) * 1000 for eid, t in sent.items())
-    return {
-        "p50_ms": statistics.median(latencies),
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
-        "max_ms": latencies[-1],
-    }
+    return percentiles([(arrived[eid] - t) * 1000 for eid, t in sent.items()])
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["relay"]:

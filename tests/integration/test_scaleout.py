@@ -360,7 +360,8 @@ async def test_a_batch_from_the_fetch_buffer_also_takes_the_records_that_came_si
     """aiokafka holds one fetch per partition until it is taken, and fetches again only then.
 
     A batch answered from that buffer would leave what came after it for the batch after
-    next: under exactly once, a whole commit later (docs/benchmarks.md, "The raw chain").
+    next: under exactly once, a whole commit later (docs/benchmarks.md, "Certificate latency
+    beside its raw limit").
     """
     s = group_settings(group_broker, tmp_path, "since")
     await create_topics(s)
