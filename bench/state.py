@@ -4,6 +4,7 @@
     python -m bench.state --enterprises 200000
     python -m bench.state --enterprises 1000000 --open-cases 100000 --no-memory
     python -m bench.state --enterprises 200000 --open-cases 20000 --no-memory --takeover --standby 1
+    python -m bench.state --enterprises 1000000 --open-cases 100000 --no-memory --store rocksdb
 
 One Apache Kafka node and one worker (the settings of docs/broker.md: session 6 s). The
 backlog is ``N`` registrations and ``N/5`` penalties, interleaved so that every tenth of it
@@ -553,7 +554,8 @@ async def run(args: argparse.Namespace) -> None:
     """Everything in order; prints one block of figures."""
     n = args.enterprises
     tmp = Path(tempfile.mkdtemp(prefix="bus-state-"))
-    print(f"{n} enterprises; logs in {tmp}; load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"{n} enterprises, case table in {args.store}; logs in {tmp}; "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     t = time.monotonic()
     bl = backlog(n, live=args.open_cases)
     open_cases = n if args.open_cases is None else args.open_cases
@@ -565,6 +567,7 @@ async def run(args: argparse.Namespace) -> None:
     bootstrap = broker.bootstrap
     try:
         s = group_settings(bootstrap, tmp, f"st{time.time_ns()}", partitions=args.partitions)
+        s = s.model_copy(update={"table_store": args.store})
         await create_topics(s)
         await publish_batches(bootstrap, s.topic("ingress"), bl.msgs)
         t = time.monotonic()
@@ -679,6 +682,12 @@ def main(argv: Iterable[str] | None = None) -> None:
         help="then two workers on the state; kill -9 one; time until the other decides",
     )
     p.add_argument("--standby", type=int, default=0, help="--takeover: BUS_STANDBY_REPLICAS")
+    p.add_argument(
+        "--store",
+        choices=("memory", "rocksdb"),
+        default="memory",
+        help="BUS_TABLE_STORE: where the case engine's table lives",
+    )
     p.add_argument(
         "--open-cases",
         type=int,

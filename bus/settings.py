@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     producer_max_batch_size: int = Field(default=900 * 1024, description="Bytes per record batch")
     producer_linger_ms: int = 5
     recovery_consistency_check: bool = True
+    table_store: Literal["memory", "rocksdb"] = Field(
+        default="memory",
+        description="Where the case engine's table lives: memory, or RocksDB files under "
+        "<data_dir>/worker/<app_id> (a restart and a standby read only the changelog's tail)",
+    )
     standby_replicas: int = Field(
         default=0,
         ge=0,

@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> tuple[faust.App, Context]:
         settings.app_id,
         broker=settings.broker,
         autodiscover=False,
-        store="memory://",
+        store="rocksdb://" if settings.table_store == "rocksdb" else "memory://",
         # No standbys by default: the memory store re-reads a partition's changelog from its start
         # when it becomes active anyway (measured: docs/architecture.md, "standby").
         table_standby_replicas=settings.standby_replicas,

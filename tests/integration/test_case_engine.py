@@ -16,16 +16,18 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from bus.agents.cases import FencedWriter, step_event_id
 from bus.agents.out import Out
+from bus.dev.brokers import free_port
 from bus.dev.processes import WorkerProcess
 from bus.dev.samples import enterprise, penalty, registered
 from bus.settings import Settings
-from bus.streaming.client import read_topic
+from bus.streaming.client import kafka_consumer, read_topic
 from bus.streaming.codec import EventCodec
-from bus.streaming.topics import CASES
+from bus.streaming.topics import CASES, CASES_TABLE, cases_changelog
 from tests.conftest import TestBroker
 from tests.integration.test_correlate import (
     CERTIFICATE,
@@ -35,6 +37,8 @@ from tests.integration.test_correlate import (
     publish,
     request,
 )
+from tests.integration.test_faust_metrics import settled, wait_for
+from tests.integration.test_metrics import value
 
 pytestmark = pytest.mark.integration
 codec = EventCodec()
@@ -217,14 +221,17 @@ def _certificates(settings: Settings) -> dict[str, set[str]]:
 
 @pytest.mark.slow("a worker is killed with SIGKILL three times while review cases are answered")
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
 def test_kill_9_again_and_again_leaves_one_decision_per_case(
-    settings: Settings, broker: TestBroker, tmp_path: Path
+    settings: Settings, broker: TestBroker, tmp_path: Path, store: str
 ) -> None:
     # Every firm has a penalty, so every request opens a review for the bureau. The worker is
     # killed right after the requests, and after each of the first two thirds of the answers:
     # between triggers and their decisions. At the end every
     # request has one certificate with one content, and no answer was refused for want of
-    # the task it answered (state lost or restored stale).
+    # the task it answered (state lost or restored stale). With the table on disk, each
+    # restart starts from the files the killed worker left.
+    settings = settings.model_copy(update={"table_store": store})
     rng = random.Random(141)
     firms = [enterprise(rng) for _ in range(24)]
     publish(settings, [registered(f, rng) for f in firms])
@@ -283,4 +290,92 @@ def test_kill_9_again_and_again_leaves_one_decision_per_case(
     assert kills == 3
     assert set(found) == {str(r.event_id) for r in requests}
     assert all(len(v) == 1 for v in found.values()), {k: v for k, v in found.items() if len(v) > 1}
+    assert [d.headers.get("bus.reason") for d in letters] == []
+
+
+def _persisted(settings: Settings) -> dict[int, int]:
+    """The changelog offset each partition's RocksDB database says it holds, read from disk."""
+    from rocksdict import AccessType, Options, Rdict
+
+    found: dict[int, int] = {}
+    for path in settings.data_dir.rglob(f"{CASES_TABLE}-*.db"):
+        db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            if (raw := db.get(b"__faust\0offset__")) is not None:
+                found[int(path.stem.rsplit("-", 1)[1])] = int(raw)
+        finally:
+            db.close()
+    return found
+
+
+def _changelog_ends(settings: Settings) -> dict[int, int]:
+    async def go() -> dict[int, int]:
+        topic = cases_changelog(settings)
+        consumer = kafka_consumer(settings)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+            return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.slow("a worker with its case table on disk, stopped, killed with SIGKILL, restarted")
+@pytest.mark.timeout(600)
+def test_a_table_on_disk_comes_back_from_its_files_and_reads_only_the_changelog_after_them(
+    settings: Settings, broker: TestBroker, tmp_path: Path
+) -> None:
+    # Twelve firms with a penalty each: every request opens a review, which the table holds
+    # until it is answered. The worker is stopped, then killed, with reviews open; each time
+    # the restart rebuilds the table from its files and the changelog written after them.
+    s = settings.model_copy(update={"table_store": "rocksdb", "metrics_port": free_port()})
+    rng = random.Random(152)
+    firms = [enterprise(rng) for _ in range(12)]
+    publish(s, [registered(f, rng) for f in firms])
+    publish(s, [penalty(f, rng, decided_on=date(2026, 4, 1)) for f in firms])
+    worker = WorkerProcess(s, tmp_path / "worker.log").start()
+
+    def recovered() -> float:
+        samples = wait_for(s.metrics_port, settled, "the worker's recovery", worker.log)
+        return value(samples, "faust_table_recovered_records_total", table=CASES_TABLE)
+
+    try:
+        asyncio.run(_folded(s, {"events.enterprise": len(firms), "events.penalty": len(firms)}))
+        requests = [request(f) for f in firms]
+        publish(s, requests)
+        tasks = outputs(s, "task", "task.created", len(firms), CERTIFICATE, wait=120)
+        assert len(tasks) == len(firms)
+        worker.stop()
+        # Each database remembers the offset of the last changelog record it holds: all of them.
+        ends = _changelog_ends(s)
+        assert sum(ends.values()) >= len(firms)
+        assert _persisted(s) == {p: end - 1 for p, end in ends.items() if end}
+        worker.start()
+        assert recovered() == 0  # the memory store would read all of ends back
+
+        # Half the reviews answered, then SIGKILL: what the files lack, the changelog has.
+        answers = [answer(t, "task.completed", t.payload.assignee, outcome="confirmed")
+                   for t in tasks]  # fmt: skip
+        publish(s, answers[:6])
+        deadline = time.monotonic() + 120
+        while len(_certificates(s)) < 6 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        worker.kill()
+        broker.forget_dead_members()
+        ends = _changelog_ends(s)
+        worker.start()
+        assert recovered() < sum(ends.values())
+        # The other half is answered against the state the restart rebuilt: one certificate
+        # per request, and no answer refused for want of its task.
+        publish(s, answers[6:])
+        deadline = time.monotonic() + 120
+        while len(found := _certificates(s)) < len(firms) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        letters = asyncio.run(_deadletters(s))
+    finally:
+        worker.stop()
+    assert set(found) == {str(r.event_id) for r in requests}
+    assert all(len(v) == 1 for v in found.values()), found
     assert [d.headers.get("bus.reason") for d in letters] == []
