@@ -195,19 +195,25 @@ class _Listener(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self.agent.stop_restoring()  # a restore not finished: its partitions go away
         async with self.agent.lock:  # let the batch in flight finish and commit
+            settled = False
             try:
                 await self.agent.settle()
+                settled = True
             except Exception as exc:  # not committed: the partitions' next owner re-reads it
                 self.agent._inflight = None
                 log.warning("%s: batch in flight not committed at revocation: %r",
                             self.agent.name, exc)  # fmt: skip
             finally:
+                served = {tp.partition for tp in self.agent.assignment}
                 self.agent.assignment -= set(revoked)
                 for tp in revoked:  # a commit that failed above: the next owner re-reads
                     self.agent._due.pop(tp, None)
+                gone = {tp.partition for tp in revoked}
+                stale = set(self.agent._kept)  # kept before, and not (wholly) restored since
+                kept = await self.agent.keep(gone & served if settled else set())
                 for store in self.agent.stores:
-                    store.drop(tp.partition for tp in revoked)
-                await self.agent.close_transactions({tp.partition for tp in revoked})
+                    store.drop((gone | stale) - kept)
+                await self.agent.close_transactions(gone)
         for tp in revoked:  # the new owner reports their lag; a stale series would lie
             with contextlib.suppress(KeyError):
                 self.agent.ctx.metrics.lag.remove(self.agent.name, tp.topic, str(tp.partition))
@@ -322,6 +328,8 @@ class BatchAgent(Service):
         self._last_lag = 0.0
         self._due: dict[TopicPartition, int] = {}  # settled, offsets not yet committed
         self._restoring: asyncio.Future[None] | None = None
+        # Revoked partitions whose state is still held: number -> changelog -> offset.
+        self._kept: dict[int, dict[str, int]] = {}
         self._last_commit = 0.0
 
     async def process(self, records: list[Record]) -> list[Out]:
@@ -489,15 +497,48 @@ class BatchAgent(Service):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def keep(self, partitions: set[int]) -> set[int]:
+        """Hold the state of ``partitions`` (revoked, settled) in case they come back.
+
+        Kafka's eager rebalance takes every partition away before it hands them out again,
+        most of them to the members that had them. A partition given back is then read only
+        from the changelog offsets noted here: what another member wrote meanwhile. They are
+        the end offsets now, a reader of committed records' (a lower bound of what the state
+        holds: records read twice are applied twice, the same way).
+        """
+        self._kept = {}
+        if not partitions or not self.stores:
+            return set()
+        # A rebalance is waiting for this listener and gets no heartbeat: never long.
+        fast = {"request_timeout_ms": 5000, "metadata_max_age_ms": 5000}
+        tps = [TopicPartition(st.topic, p) for st in self.stores for p in sorted(partitions)]
+        consumer = kafka_consumer(self.ctx.settings, **fast)
+        try:
+            await start_or_close(consumer)
+            ends = await consumer.end_offsets(tps)
+        except (KafkaError, OSError) as exc:  # the next assignment reads them whole
+            log.info("%s: state of %s not kept (%r)", self.name, sorted(partitions), exc)
+            return set()
+        finally:
+            await consumer.stop()
+        for tp, end in ends.items():
+            self._kept.setdefault(tp.partition, {})[tp.topic] = end
+        return partitions
+
     async def _restore(self, assigned: list[TopicPartition]) -> None:
         assert self._consumer is not None
         t0 = time.monotonic()
         partitions = {tp.partition for tp in assigned}
+        kept = dict(self._kept)  # cleared once restored; a revocation meanwhile drops them
         restored = 0
         try:
             async with self.lock:
+                for store in self.stores:  # another's now, or to be read from the start
+                    store.drop((kept.keys() - partitions) | (partitions - kept.keys()))
                 for store in self.stores:
-                    restored += await store.restore(self.ctx.settings, partitions)
+                    since = {p: kept[p][store.topic] for p in partitions & kept.keys()}
+                    restored += await store.restore(self.ctx.settings, partitions, since)
+                self._kept = {}
                 self.assignment = set(assigned)
                 if self.transactional:
                     await self.seek_committed(assigned)
@@ -505,12 +546,16 @@ class BatchAgent(Service):
                 self._consumer.resume(*(tp for tp in assigned if tp in self._consumer.assignment()))
         except Exception as exc:  # the next assignment restores again
             log.warning("%s: restore of %s failed (%r): rejoining", self.name, _fmt(assigned), exc)
+            for store in self.stores:  # none of it is known to be whole
+                store.drop(partitions | kept.keys())
+            self._kept = {}
             self._rejoin()
             return
         self.ready.set()
         log.info(
-            "%s: partitions assigned %s (%d ids restored in %.2fs)",
+            "%s: partitions assigned %s (%d ids restored in %.2fs; %d kept from before)",
             self.name, _fmt(assigned), restored, time.monotonic() - t0,
+            len(partitions & kept.keys()),
         )  # fmt: skip
 
     async def _processed(self, records: list[Record]) -> list[Out]:

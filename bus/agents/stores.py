@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -44,15 +44,26 @@ class Store(Protocol):
         """Forget partitions (moved away, or to be re-read after a failed batch)."""
         ...
 
-    async def restore(self, settings: Settings, partitions: Iterable[int]) -> int:
-        """Rebuild partitions from the changelog; returns how many records were applied."""
+    async def restore(
+        self, settings: Settings, partitions: Iterable[int], since: Mapping[int, int] = {}
+    ) -> int:
+        """Rebuild partitions from the changelog; returns how many records were applied.
+
+        A partition in ``since`` is still held as it was at that changelog offset (or
+        later): only the records from there on are applied to it.
+        """
         ...
 
 
 async def read_changelog(
-    settings: Settings, topic: str, partitions: Iterable[int], apply: Apply
+    settings: Settings,
+    topic: str,
+    partitions: Iterable[int],
+    apply: Apply,
+    since: Mapping[int, int] = {},
 ) -> int:
-    """Apply every record of ``topic``'s ``partitions``, oldest first, up to the end offsets."""
+    """Apply every record of ``topic``'s ``partitions``, oldest first, up to the end offsets
+    (from offset ``since[p]`` where given, else from the start)."""
     tps = [TopicPartition(topic, p) for p in partitions]
     if not tps:
         return 0
@@ -61,7 +72,10 @@ async def read_changelog(
     applied = 0
     try:
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await consumer.seek_to_beginning(*(tp for tp in tps if tp.partition not in since))
+        for tp in tps:
+            if tp.partition in since:
+                consumer.seek(tp, since[tp.partition])
         ends = await consumer.end_offsets(tps)
         todo = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
         while todo:
@@ -117,7 +131,9 @@ class SeenStore:
             self._ids.pop(p, None)
             self._pending.pop(p, None)
 
-    async def restore(self, settings: Settings, partitions: Iterable[int]) -> int:
+    async def restore(
+        self, settings: Settings, partitions: Iterable[int], since: Mapping[int, int] = {}
+    ) -> int:
         """Read the ids of ``partitions`` back from the changelog."""
         n = self.ID_BYTES
 
@@ -130,7 +146,7 @@ class SeenStore:
         parts = list(partitions)
         for p in parts:
             self._ids.setdefault(p, set())
-        await read_changelog(settings, self.topic, parts, apply)
+        await read_changelog(settings, self.topic, parts, apply, since)
         return sum(len(self._ids[p]) for p in parts)
 
 
@@ -248,17 +264,20 @@ class PartedStore(Generic[V]):
         for k in [k for k in self._live if k[0] in gone]:
             del self._live[k]
 
-    async def restore(self, settings: Settings, partitions: Iterable[int]) -> int:
+    async def restore(
+        self, settings: Settings, partitions: Iterable[int], since: Mapping[int, int] = {}
+    ) -> int:
         """Rebuild ``partitions`` from their changelog: each object's parts, as bytes."""
 
         def apply(r: ConsumerRecord[bytes, bytes]) -> None:
             self.file(r.partition, r.key or b"", r.value)
+            self._live.pop((r.partition, (r.key or b"").decode().partition(self.SEP)[0]), None)
 
         parts = list(partitions)
-        self.drop(parts)
+        self.drop(p for p in parts if p not in since)
         for p in parts:
             self._packed.setdefault(p, {})
-        return await read_changelog(settings, self.topic, parts, apply)
+        return await read_changelog(settings, self.topic, parts, apply, since)
 
     def file(self, partition: int, changelog_key: bytes, value: bytes | None) -> None:
         """Hold one changelog record as it was written (what a restore does with each)."""
@@ -308,7 +327,9 @@ class KeyedStore:
             self._data.pop(p, None)
             self._pending.pop(p, None)
 
-    async def restore(self, settings: Settings, partitions: Iterable[int]) -> int:
+    async def restore(
+        self, settings: Settings, partitions: Iterable[int], since: Mapping[int, int] = {}
+    ) -> int:
         """Rebuild ``partitions`` from their changelog."""
 
         def apply(r: ConsumerRecord[bytes, bytes]) -> None:
@@ -322,4 +343,4 @@ class KeyedStore:
         parts = list(partitions)
         for p in parts:
             self._data.setdefault(p, {})
-        return await read_changelog(settings, self.topic, parts, apply)
+        return await read_changelog(settings, self.topic, parts, apply, since)

@@ -9,8 +9,9 @@ repeats them to give a rate; here each runs once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from bench.scaleout import (
 from bus.agents.app import Context
 from bus.agents.out import Out
 from bus.agents.runtime import BatchAgent, Record, and_since
+from bus.agents.stores import SeenStore
 from bus.dev.brokers import EmbeddedBroker
 from bus.dev.samples import penalties
 from bus.domain.departments import Directory
@@ -222,7 +224,7 @@ class SlowRestore:
     def drop(self, partitions: Any) -> None:
         self.held -= set(partitions)
 
-    async def restore(self, kafka: dict[str, Any], partitions: Any) -> int:
+    async def restore(self, kafka: dict[str, Any], partitions: Any, since: Any = None) -> int:
         parts = set(partitions)
         self.restores += 1
         await asyncio.sleep(self.seconds)
@@ -302,6 +304,111 @@ async def test_a_restore_longer_than_the_session_timeout_keeps_the_member_in_its
     assert agent.handled >= 100
     assert agent.early == []
     assert agent.store.restores == 1
+
+
+class NotingSeen(SeenStore):
+    """The de-duplication store, noting where each restore starts."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(topic)
+        self.restores: list[tuple[set[int], dict[int, int]]] = []
+
+    async def restore(
+        self, settings: Settings, partitions: Iterable[int], since: Mapping[int, int] = {}
+    ) -> int:
+        parts = set(partitions)
+        self.restores.append((parts, dict(since)))
+        return await super().restore(settings, parts, since)
+
+
+def record_id(partition: int, offset: int) -> bytes:
+    return hashlib.blake2b(f"{partition}:{offset}".encode(), digest_size=16).digest()
+
+
+class Keeper(BatchAgent):
+    """Remembers each record it handles, by partition and offset, in a real ``SeenStore``."""
+
+    name = "keeper"
+
+    def __init__(self, settings: Settings) -> None:
+        ctx = Context(settings, EventCodec(), Directory.load(settings.departments_file))
+        self.seen = NotingSeen(settings.topic("state.ingest-seen"))
+        super().__init__(ctx, [settings.topic("ingress")], stores=[self.seen])
+
+    async def process(self, records: list[Record]) -> list[Out]:
+        for r in records:
+            self.seen.add(r.partition, [record_id(r.partition, r.offset)])
+        return []
+
+    def holds(self) -> dict[int, set[bytes]]:
+        mine = {tp.partition for tp in self.assignment}
+        return {p: ids for p, ids in self.seen._ids.items() if p in mine}
+
+
+async def _ingress_ids(s: Settings) -> dict[int, set[bytes]]:
+    """The id of every record on ingress now, by partition."""
+    consumer = kafka_consumer(s)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(s.topic("ingress"), p) for p in range(s.partitions)]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return {
+        tp.partition: {record_id(tp.partition, o) for o in range(end)} for tp, end in ends.items()
+    }
+
+
+async def _until(what: str, ok: Callable[[], bool], within: float = 90) -> None:
+    for _ in range(int(within / 0.05)):
+        if ok():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {within} s: {what}")
+
+
+async def test_a_rebalance_keeps_the_state_of_the_partitions_a_worker_keeps(
+    group_broker: str, tmp_path: Path
+) -> None:
+    """Kafka's eager rebalance takes every partition away and gives most of them back: those
+    are read from where their state stood, not from the start; a partition that moved is
+    read whole, with what its other owner wrote."""
+    s = group_settings(group_broker, tmp_path, "keep", partitions=3)
+    await create_topics(s)
+    await publish(s, penalties(300, seed=35))
+    first = await _ingress_ids(s)
+    a, b = Keeper(s), Keeper(s)
+    await a.start()
+    try:
+        await _until("the first worker has every record", lambda: a.holds() == first)
+        assert a.seen.restores == [({0, 1, 2}, {})]  # alone: every partition read from the start
+
+        await b.start()  # a rebalance: the partitions are split
+        await _until(
+            "the second worker is given partitions",
+            lambda: bool(b.assignment) and len(a.seen.restores) == 2 and bool(a.assignment),
+        )
+        mine = {tp.partition for tp in a.assignment}
+        parts, since = a.seen.restores[1]
+        assert parts == mine
+        assert set(since) == mine  # each read from where it stood: the changelog's end then
+        assert all(offset > 0 for offset in since.values())
+        assert a.holds() == {p: first[p] for p in mine}  # and nothing of it was lost
+
+        await publish(s, penalties(150, seed=36))
+        whole = await _ingress_ids(s)
+        await _until(
+            "both have the new records",
+            lambda: {**a.holds(), **b.holds()} == whole,
+        )
+        await b.stop()  # its partitions come back to the first worker, with what it wrote
+        await _until("the first worker has every partition", lambda: a.holds() == whole)
+        parts, since = a.seen.restores[-1]
+        assert parts == {0, 1, 2}
+        assert set(since) == mine  # its own kept; the one that moved read from the start
+    finally:
+        await b.stop()
+        await a.stop()
 
 
 async def test_at_least_once_the_last_offsets_are_committed_once_the_stream_is_quiet(
