@@ -121,6 +121,11 @@ class NotOwned(BusError):
 
 TXN_TIMEOUT_MS = 30_000
 """How long the broker keeps a dead worker's open transaction before aborting it."""
+TXN_END_S = TXN_TIMEOUT_MS / 1000
+"""Longest wait for a transaction of ``cases`` to end. aiokafka's commit waits for good when
+its producer is stopped under it; one not ended by then is tried again with a new producer."""
+RELEASE_WAIT_S = 3.0
+"""How long a revocation waits for the writes in hand of the partitions it gives away."""
 WRITE_RETRY_MAX_S = 5.0
 """Longest wait between tries of a partition's write. A retriable error is tried again until
 the write succeeds or the partition is another worker's."""
@@ -403,11 +408,30 @@ class FencedWriter:
                             "write starts it", p, exc)  # fmt: skip
 
     async def release(self, partitions: Iterable[int]) -> None:
-        """Stop the producers of partitions given away."""
-        for p in list(partitions):
-            self.owned.discard(p)
-            self.done.pop(p, None)
-            await self._renew(p)
+        """Stop the producers of partitions given away, each once its write in hand is done.
+
+        Waits ``RELEASE_WAIT_S`` at most, in all: a producer stopped under a commit leaves
+        that commit waiting (aiokafka) until ``TXN_END_S`` ends it.
+        """
+        deadline = asyncio.get_running_loop().time() + RELEASE_WAIT_S
+        for p in sorted(set(partitions)):
+            self.owned.discard(p)  # nothing new starts on it
+            lock = self._writing.setdefault(p, asyncio.Lock())
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await lock.acquire()
+            except TimeoutError:
+                await self._give_up(p)
+                continue
+            try:
+                await self._give_up(p)
+            finally:
+                lock.release()
+
+    async def _give_up(self, partition: int) -> None:
+        self.owned.discard(partition)
+        self.done.pop(partition, None)
+        await self._renew(partition)
 
     async def stop(self) -> None:
         """Commit what is done and stop every producer (the worker is stopping)."""
@@ -499,7 +523,7 @@ class FencedWriter:
                     if outs:
                         await asyncio.gather(*await self._send(await self._plain(), outs))
                 elif self.transactions:
-                    async with producer.transaction():
+                    async with asyncio.timeout(TXN_END_S), producer.transaction():
                         await self._send(producer, outs)
                         committed = await self._offsets(producer, partition)
                     self._committed(partition, committed)
@@ -507,12 +531,14 @@ class FencedWriter:
                     await asyncio.gather(*await self._send(producer, outs))
                 return await self._save(partition, encoded) if encoded else {}
             except FENCED:
-                await self.release([partition])
+                await self._give_up(partition)
                 raise
-            except KafkaError as exc:
+            except (KafkaError, TimeoutError) as exc:
                 if partition not in self.owned:
                     raise NotOwned(partition) from exc
-                if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
+                if isinstance(exc, KafkaError) and not (
+                    exc.retriable or isinstance(exc, KafkaTimeoutError)
+                ):
                     raise
                 log.warning("cases: writing partition %s failed (%r); try %s",
                             partition, exc, attempt + 1)  # fmt: skip
@@ -538,10 +564,15 @@ class FencedWriter:
                     continue
                 if self.transactions:
                     try:
-                        async with producer.transaction():
+                        async with asyncio.timeout(TXN_END_S), producer.transaction():
                             committed = await self._offsets(producer, partition)
                     except FENCED:
-                        await self.release([partition])
+                        await self._give_up(partition)
+                        continue
+                    except TimeoutError:  # the next commit, with a new producer
+                        log.warning("cases: committing partition %s did not end in %.0f s",
+                                    partition, TXN_END_S)  # fmt: skip
+                        await self._renew(partition)
                         continue
                     self._committed(partition, committed)
                 elif self.commit_plain is not None and self.topic is not None:

@@ -93,6 +93,41 @@ def test_a_partitions_new_owner_fences_the_old_one_whose_decision_is_never_commi
     assert len(states) == 2
 
 
+def test_a_partition_given_away_with_a_write_in_hand_lets_the_write_end_first(
+    settings: Settings,
+) -> None:
+    # aiokafka's commit waits for good when its producer is stopped under it: a revocation
+    # that stopped the producer of a partition whose write was in hand left that partition's
+    # lock held, and the case engine waited on it for good (seen in a take-over at a city's
+    # size, 2026-12-06). The revocation now lets the write in hand end first.
+    topic = settings.topic("events.certificate")
+    changelog = settings.topic("fence-changelog")
+
+    async def go() -> tuple[dict[str, int], list[bytes], bool]:
+        from bus.streaming.topics import TopicSpec, create_topics
+
+        await create_topics(
+            settings, (TopicSpec("fence-changelog", "state", "test", partitions=1),)
+        )
+        writer = FencedWriter(settings, changelog)
+        try:
+            await writer.claim([0])
+            out = Out(topic, b"in hand", key=b"k", partition=0)
+            writing = asyncio.ensure_future(writer.write(0, [out], {"a": b'{"v":1}'}))
+            await asyncio.sleep(0)  # the write has its partition's lock and is under way
+            assert writer._writing[0].locked()
+            await writer.release([0])
+            saved = await asyncio.wait_for(writing, 30)
+            return saved, await _read(settings, topic), writer._writing[0].locked()
+        finally:
+            await writer.stop()
+
+    saved, decisions, locked = asyncio.run(go())
+    assert decisions == [b"in hand"]  # committed before its producer stopped
+    assert saved == {"a": 0}
+    assert not locked
+
+
 @pytest.mark.slow("two workers, one frozen past its session, the other taking its partitions over")
 @pytest.mark.timeout(600)
 def test_a_frozen_worker_woken_after_its_partitions_moved_commits_no_decision(
