@@ -81,7 +81,9 @@ from bus.streaming.topics import CORRELATE_RECORDS, CORRELATE_SEEN, cases_change
 
 PENALTY_SHARE = 5  # one penalty per five registrations
 SETTLE_S = 30  # seconds the restarted worker's RSS is followed after its first answer
-_RESTORED = re.compile(r"(\w+): partitions assigned .*\((\d+) ids restored in ([\d.]+)s\)")
+_RESTORED = re.compile(
+    r"(\w+): partitions assigned .*\((\d+) ids restored in ([\d.]+)s(?:; (\d+) kept from before)?\)"
+)
 _DRIFT = re.compile(r"woke up too late, with a drift of \+?([\d.]+)")
 _STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
@@ -389,7 +391,10 @@ def restore_lines(log: str) -> tuple[list[str], float]:
     Faust's table recovery is timed from "Restoring state from changelog topics" to "Done
     reading from changelog topics"; the flow's agents log their own restore times.
     """
-    lines = [f"{m[1]} {m[2]} ids in {m[3]} s" for m in _RESTORED.finditer(log)]
+    lines = [
+        f"{m[1]} {m[2]} ids in {m[3]} s" + (f", {m[4]} partitions kept" if m[4] else "")
+        for m in _RESTORED.finditer(log)
+    ]
     drift = 0.0
     began: datetime | None = None
     for line in log.splitlines():
