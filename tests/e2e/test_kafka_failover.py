@@ -86,10 +86,14 @@ class GatewayLoad(threading.Thread):
         self.acked: set[str] = set()
         self.refused: list[str] = []
         self.done = threading.Event()
+        # Set when the test ends: a load left running posts through a closed client.
+        self.stopped = threading.Event()
 
     def run(self) -> None:
         keys = {e.source: self.gateway.key(e.source) for e in self.events}
         for event in self.events:
+            if self.stopped.is_set():
+                return
             body = json.loads(codec.to_json(event))
             r = self.gateway.http.post("/v1/events", json=body, headers=keys[event.source])
             if r.status_code == 202:
@@ -130,25 +134,30 @@ def test_a_node_killed_under_load_loses_nothing_acknowledged_and_the_bus_carries
         pid = worker.proc.pid if worker.proc else None
         load = GatewayLoad(gateway, by_gateway)
         load.start()
-        wait_until(lambda: len(load.acked) >= 100, 60)
-        cli_results.append(bus_publish(settings, chunks[0], tmp_path))
-        kafka3.kill(VICTIM)  # SIGKILL, mid-stream: partitions it led elect new leaders
-        down_at = len(load.acked)
-        cli_results += [bus_publish(settings, c, tmp_path) for c in chunks[1:3]]
-        wait_until(lambda: len(load.acked) >= down_at + 50 or load.done.is_set(), 120)
-        acked_while_down = len(load.acked) - down_at
-        kafka3.start_node(VICTIM)
-        cli_results += [bus_publish(settings, c, tmp_path) for c in chunks[3:]]
-        load.join(240)
-        assert load.done.is_set(), "the gateway load did not finish"
-        # After the node is back, the same worker still accepts what comes in.
-        later = penalties(20, seed=62)
-        cli_results.append(bus_publish(settings, later, tmp_path))
-        published = {str(e.event_id) for e in [*by_gateway, *by_cli, *later]}
-        on_topic = canonical_ids(settings, published, 120)
-        assert worker.running, "the worker died"
-        assert worker.proc is not None
-        assert worker.proc.pid == pid, "the worker was restarted"
+        try:
+            # The first acknowledgements wait for three cold brokers' replicas: on a machine busy
+            # with other tests that took more than a minute (2026-12-06); then about 40 a second.
+            wait_until(lambda: len(load.acked) >= 100, 240)
+            cli_results.append(bus_publish(settings, chunks[0], tmp_path))
+            kafka3.kill(VICTIM)  # SIGKILL, mid-stream: partitions it led elect new leaders
+            down_at = len(load.acked)
+            cli_results += [bus_publish(settings, c, tmp_path) for c in chunks[1:3]]
+            wait_until(lambda: len(load.acked) >= down_at + 50 or load.done.is_set(), 120)
+            acked_while_down = len(load.acked) - down_at
+            kafka3.start_node(VICTIM)
+            cli_results += [bus_publish(settings, c, tmp_path) for c in chunks[3:]]
+            load.join(240)
+            assert load.done.is_set(), "the gateway load did not finish"
+            # After the node is back, the same worker still accepts what comes in.
+            later = penalties(20, seed=62)
+            cli_results.append(bus_publish(settings, later, tmp_path))
+            published = {str(e.event_id) for e in [*by_gateway, *by_cli, *later]}
+            on_topic = canonical_ids(settings, published, 120)
+            assert worker.running, "the worker died"
+            assert worker.proc is not None
+            assert worker.proc.pid == pid, "the worker was restarted"
+        finally:
+            load.stopped.set()
     assert load.refused == [], load.refused[:3]
     assert all(code == 0 for code, _ in cli_results), [out for code, out in cli_results if code]
     assert acked_while_down > 0, "nothing was published through the gateway while a node was down"
