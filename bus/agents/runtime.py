@@ -122,6 +122,8 @@ aiokafka keeps one fetch per partition until it is taken and fetches again only 
 ``getmany`` answers from that buffer was fetched before the last commit began; a record that
 came later would wait for a whole batch more (under exactly once, a commit of a few round trips
 each). One more fetch, answered in a round trip, takes it into this batch instead."""
+SINCE_BOUND_S = 0.1
+"""The longest that one more fetch may take (a round trip is a few ms; a rebalance, longer)."""
 
 COMMIT_INTERVAL = 0.1
 """Seconds between offset commits at least once. A commit is a broker round trip that every
@@ -240,11 +242,18 @@ async def and_since(
     """``fetched`` (answered from aiokafka's buffer) and what came since, up to ``limit``.
 
     Waits at most ``wait_ms`` for one more fetch; a backlog (``limit`` reached) waits for none.
+    Called under the agent's lock: in a rebalance getmany waits for the next assignment, and
+    that waits for the listener, which waits for the lock; so the wait is bounded here too.
     """
     room = limit - sum(len(rs) for rs in fetched.values())
     if room <= 0:
         return fetched
-    more = await consumer.getmany(timeout_ms=wait_ms, max_records=room)
+    try:
+        more = await asyncio.wait_for(
+            consumer.getmany(timeout_ms=wait_ms, max_records=room), SINCE_BOUND_S
+        )
+    except TimeoutError:  # a rebalance began: this batch goes as it is
+        return fetched
     for tp, records in more.items():
         fetched[tp] = fetched.get(tp, []) + records
     return fetched
