@@ -414,8 +414,9 @@ class FencedWriter:
         that commit waiting (aiokafka) until ``TXN_END_S`` ends it.
         """
         deadline = asyncio.get_running_loop().time() + RELEASE_WAIT_S
-        for p in sorted(set(partitions)):
-            self.owned.discard(p)  # nothing new starts on it
+        given = sorted(set(partitions))
+        self.owned.difference_update(given)  # nothing new starts on them
+        for p in given:
             lock = self._writing.setdefault(p, asyncio.Lock())
             try:
                 async with asyncio.timeout_at(deadline):

@@ -72,7 +72,8 @@ async def read_changelog(
     applied = 0
     try:
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*(tp for tp in tps if tp.partition not in since))
+        if whole := [tp for tp in tps if tp.partition not in since]:
+            await consumer.seek_to_beginning(*whole)  # (none given: every partition)
         for tp in tps:
             if tp.partition in since:
                 consumer.seek(tp, since[tp.partition])
@@ -271,7 +272,8 @@ class PartedStore(Generic[V]):
 
         def apply(r: ConsumerRecord[bytes, bytes]) -> None:
             self.file(r.partition, r.key or b"", r.value)
-            self._live.pop((r.partition, (r.key or b"").decode().partition(self.SEP)[0]), None)
+            if r.partition in since:  # held decoded from before: decode it again when asked
+                self._live.pop((r.partition, (r.key or b"").decode().partition(self.SEP)[0]), None)
 
         parts = list(partitions)
         self.drop(p for p in parts if p not in since)

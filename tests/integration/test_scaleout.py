@@ -454,11 +454,7 @@ async def _append(producer: AIOKafkaProducer, topic: str, n: int) -> int:
 
 async def _fetched_until(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> None:
     """Wait until ``consumer`` has fetched up to ``end`` (its buffer holds it, not yet taken)."""
-    for _ in range(600):
-        if consumer.highwater(tp) == end:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the consumer never fetched up to {end}")
+    await _until(f"the consumer fetched up to {end}", lambda: consumer.highwater(tp) == end, 30)
 
 
 async def test_a_batch_from_the_fetch_buffer_also_takes_the_records_that_came_since(
