@@ -85,6 +85,7 @@ if TYPE_CHECKING:
     import faust
 
     from bus.agents.app import Context
+    from bus.streaming.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -372,8 +373,10 @@ class FencedWriter:
         changelog: str,
         topic: str | None = None,
         commit_plain: Callable[[dict[TopicPartition, int]], Awaitable[Any]] | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics  # its transactions, as the batch agents count theirs
         self.changelog = changelog
         self.topic = topic  # the input whose offsets are committed, under group ``app_id``
         self.commit_plain = commit_plain  # how offsets are committed without transactions
@@ -524,17 +527,22 @@ class FencedWriter:
                     if outs:
                         await asyncio.gather(*await self._send(await self._plain(), outs))
                 elif self.transactions:
+                    began = time.monotonic()
                     async with asyncio.timeout(TXN_END_S), producer.transaction():
                         await self._send(producer, outs)
                         committed = await self._offsets(producer, partition)
                     self._committed(partition, committed)
+                    self._count("committed", began)
                 else:
                     await asyncio.gather(*await self._send(producer, outs))
                 return await self._save(partition, encoded) if encoded else {}
             except FENCED:
+                self._count("fenced")
                 await self._give_up(partition)
                 raise
             except (KafkaError, TimeoutError) as exc:
+                if encoded and self.transactions:
+                    self._count("aborted")
                 if partition not in self.owned:
                     raise NotOwned(partition) from exc
                 if isinstance(exc, KafkaError) and not (
@@ -564,22 +572,32 @@ class FencedWriter:
                 except NotOwned:
                     continue
                 if self.transactions:
+                    began = time.monotonic()
                     try:
                         async with asyncio.timeout(TXN_END_S), producer.transaction():
                             committed = await self._offsets(producer, partition)
                     except FENCED:
+                        self._count("fenced")
                         await self._give_up(partition)
                         continue
                     except TimeoutError:  # the next commit, with a new producer
+                        self._count("aborted")
                         log.warning("cases: committing partition %s did not end in %.0f s",
                                     partition, TXN_END_S)  # fmt: skip
                         await self._renew(partition)
                         continue
                     self._committed(partition, committed)
+                    self._count("committed", began)
                 elif self.commit_plain is not None and self.topic is not None:
                     offset = self.done[partition]
                     await self.commit_plain({TopicPartition(self.topic, partition): offset})
                     self._committed(partition, offset)
+
+    def _count(self, outcome: str, began: float | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.transactions.labels(STAGE, outcome).inc()
+            if began is not None:
+                self.metrics.transaction_seconds.labels(STAGE).observe(time.monotonic() - began)
 
     async def _offsets(self, producer: AIOKafkaProducer, partition: int) -> int | None:
         """Add the partition's finished offset to the transaction open on ``producer``."""
@@ -1483,7 +1501,7 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
         consumer: Any = app.consumer  # ``_commit``: the group commit of offsets given, not acked
         await consumer._commit({TP(tp.topic, tp.partition): o for tp, o in offsets.items()})
 
-    writer = FencedWriter(s, cases_changelog(s), name, commit_plain)
+    writer = FencedWriter(s, cases_changelog(s), name, commit_plain, ctx.metrics)
 
     gaps = GapCheck(s, name, s.app_id, on_filled=ctx.metrics.case_steps_refetched.inc)
 

@@ -99,6 +99,7 @@ class _Txn:
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # to commit with it
     acks: list[asyncio.Future[object]] = field(default_factory=list)
     events: int = 0
+    commit_s: float = 0.0  # how long its commit took, once committed
 
 
 @dataclass(slots=True)
@@ -943,6 +944,7 @@ class BatchAgent(Service):
                 self.processed += due[p].events
                 self.committed += 1
                 counter.labels(self.name, "committed").inc()
+                self.ctx.metrics.transaction_seconds.labels(self.name).observe(due[p].commit_s)
             elif isinstance(result, FENCED):
                 counter.labels(self.name, "fenced").inc()
                 await self._lost(p, result)
@@ -956,6 +958,7 @@ class BatchAgent(Service):
             raise failure
 
     async def _commit_one(self, txn: _Txn) -> None:
+        began = time.monotonic()
         # The offsets go in while the records are still on their way (two round trips fewer).
         if txn.offsets:
             await txn.producer.send_offsets_to_transaction(txn.offsets, self.group)
@@ -963,6 +966,7 @@ class BatchAgent(Service):
         if failed := next((r for r in results if isinstance(r, BaseException)), None):
             raise failed
         await txn.producer.commit_transaction()
+        txn.commit_s = time.monotonic() - began
 
     async def _roll_back(self, txns: dict[int, _Txn], touched: dict[TopicPartition, int]) -> None:
         """Abort ``txns``; their partitions (and ``touched``) get their state back as last

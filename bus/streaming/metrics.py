@@ -35,6 +35,12 @@ class AgentMetrics:
             f"{prefix}_transactions", "Kafka transactions of an agent, by outcome",
             ["agent", "outcome"], registry=r,
         )  # fmt: skip
+        self.transaction_seconds = Histogram(
+            f"{prefix}_transaction_seconds",
+            "Exactly once: a committed transaction's commit, from its records handed to the "
+            "producer to its end (offsets, acknowledgements, commit)",
+            ["agent"], buckets=_SECONDS, registry=r,
+        )  # fmt: skip
         self.batch_seconds = Histogram(
             f"{prefix}_batch_seconds", "Time to process one batch (before acknowledgements)",
             ["agent"], buckets=_SECONDS, registry=r,

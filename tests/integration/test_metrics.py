@@ -63,6 +63,7 @@ def settled(port: int, s: Settings, seconds: float = 60) -> dict[Any, float]:
         ("bus_tasks", {"matter": "opening-a-business", "state": "open"}, 4),
         ("bus_handover_events_total", {"result": "taken"}, 22),
         ("bus_delivery_seconds_count", {"agent": "correlate"}, 6),
+        ("bus_transaction_seconds_count", {"agent": "cases"}, 1),
     ]
     deadline = time.monotonic() + seconds
     while True:
@@ -101,6 +102,14 @@ def test_metrics_count_what_the_agents_did(settings: Settings, tmp_path: Path) -
         value(samples, "bus_events_typed_total", agent="ingest", event_type="penalty.imposed") == 21
     )
     assert value(samples, "bus_batch_seconds_count", agent="ingest") >= 1
+    # Exactly once on Kafka: every agent committed transactions, and each committed one has
+    # its commit time (a scrape may fall between a commit's count and its time: one apart).
+    for agent in ("ingest", "correlate", "cases"):
+        committed = value(samples, "bus_transactions_total", agent=agent, outcome="committed")
+        timed = value(samples, "bus_transaction_seconds_count", agent=agent)
+        assert committed >= 1, agent
+        assert abs(committed - timed) <= 1, (agent, committed, timed)
+        assert timed - value(samples, "bus_transaction_seconds_bucket", agent=agent, le="10.0") <= 1
     # Correlate took the 22 accepted events as ingest decoded them; it decoded only the bus's
     # own task.created events, which ingest never saw.
     assert value(samples, "bus_handover_events_total", result="taken") == 22
