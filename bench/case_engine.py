@@ -1,4 +1,4 @@
-"""The case engine alone (``bus/agents/cases.py``): case steps/s and CPU per step, beside raw.
+"""The case engine alone (``bus/agents/cases/``): case steps/s and CPU per step, beside raw.
 
     python -m bench.case_engine                       # Apache Kafka, 1 then 2 workers
     python -m bench.case_engine --steps 20000 --workers 1

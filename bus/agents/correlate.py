@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from bus.agents.cases import ANSWERS, BUS, StepKind, derived_id, encode_step, starts_case
+from bus.agents.cases.steps import ANSWERS, BUS, StepKind, derived_id, encode_step, starts_case
 from bus.agents.out import Headers, Out, deadletter
 from bus.agents.route import NOTIFY, Router, load_subscriptions
 from bus.agents.runtime import BatchAgent, Record
