@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -141,9 +142,9 @@ def test_a_tick_pops_what_is_due_and_never_walks_every_record() -> None:
         walked = 0
         items = store.items
 
-        def counted(partition: int) -> object:
+        def counted(partitions: object) -> object:
             nonlocal walked
-            for item in items(partition):
+            for item in items(partitions):  # type: ignore[arg-type]
                 walked += 1
                 yield item
 
@@ -161,6 +162,109 @@ def test_a_tick_pops_what_is_due_and_never_walks_every_record() -> None:
     assert first.count("task.escalated") == len(created)  # the matter escalates late tasks
     assert again == 0  # nothing twice
     assert walked == 0  # the index was built as cases opened; no state was walked
+
+
+def _cases_of(enterprises: int) -> tuple[Any, Any, Any, int]:
+    """A context, a store holding the cases of ``enterprises`` registrations (each opens
+    tasks), and the partition count: cases opened through ingest, correlate and the engine."""
+    import asyncio
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from aiokafka.structs import ConsumerRecord
+
+    from bus.agents.app import Context
+    from bus.agents.cases import CaseEngine, MemoryCaseStore
+    from bus.agents.correlate import CorrelateAgent
+    from bus.agents.ingest import IngestAgent
+    from bus.dev.samples import registrations
+    from bus.domain.certificates import Signer
+    from bus.domain.departments import Directory
+    from bus.streaming.codec import EventCodec, Recent
+
+    def record(topic: str, i: int, key: bytes, value: bytes, headers: list) -> ConsumerRecord:  # type: ignore[type-arg]
+        return ConsumerRecord(topic, 0, i, int(time.time() * 1000), 0, key, value, None,
+                              len(key), len(value), headers)  # fmt: skip
+
+    async def run() -> tuple[Any, Any, Any, int]:
+        s = Settings(app_id="t", topic_prefix="t", data_dir=Path(tempfile.mkdtemp()))
+        ctx = Context(s, EventCodec(), Directory.load(None), recent=Recent(0))
+        ingest, correlate = IngestAgent(ctx), CorrelateAgent(ctx)
+        engine, store = CaseEngine(ctx, Signer.generate("k")), MemoryCaseStore(s.partitions)
+        events = registrations(seed=9, enterprises=enterprises)
+        raw = [record("t.ingress", i, e.subject.encode(), ctx.codec.encode(e), e.kafka_headers())
+               for i, e in enumerate(events)]  # fmt: skip
+        canonical = [record(o.topic, i, o.key or b"", o.value or b"", o.headers)
+                     for i, o in enumerate(await ingest.process(raw))]  # fmt: skip
+        for o in await correlate.process(canonical):
+            if o.topic == "t.cases":
+                engine.handle(key_hash(o.key or b"") % s.partitions, o.value or b"", store)
+        return ctx, engine, store, s.partitions
+
+    return asyncio.run(run())
+
+
+def test_a_worker_indexes_every_partition_in_one_pass_that_lets_the_loop_run() -> None:
+    # A worker taking partitions over indexes their deadlines from the table. One pass for
+    # all of them, yielding to the event loop as it goes: a pass per partition, blocking,
+    # took a city's worker seconds at every assignment. A partition given away meanwhile
+    # is left out, and indexed again (from the table) if it comes back.
+    import asyncio
+    import copy
+
+    from bus.agents.cases import CaseEngine, MemoryCaseStore, tick_step
+    from bus.agents.cases import engine as engine_module
+    from bus.domain.certificates import Signer
+
+    ctx, built, store, partitions = _cases_of(40)
+    tick = tick_step(datetime.now(UTC) + timedelta(days=40))  # every deadline has passed
+
+    def fired(engine: CaseEngine, store: MemoryCaseStore) -> list[tuple[int, str]]:
+        return sorted((p, str(o.key)) for p in range(partitions)
+                      for o in engine.handle(p, tick, store))  # fmt: skip
+
+    passes: list[set[int]] = []
+
+    class Counted(MemoryCaseStore):
+        def items(self, partitions: Any) -> Any:
+            passes.append(set(partitions))
+            return super().items(partitions)
+
+    def copied() -> Counted:
+        other = Counted(partitions)
+        other.data = copy.deepcopy(store.data)
+        return other
+
+    async def taken_over(give_away: int | None) -> tuple[CaseEngine, Counted, int]:
+        engine, fresh, turns = CaseEngine(ctx, Signer.generate("k")), copied(), 0
+
+        async def other_work() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                if turns == 2 and give_away is not None:
+                    engine.forget([give_away])  # a revocation while the index is built
+                await asyncio.sleep(0)
+
+        beside = asyncio.create_task(other_work())
+        await engine.index(range(partitions), fresh)
+        beside.cancel()
+        return engine, fresh, turns
+
+    engine_module.INDEX_YIELD_EVERY, every = 5, engine_module.INDEX_YIELD_EVERY
+    try:
+        engine, fresh, turns = asyncio.run(taken_over(None))
+        assert passes == [set(range(partitions))]  # one pass, every partition
+        assert turns >= 40 // 5 - 1  # the loop ran while the states were read
+        assert fired(engine, fresh) == fired(built, copied())  # the same deadlines fire
+        assert len(passes) == 1  # the ticks walked nothing
+        passes.clear()
+        engine, fresh, _ = asyncio.run(taken_over(give_away=1))
+        fired(engine, fresh)
+        assert passes == [set(range(partitions)), {1}]  # the one given away, read again
+    finally:
+        engine_module.INDEX_YIELD_EVERY = every
 
 
 def test_a_request_logged_with_its_firms_registration_and_penalty_is_decided_on_both() -> None:

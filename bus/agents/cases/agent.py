@@ -74,6 +74,10 @@ def install(app: faust.App, ctx: Context, signer: Signer) -> CaseEngine:
                 delivered.setdefault(event.message.partition, {})[event.message.offset] = (
                     event.value
                 )
+            # Every partition this worker holds is indexed in one pass the first time, with
+            # the event loop turning meanwhile (heartbeats, the flow's agents, Faust's own).
+            mine = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == name}
+            await engine.index(mine | delivered.keys(), store)
             outs: dict[int, list[Out]] = {}
             firsts: dict[int, int] = {}  # the first offset decided, by partition
             ends: dict[int, int] = {}  # the next offset to read, by partition

@@ -5,6 +5,7 @@ Pure of Kafka: the agent (``agent.install``) hands it steps and writes what it r
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import heapq
@@ -12,7 +13,7 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+INDEX_YIELD_EVERY = 500
+"""States indexed between two turns of the event loop (about 10 ms of work)."""
+
+
 def _only_step(closing: Closing) -> str:
     """The task template of a case kept before its tasks' templates were (it had one)."""
     return next(iter(closing.steps), "")
@@ -93,10 +98,9 @@ class CaseEngine:
         self._task_counts: dict[int, Counter[TaskKey]] = {}  # by partition indexed
         self._task_series: set[TaskKey] = set()
         self._recounted = False
-        self._closings: dict[str, Closing] = {}
-        self._partition = (
-            0  # the partition of the step in hand  # parsed once per distinct kept definition
-        )
+        self._closings: dict[str, Closing] = {}  # parsed once per distinct kept definition
+        self._partition = 0  # the partition of the step in hand
+        self._indexing: set[int] = set()  # partitions whose index is being built
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -725,22 +729,48 @@ class CaseEngine:
         self.ctx.metrics.calendar_fallback_years.set(len(self.calendar.fallback_years))
         return outs
 
+    async def index(self, partitions: Iterable[int], store: CaseStore) -> None:
+        """Build the deadlines and task counts of the partitions not yet indexed here.
+
+        All of them in one pass over the table, letting the event loop run every
+        ``INDEX_YIELD_EVERY`` states: a city's worker walked its whole table once per
+        partition before, blocking, for seconds at every assignment.
+        """
+        for n, _ in enumerate(self._build(partitions, store), 1):
+            if n % INDEX_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+
     def _index(self, partition: int, store: CaseStore) -> None:
-        """Deadlines and task counts of a partition, built the first time it is handled here."""
-        if partition in self._due:
+        """The partition's index, built now if ``index`` has not built it (tests, tools)."""
+        for _ in self._build([partition], store):
+            pass
+
+    def _build(self, partitions: Iterable[int], store: CaseStore) -> Iterator[None]:
+        """Index the missing ones of ``partitions``, a state at a time (a yield after each).
+
+        A partition forgotten meanwhile (given away) is left out.
+        """
+        missing = set(partitions) - self._due.keys() - self._indexing
+        if not missing:
             return
-        due: list[tuple[datetime, str]] = []
-        counts: Counter[TaskKey] = Counter()
-        for uscc, state in store.items(partition):
-            for task in state.open_tasks():
-                if not (task.overdue and task.escalated):
-                    due.append((task.due_at, uscc))
-                elif (step := task.next_escalation) is not None:
-                    due.append((step[1], uscc))
-            counts.update(state.task_counts())
-        heapq.heapify(due)
-        self._due[partition] = due
-        self._task_counts[partition] = counts
+        self._indexing |= missing
+        due: dict[int, list[tuple[datetime, str]]] = {p: [] for p in missing}
+        counts: dict[int, Counter[TaskKey]] = {p: Counter() for p in missing}
+        try:
+            for p, uscc, state in store.items(missing):
+                for task in state.open_tasks():
+                    if not (task.overdue and task.escalated):
+                        due[p].append((task.due_at, uscc))
+                    elif (step := task.next_escalation) is not None:
+                        due[p].append((step[1], uscc))
+                counts[p].update(state.task_counts())
+                yield
+            for p in missing & self._indexing:
+                heapq.heapify(due[p])
+                self._due[p] = due[p]
+                self._task_counts[p] = counts[p]
+        finally:
+            self._indexing -= missing
         self._recounted = True
 
     def forget(self, partitions: Iterable[int]) -> None:
@@ -748,6 +778,7 @@ class CaseEngine:
         for p in partitions:
             self._due.pop(p, None)
             self._task_counts.pop(p, None)
+            self._indexing.discard(p)
         self._recounted = True
         self.export_task_counts()
 

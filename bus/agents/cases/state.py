@@ -7,7 +7,7 @@ transaction is committed (``FencedWriter``), through the store's changelog path.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -74,7 +74,9 @@ class CaseStore(Protocol):
 
     def put(self, uscc: str, state: CaseState) -> None: ...
 
-    def items(self, partition: int) -> Iterator[tuple[str, CaseState]]: ...
+    def items(self, partitions: Collection[int]) -> Iterator[tuple[int, str, CaseState]]:
+        """Every state of ``partitions``, with its partition, in one pass over the store."""
+        ...
 
 
 class MemoryCaseStore:
@@ -90,10 +92,11 @@ class MemoryCaseStore:
     def put(self, uscc: str, state: CaseState) -> None:
         self.data[uscc] = state
 
-    def items(self, partition: int) -> Iterator[tuple[str, CaseState]]:
-        for uscc, state in self.data.items():
-            if key_hash(uscc.encode()) % self.partitions == partition:
-                yield uscc, state
+    def items(self, partitions: Collection[int]) -> Iterator[tuple[int, str, CaseState]]:
+        wanted = set(partitions)
+        for uscc, state in list(self.data.items()):
+            if (p := key_hash(uscc.encode()) % self.partitions) in wanted:
+                yield p, uscc, state
 
 
 class TableStore:
@@ -122,10 +125,14 @@ class TableStore:
     def put(self, uscc: str, state: CaseState) -> None:
         self.pending[uscc] = state
 
-    def items(self, partition: int) -> Iterator[tuple[str, CaseState]]:
-        for key, raw in list(self.table.items()):
-            if raw and key_hash(key) % self.partitions == partition:
-                yield key.decode(), CaseState.model_validate_json(raw)
+    def items(self, partitions: Collection[int]) -> Iterator[tuple[int, str, CaseState]]:
+        wanted, n = set(partitions), self.partitions
+        # A snapshot first, so the table may change while the states are decoded. A list
+        # comprehension: list() would first count a RocksDB table, a walk of its own.
+        rows = [row for row in self.table.items()]
+        for key, raw in rows:
+            if raw and (p := key_hash(key) % n) in wanted:
+                yield p, key.decode(), CaseState.model_validate_json(raw)
 
     def take(self) -> dict[int, dict[str, bytes]]:
         """What the batch changed, by partition: enterprise -> state as JSON."""
