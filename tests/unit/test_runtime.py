@@ -257,12 +257,21 @@ def test_a_worker_indexes_every_partition_in_one_pass_that_lets_the_loop_run() -
         engine, fresh, turns = asyncio.run(taken_over(None))
         assert passes == [set(range(partitions))]  # one pass, every partition
         assert turns >= 40 // 5 - 1  # the loop ran while the states were read
-        assert fired(engine, fresh) == fired(built, copied())  # the same deadlines fire
+        expected = fired(built, copied())
+        assert fired(engine, fresh) == expected  # the same deadlines fire
         assert len(passes) == 1  # the ticks walked nothing
         passes.clear()
         engine, fresh, _ = asyncio.run(taken_over(give_away=1))
         fired(engine, fresh)
         assert passes == [set(range(partitions)), {1}]  # the one given away, read again
+
+        class Unreadable(Counted):
+            def items(self, partitions: Any) -> Any:
+                raise OSError("the table cannot be read")
+
+        engine = CaseEngine(ctx, Signer.generate("k"))
+        asyncio.run(engine.index(range(partitions), Unreadable(partitions)))  # logged, not raised
+        assert fired(engine, copied()) == expected  # each partition indexed by its own step
     finally:
         engine_module.INDEX_YIELD_EVERY = every
 

@@ -734,11 +734,15 @@ class CaseEngine:
 
         All of them in one pass over the table, letting the event loop run every
         ``INDEX_YIELD_EVERY`` states: a city's worker walked its whole table once per
-        partition before, blocking, for seconds at every assignment.
+        partition before, blocking, for seconds at every assignment. Never raises: a
+        partition left unindexed is indexed by its next step, which a failure dead-letters.
         """
-        for n, _ in enumerate(self._build(partitions, store), 1):
-            if n % INDEX_YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        try:
+            for n, _ in enumerate(self._build(partitions, store), 1):
+                if n % INDEX_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+        except Exception:
+            log.exception("cases: indexing the deadlines failed; each step indexes its own")
 
     def _index(self, partition: int, store: CaseStore) -> None:
         """The partition's index, built now if ``index`` has not built it (tests, tools)."""

@@ -7,9 +7,10 @@ changelog records follow the transaction instead of riding in it: the class docs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -232,22 +233,18 @@ class FencedWriter:
                     if outs:
                         await asyncio.gather(*await self._send(await self._plain(), outs))
                 elif self.transactions:
-                    began = time.monotonic()
-                    async with asyncio.timeout(TXN_END_S), producer.transaction():
-                        await self._send(producer, outs)
-                        committed = await self._offsets(producer, partition)
+                    with self._counted():
+                        async with asyncio.timeout(TXN_END_S), producer.transaction():
+                            await self._send(producer, outs)
+                            committed = await self._offsets(producer, partition)
                     self._committed(partition, committed)
-                    self._count("committed", began)
                 else:
                     await asyncio.gather(*await self._send(producer, outs))
                 return await self._save(partition, encoded) if encoded else {}
             except FENCED:
-                self._count("fenced")
                 await self._give_up(partition)
                 raise
             except (KafkaError, TimeoutError) as exc:
-                if encoded and self.transactions:
-                    self._count("aborted")
                 if partition not in self.owned:
                     raise NotOwned(partition) from exc
                 if isinstance(exc, KafkaError) and not (
@@ -277,32 +274,43 @@ class FencedWriter:
                 except NotOwned:
                     continue
                 if self.transactions:
-                    began = time.monotonic()
                     try:
-                        async with asyncio.timeout(TXN_END_S), producer.transaction():
-                            committed = await self._offsets(producer, partition)
+                        with self._counted():
+                            async with asyncio.timeout(TXN_END_S), producer.transaction():
+                                committed = await self._offsets(producer, partition)
                     except FENCED:
-                        self._count("fenced")
                         await self._give_up(partition)
                         continue
                     except TimeoutError:  # the next commit, with a new producer
-                        self._count("aborted")
                         log.warning("cases: committing partition %s did not end in %.0f s",
                                     partition, TXN_END_S)  # fmt: skip
                         await self._renew(partition)
                         continue
                     self._committed(partition, committed)
-                    self._count("committed", began)
                 elif self.commit_plain is not None and self.topic is not None:
                     offset = self.done[partition]
                     await self.commit_plain({TopicPartition(self.topic, partition): offset})
                     self._committed(partition, offset)
 
-    def _count(self, outcome: str, began: float | None = None) -> None:
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Count the transaction run inside by outcome, and time it when it commits."""
+        began = time.monotonic()
+        try:
+            yield
+        except FENCED:
+            self._outcome("fenced")
+            raise
+        except (KafkaError, TimeoutError):
+            self._outcome("aborted")
+            raise
+        self._outcome("committed")
+        if self.metrics is not None:
+            self.metrics.transaction_seconds.labels(STAGE).observe(time.monotonic() - began)
+
+    def _outcome(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.transactions.labels(STAGE, outcome).inc()
-            if began is not None:
-                self.metrics.transaction_seconds.labels(STAGE).observe(time.monotonic() - began)
 
     async def _offsets(self, producer: AIOKafkaProducer, partition: int) -> int | None:
         """Add the partition's finished offset to the transaction open on ``producer``."""
